@@ -1,0 +1,320 @@
+"""From a T1/T2 pair to the 2 x 192 x 192 input of the IPMN ViT, and back to voxels.
+
+One family of functions shared by inference and training, so both see identical inputs:
+
+- which slices: `central_window` (inference) and `slice_window_starts` (training), 9 consecutive
+  axial slices, the last one repeated when fewer exist;
+- where: `crop_box_for_region` turns a region in RAS into a voxel box of the canonical axial T2
+  grid, `crop_box_stack` resizes every slice of the box to 64 x 64 and keeps the physical
+  position of each 64 x 64 pixel as an IJK-to-RAS matrix (`stack_grid`), which is what lets
+  the attention map go back into the scan;
+- intensities: `normalise_volume` maps one modality's crop stack to [0, 1];
+- layout: `tile_grid` / `untile_grid` (3 x 3 tiles, row by row from the top left) and
+  `make_input` (channel 0 = T1, channel 1 = T2);
+- augmentation: `transform_tiles` flips / rotates every 64 x 64 tile in place (training
+  augmentation and test-time augmentation use this one function).
+
+Conventions chosen here (the model card's "preprocessing" records them):
+
+- Resizing a crop of n voxels to 64 pixels maps the first and last voxel centres onto the
+  first and last pixel centres ("align corners"). Every pixel then lies inside the box, so
+  both directions (scan -> tiles and heat map -> scan) sample only real values, never the
+  zero padding outside a grid.
+- Normalisation is computed over the crop stack (all slices of the crop box, after
+  resizing) rather than the whole scan: it does not depend on the field of view, on bright
+  structures far from the pancreas, or on the empty margin a resampled T1 may have, and a
+  training window sees the same scaling as the central window at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from PancreasAILib.errors import InputError
+from PancreasAILib.resample import resample
+from PancreasAILib.volume import Volume
+
+SLICES_PER_SAMPLE = 9
+TILE_SIZE = 64
+TILES_PER_SIDE = 3
+GRID_SIZE = TILE_SIZE * TILES_PER_SIDE  # 192
+#: Recorded in model cards: how `normalise_volume` is applied.
+NORMALISATION = "min-max to [0, 1] over each modality's crop stack (= z-score then min-max)"
+#: Every training / test-time augmentation: (horizontal flip first?, quarter turns after).
+DIHEDRAL_VIEWS: tuple[tuple[bool, int], ...] = tuple(
+    (flip, turns) for flip in (False, True) for turns in range(4))
+
+_BOUNDARY_TOLERANCE = 1e-6  # voxel units: a region edge this close to a voxel centre includes it
+
+
+# --- which slices ------------------------------------------------------------------------------
+
+def window_indices(start: int, n_slices: int, k: int = SLICES_PER_SAMPLE) -> np.ndarray:
+    """(k,) slice indices start, start + 1, ...; past the last slice the last one repeats."""
+    if n_slices < 1:
+        raise ValueError("a stack needs at least one slice")
+    return np.minimum(np.arange(start, start + k), n_slices - 1)
+
+
+def slice_window_starts(n_slices: int, k: int = SLICES_PER_SAMPLE) -> list[int]:
+    """First slice of every window of k consecutive slices (training samples).
+
+    A stack of fewer than k slices gives one window (start 0, last slice repeated).
+    """
+    if n_slices < 1:
+        raise ValueError("a stack needs at least one slice")
+    return list(range(max(1, n_slices - k + 1)))
+
+
+def central_window(n_slices: int, k: int = SLICES_PER_SAMPLE) -> np.ndarray:
+    """(k,) indices of the central k slices: start = n // 2 - k // 2 (n // 2 - 4 for k = 9)."""
+    return window_indices(max(0, n_slices // 2 - k // 2), n_slices, k)
+
+
+# --- where: region -> voxel box -> 64 x 64 stack ------------------------------------------------
+
+@dataclass(frozen=True)
+class RegionBox:
+    """An axis-aligned box in patient space: centre_ras (3,) and size_mm (3,), both RAS mm."""
+
+    center_ras: tuple[float, float, float]
+    size_mm: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        center = np.asarray(self.center_ras, float).reshape(3)
+        size = np.asarray(self.size_mm, float).reshape(3)
+        if not (np.all(np.isfinite(center)) and np.all(np.isfinite(size))):
+            raise InputError("The region's centre or size is not a number.")
+        if np.any(size <= 0):
+            raise InputError(f"The region has no extent (size {size.tolist()} mm); draw a box around the pancreas.")
+        object.__setattr__(self, "center_ras", tuple(center.tolist()))
+        object.__setattr__(self, "size_mm", tuple(size.tolist()))
+
+    @classmethod
+    def from_mask(cls, mask: Volume) -> "RegionBox":
+        """Bounding box in RAS of the non-zero voxels of a mask (whole voxels, any direction)."""
+        nonzero = np.argwhere(np.asarray(mask.array) != 0)
+        if nonzero.size == 0:
+            raise InputError("The mask used as region is empty: segment the pancreas first or draw a box.")
+        # argwhere gives (k, j, i); whole voxels reach half a voxel beyond their centres
+        low_ijk = nonzero.min(0)[::-1] - 0.5
+        high_ijk = nonzero.max(0)[::-1] + 0.5
+        corners = _box_corners(low_ijk, high_ijk)
+        ras = mask.ijk_to_ras_points(corners)
+        low, high = ras.min(0), ras.max(0)
+        return cls(tuple((low + high) / 2), tuple(high - low))
+
+    def corners_ras(self) -> np.ndarray:
+        """(8, 3) RAS corners."""
+        half = np.asarray(self.size_mm) / 2
+        return _box_corners(np.asarray(self.center_ras) - half, np.asarray(self.center_ras) + half)
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A box of voxels: lower (i, j, k) is the first voxel inside, upper (i, j, k) one past the last."""
+
+    lower: tuple[int, int, int]
+    upper: tuple[int, int, int]
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        """Voxels along (i, j, k)."""
+        return tuple(int(b - a) for a, b in zip(self.lower, self.upper))
+
+    @property
+    def array_slices(self) -> tuple[slice, slice, slice]:
+        """Index a (K, J, I) array with this box."""
+        return tuple(slice(self.lower[axis], self.upper[axis]) for axis in (2, 1, 0))
+
+    def sub_grid(self, volume: Volume) -> tuple[tuple[int, int, int], np.ndarray]:
+        """(K, J, I) shape and IJK-to-RAS of the box's voxels as a grid of their own."""
+        shift = np.eye(4)
+        shift[:3, 3] = self.lower
+        return self.size[::-1], volume.ijk_to_ras @ shift
+
+
+def _box_corners(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    return np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1])
+                     for z in (low[2], high[2])], float)
+
+
+def crop_box_for_region(volume_canonical: Volume, region: RegionBox, what: str = "T2 volume") -> CropBox:
+    """Voxels of `volume_canonical` whose centres lie inside `region`, clipped to the volume.
+
+    For an oblique volume the region's corners are taken into voxel space and their bounding
+    box is used. Raises InputError when no voxel is inside.
+    """
+    ijk = volume_canonical.ras_to_ijk_points(region.corners_ras())
+    lower = np.ceil(ijk.min(0) - _BOUNDARY_TOLERANCE).astype(int)
+    upper = np.floor(ijk.max(0) + _BOUNDARY_TOLERANCE).astype(int) + 1
+    dims = np.array(volume_canonical.shape[:3][::-1])
+    lower, upper = np.clip(lower, 0, dims), np.clip(upper, 0, dims)
+    if np.any(upper <= lower):
+        center = ", ".join(f"{v:.1f}" for v in region.center_ras)
+        raise InputError(
+            f"The region (centre RAS {center} mm, size {' x '.join(f'{v:.0f}' for v in region.size_mm)} mm) "
+            f"lies outside the {what}: place it over the pancreas in this scan.")
+    return CropBox(tuple(int(v) for v in lower), tuple(int(v) for v in upper))
+
+
+def stack_grid(volume_canonical: Volume, box: CropBox,
+               tile_size: int = TILE_SIZE) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape (K_box, tile_size, tile_size) and IJK-to-RAS of the resized crop stack.
+
+    Stack pixel (p, q) of slice s sits at voxel (i0 + p (n_i - 1) / (tile_size - 1),
+    j0 + q (n_j - 1) / (tile_size - 1), k0 + s) of `volume_canonical` (align corners).
+    """
+    n_i, n_j, n_k = box.size
+    if min(n_i, n_j) < 2:
+        raise InputError(f"The region covers only {n_i} x {n_j} voxels in the axial plane; more are needed.")
+    stack_to_volume = np.eye(4)
+    stack_to_volume[0, 0] = (n_i - 1) / (tile_size - 1)
+    stack_to_volume[1, 1] = (n_j - 1) / (tile_size - 1)
+    stack_to_volume[:3, 3] = box.lower
+    return (n_k, tile_size, tile_size), volume_canonical.ijk_to_ras @ stack_to_volume
+
+
+def _box_with_margin(volume: Volume, box: CropBox) -> Volume:
+    """The box's voxels plus one voxel all round (edge values repeated at the volume border).
+
+    Sampling exactly at the box's outer voxel centres can land a rounding error outside the
+    array, where the resampler returns the fill value; the margin makes those points interior.
+    """
+    dims = volume.shape[:3][::-1]
+    take, pad = [], []
+    for axis in (2, 1, 0):
+        first, stop = box.lower[axis] - 1, box.upper[axis] + 1
+        take.append(slice(max(first, 0), min(stop, dims[axis])))
+        pad.append((max(0, -first), max(0, stop - dims[axis])))
+    array = np.pad(np.asarray(volume.array)[tuple(take)], pad, mode="edge")
+    shift = np.eye(4)
+    shift[:3, 3] = np.asarray(box.lower) - 1
+    return Volume(array, volume.ijk_to_ras @ shift)
+
+
+def crop_box_stack(volume_canonical: Volume, box: CropBox, tile_size: int = TILE_SIZE) -> Volume:
+    """Every slice of `box`, each resized bilinearly to tile_size x tile_size.
+
+    Returns a float32 Volume (K_box, tile_size, tile_size) whose ijk_to_ras gives the RAS
+    position of every pixel (see `stack_grid`).
+    """
+    shape, stack_ijk_to_ras = stack_grid(volume_canonical, box, tile_size)
+    source = _box_with_margin(volume_canonical, box)
+    return Volume(resample(source, shape, stack_ijk_to_ras, order=1), stack_ijk_to_ras)
+
+
+def crop_stack_like(volume: Volume, stack: Volume) -> np.ndarray:
+    """Values of `volume` (any grid) at the pixels of an existing crop stack, (K, 64, 64) float32.
+
+    This is how T1 goes onto T2's grid when their geometry differs: one bilinear
+    interpolation straight to the pixel positions of T2's crop stack.
+    """
+    return resample(volume, stack.shape, stack.ijk_to_ras, order=1)
+
+
+# --- intensities -------------------------------------------------------------------------------
+
+def normalise_volume(array: np.ndarray) -> np.ndarray:
+    """One modality's crop stack -> float32 in [0, 1] (the authors' z-score then min-max).
+
+    Min-max is unchanged by the z-score (an increasing affine map) in front of it, so only
+    min-max is computed. A constant array gives zeros.
+    """
+    array = np.asarray(array, dtype=np.float64)
+    low, high = float(array.min()), float(array.max())
+    if high <= low:
+        return np.zeros(array.shape, np.float32)
+    return ((array - low) / (high - low)).astype(np.float32)
+
+
+# --- layout --------------------------------------------------------------------------------------
+
+def tile_grid(slices: np.ndarray) -> np.ndarray:
+    """(..., 9, t, t) -> (..., 3t, 3t): slice n goes to tile row n // 3, column n % 3."""
+    slices = np.asarray(slices)
+    *lead, n, t, t2 = slices.shape
+    if n != TILES_PER_SIDE ** 2 or t != t2:
+        raise ValueError(f"expected (..., 9, t, t) slices, got {slices.shape}")
+    side = TILES_PER_SIDE
+    grid = slices.reshape(*lead, side, side, t, t)
+    grid = np.moveaxis(grid, -3, -2)  # (..., tile row, pixel row, tile column, pixel column)
+    return grid.reshape(*lead, side * t, side * t)
+
+
+def untile_grid(grid: np.ndarray) -> np.ndarray:
+    """(..., 3t, 3t) -> (..., 9, t, t); the inverse of `tile_grid`."""
+    grid = np.asarray(grid)
+    *lead, rows, cols = grid.shape
+    side = TILES_PER_SIDE
+    if rows != cols or rows % side:
+        raise ValueError(f"expected a square grid divisible into 3 x 3 tiles, got {grid.shape}")
+    t = rows // side
+    tiles = grid.reshape(*lead, side, t, side, t)
+    tiles = np.moveaxis(tiles, -2, -3)  # (..., tile row, tile column, pixel row, pixel column)
+    return tiles.reshape(*lead, side * side, t, t)
+
+
+def make_input(t1_slices: np.ndarray, t2_slices: np.ndarray) -> np.ndarray:
+    """Two (9, 64, 64) stacks in [0, 1] -> (2, 192, 192) float32; channel 0 = T1, 1 = T2."""
+    t1_slices, t2_slices = np.asarray(t1_slices), np.asarray(t2_slices)
+    expected = (SLICES_PER_SAMPLE, TILE_SIZE, TILE_SIZE)
+    if t1_slices.shape != expected or t2_slices.shape != expected:
+        raise ValueError(f"expected two {expected} stacks, got {t1_slices.shape} and {t2_slices.shape}")
+    return np.stack([tile_grid(t1_slices), tile_grid(t2_slices)]).astype(np.float32)
+
+
+# --- augmentation ------------------------------------------------------------------------------
+
+def transform_tiles(grid: np.ndarray, flip: bool, quarter_turns: int) -> np.ndarray:
+    """Flip (left-right) then rotate by quarter_turns x 90 degrees every tile of (..., 3t, 3t).
+
+    Each tile is transformed in place, so tile n still holds slice n: this is the paper's
+    augmentation (identical for all slices and both channels, which share the leading axes).
+    Works for image grids (192 x 192) and patch maps (12 x 12) alike.
+    """
+    tiles = untile_grid(grid)
+    if flip:
+        tiles = tiles[..., ::-1]
+    tiles = np.rot90(tiles, quarter_turns, axes=(-2, -1))
+    return np.ascontiguousarray(tile_grid(tiles))
+
+
+def undo_transform_tiles(grid: np.ndarray, flip: bool, quarter_turns: int) -> np.ndarray:
+    """The inverse of `transform_tiles` with the same arguments."""
+    tiles = np.rot90(untile_grid(grid), -quarter_turns, axes=(-2, -1))
+    if flip:
+        tiles = tiles[..., ::-1]
+    return np.ascontiguousarray(tile_grid(tiles))
+
+
+# --- back from patches to voxels ----------------------------------------------------------------
+
+def patch_map_to_slices(patch_map: np.ndarray) -> np.ndarray:
+    """(12, 12) map over ViT patches -> (9, 64, 64): each patch's value fills its 16 x 16 pixels.
+
+    Blocks, not interpolation: one value per patch is all the attention says, and tiles
+    (different slices) must not bleed into each other.
+    """
+    patch_map = np.asarray(patch_map, float)
+    if patch_map.ndim != 2 or patch_map.shape[0] != patch_map.shape[1] or GRID_SIZE % patch_map.shape[0]:
+        raise ValueError(f"expected a square patch map dividing {GRID_SIZE}, got {patch_map.shape}")
+    factor = GRID_SIZE // patch_map.shape[0]
+    return untile_grid(np.repeat(np.repeat(patch_map, factor, 0), factor, 1))
+
+
+def heat_stack(slice_maps: np.ndarray, window: np.ndarray, n_stack_slices: int) -> np.ndarray:
+    """(9, t, t) maps of the window's slices -> (K_box, t, t), zero on slices not shown.
+
+    A slice that appears several times (short stacks repeat the last slice) gets the mean.
+    """
+    slice_maps = np.asarray(slice_maps, float)
+    total = np.zeros((n_stack_slices, *slice_maps.shape[1:]))
+    count = np.zeros(n_stack_slices)
+    np.add.at(total, window, slice_maps)
+    np.add.at(count, window, 1)
+    shown = count > 0
+    total[shown] /= count[shown, None, None]
+    return total

@@ -1,0 +1,252 @@
+"""Assess IPMN risk from a T1/T2 pair and a region around the pancreas.
+
+T1 + T2 + region -> optional pre-processing (model card) -> T2 in canonical axial order ->
+crop box = the region's voxels -> every box slice resized to 64 x 64 (T1 sampled at the same
+physical pixel positions) -> normalised per modality -> central 9 slices -> 2 x 192 x 192 ->
+ViT (over the test-time augmentations) -> class probabilities and spread; attention rollout
+12 x 12 -> back through the tiles and the crop box into T2's own grid as a heat map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from PancreasAILib.errors import InputError, ModelFileError
+from PancreasAILib.orientation import Reorientation, axial_reorientation
+from PancreasAILib.progress import ProgressCallback, no_progress
+from PancreasAILib.resample import overlap_fraction, resample
+from PancreasAILib.volume import Volume, check_scalar_volume
+from PancreasAILib.weights import ModelCard
+
+from .colormap import apply_colormap
+from .grids import (GRID_SIZE, TILE_SIZE, TILES_PER_SIDE, CropBox, RegionBox, central_window,
+                    crop_box_for_region, crop_box_stack, crop_stack_like, heat_stack, make_input,
+                    normalise_volume, patch_map_to_slices)
+from .model import CLASS_NAMES, load_vit
+from .preprocessing import check_preprocessing, preprocess_volume
+from .rollout import HEAD_FUSIONS
+from .tta import predict
+
+__all__ = ["Assessment", "RegionBox", "assess", "render_grid_png", "RESEARCH_USE_NOTICE"]
+
+RESEARCH_USE_NOTICE = (
+    "For research use only. This risk class comes from a model, not from a clinical "
+    "assessment; it is not a medical device and must not guide patient care.")
+MIN_AXIAL_SLICES = 3
+MIN_REGION_VOXELS_IN_PLANE = 8
+#: Fraction of the crop stack that must lie inside the T1 volume.
+MIN_T1_COVERAGE = 0.75
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Result of `assess`.
+
+    probabilities, spread: (3,) mean and std over the test-time views (spread 0 without TTA);
+    heat_map: float32 Volume on T2's grid, max 1, zero outside the crop box (None without
+    rollout); grid_image: (192, 192, 2) the model's input (channel 0 T1, 1 T2);
+    grid_heat: (192, 192) rollout per pixel of the grid, max 1 (None without rollout);
+    tile_centers_ras: (9, 3) RAS mm of the centre of each tile's slice.
+    """
+
+    risk_class: int
+    class_name: str
+    probabilities: np.ndarray
+    spread: np.ndarray
+    heat_map: Optional[Volume]
+    grid_image: np.ndarray
+    grid_heat: Optional[np.ndarray]
+    model_name: str
+    research_use_notice: str
+    class_names: tuple[str, ...]
+    tile_centers_ras: np.ndarray
+    views: int
+
+
+def _check_pair(t1: Volume, t2: Volume) -> None:
+    check_scalar_volume(np.asarray(t1.array), "T1 volume", min_size=(1, 1, 1))
+    check_scalar_volume(np.asarray(t2.array), "T2 volume", min_size=(1, 1, 1))
+    same_data = np.shares_memory(t1.array, t2.array) or (
+        t1.shape == t2.shape and np.allclose(t1.ijk_to_ras, t2.ijk_to_ras)
+        and np.array_equal(t1.array, t2.array))
+    if same_data:
+        raise InputError("The same image was chosen as T1 and as T2: select the T1-weighted and the "
+                         "T2-weighted series of one study.")
+    if overlap_fraction(t1, t2) <= 0.0:
+        raise InputError("The T1 and T2 volumes do not overlap in space: check that they come from "
+                         "the same study of the same patient.")
+
+
+def _class_names(card: ModelCard) -> tuple[str, ...]:
+    names = tuple(card.classes) or CLASS_NAMES
+    if len(names) != len(CLASS_NAMES):
+        raise ModelFileError(f"{card.card_path.name} lists {len(names)} classes; an IPMN risk model "
+                             f"has {len(CLASS_NAMES)} ({', '.join(CLASS_NAMES)}).")
+    return names
+
+
+def _check_region_size(box: CropBox, region: RegionBox) -> None:
+    n_i, n_j, _ = box.size
+    if min(n_i, n_j) < MIN_REGION_VOXELS_IN_PLANE:
+        raise InputError(
+            f"The region covers only {n_i} x {n_j} voxels of the T2 volume in the axial plane "
+            f"(size {' x '.join(f'{v:.0f}' for v in region.size_mm)} mm); at least "
+            f"{MIN_REGION_VOXELS_IN_PLANE} x {MIN_REGION_VOXELS_IN_PLANE} are needed: draw the box "
+            "around the whole pancreas.")
+
+
+def _same_grid(a: Volume, b: Volume) -> bool:
+    return a.shape[:3] == b.shape[:3] and np.allclose(a.ijk_to_ras, b.ijk_to_ras, atol=1e-4)
+
+
+def _t1_stack(t1: Volume, t2: Volume, reorientation: Reorientation, box: CropBox,
+              t2_stack: Volume) -> np.ndarray:
+    """T1 at the pixels of T2's crop stack; refuses a region mostly outside T1."""
+    if _same_grid(t1, t2):
+        return crop_box_stack(reorientation.apply_volume(t1), box).array
+    inside = resample(Volume(np.ones(t1.shape, np.uint8), t1.ijk_to_ras), t2_stack.shape,
+                      t2_stack.ijk_to_ras, order=0, dtype=np.uint8)
+    coverage = float(inside.mean())
+    if coverage < MIN_T1_COVERAGE:
+        raise InputError(
+            f"The region lies {'partly ' if coverage > 0 else ''}outside the T1 volume (only "
+            f"{coverage:.0%} of it is covered): check that T1 covers the pancreas, or move the region.")
+    return crop_stack_like(t1, t2_stack)
+
+
+def _heat_map(patch_map: np.ndarray, window: np.ndarray, t2_stack: Volume, box: CropBox,
+              t2_canonical: Volume, reorientation: Reorientation, t2: Volume) -> Volume:
+    """(12, 12) rollout -> float32 Volume on T2's own grid, max 1, zero outside the box."""
+    stack = heat_stack(patch_map_to_slices(patch_map), window, t2_stack.shape[0])
+    # One repeated pixel all round: box voxels on the stack's outer pixels stay interior
+    # whatever the rounding of the grid transform.
+    shift = np.eye(4)
+    shift[:3, 3] = -1.0
+    source = Volume(np.pad(stack, 1, mode="edge"), t2_stack.ijk_to_ras @ shift)
+    box_shape, box_ijk_to_ras = box.sub_grid(t2_canonical)
+    canonical = np.zeros(t2_canonical.shape[:3], np.float32)
+    canonical[box.array_slices] = resample(source, box_shape, box_ijk_to_ras, order=1)
+    array = np.ascontiguousarray(reorientation.undo(canonical))
+    peak = float(array.max())
+    if peak > 0:
+        array /= peak
+    return Volume(array, t2.ijk_to_ras)
+
+
+def _grid_heat(patch_map: np.ndarray) -> np.ndarray:
+    factor = GRID_SIZE // patch_map.shape[0]
+    grid = np.repeat(np.repeat(patch_map, factor, 0), factor, 1)
+    peak = float(grid.max())
+    return grid / peak if peak > 0 else grid
+
+
+def _tile_centers_ras(t2_stack: Volume, window: np.ndarray) -> np.ndarray:
+    center = (TILE_SIZE - 1) / 2
+    ijk = np.array([[center, center, float(s)] for s in window])
+    return t2_stack.ijk_to_ras_points(ijk)
+
+
+def assess(t1: Volume, t2: Volume, region: RegionBox, card: ModelCard, *, tta: bool = True,
+           rollout: bool = True, head_fusion: str = "mean", discard_ratio: float = 0.0,
+           device: str = "cpu", progress: Optional[ProgressCallback] = None,
+           cancel=None) -> Assessment:
+    """Classify the IPMN risk in `region` of a T1/T2 pair; see the module docstring.
+
+    t1, t2: Volumes (any grids that overlap; T1 is sampled at T2's positions);
+    region: box around the pancreas in RAS; card: an IPMN ViT model card;
+    cancel: an object with raise_if_cancelled() (PancreasAILib.progress.CancelToken).
+    """
+    if head_fusion not in HEAD_FUSIONS:
+        raise ValueError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ValueError("discard_ratio must be in [0, 1)")
+    report = progress or no_progress
+
+    def checkpoint(fraction: float, status: str) -> None:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        report(fraction, status)
+
+    checkpoint(0.0, "Checking the T1 and T2 volumes")
+    _check_pair(t1, t2)
+    class_names = _class_names(card)
+    options = card.preprocessing
+    check_preprocessing(options)
+
+    checkpoint(0.05, "Pre-processing T1")
+    t1 = preprocess_volume(t1, options, "t1")
+    checkpoint(0.25, "Pre-processing T2")
+    t2 = preprocess_volume(t2, options, "t2")
+
+    checkpoint(0.45, "Cropping the region")
+    reorientation = axial_reorientation(t2)
+    t2_canonical = reorientation.apply_volume(t2)
+    if t2_canonical.shape[0] < MIN_AXIAL_SLICES:
+        raise InputError(f"The T2 volume has only {t2_canonical.shape[0]} axial slice(s); an axial "
+                         f"stack of at least {MIN_AXIAL_SLICES} slices is needed.")
+    box = crop_box_for_region(t2_canonical, region, "T2 volume")
+    _check_region_size(box, region)
+    t2_stack = crop_box_stack(t2_canonical, box)
+    t1_values = _t1_stack(t1, t2, reorientation, box, t2_stack)
+    window = central_window(t2_stack.shape[0])
+    x = make_input(normalise_volume(t1_values)[window], normalise_volume(t2_stack.array)[window])
+
+    checkpoint(0.55, "Loading the model")
+    model = load_vit(card).to(device)
+    checkpoint(0.65, "Classifying" + (" (8 test-time views)" if tta else ""))
+    prediction = predict(model, x, tta=tta, rollout=rollout, head_fusion=head_fusion,
+                         discard_ratio=discard_ratio)
+
+    checkpoint(0.9, "Mapping attention back onto T2")
+    heat_map = grid_heat = None
+    if rollout:
+        heat_map = _heat_map(prediction.patch_map, window, t2_stack, box, t2_canonical, reorientation, t2)
+        grid_heat = _grid_heat(prediction.patch_map)
+    risk_class = int(np.argmax(prediction.probabilities))
+    report(1.0, "Done")
+    return Assessment(
+        risk_class=risk_class, class_name=class_names[risk_class],
+        probabilities=prediction.probabilities, spread=prediction.spread, heat_map=heat_map,
+        grid_image=np.moveaxis(x, 0, -1), grid_heat=grid_heat, model_name=card.name,
+        research_use_notice=RESEARCH_USE_NOTICE, class_names=class_names,
+        tile_centers_ras=_tile_centers_ras(t2_stack, window), views=prediction.views)
+
+
+# --- the 3 x 3 grid as a picture -----------------------------------------------------------------
+
+def render_grid_png(assessment: Assessment, path: str | Path, scale: int = 2,
+                    max_opacity: float = 0.6) -> Path:
+    """Write the T2 grid with the attention heat map blended in (inferno) as a PNG.
+
+    The heat map's opacity grows with its value, so unattended tissue stays plain grey; a
+    caption gives the class and the research-use notice.
+    """
+    from PIL import Image, ImageDraw
+
+    grey = np.clip(assessment.grid_image[..., 1], 0.0, 1.0)
+    rgb = np.repeat(grey[..., None] * 255.0, 3, axis=-1)
+    if assessment.grid_heat is not None:
+        opacity = max_opacity * np.clip(assessment.grid_heat, 0.0, 1.0)[..., None]
+        rgb = (1.0 - opacity) * rgb + opacity * apply_colormap(assessment.grid_heat)
+    side = GRID_SIZE * scale
+    image = Image.fromarray(np.round(rgb).astype(np.uint8), "RGB").resize((side, side), Image.NEAREST)
+    caption_height = 36
+    canvas = Image.new("RGB", (side, side + caption_height), (0, 0, 0))
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    tile = side // TILES_PER_SIDE
+    for n in range(1, TILES_PER_SIDE):  # tile borders: each tile is a different slice
+        draw.line([(n * tile, 0), (n * tile, side - 1)], fill=(90, 90, 90))
+        draw.line([(0, n * tile), (side - 1, n * tile)], fill=(90, 90, 90))
+    probability = assessment.probabilities[assessment.risk_class]
+    draw.text((4, side + 3), f"{assessment.class_name} (p = {probability:.2f}), {assessment.model_name}",
+              fill=(255, 255, 255))
+    draw.text((4, side + 19), "For research use only", fill=(255, 200, 0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, format="PNG")
+    return path

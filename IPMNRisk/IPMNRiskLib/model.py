@@ -1,0 +1,103 @@
+"""The IPMN Vision Transformer: timm ViTs on a 2 x 192 x 192 input with 3 classes.
+
+timm is imported inside the functions so the Slicer module loads without it. Three ways to
+get a model, one per purpose:
+
+- `create_vit`: random weights (tests, training from scratch);
+- `load_pretrained_natural_image`: ImageNet weights adapted by timm to 2 channels and a
+  12 x 12 patch grid (training starts here, as in the paper);
+- `load_vit`: our own fine-tuned `.safetensors` + model card, loaded strictly (inference).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from PancreasAILib.errors import MissingDependencyError, ModelFileError
+from PancreasAILib.weights import ModelCard, load_into, load_state_dict
+
+from .grids import GRID_SIZE
+
+IN_CHANNELS = 2  # T1, T2
+NUM_CLASSES = 3  # normal, low-risk IPMN, high-risk IPMN
+CLASS_NAMES = ("normal", "low-risk IPMN", "high-risk IPMN")
+
+#: The paper's ViT-B/16; its ImageNet-21k weights are `vit_base_patch16_224.augreg_in21k`.
+PAPER_ARCHITECTURE = ("vit_base_patch16_224", {})
+#: Small enough to train on phantoms with 2 CPU cores in about 20-30 minutes
+#: (about 0.5 M parameters, ~20 images/s forward + backward on 2 busy cores).
+DEMO_ARCHITECTURE = ("vit_tiny_patch16_224", {"depth": 4, "embed_dim": 96, "num_heads": 3})
+#: 16 x 16 patches: every 64 x 64 slice tile is exactly 4 x 4 patches.
+VIT_ARCHITECTURES = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
+
+# The input format is fixed by the tiling, not by the card.
+_FIXED_ARGUMENTS = {"in_chans": IN_CHANNELS, "img_size": GRID_SIZE, "num_classes": NUM_CLASSES}
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError as error:
+        raise MissingDependencyError("The 'timm' package is needed for IPMN risk models: "
+                                     "pip install timm") from error
+    return timm
+
+
+def _check_architecture(architecture: str, architecture_params: dict) -> None:
+    if architecture not in VIT_ARCHITECTURES:
+        raise ModelFileError(
+            f"'{architecture}' is not an IPMN risk architecture; expected one of "
+            f"{', '.join(VIT_ARCHITECTURES)}.")
+    fixed = sorted(set(architecture_params) & set(_FIXED_ARGUMENTS))
+    if fixed:
+        raise ModelFileError(
+            f"The architecture parameters may not set {', '.join(fixed)}: the input is always "
+            f"{IN_CHANNELS} x {GRID_SIZE} x {GRID_SIZE} with {NUM_CLASSES} classes.")
+
+
+def create_vit(architecture: str, architecture_params: Optional[dict] = None):
+    """A randomly initialised timm ViT for (B, 2, 192, 192) input and 3 output logits."""
+    params = dict(architecture_params or {})
+    _check_architecture(architecture, params)
+    return _timm().create_model(architecture, pretrained=False, **_FIXED_ARGUMENTS, **params)
+
+
+def load_pretrained_natural_image(architecture: str, file_path: Optional[str | Path] = None,
+                                  architecture_params: Optional[dict] = None):
+    """A ViT initialised from 3-channel 224 x 224 natural-image weights, adapted by timm.
+
+    timm keeps the R and G kernels of the patch embedding scaled by 3 / 2 (two input
+    channels) and resamples the position embedding from 14 x 14 to 12 x 12; the classifier
+    starts random. With `file_path` (a local `.safetensors`, or a `.pth` read with
+    weights_only, of the same architecture) nothing is downloaded; without it timm fetches the
+    architecture's default weights from the Hugging Face hub (needs internet), e.g.
+    'vit_base_patch16_224.augreg_in21k' for the paper's ImageNet-21k weights.
+    """
+    params = dict(architecture_params or {})
+    base_name = architecture.split(".")[0]
+    _check_architecture(base_name, params)
+    timm = _timm()
+    if file_path is None:
+        return timm.create_model(architecture, pretrained=True, **_FIXED_ARGUMENTS, **params)
+    file_path = Path(file_path)
+    if not file_path.is_file():
+        raise ModelFileError(f"No pretrained weights file at {file_path}.")
+    # custom_load=False: timm's own loader (the architecture's default is a .npz reader)
+    overlay = dict(file=str(file_path), custom_load=False)
+    try:
+        return timm.create_model(architecture, pretrained=True, pretrained_cfg_overlay=overlay,
+                                 **_FIXED_ARGUMENTS, **params)
+    except RuntimeError as error:
+        raise ModelFileError(
+            f"{file_path.name} does not hold {architecture} weights with the parameters "
+            f"{params or 'of the standard model'} ({str(error).splitlines()[0]}).") from error
+
+
+def load_vit(card: ModelCard):
+    """The card's fine-tuned ViT with its weights loaded strictly, in eval mode on the CPU."""
+    _check_architecture(card.architecture, card.architecture_params)
+    state_dict = load_state_dict(card, VIT_ARCHITECTURES)
+    model = create_vit(card.architecture, card.architecture_params)
+    load_into(model, state_dict, card)
+    return model.eval()

@@ -1,0 +1,95 @@
+"""Pieces both command lines share: case names, progress output, outputs written all-or-nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from .errors import InputError
+from .volume_io import VOLUME_SUFFIXES
+
+
+def case_name(path: Path) -> str:
+    """`/data/case_001.nii.gz` -> `case_001`; a DICOM folder -> its folder name."""
+    name = path.name
+    for suffix in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+class ProgressPrinter:
+    """Progress for a person (a bar on stderr) or for the Slicer GUI (JSON lines on stdout)."""
+
+    def __init__(self, total_cases: int, output_format: str = "bar") -> None:
+        self.total_cases = total_cases
+        self.format = output_format
+        self.case_index = 0
+        self._bar = None
+        if output_format == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=100 * total_cases, unit="%", file=sys.stderr,
+                             bar_format="{l_bar}{bar}| {elapsed}<{remaining}",
+                             disable=not sys.stderr.isatty() and os.environ.get("PANCREASAI_BAR") != "1")
+
+    def start_case(self, index: int, name: str) -> None:
+        self.case_index = index
+        if self._bar is not None:
+            self._bar.set_description(f"[{index + 1}/{self.total_cases}] {name}")
+
+    def __call__(self, fraction: float, status: str) -> None:
+        overall = (self.case_index + fraction) / self.total_cases
+        if self.format == "json":
+            print(json.dumps({"progress": round(overall, 4), "status": status}), flush=True)
+        elif self._bar is not None:
+            self._bar.n = int(100 * self.total_cases * overall)
+            self._bar.set_postfix_str(status, refresh=True)
+
+    def message(self, text: str) -> None:
+        """A line for the person (summary, warning), kept apart from the bar."""
+        if self.format == "json":
+            print(json.dumps({"message": text}), flush=True)
+        elif self._bar is not None:
+            self._bar.write(text, file=sys.stdout)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def refuse_existing(paths: list[Path], overwrite: bool) -> None:
+    """Never replace a user's file unless asked to."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise InputError(f"{existing[0]} already exists; use --overwrite to replace it, or choose "
+                         "another --output folder.")
+
+
+@contextlib.contextmanager
+def all_or_nothing(paths: list[Path]) -> Iterator[list[Path]]:
+    """Yield temporary paths to write; on success rename them to `paths`, else delete them."""
+    temporary = [p.with_name(f".{p.name}.partial{_suffix(p)}") for p in paths]
+    try:
+        yield temporary
+        for temp, final in zip(temporary, paths):
+            os.replace(temp, final)
+    finally:
+        for temp in temporary:
+            if temp.exists():
+                temp.unlink()
+
+
+def _suffix(path: Path) -> str:
+    """Keep the real extension last so writers pick the right format."""
+    name = path.name.lower()
+    for suffix in (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".csv", ".png", ".json", ".mrb"):
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix

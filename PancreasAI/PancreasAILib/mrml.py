@@ -1,0 +1,153 @@
+"""What both modules need from an MRML scene: volumes in and out, study placement, undo.
+
+The only shared file that knows about nodes. It uses the MRML classes and the module logics'
+static methods directly (not `slicer.modules`), so the same code runs in the Slicer
+application and in `slicer-core` outside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
+
+import numpy as np
+
+from .errors import InputError
+from .volume import Volume
+
+
+def _slicer():
+    import slicer
+    return slicer
+
+
+def vtk_matrix(array: np.ndarray):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    for row in range(4):
+        for column in range(4):
+            matrix.SetElement(row, column, float(array[row, column]))
+    return matrix
+
+
+def numpy_matrix(matrix) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def world_ijk_to_ras(node) -> np.ndarray:
+    """The node's IJK-to-RAS in world space, including a linear parent transform."""
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    ijk_to_ras = numpy_matrix(matrix)
+    transform = node.GetParentTransformNode()
+    if transform is not None:
+        if not transform.IsTransformToWorldLinear():
+            raise InputError(
+                f"'{node.GetName()}' is under a non-linear transform; harden the transform "
+                "(Transforms module) before running this.")
+        to_world = vtk.vtkMatrix4x4()
+        transform.GetMatrixTransformToWorld(to_world)
+        ijk_to_ras = numpy_matrix(to_world) @ ijk_to_ras
+    return ijk_to_ras
+
+
+def volume_from_node(node, what: str = "volume") -> Volume:
+    """Voxels (a view, not a copy) and world geometry of a scalar volume node."""
+    if node is None:
+        raise InputError(f"No {what} is selected.")
+    image = node.GetImageData()
+    if image is None or image.GetPointData().GetScalars() is None:
+        raise InputError(f"'{node.GetName()}' holds no image data.")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputError(f"'{node.GetName()}' has {image.GetNumberOfScalarComponents()} components per "
+                         "voxel (a colour or vector image); a grey-scale scan is needed.")
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    dims = image.GetDimensions()
+    array = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1])
+    return Volume(array, world_ijk_to_ras(node))
+
+
+def add_volume_node(scene, volume: Volume, name: str, node_class: str = "vtkMRMLScalarVolumeNode"):
+    """A new volume node holding a copy of `volume`, with display and storage nodes."""
+    from vtk.util.numpy_support import numpy_to_vtk
+    import vtk
+
+    node = scene.AddNewNodeByClass(node_class, name)
+    array = np.ascontiguousarray(volume.array)
+    image = vtk.vtkImageData()
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    scalars = numpy_to_vtk(array.ravel(), deep=True)
+    image.GetPointData().SetScalars(scalars)
+    node.SetAndObserveImageData(image)
+    node.SetIJKToRASMatrix(vtk_matrix(volume.ijk_to_ras))
+    node.CreateDefaultDisplayNodes()
+    node.CreateDefaultStorageNode()
+    return node
+
+
+def oriented_image(mask: np.ndarray, ijk_to_ras: np.ndarray):
+    """(K, J, I) uint8 mask -> vtkOrientedImageData with that geometry."""
+    from vtk.util.numpy_support import numpy_to_vtk
+
+    slicer = _slicer()
+    array = np.ascontiguousarray(mask, dtype=np.uint8)
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    image.GetPointData().SetScalars(numpy_to_vtk(array.ravel(), deep=True))
+    image.SetImageToWorldMatrix(vtk_matrix(ijk_to_ras))
+    return image
+
+
+def place_beside(scene, node, reference_node) -> None:
+    """Put `node` in the subject hierarchy folder or study that holds `reference_node`,
+    and under the same parent transform."""
+    hierarchy = scene.GetSubjectHierarchyNode()
+    if hierarchy is not None:
+        reference_item = hierarchy.GetItemByDataNode(reference_node)
+        parent = hierarchy.GetItemParent(reference_item) if reference_item else 0
+        item = hierarchy.GetItemByDataNode(node)
+        if parent and item and parent != hierarchy.GetSceneItemID():
+            hierarchy.SetItemParent(item, parent)
+    transform = reference_node.GetParentTransformNode()
+    if transform is not None and hasattr(node, "SetAndObserveTransformNodeID"):
+        node.SetAndObserveTransformNodeID(transform.GetID())
+
+
+@contextlib.contextmanager
+def removing_new_nodes_on_error(scene) -> Iterator[None]:
+    """If the block raises (or is cancelled), remove every node it added to `scene`."""
+    before = {scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())}
+    try:
+        yield
+    except BaseException:
+        added = [scene.GetNthNode(n) for n in range(scene.GetNumberOfNodes())]
+        for node in added:
+            if node is not None and node.GetID() not in before and scene.IsNodePresent(node):
+                scene.RemoveNode(node)
+        raise
+
+
+def create_scene():
+    """A scene with the logics our adapters use, for work outside the Slicer application
+    (batch scripts, tests). Inside Slicer use `slicer.mrmlScene`."""
+    slicer = _slicer()
+    scene = slicer.vtkMRMLScene()
+    application_logic = slicer.vtkSlicerApplicationLogic()
+    application_logic.SetMRMLScene(scene)
+    color_logic = application_logic.GetColorLogic()
+    color_logic.SetMRMLScene(scene)
+    color_logic.AddDefaultColorNodes()
+    application_logic.SetModuleLogic("Colors", color_logic)
+    logics = []
+    for logic_class in (slicer.vtkSlicerVolumesLogic, slicer.vtkSlicerSegmentationsModuleLogic):
+        logic = logic_class()
+        logic.SetMRMLScene(scene)
+        logic.SetMRMLApplicationLogic(application_logic)
+        logics.append(logic)
+    # Keep the logics alive as long as the scene.
+    scene._pancreasai_logics = (application_logic, *logics)
+    return scene

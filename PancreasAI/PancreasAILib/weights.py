@@ -1,0 +1,293 @@
+"""Model files: `.safetensors` weights with a JSON model card beside them, and a registry.
+
+The card is the single place for everything that travels with the weights: architecture and
+its parameters, pre-processing, classes, training data and protocol, metrics, SHA256 of the
+weights file. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+from .errors import ModelFileError, MissingDependencyError
+from .progress import ProgressCallback, no_progress
+
+CARD_FORMAT_VERSION = 1
+
+
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model card read from `<name>.json`; `weights_path` is the `.safetensors` beside it."""
+
+    card_path: Path
+    data: dict
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    @property
+    def architecture(self) -> str:
+        return self.data["architecture"]
+
+    @property
+    def architecture_params(self) -> dict:
+        return dict(self.data.get("architecture_params", {}))
+
+    @property
+    def preprocessing(self) -> dict:
+        return dict(self.data.get("preprocessing", {}))
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.data.get("classes", []))
+
+    @property
+    def sha256(self) -> str:
+        return self.data["sha256"]
+
+    @property
+    def weights_path(self) -> Path:
+        return self.card_path.parent / self.data["weights_file"]
+
+    @property
+    def intended_use(self) -> str:
+        return self.data.get("intended_use", "")
+
+
+def card_path_for(path: Path) -> Path:
+    """`x.safetensors` or `x.json` -> `x.json`."""
+    path = Path(path)
+    return path if path.suffix == ".json" else path.with_suffix(".json")
+
+
+def read_model_card(path: str | Path) -> ModelCard:
+    """Read the card for a `.safetensors` or `.json` path and check that it is complete."""
+    card_path = card_path_for(Path(path))
+    if not card_path.exists():
+        weights = Path(path).with_suffix(".safetensors")
+        if weights.exists():
+            raise ModelFileError(
+                f"{weights} has no model card ({card_path.name}) beside it; the card says how the "
+                "model was trained and how to use it, so the file cannot be used without it.")
+        raise ModelFileError(f"No model file at {card_path.with_suffix('.safetensors')}.")
+    try:
+        data = json.loads(card_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelFileError(f"The model card {card_path} is not valid JSON ({error}).") from error
+    missing = [key for key in ("name", "architecture", "weights_file", "sha256") if key not in data]
+    if missing:
+        raise ModelFileError(f"The model card {card_path} lacks {', '.join(missing)}.")
+    return ModelCard(card_path, data)
+
+
+def verify_weights_file(card: ModelCard) -> None:
+    """Check that the weights file exists and its SHA256 is the one the card records."""
+    weights = card.weights_path
+    if not weights.exists():
+        raise ModelFileError(f"The weights file {weights} named by {card.card_path.name} is missing.")
+    actual = sha256_of_file(weights)
+    if actual != card.sha256:
+        raise ModelFileError(
+            f"The weights file {weights} is damaged or incomplete: its SHA256 ({actual[:12]}...) "
+            f"differs from the model card's ({card.sha256[:12]}...). Delete it and download or "
+            "copy it again.")
+
+
+def load_state_dict(card: ModelCard, architectures: str | Iterable[str]) -> dict:
+    """Verified tensors of a model file whose card names one of `architectures`."""
+    allowed = {architectures} if isinstance(architectures, str) else set(architectures)
+    if card.architecture not in allowed:
+        raise ModelFileError(
+            f"{card.card_path.name} is a {card.architecture} model; this module needs "
+            f"{' or '.join(sorted(allowed))}.")
+    verify_weights_file(card)
+    try:
+        from safetensors.torch import load_file
+    except ImportError as error:
+        raise MissingDependencyError("The 'safetensors' package is needed to read model files: "
+                                     "pip install safetensors") from error
+    try:
+        return load_file(str(card.weights_path))
+    except Exception as error:  # safetensors raises its own error types for bad headers
+        raise ModelFileError(f"{card.weights_path} is not a valid .safetensors file ({error}).") from error
+
+
+def load_into(model, state_dict: dict, card: ModelCard) -> None:
+    """Load strictly; a mismatch means the file is for another architecture or size."""
+    result = model.load_state_dict(state_dict, strict=False)
+    shape_errors = [
+        f"{key} {tuple(tensor.shape)} vs {tuple(model.state_dict()[key].shape)}"
+        for key, tensor in state_dict.items()
+        if key in model.state_dict() and tuple(model.state_dict()[key].shape) != tuple(tensor.shape)]
+    if result.missing_keys or result.unexpected_keys or shape_errors:
+        details = []
+        if result.missing_keys:
+            details.append(f"missing {len(result.missing_keys)} tensors, e.g. {result.missing_keys[0]}")
+        if result.unexpected_keys:
+            details.append(f"{len(result.unexpected_keys)} unexpected, e.g. {result.unexpected_keys[0]}")
+        if shape_errors:
+            details.append(f"wrong shapes, e.g. {shape_errors[0]}")
+        raise ModelFileError(
+            f"The weights in {card.weights_path.name} do not fit the {card.architecture} architecture "
+            f"described by its card ({'; '.join(details)}).")
+
+
+def save_model(state_dict: dict, weights_path: str | Path, card_fields: dict) -> ModelCard:
+    """Write `<name>.safetensors` and its card `<name>.json` (with the file's SHA256)."""
+    from safetensors.torch import save_file
+
+    weights_path = Path(weights_path).with_suffix(".safetensors")
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
+    save_file(tensors, str(weights_path), metadata={"architecture": str(card_fields["architecture"])})
+    data = {"format_version": CARD_FORMAT_VERSION, **card_fields,
+            "weights_file": weights_path.name, "sha256": sha256_of_file(weights_path)}
+    card_path = card_path_for(weights_path)
+    card_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return ModelCard(card_path, data)
+
+
+# --- registry and download -------------------------------------------------------------------
+
+def default_cache_dir() -> Path:
+    """Where downloaded models live: $PANCREASAI_CACHE or ~/.cache/pancreasai/models."""
+    configured = os.environ.get("PANCREASAI_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "pancreasai" / "models"
+
+
+def download_file(url: str, destination: Path, sha256: Optional[str] = None,
+                  progress: ProgressCallback = no_progress) -> Path:
+    """Fetch `url` (http, https or file) to `destination`, atomically, checking SHA256."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=destination.parent, prefix=destination.name, suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+                done += len(block)
+                progress(done / total if total else 0.0, f"Downloading {destination.name}")
+        if sha256 and sha256_of_file(Path(partial)) != sha256:
+            raise ModelFileError(
+                f"The file downloaded from {url} does not have the expected SHA256; the download was "
+                "damaged or the server holds another file. Nothing was kept; try again later.")
+        shutil.move(partial, destination)
+    except OSError as error:
+        raise ModelFileError(
+            f"Could not download {url} ({error}). If this computer is offline or behind a firewall, "
+            f"copy the model files by hand into {destination.parent} or set PANCREASAI_MODEL_MIRROR "
+            "to a folder or server that holds them.") from error
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return destination
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    name: str
+    title: str
+    card_url: Optional[str]
+    weights_url: Optional[str]
+    sha256: Optional[str]
+    bundled_card: Optional[Path]
+
+
+class ModelRegistry:
+    """The known models of one module: bundled ones, and ones downloaded on first use."""
+
+    def __init__(self, entries: list[RegistryEntry], cache_dir: Optional[Path] = None) -> None:
+        self.entries = {entry.name: entry for entry in entries}
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+
+    @classmethod
+    def from_json(cls, path: Path, cache_dir: Optional[Path] = None) -> "ModelRegistry":
+        """Read `models.json`: a list of {name, title, card | card_url + weights_url + sha256}."""
+        items = json.loads(Path(path).read_text(encoding="utf-8"))
+        entries = [RegistryEntry(
+            name=item["name"], title=item.get("title", item["name"]),
+            card_url=item.get("card_url"), weights_url=item.get("weights_url"),
+            sha256=item.get("sha256"),
+            bundled_card=(Path(path).parent / item["card"]) if item.get("card") else None)
+            for item in items]
+        return cls(entries, cache_dir)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    @property
+    def default_name(self) -> str:
+        return next(iter(self.entries))
+
+    def cached_card_path(self, name: str) -> Path:
+        return self.cache_dir / name / f"{name}.json"
+
+    def is_available(self, name: str) -> bool:
+        entry = self.entries[name]
+        return bool(entry.bundled_card and entry.bundled_card.exists()) or self.cached_card_path(name).exists()
+
+    def resolve(self, name_or_path: str | Path | None = None, download: bool = True,
+                progress: ProgressCallback = no_progress) -> ModelCard:
+        """A registry name, a `.safetensors`/`.json` path, or None for the default -> its card."""
+        name_or_path = name_or_path or self.default_name
+        if str(name_or_path) not in self.entries:
+            return read_model_card(Path(name_or_path))
+        entry = self.entries[str(name_or_path)]
+        if entry.bundled_card and entry.bundled_card.exists():
+            return read_model_card(entry.bundled_card)
+        cached = self.cached_card_path(entry.name)
+        if not cached.exists():
+            if not download:
+                raise ModelFileError(f"The model '{entry.name}' is not downloaded yet ({cached} missing).")
+            self._download(entry, progress)
+        card = read_model_card(cached)
+        if entry.sha256 and card.sha256 != entry.sha256:
+            raise ModelFileError(
+                f"The cached model card {cached} does not describe the registered '{entry.name}' "
+                f"weights; delete {cached.parent} and try again.")
+        return card
+
+    def _download(self, entry: RegistryEntry, progress: ProgressCallback) -> None:
+        if not (entry.card_url and entry.weights_url):
+            raise ModelFileError(f"The model '{entry.name}' has no download address; place its files "
+                                 f"in {self.cache_dir / entry.name} by hand.")
+        folder = self.cache_dir / entry.name
+        weights_name = Path(urllib.parse.urlparse(entry.weights_url).path).name
+        card_url, weights_url = _mirrored(entry.card_url), _mirrored(entry.weights_url)
+        download_file(weights_url, folder / weights_name, entry.sha256, progress)
+        # The card goes last: its presence marks a complete download.
+        download_file(card_url, self.cached_card_path(entry.name), None, progress)
+
+    def delete_cached(self, name: str) -> None:
+        shutil.rmtree(self.cache_dir / name, ignore_errors=True)
+
+
+def _mirrored(url: str) -> str:
+    """Honour $PANCREASAI_MODEL_MIRROR (a folder or base URL holding the same file names)."""
+    mirror = os.environ.get("PANCREASAI_MODEL_MIRROR")
+    if not mirror:
+        return url
+    file_name = Path(urllib.parse.urlparse(url).path).name
+    if "://" not in mirror:
+        return Path(mirror, file_name).resolve().as_uri()
+    return mirror.rstrip("/") + "/" + file_name

@@ -1,0 +1,123 @@
+"""Command line: segment the pancreas in CT files or DICOM folders, one or many.
+
+    python -m PancreasSegMoNetLib segment INPUT... --output DIR     (also: pancreas-seg)
+    python -m PancreasSegMoNetLib models                             list known models
+
+For each case it writes <case>_pancreas.seg.nrrd (opens in Slicer with name, colour and
+terminology) and <case>_pancreas.nii.gz (label map, 1 = pancreas) on the input's grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from PancreasAILib.cli_support import ProgressPrinter, all_or_nothing, case_name, refuse_existing
+from PancreasAILib.errors import OperationCancelled, PancreasAIError
+from PancreasAILib.segmentation_file import SegmentInfo, write_segmentation
+
+from .mrml import PANCREAS_TERMINOLOGY, SEGMENT_COLOR, SEGMENT_ID, SEGMENT_NAME
+
+PANCREAS_SEGMENT = SegmentInfo(1, SEGMENT_ID, SEGMENT_NAME, SEGMENT_COLOR, PANCREAS_TERMINOLOGY)
+
+
+def output_paths(input_path: Path, output_dir: Path) -> tuple[Path, Path]:
+    name = case_name(input_path)
+    return output_dir / f"{name}_pancreas.seg.nrrd", output_dir / f"{name}_pancreas.nii.gz"
+
+
+def segment_files(inputs: list[Path], output_dir: Path, model=None, device: str = "auto",
+                  threshold=None, keep_largest_component: bool = True, overwrite: bool = False,
+                  progress_format: str = "bar") -> int:
+    """Segment every input; returns the number of cases that failed."""
+    from PancreasAILib.volume_io import read_volume, write_volume
+
+    from .models import model_registry
+    from .segmentation import segment_ct
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    printer = ProgressPrinter(len(inputs), progress_format)
+    card = model_registry().resolve(model, progress=printer)
+    printer.message(f"Model: {card.name}. {card.intended_use}".strip())
+    failures = 0
+    for index, path in enumerate(inputs):
+        name = case_name(path)
+        printer.start_case(index, name)
+        seg_path, label_path = output_paths(path, output_dir)
+        try:
+            refuse_existing([seg_path, label_path], overwrite)
+            ct = read_volume(path)
+            result = segment_ct(ct, card, threshold=threshold, keep_largest_component=keep_largest_component,
+                                device=device, progress=printer)
+            with all_or_nothing([seg_path, label_path]) as (seg_temp, label_temp):
+                write_segmentation(result.mask, seg_temp, [PANCREAS_SEGMENT])
+                write_volume(result.mask, label_temp)
+            for warning in result.warnings:
+                printer.message(f"{name}: warning: {warning}")
+            printer.message(f"{name}: pancreas {result.volume_ml:.1f} ml ({result.voxel_count} voxels), "
+                            f"{result.seconds:.1f} s -> {seg_path}")
+        except PancreasAIError as error:
+            failures += 1
+            printer.message(f"{name}: FAILED: {error}")
+    printer.close()
+    return failures
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Files as given; a folder of volume files gives each; a folder of DICOM files is one case."""
+    from PancreasAILib.volume_io import is_volume_file
+
+    paths = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            volumes = sorted(p for p in path.iterdir() if is_volume_file(p))
+            paths.extend(volumes if volumes else [path])
+        else:
+            paths.append(path)
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pancreas-seg", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    segment = commands.add_parser("segment", help="segment the pancreas in CT volumes")
+    segment.add_argument("inputs", nargs="+", help="NIfTI/NRRD files, folders of them, or DICOM series folders")
+    segment.add_argument("--output", "-o", required=True, type=Path, help="folder for the results")
+    segment.add_argument("--model", help="registry name or .safetensors path (default: first in registry)")
+    segment.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
+    segment.add_argument("--threshold", type=float, help="probability threshold (default: model card)")
+    segment.add_argument("--no-largest-component", action="store_true",
+                         help="keep every connected piece, not only the largest")
+    segment.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    segment.add_argument("--progress-format", choices=["bar", "json"], default="bar")
+    commands.add_parser("models", help="list the known models and where they are")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")
+    try:
+        if args.command == "models":
+            from .models import model_registry
+
+            registry = model_registry()
+            for name in registry.names:
+                state = "available" if registry.is_available(name) else "downloads on first use"
+                print(f"{name}\t{registry.entries[name].title}\t({state})")
+            print(f"cache: {registry.cache_dir}")
+            return 0
+        failures = segment_files(
+            expand_inputs(args.inputs), args.output, args.model, args.device, args.threshold,
+            not args.no_largest_component, args.overwrite, args.progress_format)
+        return 1 if failures else 0
+    except OperationCancelled:
+        print("Cancelled.", file=sys.stderr)
+        return 130
+    except PancreasAIError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

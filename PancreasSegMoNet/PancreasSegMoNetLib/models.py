@@ -1,0 +1,52 @@
+"""Which MoNet weights exist, and turning a model card into a ready network."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+from PancreasAILib.errors import PancreasAIError
+from PancreasAILib.weights import ModelCard, ModelRegistry, load_into, load_state_dict
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+ARCHITECTURE = "MoNet"
+
+
+def model_registry(cache_dir: Optional[Path] = None) -> ModelRegistry:
+    """The known PancreasSegMoNet models (Resources/Models/models.json)."""
+    return ModelRegistry.from_json(MODELS_DIR / "models.json", cache_dir)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' picks CUDA when available; 'gpu'/'cuda' without one is an error the user can fix."""
+    import torch
+
+    device = (device or "auto").lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise PancreasAIError("No CUDA GPU is available to PyTorch here; choose 'auto' or 'cpu' as device.")
+        return "cuda"
+    if device != "cpu":
+        raise PancreasAIError(f"Unknown device '{device}'; use auto, cpu or gpu.")
+    return "cpu"
+
+
+def build_monet(card: ModelCard, device: str = "cpu"):
+    """The network described by `card`, with its verified weights, ready for inference."""
+    return _cached_model(str(card.card_path), card.sha256, device)
+
+
+@lru_cache(maxsize=2)
+def _cached_model(card_path: str, sha256: str, device: str):
+    from PancreasAILib.weights import read_model_card
+
+    from .model import MoNet, prepare_for_inference
+
+    card = read_model_card(card_path)
+    state_dict = load_state_dict(card, ARCHITECTURE)
+    model = MoNet(**card.architecture_params)
+    load_into(model, state_dict, card)
+    return prepare_for_inference(model).to(device)

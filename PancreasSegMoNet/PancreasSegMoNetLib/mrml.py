@@ -1,0 +1,136 @@
+"""Slicer scene adapter: CT volume node in, "Pancreas" segment out.
+
+The mask is computed first; the scene is changed only at the end, and any failure while
+changing it restores what was there (a new node is removed, a replaced segment gets its old
+voxels back).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from PancreasAILib.errors import InputError
+from PancreasAILib.mrml import oriented_image, place_beside, volume_from_node, world_ijk_to_ras
+from PancreasAILib.progress import CancelToken, ProgressCallback, no_progress
+from PancreasAILib.volume_io import read_volume
+
+SEGMENT_ID = "PancreasSegMoNet_pancreas"
+SEGMENT_NAME = "Pancreas"
+SEGMENT_COLOR = (249 / 255, 180 / 255, 111 / 255)
+PANCREAS_TERMINOLOGY = (
+    "Segmentation category and type - DICOM master list~SCT^123037004^Anatomical Structure"
+    "~SCT^15776009^Pancreas~^^~Anatomic codes - DICOM master list~^^~^^")
+# Marks the segment this module owns, so a re-run replaces it and nothing else.
+SOURCE_TAG = "PancreasAI.Source"
+SOURCE_VALUE = "PancreasSegMoNet"
+
+
+def segment_volume_node(volume_node, segmentation_node=None, model=None, device: str = "auto",
+                        threshold: Optional[float] = None, keep_largest_component: bool = True,
+                        progress: ProgressCallback = no_progress,
+                        cancel: Optional[CancelToken] = None):
+    """Segment the pancreas in a CT volume node; returns the segmentation node.
+
+    `model` is a registry name, a path to a .safetensors/.json file, or None for the default.
+    """
+    from .models import model_registry
+    from .segmentation import segment_ct
+
+    ct = volume_from_node(volume_node, "CT volume")
+    card = model_registry().resolve(model, progress=progress)
+    result = segment_ct(ct, card, threshold=threshold, keep_largest_component=keep_largest_component,
+                        device=device, progress=progress, cancel=cancel)
+    node = apply_pancreas_mask(volume_node, result.mask.array, segmentation_node)
+    node.SetAttribute("PancreasSegMoNet.Model", result.model_name)
+    node.SetAttribute("PancreasSegMoNet.Warnings", " ".join(result.warnings))
+    return node
+
+
+def import_mask_file(volume_node, labelmap_path: str | Path, segmentation_node=None):
+    """Put a mask written by the command line (on the volume's grid) into the scene."""
+    mask = read_volume(labelmap_path)
+    expected = world_ijk_to_ras(volume_node)
+    dims = volume_node.GetImageData().GetDimensions()[::-1]
+    if mask.shape != tuple(dims) or not np.allclose(mask.ijk_to_ras, expected, atol=1e-3):
+        raise InputError(f"{labelmap_path} is not on the grid of '{volume_node.GetName()}'.")
+    return apply_pancreas_mask(volume_node, mask.array > 0, segmentation_node)
+
+
+def apply_pancreas_mask(volume_node, mask: np.ndarray, segmentation_node=None):
+    """Write a (K, J, I) mask on `volume_node`'s grid into our "Pancreas" segment."""
+    scene = volume_node.GetScene()
+    created = segmentation_node is None
+    if created:
+        segmentation_node = scene.AddNewNodeByClass(
+            "vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{volume_node.GetName()} pancreas"))
+    segmentation = segmentation_node.GetSegmentation()
+    had_segment = segmentation.GetSegment(SEGMENT_ID) is not None
+    previous = _segment_snapshot(segmentation_node) if had_segment else None
+    try:
+        if created:
+            segmentation_node.CreateDefaultDisplayNodes()
+            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+            place_beside(scene, segmentation_node, volume_node)
+        if not had_segment:
+            segmentation.AddEmptySegment(SEGMENT_ID, SEGMENT_NAME, list(SEGMENT_COLOR))
+        segment = segmentation.GetSegment(SEGMENT_ID)
+        segment.SetTag(segment.GetTerminologyEntryTagName(), PANCREAS_TERMINOLOGY)
+        segment.SetTag(SOURCE_TAG, SOURCE_VALUE)
+        _set_segment_voxels(segmentation_node, mask.astype(np.uint8), _volume_geometry(volume_node))
+    except BaseException:
+        if created:
+            scene.RemoveNode(segmentation_node)
+        elif not had_segment:
+            segmentation.RemoveSegment(SEGMENT_ID)
+        elif previous is not None:
+            _set_segment_voxels(segmentation_node, *previous)
+        raise
+    return segmentation_node
+
+
+def _volume_geometry(volume_node) -> np.ndarray:
+    import vtk
+
+    from PancreasAILib.mrml import numpy_matrix
+
+    # The segmentation sits under the same transform as the volume: use the local geometry.
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return numpy_matrix(matrix)
+
+
+def _set_segment_voxels(segmentation_node, mask: np.ndarray, ijk_to_ras: np.ndarray) -> None:
+    import slicer
+
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    image = oriented_image(mask, ijk_to_ras)
+    if not logic.SetBinaryLabelmapToSegment(image, segmentation_node, SEGMENT_ID, logic.MODE_REPLACE,
+                                            image.GetExtent()):
+        raise RuntimeError("Slicer could not write the pancreas voxels into the segmentation.")
+
+
+def _segment_snapshot(segmentation_node) -> tuple[np.ndarray, np.ndarray]:
+    """The segment's current voxels and geometry, to restore them if an update fails."""
+    import slicer
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    from PancreasAILib.mrml import numpy_matrix
+    import vtk
+
+    image = slicer.vtkOrientedImageData()
+    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+        segmentation_node, SEGMENT_ID, image)
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    dims = image.GetDimensions()
+    extent = image.GetExtent()
+    if image.GetPointData().GetScalars() is None or dims[0] <= 0:
+        return np.zeros((1, 1, 1), np.uint8), numpy_matrix(matrix)
+    array = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1]).copy()
+    # Shift the matrix so voxel (0, 0, 0) of the array is the extent's first voxel.
+    shift = np.eye(4)
+    shift[:3, 3] = extent[0::2]
+    return (array > 0).astype(np.uint8), numpy_matrix(matrix) @ shift

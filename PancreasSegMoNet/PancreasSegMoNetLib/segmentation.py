@@ -1,0 +1,136 @@
+"""From a CT volume to a pancreas mask on the same voxel grid.
+
+CT (any orientation, spacing, oblique direction) -> canonical axial (a view, no copy) ->
+slabs of slices -> 256 x 256 windowed slices -> MoNet -> probabilities back onto the
+canonical slab -> threshold -> 3D clean-up -> original axis order. Work is done slab by slab,
+so memory stays near the size of the input plus one uint8 mask.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage
+
+from PancreasAILib.errors import InputError
+from PancreasAILib.orientation import axial_reorientation, obliquity_degrees
+from PancreasAILib.progress import CancelToken, ProgressCallback, no_progress
+from PancreasAILib.resample import resample
+from PancreasAILib.volume import Volume, check_scalar_volume
+from PancreasAILib.weights import ModelCard
+
+from .models import build_monet, model_registry, resolve_device
+from .preprocessing import model_slices
+
+logger = logging.getLogger(__name__)
+
+# Slices per slab: bounds memory for 512 x 512 x 600 CTs; the network sees `batch_size` at once.
+SLAB_SLICES = 32
+MIN_SIZE_KJI = (1, 32, 32)
+
+
+@dataclass
+class SegmentationResult:
+    """mask: uint8 (K, J, I) on the input's grid, 1 = pancreas."""
+
+    mask: Volume
+    model_name: str
+    threshold: float
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def voxel_count(self) -> int:
+        return int(np.count_nonzero(self.mask.array))
+
+    @property
+    def volume_ml(self) -> float:
+        return self.voxel_count * float(np.prod(self.mask.spacing)) / 1000.0
+
+
+def check_ct(ct: Volume) -> list[str]:
+    """Refuse what cannot be a CT; return warnings for what looks unlike one."""
+    check_scalar_volume(ct.array, "CT volume", min_size=(1, 1, 1))
+    axial_shape = axial_reorientation(ct).apply(ct.array).shape
+    if any(n < m for n, m in zip(axial_shape, MIN_SIZE_KJI)):
+        raise InputError(
+            f"The CT volume is too small: its axial slices are {axial_shape[2]} x {axial_shape[1]} "
+            f"voxels; at least {MIN_SIZE_KJI[2]} x {MIN_SIZE_KJI[1]} are needed.")
+    warnings = []
+    low, high = float(ct.array.min()), float(ct.array.max())
+    if low > -500 or high < 0:
+        warnings.append(
+            f"The image values run from {low:g} to {high:g}, which does not look like a CT in "
+            "Hounsfield units (air is about -1000): is it an MRI or a rescaled image? "
+            "MoNet was trained on CT only; the result is unlikely to be meaningful.")
+    angle = obliquity_degrees(ct)
+    if angle > 20:
+        warnings.append(
+            f"The volume is tilted {angle:.0f} degrees from the patient axes; MoNet segments its "
+            "nearest-axial slices, which differ from true axial ones at this tilt.")
+    return warnings
+
+
+def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optional[float] = None,
+               keep_largest_component: bool = True, device: str = "auto", batch_size: int = 8,
+               progress: ProgressCallback = no_progress,
+               cancel: Optional[CancelToken] = None) -> SegmentationResult:
+    """Segment the pancreas in `ct` ((K, J, I) Hounsfield units with its IJK-to-RAS)."""
+    import torch
+
+    started = time.perf_counter()
+    cancel = cancel or CancelToken()
+    warnings = check_ct(ct)
+    for warning in warnings:
+        logger.warning(warning)
+    card = card or model_registry().resolve(None)
+    preprocessing = card.preprocessing
+    threshold = float(card.data.get("postprocessing", {}).get("threshold", 0.5)
+                      if threshold is None else threshold)
+    if not 0.0 < threshold < 1.0:
+        raise InputError(f"The probability threshold must lie between 0 and 1 (got {threshold}).")
+    device = resolve_device(device)
+    progress(0.0, "Loading model")
+    model = build_monet(card, device)
+
+    reorientation = axial_reorientation(ct)
+    canonical = reorientation.apply_volume(ct)
+    n_slices = canonical.shape[0]
+    canonical_mask = np.zeros(canonical.shape, dtype=np.uint8)
+    for k0 in range(0, n_slices, SLAB_SLICES):
+        cancel.raise_if_cancelled()
+        progress(0.05 + 0.85 * k0 / n_slices, f"Segmenting slices {k0 + 1}-{min(k0 + SLAB_SLICES, n_slices)} of {n_slices}")
+        slab = canonical.slab(k0, min(k0 + SLAB_SLICES, n_slices))
+        slices, grid = model_slices(slab, preprocessing)
+        probabilities = np.empty_like(slices)
+        with torch.inference_mode():
+            for b0 in range(0, len(slices), batch_size):
+                batch = torch.from_numpy(slices[b0:b0 + batch_size, None]).to(device)
+                probabilities[b0:b0 + batch_size] = model(batch)[:, 0].float().cpu().numpy()
+        back = resample(Volume(probabilities, grid), slab.shape, slab.ijk_to_ras, order=1)
+        canonical_mask[k0:k0 + slab.shape[0]] = back >= threshold
+
+    cancel.raise_if_cancelled()
+    progress(0.92, "Cleaning up")
+    if keep_largest_component:
+        canonical_mask = largest_component(canonical_mask)
+    if not canonical_mask.any():
+        warnings.append("No pancreas was found in this volume (no voxel above the threshold).")
+    mask = np.ascontiguousarray(reorientation.undo(canonical_mask))
+    progress(1.0, "Done")
+    return SegmentationResult(Volume(mask, ct.ijk_to_ras), card.name, threshold, warnings,
+                              time.perf_counter() - started)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest 26-connected component of a binary (K, J, I) mask."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return (labels == sizes.argmax()).astype(np.uint8)

@@ -1,0 +1,103 @@
+"""Shared pytest set-up: the module folders on sys.path (as Slicer puts them), and fixtures
+for small phantoms, randomly initialised model files and a real slicer-core scene."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+for module_dir in ("PancreasAI", "PancreasSegMoNet", "IPMNRisk", "Resources/Training"):
+    path = str(ROOT / module_dir)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def random_monet_card(tmp_path_factory):
+    """A MoNet model file with random (seeded) weights and a complete card."""
+    import torch
+
+    from PancreasSegMoNetLib.model import MoNet
+    from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING
+    from PancreasAILib.weights import save_model
+
+    torch.manual_seed(0)
+    model = MoNet()
+    _calibrate_batch_norm(model)
+    path = tmp_path_factory.mktemp("models") / "monet-random.safetensors"
+    return save_model(model.state_dict(), path, {
+        "name": "monet-random", "architecture": "MoNet",
+        "architecture_params": {"in_channels": 1, "n_classes": 1},
+        "preprocessing": DEFAULT_PREPROCESSING, "postprocessing": {"threshold": 0.5},
+        "intended_use": "tests only"})
+
+
+def _calibrate_batch_norm(model) -> None:
+    """Give a random MoNet the BatchNorm statistics of real-looking slices, so that its
+    output straddles 0.5 (a rich, geometry-sensitive pattern) instead of saturating."""
+    import torch
+
+    from PancreasAILib.orientation import axial_reorientation
+    from PancreasAILib.volume import Volume
+    from PancreasSegMoNetLib.phantom import make_ct_phantom
+    from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING, model_slices
+
+    phantom = make_ct_phantom(seed=999, shape=(6, 96, 96))
+    volume = Volume(phantom.hu, phantom.ijk_to_ras)
+    slices, _ = model_slices(axial_reorientation(volume).apply_volume(volume), DEFAULT_PREPROCESSING)
+    batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in batch_norms:
+        bn.momentum = None  # cumulative average over this one pass
+    model.train()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout2d):
+                module.p = 0.0
+        model(torch.from_numpy(slices[:, None]))
+    for bn in batch_norms:
+        bn.momentum = 0.01
+    model.eval()
+
+
+@pytest.fixture(scope="session")
+def demo_monet_card():
+    """The bundled demo weights (trained on phantoms)."""
+    from PancreasSegMoNetLib.models import model_registry
+
+    registry = model_registry()
+    if not registry.is_available(registry.default_name):
+        pytest.fail("The bundled demo MoNet weights are missing from PancreasSegMoNet/Resources/Models.")
+    return registry.resolve(None)
+
+
+@pytest.fixture(scope="session")
+def small_ct_phantom():
+    """(16, 128, 128) synthetic CT with a pancreas, LPS storage."""
+    from PancreasSegMoNetLib.phantom import make_ct_phantom
+
+    return make_ct_phantom(seed=1000, shape=(16, 128, 128))
+
+
+@pytest.fixture
+def mrml_scene():
+    """A real MRML scene with the volumes and segmentations logics (slicer-core)."""
+    import slicer
+
+    from PancreasAILib.mrml import create_scene
+
+    scene = create_scene()
+    previous = getattr(slicer, "mrmlScene", None)
+    slicer.mrmlScene = scene
+    yield scene
+    slicer.mrmlScene = previous
+    scene.Clear(True)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)

@@ -1,0 +1,136 @@
+"""MoNet as specified in MONET.md: size, shapes, layer settings, initialisation, fast inference."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from PancreasSegMoNetLib.model import MoNet, count_parameters, prepare_for_inference
+
+
+@pytest.fixture
+def model() -> MoNet:
+    torch.manual_seed(0)
+    return MoNet()
+
+
+def convolutions(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
+def batch_norms(model: nn.Module) -> list[nn.BatchNorm2d]:
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def test_has_401666_trainable_parameters(model):
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 401_666
+    assert count_parameters(model, include_bn_running_stats=False) == 401_666
+
+
+def test_has_403556_parameters_counting_bn_running_stats_as_the_paper_does(model):
+    assert count_parameters(model, include_bn_running_stats=True) == 403_556
+
+
+def test_three_class_model_has_403596_parameters_counting_bn_running_stats():
+    assert count_parameters(MoNet(n_classes=3), include_bn_running_stats=True) == 403_596
+
+
+def test_has_30_batchnorm_layers(model):
+    assert len(batch_norms(model)) == 30
+
+
+def test_batchnorm_uses_keras_epsilon_and_momentum(model):
+    for bn in batch_norms(model):
+        assert bn.eps == pytest.approx(1e-3)
+        assert bn.momentum == pytest.approx(0.01)
+
+
+def test_no_convolution_has_a_bias(model):
+    assert all(conv.bias is None for conv in convolutions(model))
+
+
+def test_down_sampling_uses_4x4_stride_2_convolutions(model):
+    for down in (model.down0, model.down1):
+        assert down.conv.kernel_size == (4, 4)
+        assert down.conv.stride == (2, 2)
+
+
+def test_rddc_uses_spatial_dropout_of_0_2(model):
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout2d)]
+    assert len(dropouts) == 5
+    assert all(d.p == pytest.approx(0.2) for d in dropouts)
+
+
+def test_every_stage_has_the_specified_output_shape_for_a_256_slice(model):
+    expected = {
+        "encoder0": (16, 256), "down0": (16, 128), "encoder1": (32, 128), "down1": (32, 64),
+        "bottleneck": (64, 64), "up1": (64, 128), "decoder1": (32, 128), "up0": (32, 256),
+        "decoder0": (16, 256), "head": (1, 256),
+    }
+    shapes = {}
+    for name in expected:
+        getattr(model, name).register_forward_hook(
+            lambda module, inputs, output, name=name: shapes.__setitem__(name, tuple(output.shape))
+        )
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 1, 256, 256))
+    assert shapes == {name: (1, c, s, s) for name, (c, s) in expected.items()}
+
+
+def test_single_class_output_is_a_probability(model):
+    with torch.no_grad():
+        probabilities = model.eval()(torch.randn(2, 1, 32, 32))
+    assert probabilities.shape == (2, 1, 32, 32)
+    assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
+
+
+def test_multi_class_output_sums_to_one_over_classes():
+    with torch.no_grad():
+        probabilities = MoNet(n_classes=3).eval()(torch.randn(2, 1, 32, 32))
+    assert probabilities.shape == (2, 3, 32, 32)
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(2, 32, 32), atol=1e-5)
+
+
+def test_convolution_weights_are_he_uniform(model):
+    for conv in convolutions(model):
+        fan_in = conv.weight[0].numel()  # in_channels x kH x kW (for Up, in == out channels)
+        bound = math.sqrt(6.0 / fan_in)
+        largest = conv.weight.abs().max().item()
+        assert largest <= bound
+        if conv.weight.numel() >= 144:
+            # PyTorch's default init stops at 1 / sqrt(fan_in) = 0.41 x this bound.
+            assert largest > 0.9 * bound
+
+
+def randomise_batch_norms(model: nn.Module) -> None:
+    """Give every BatchNorm non-trivial statistics and affine parameters, as after training."""
+    generator = torch.Generator().manual_seed(1)
+    for bn in batch_norms(model):
+        n = bn.num_features
+        bn.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+        bn.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=generator))
+        bn.weight.data.copy_(0.5 + torch.rand(n, generator=generator))
+        bn.bias.data.copy_(torch.rand(n, generator=generator) - 0.5)
+
+
+def test_prepared_model_gives_the_eval_models_output(model):
+    randomise_batch_norms(model)
+    model.eval()
+    ct_slices = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(ct_slices)
+        prepared = prepare_for_inference(model)(ct_slices)
+    assert torch.allclose(prepared, expected, rtol=0.0, atol=1e-4)
+
+
+def test_prepared_model_has_every_batchnorm_folded_into_its_convolution(model):
+    prepared = prepare_for_inference(model)
+    assert batch_norms(prepared) == []
+    assert all(conv.bias is not None for conv in convolutions(prepared))
+    assert not prepared.training
+
+
+def test_preparing_for_inference_leaves_the_original_model_unchanged(model):
+    prepare_for_inference(model)
+    assert len(batch_norms(model)) == 30
+    assert model.training

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One entry point for set-up, demo, tests and benchmarks.
+#   ./pancreasai.sh demo     set up (if needed), then segment / assess the bundled samples
+#   ./pancreasai.sh test     set up (if needed), then run the test suite
+#   ./pancreasai.sh bench    set up (if needed), then run the benchmarks
+#   ./pancreasai.sh setup    only create .venv and install the pinned requirements
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+venv="${PANCREASAI_VENV:-$here/.venv}"
+py="$venv/bin/python"
+
+setup() {
+  local stamp="$venv/.requirements.sha256"
+  local want
+  want="$(cat "$here/requirements-dev.txt" "$here/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+  if [[ -x "$py" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    return 0
+  fi
+  echo "Setting up $venv (first run installs about 7 GB; later runs reuse it)..."
+  command -v python3.11 >/dev/null && base=python3.11 || base=python3
+  "$base" -m venv "$venv"
+  "$py" -m pip install --quiet --upgrade pip
+  "$py" -m pip install --quiet -r "$here/requirements-dev.txt"
+  "$py" -m pip install --quiet --no-deps -e "$here"
+  echo "$want" > "$stamp"
+}
+
+cmd="${1:-help}"; shift || true
+case "$cmd" in
+  setup) setup ;;
+  demo)  setup; exec "$py" "$here/Testing/demo.py" "$@" ;;
+  test)  setup; cd "$here"; exec "$py" -m pytest Testing "$@" ;;
+  bench) setup; exec "$py" "$here/Testing/Benchmarks/benchmark.py" "$@" ;;
+  *) sed -n '2,7p' "$0"; exit 2 ;;
+esac
