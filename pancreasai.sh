@@ -28,7 +28,7 @@ setup() {
 cmd="${1:-help}"; shift || true
 case "$cmd" in
   setup) setup ;;
-  demo)  setup; exec "$py" "$here/Testing/demo.py" "$@" ;;
+  demo)  setup; exec "$py" "$here/Resources/demo.py" "$@" ;;
   test)  setup; cd "$here"; exec "$py" -m pytest Testing "$@" ;;
   bench) setup; exec "$py" "$here/Testing/Benchmarks/benchmark.py" "$@" ;;
   *) sed -n '2,7p' "$0"; exit 2 ;;

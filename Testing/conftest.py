@@ -2,6 +2,7 @@
 for small phantoms, randomly initialised model files and a real slicer-core scene."""
 
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -90,10 +91,16 @@ def mrml_scene():
     from PancreasAILib.mrml import create_scene
 
     scene = create_scene()
-    previous = getattr(slicer, "mrmlScene", None)
-    slicer.mrmlScene = scene
+    application_logic, volumes_logic, segmentations_logic = scene._pancreasai_logics
+    # What the Slicer application provides and some slicer.util helpers use.
+    modules = types.SimpleNamespace(
+        volumes=types.SimpleNamespace(logic=lambda: volumes_logic),
+        segmentations=types.SimpleNamespace(logic=lambda: segmentations_logic))
+    previous = {name: getattr(slicer, name, None) for name in ("mrmlScene", "modules")}
+    slicer.mrmlScene, slicer.modules = scene, modules
     yield scene
-    slicer.mrmlScene = previous
+    for name, value in previous.items():
+        setattr(slicer, name, value)
     scene.Clear(True)
 
 

@@ -69,29 +69,50 @@ def load_pretrained_natural_image(architecture: str, file_path: Optional[str | P
 
     timm keeps the R and G kernels of the patch embedding scaled by 3 / 2 (two input
     channels) and resamples the position embedding from 14 x 14 to 12 x 12; the classifier
-    starts random. With `file_path` (a local `.safetensors`, or a `.pth` read with
-    weights_only, of the same architecture) nothing is downloaded; without it timm fetches the
-    architecture's default weights from the Hugging Face hub (needs internet), e.g.
-    'vit_base_patch16_224.augreg_in21k' for the paper's ImageNet-21k weights.
+    starts random. With `file_path` (a local `.safetensors` of the same architecture and
+    parameters) nothing is downloaded; without it timm fetches the named weights from the
+    Hugging Face hub (needs internet), e.g. 'vit_base_patch16_224.augreg_in21k' for the
+    paper's ImageNet-21k ViT-B/16.
     """
     params = dict(architecture_params or {})
-    base_name = architecture.split(".")[0]
-    _check_architecture(base_name, params)
+    _check_architecture(architecture.split(".")[0], params)
     timm = _timm()
     if file_path is None:
         return timm.create_model(architecture, pretrained=True, **_FIXED_ARGUMENTS, **params)
     file_path = Path(file_path)
     if not file_path.is_file():
         raise ModelFileError(f"No pretrained weights file at {file_path}.")
-    # custom_load=False: timm's own loader (the architecture's default is a .npz reader)
+    if file_path.suffix != ".safetensors":
+        raise ModelFileError(f"{file_path.name}: pretrained weights are read from .safetensors files only.")
+    # custom_load=False: timm's generic loader (the architecture's default reads .npz files)
     overlay = dict(file=str(file_path), custom_load=False)
     try:
-        return timm.create_model(architecture, pretrained=True, pretrained_cfg_overlay=overlay,
-                                 **_FIXED_ARGUMENTS, **params)
+        model = timm.create_model(architecture, pretrained=True, pretrained_cfg_overlay=overlay,
+                                  **_FIXED_ARGUMENTS, **params)
     except RuntimeError as error:
-        raise ModelFileError(
-            f"{file_path.name} does not hold {architecture} weights with the parameters "
-            f"{params or 'of the standard model'} ({str(error).splitlines()[0]}).") from error
+        raise ModelFileError(_not_this_architecture(file_path, architecture, params,
+                                                    str(error).splitlines()[0])) from error
+    _check_all_tensors_used(model, file_path, architecture, params)
+    return model
+
+
+def _not_this_architecture(file_path: Path, architecture: str, params: dict, detail: str) -> str:
+    return (f"{file_path.name} does not hold {architecture} weights with the parameters "
+            f"{params or 'of the standard model'} ({detail}).")
+
+
+def _check_all_tensors_used(model, file_path: Path, architecture: str, params: dict) -> None:
+    """timm loads non-strictly once it drops the 1000-class head, so a file with fewer or more
+    blocks would load silently; compare the tensor names ourselves."""
+    from safetensors import safe_open
+
+    with safe_open(str(file_path), framework="pt") as weights:
+        in_file = {key for key in weights.keys() if not key.startswith("head.")}
+    in_model = {key for key in model.state_dict() if not key.startswith("head.")}
+    missing, unexpected = sorted(in_model - in_file), sorted(in_file - in_model)
+    if missing or unexpected:
+        example = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise ModelFileError(_not_this_architecture(file_path, architecture, params, example))
 
 
 def load_vit(card: ModelCard):
@@ -99,5 +120,10 @@ def load_vit(card: ModelCard):
     _check_architecture(card.architecture, card.architecture_params)
     state_dict = load_state_dict(card, VIT_ARCHITECTURES)
     model = create_vit(card.architecture, card.architecture_params)
-    load_into(model, state_dict, card)
+    try:
+        load_into(model, state_dict, card)
+    except RuntimeError as error:  # torch raises on wrong shapes even when not strict
+        raise ModelFileError(
+            f"The weights in {card.weights_path.name} do not fit the {card.architecture} architecture "
+            f"described by its card ({str(error).splitlines()[-1].strip().rstrip('.')}).") from error
     return model.eval()

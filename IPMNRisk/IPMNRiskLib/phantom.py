@@ -5,7 +5,7 @@ synthetic patient depends on the seed only; the lesion, bias field and noise dep
 (seed, risk class), so one seed gives a normal, a low-risk and a high-risk version of the
 same patient.
 
-Classes: 0 normal pancreas (thin duct); 1 low-risk IPMN, a small simple cyst (5-12 mm,
+Classes: 0 normal pancreas (thin duct); 1 low-risk IPMN, a small simple cyst (6-12 mm,
 T2 bright, T1 dark, thin wall, no nodule); 2 high-risk IPMN, a larger cyst (20-35 mm) with
 an enhancing mural nodule and a dilated main pancreatic duct (>= 5 mm).
 """
@@ -178,7 +178,7 @@ def _sample_cyst(rng: np.random.Generator, anatomy: Anatomy, risk_class: int, sc
     index = int(rng.uniform(0.1, 0.9) * (len(path) - 1))
     centre = path[index].copy()
     if risk_class == 1:
-        radius = rng.uniform(2.5, 6.0) / scale
+        radius = rng.uniform(3.0, 6.0) / scale
         centre[:2] += rng.uniform(-0.4, 0.4, 2) * max(0.0, radii[index] - radius)
         semi = (radius * rng.uniform(0.85, 1.15), radius * rng.uniform(0.85, 1.15), radius * rng.uniform(0.9, 1.2))
         return _Cyst(centre, semi, float(rng.uniform(0, 180)), [], None)
@@ -209,8 +209,9 @@ def _paint_duct(canvas: Canvas, anatomy: Anatomy, dilated: bool, rng: np.random.
     box, sdf = tube_sdf(canvas.grid, path[start:], radii)
     if box is None:
         return
-    # Partial volume keeps a thin duct faint, as it is at this resolution.
-    alpha = np.clip(0.5 - sdf / max(canvas.ramp_mm, 2.0 * radius), 0.0, 1.0)
+    # Partial volume: a thin duct fills only part of a thick slice, so it stays faint.
+    through_plane = min(1.0, 2.0 * radius / canvas.grid.frame_spacing[2])
+    alpha = np.clip(0.5 - sdf / max(canvas.ramp_mm, 2.0 * radius), 0.0, 1.0) * through_plane
     canvas.paint("duct", box, alpha * canvas.fractions["pancreas"][box], occlude=False)
 
 

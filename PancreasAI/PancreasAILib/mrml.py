@@ -109,9 +109,13 @@ def place_beside(scene, node, reference_node) -> None:
     if hierarchy is not None:
         reference_item = hierarchy.GetItemByDataNode(reference_node)
         parent = hierarchy.GetItemParent(reference_item) if reference_item else 0
-        item = hierarchy.GetItemByDataNode(node)
-        if parent and item and parent != hierarchy.GetSceneItemID():
-            hierarchy.SetItemParent(item, parent)
+        if parent and parent != hierarchy.GetSceneItemID():
+            item = hierarchy.GetItemByDataNode(node)
+            # In the application a plugin creates items for new nodes; outside it, we do.
+            if item:
+                hierarchy.SetItemParent(item, parent)
+            else:
+                hierarchy.CreateItem(parent, node)
     transform = reference_node.GetParentTransformNode()
     if transform is not None and hasattr(node, "SetAndObserveTransformNodeID"):
         node.SetAndObserveTransformNodeID(transform.GetID())
@@ -151,3 +155,18 @@ def create_scene():
     # Keep the logics alive as long as the scene.
     scene._pancreasai_logics = (application_logic, *logics)
     return scene
+
+
+def save_scene_bundle(scene, path) -> "Path":
+    """Write the whole scene, data included, as one Slicer `.mrb` file."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for index in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(index)
+        if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is None and node.GetSaveWithScene():
+            node.CreateDefaultStorageNode()
+    if not scene.WriteToMRB(str(path)):
+        raise OSError(f"Slicer could not write the scene to {path}.")
+    return path

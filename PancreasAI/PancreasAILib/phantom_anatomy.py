@@ -576,6 +576,7 @@ def _small_bowel_paths(
     clear of the pancreas, duodenum and splenic vein."""
     low = np.array([-0.55 * ca, -cb_front + radius + 4.0, -170.0])
     high = np.array([0.65 * ca, vb_front - radius - 15.0, -10.0])
+    high = np.maximum(high, low + 20.0)  # thin patients: little room in front of the spine
     paths = []
     step = radius * 0.45
     for _ in range(int(rng.integers(4, 8))):

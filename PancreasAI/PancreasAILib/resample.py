@@ -9,6 +9,9 @@ from .volume import Volume
 
 # Output voxels computed per call to scipy: bounds the memory of the coordinate work.
 _CHUNK_VOXELS = 8_000_000
+# Voxel-index slack at the border of the source, so float noise in the grid transform cannot
+# move a centre that lies exactly on the border outside.
+_EDGE_TOLERANCE = 1e-6
 
 
 def resample(source: Volume, target_shape: tuple[int, int, int], target_ijk_to_ras: np.ndarray,
@@ -16,28 +19,55 @@ def resample(source: Volume, target_shape: tuple[int, int, int], target_ijk_to_r
     """Values of `source` at the voxel centres of a target grid.
 
     order 0 = nearest neighbour (labels), 1 = trilinear (images, probabilities).
-    Target voxels outside the source get `fill_value`. Returns (K, J, I) of `dtype`.
+    A target voxel centre is inside the source when it lies within the source voxels' physical
+    extent (up to half a voxel beyond the outer voxel centres, where the edge values hold, as
+    in ITK and Slicer); centres outside get `fill_value`. Returns (K, J, I) of `dtype`.
     Works slab by slab, so memory stays near the size of the output.
     """
     if order not in (0, 1):
         raise ValueError("order must be 0 (nearest) or 1 (linear)")
+    target_shape = tuple(int(n) for n in target_shape)
     target_to_source = np.linalg.inv(source.ijk_to_ras) @ np.asarray(target_ijk_to_ras, float)
-    # Round away float noise (1e-9 voxel grid): a voxel centre that should land exactly on the
-    # source's last slice must not land 1e-15 beyond it, where scipy returns fill_value.
-    target_to_source = np.round(target_to_source * 2.0**30) / 2.0**30
     # scipy indexes arrays (K, J, I): reverse the (i, j, k) axes of the index transform.
     reverse = np.eye(3)[::-1]
     matrix = reverse @ target_to_source[:3, :3] @ reverse
     offset = reverse @ target_to_source[:3, 3]
-    output = np.empty(tuple(target_shape), dtype=dtype)
+    output = np.empty(target_shape, dtype=dtype)
     slab = max(1, _CHUNK_VOXELS // max(1, int(np.prod(target_shape[1:]))))
     for k0 in range(0, target_shape[0], slab):
         k1 = min(k0 + slab, target_shape[0])
+        slab_offset = offset + matrix @ np.array([k0, 0.0, 0.0])
+        slab_shape = (k1 - k0, *target_shape[1:])
+        # mode "nearest" repeats the edge voxels: right in the outer half voxel; points
+        # further out are set to fill_value below ("constant" would already drop the half voxel).
         ndimage.affine_transform(
-            source.array, matrix, offset=offset + matrix @ np.array([k0, 0.0, 0.0]),
-            output_shape=(k1 - k0, *target_shape[1:]), output=output[k0:k1], order=order,
-            mode="constant", cval=fill_value, prefilter=False)
+            source.array, matrix, offset=slab_offset, output_shape=slab_shape,
+            output=output[k0:k1], order=order, mode="nearest", prefilter=False)
+        outside = _outside_source(matrix, slab_offset, slab_shape, source.shape[:3])
+        if outside is not None:
+            output[k0:k1][outside] = fill_value
     return output
+
+
+def _outside_source(matrix: np.ndarray, offset: np.ndarray, shape: tuple[int, int, int],
+                    source_shape: tuple[int, ...]) -> np.ndarray | None:
+    """(K, J, I) bool of the target voxels whose source (k, j, i) index lies beyond the source
+    voxels' extent [-0.5, n - 0.5] on some axis; None when there are none."""
+    limit = np.asarray(source_shape, float) - 0.5 + _EDGE_TOLERANCE
+    corners = np.array([[k, j, i] for k in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                        for i in (0, shape[2] - 1)], float)
+    mapped = corners @ matrix.T + offset
+    # The source box is convex and the map affine: all corners inside means all voxels inside.
+    if np.all(mapped >= -0.5 - _EDGE_TOLERANCE) and np.all(mapped <= limit):
+        return None
+    k, j, i = (np.arange(n, dtype=float) for n in shape)
+    outside = np.zeros(shape, dtype=bool)
+    for axis in range(3):
+        coordinate = ((matrix[axis, 0] * k)[:, None, None] + (matrix[axis, 1] * j)[None, :, None]
+                      + (matrix[axis, 2] * i)[None, None, :] + offset[axis])
+        outside |= coordinate < -0.5 - _EDGE_TOLERANCE
+        outside |= coordinate > limit[axis]
+    return outside
 
 
 def resample_like(source: Volume, reference: Volume, order: int = 1, fill_value: float = 0.0,

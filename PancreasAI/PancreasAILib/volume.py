@@ -23,7 +23,9 @@ def make_ijk_to_ras(spacing, origin=(0.0, 0.0, 0.0), direction=np.eye(3)) -> np.
     return matrix
 
 
-@dataclass(frozen=True)
+# eq=False: the generated __eq__ would compare arrays (ValueError: truth value ambiguous) and
+# the generated __hash__ would hash them (TypeError); a Volume is compared by identity.
+@dataclass(frozen=True, eq=False)
 class Volume:
     """array: (K, J, I) voxels; ijk_to_ras: 4 x 4 float64."""
 
@@ -90,7 +92,8 @@ def check_scalar_volume(array: np.ndarray, what: str, min_size: tuple[int, int, 
 
     min_size is the smallest accepted (K, J, I).
     """
-    if array.ndim == 4 and array.shape[-1] in (3, 4) and what:
+    # (K, J, I, 3 or 4) uint8 is how colour images arrive; other 4D arrays are series.
+    if array.ndim == 4 and array.shape[-1] in (3, 4) and array.dtype == np.uint8:
         raise InputError(f"The {what} is a colour (RGB) image; a grey-scale scan is needed.")
     if array.ndim == 4:
         raise InputError(

@@ -8,6 +8,7 @@ weights file. Nothing is ever unpickled.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -92,6 +93,8 @@ def read_model_card(path: str | Path) -> ModelCard:
         data = json.loads(card_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelFileError(f"The model card {card_path} is not valid JSON ({error}).") from error
+    if not isinstance(data, dict):
+        raise ModelFileError(f"The model card {card_path} is not a JSON object of named fields.")
     missing = [key for key in ("name", "architecture", "weights_file", "sha256") if key not in data]
     if missing:
         raise ModelFileError(f"The model card {card_path} lacks {', '.join(missing)}.")
@@ -131,23 +134,30 @@ def load_state_dict(card: ModelCard, architectures: str | Iterable[str]) -> dict
 
 
 def load_into(model, state_dict: dict, card: ModelCard) -> None:
-    """Load strictly; a mismatch means the file is for another architecture or size."""
-    result = model.load_state_dict(state_dict, strict=False)
+    """Load strictly; a mismatch means the file is for another architecture or size.
+
+    Everything is checked before anything is copied, so a refused file leaves `model` as it was
+    (torch's own load raises a bare RuntimeError on a shape mismatch even when not strict).
+    """
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
     shape_errors = [
-        f"{key} {tuple(tensor.shape)} vs {tuple(model.state_dict()[key].shape)}"
+        f"{key} {tuple(tensor.shape)} vs {tuple(expected[key].shape)}"
         for key, tensor in state_dict.items()
-        if key in model.state_dict() and tuple(model.state_dict()[key].shape) != tuple(tensor.shape)]
-    if result.missing_keys or result.unexpected_keys or shape_errors:
+        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape)]
+    if missing or unexpected or shape_errors:
         details = []
-        if result.missing_keys:
-            details.append(f"missing {len(result.missing_keys)} tensors, e.g. {result.missing_keys[0]}")
-        if result.unexpected_keys:
-            details.append(f"{len(result.unexpected_keys)} unexpected, e.g. {result.unexpected_keys[0]}")
+        if missing:
+            details.append(f"missing {len(missing)} tensors, e.g. {missing[0]}")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
         if shape_errors:
             details.append(f"wrong shapes, e.g. {shape_errors[0]}")
         raise ModelFileError(
             f"The weights in {card.weights_path.name} do not fit the {card.architecture} architecture "
             f"described by its card ({'; '.join(details)}).")
+    model.load_state_dict(state_dict, strict=True)
 
 
 def save_model(state_dict: dict, weights_path: str | Path, card_fields: dict) -> ModelCard:
@@ -191,7 +201,7 @@ def download_file(url: str, destination: Path, sha256: Optional[str] = None,
                 f"The file downloaded from {url} does not have the expected SHA256; the download was "
                 "damaged or the server holds another file. Nothing was kept; try again later.")
         shutil.move(partial, destination)
-    except OSError as error:
+    except (OSError, http.client.HTTPException, ValueError) as error:
         raise ModelFileError(
             f"Could not download {url} ({error}). If this computer is offline or behind a firewall, "
             f"copy the model files by hand into {destination.parent} or set PANCREASAI_MODEL_MIRROR "
@@ -251,7 +261,14 @@ class ModelRegistry:
         """A registry name, a `.safetensors`/`.json` path, or None for the default -> its card."""
         name_or_path = name_or_path or self.default_name
         if str(name_or_path) not in self.entries:
-            return read_model_card(Path(name_or_path))
+            path = Path(name_or_path)
+            looks_like_name = path.suffix not in (".json", ".safetensors") and len(path.parts) == 1
+            if looks_like_name and not card_path_for(path).exists():
+                raise ModelFileError(
+                    f"There is no model called '{name_or_path}'; the known models are "
+                    f"{', '.join(self.names) or 'none'}. To use another model, give the path of "
+                    "its .safetensors file (with its .json model card beside it).")
+            return read_model_card(path)
         entry = self.entries[str(name_or_path)]
         if entry.bundled_card and entry.bundled_card.exists():
             return read_model_card(entry.bundled_card)
@@ -272,11 +289,27 @@ class ModelRegistry:
             raise ModelFileError(f"The model '{entry.name}' has no download address; place its files "
                                  f"in {self.cache_dir / entry.name} by hand.")
         folder = self.cache_dir / entry.name
-        weights_name = Path(urllib.parse.urlparse(entry.weights_url).path).name
-        card_url, weights_url = _mirrored(entry.card_url), _mirrored(entry.weights_url)
-        download_file(weights_url, folder / weights_name, entry.sha256, progress)
-        # The card goes last: its presence marks a complete download.
-        download_file(card_url, self.cached_card_path(entry.name), None, progress)
+        created_folder = not folder.exists()
+        weights_path = folder / Path(urllib.parse.urlparse(entry.weights_url).path).name
+        card_path = self.cached_card_path(entry.name)
+        try:
+            # Weights already there and intact (an earlier download that stopped before the
+            # card) are not fetched again.
+            if not (weights_path.exists() and entry.sha256 and sha256_of_file(weights_path) == entry.sha256):
+                download_file(_mirrored(entry.weights_url), weights_path, entry.sha256, progress)
+            # The card goes last: its presence marks a complete download.
+            download_file(_mirrored(entry.card_url), card_path, None, progress)
+            card = read_model_card(card_path)
+            if entry.sha256 and card.sha256 != entry.sha256:
+                raise ModelFileError(
+                    f"The model card downloaded for '{entry.name}' describes other weights than the "
+                    "registered ones; the server holds a different version. Nothing was kept.")
+        except BaseException:
+            # Leave no half download behind: remove what this call put in the cache.
+            card_path.unlink(missing_ok=True)
+            if created_folder:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
 
     def delete_cached(self, name: str) -> None:
         shutil.rmtree(self.cache_dir / name, ignore_errors=True)

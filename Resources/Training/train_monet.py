@@ -114,6 +114,9 @@ def train(args) -> Path:
         (val_y if index in val_ids else train_y).append(y)
     train_x, train_y = np.concatenate(train_x), np.concatenate(train_y)
     val_x, val_y = np.concatenate(val_x), np.concatenate(val_y)
+    if len(val_x) > args.max_val_slices:
+        pick = np.sort(rng.choice(len(val_x), args.max_val_slices, replace=False))
+        val_x, val_y = val_x[pick], val_y[pick]
     logger.info("%d training slices from %d cases, %d validation slices from %d cases",
                 len(train_x), len(train_ids), len(val_x), len(val_ids))
 
@@ -136,7 +139,7 @@ def train(args) -> Path:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         val_loss, val_dice = evaluate(model, val_x, val_y)
         scheduler.step(val_loss)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
@@ -204,6 +207,8 @@ def main(argv=None) -> int:
     parser.add_argument("--empty-fraction", type=float, default=0.15,
                         help="fraction of slices without pancreas kept for training")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-val-slices", type=int, default=10**9,
+                        help="validate on a fixed random subset of this many slices (saves time)")
     parser.add_argument("--output", required=True, help="path of the .safetensors to write")
     parser.add_argument("--title", default="MoNet")
     parser.add_argument("--intended-use", default="")

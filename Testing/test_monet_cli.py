@@ -1,0 +1,142 @@
+"""`pancreas-seg segment` end to end: files in, .seg.nrrd and label maps out, on the input grid."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from PancreasAILib.volume import Volume
+from PancreasAILib.volume_io import read_volume, write_volume
+from PancreasSegMoNetLib import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def ct_file(tmp_path, small_ct_phantom):
+    return write_volume(Volume(small_ct_phantom.hu, small_ct_phantom.ijk_to_ras), tmp_path / "in" / "case_001.nii.gz")
+
+
+def run_cli(*args, env_extra=None):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(ROOT / d) for d in ("PancreasAI", "PancreasSegMoNet")))
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "PancreasSegMoNetLib", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_cli_writes_segmentation_and_labelmap_on_the_input_grid(tmp_path, ct_file, random_monet_card):
+    out = tmp_path / "out"
+    result = run_cli("segment", ct_file, "--output", out, "--model", random_monet_card.weights_path)
+    assert result.returncode == 0, result.stderr
+    assert "case_001: pancreas" in result.stdout
+    label = read_volume(out / "case_001_pancreas.nii.gz")
+    source = read_volume(ct_file)
+    assert label.shape == source.shape
+    np.testing.assert_allclose(label.ijk_to_ras, source.ijk_to_ras, atol=1e-5)
+    assert set(np.unique(label.array)) <= {0, 1} and label.array.any()
+    segmentation = read_volume(out / "case_001_pancreas.seg.nrrd")
+    np.testing.assert_array_equal(segmentation.array, label.array)
+
+
+def test_seg_nrrd_opens_in_slicer_with_name_colour_and_terminology(tmp_path, ct_file, random_monet_card, mrml_scene):
+    import slicer
+
+    out = tmp_path / "out"
+    assert run_cli("segment", ct_file, "-o", out, "--model", random_monet_card.weights_path).returncode == 0
+    node = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(out / "case_001_pancreas.seg.nrrd"))
+    assert storage.ReadData(node)
+    segment = node.GetSegmentation().GetSegment("PancreasSegMoNet_pancreas")
+    assert segment is not None and segment.GetName() == "Pancreas"
+    np.testing.assert_allclose(segment.GetColor(), (249 / 255, 180 / 255, 111 / 255), atol=1e-5)
+    assert "SCT^15776009^Pancreas" in segment.GetTerminology()
+
+
+def test_json_progress_lines_for_the_slicer_gui(tmp_path, ct_file, random_monet_card):
+    result = run_cli("segment", ct_file, "-o", tmp_path / "out", "--model", random_monet_card.weights_path,
+                     "--progress-format", "json")
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    fractions = [line["progress"] for line in lines if "progress" in line]
+    assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any("pancreas" in line.get("message", "") for line in lines)
+
+
+def test_several_inputs_and_a_folder_each_give_a_case(tmp_path, small_ct_phantom, random_monet_card):
+    folder = tmp_path / "cases"
+    for name in ("a", "b"):
+        write_volume(Volume(small_ct_phantom.hu, small_ct_phantom.ijk_to_ras), folder / f"{name}.nrrd")
+    failures = cli.segment_files(cli.expand_inputs([str(folder)]), tmp_path / "out", random_monet_card.weights_path)
+    assert failures == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["a_pancreas.nii.gz", "b_pancreas.nii.gz"]
+
+
+def test_a_bad_case_fails_alone_and_leaves_no_partial_output(tmp_path, ct_file, random_monet_card):
+    bad = tmp_path / "in" / "flat.nii.gz"
+    write_volume(Volume(np.zeros((4, 64, 64), np.int16), np.eye(4)), bad)
+    out = tmp_path / "out"
+    result = run_cli("segment", bad, ct_file, "-o", out, "--model", random_monet_card.weights_path)
+    assert result.returncode == 1
+    assert "flat: FAILED" in result.stdout and "same value" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["case_001_pancreas.nii.gz", "case_001_pancreas.seg.nrrd"]
+
+
+def test_existing_results_are_not_overwritten_without_asking(tmp_path, ct_file, random_monet_card):
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / "case_001_pancreas.nii.gz"
+    mine.write_bytes(b"a radiologist's own file")
+    failures = cli.segment_files([ct_file], out, random_monet_card.weights_path)
+    assert failures == 1 and mine.read_bytes() == b"a radiologist's own file"
+    assert cli.segment_files([ct_file], out, random_monet_card.weights_path, overwrite=True) == 0
+    assert read_volume(mine).shape == read_volume(ct_file).shape
+
+
+def test_dicom_series_folder_is_one_case(tmp_path, small_ct_phantom, random_monet_card):
+    import SimpleITK as sitk
+
+    from PancreasAILib.volume_io import sitk_from_volume
+
+    image = sitk_from_volume(Volume(small_ct_phantom.hu, small_ct_phantom.ijk_to_ras))
+    folder = tmp_path / "dicom_case"
+    folder.mkdir()
+    direction = image.GetDirection()
+    for k in range(image.GetDepth()):
+        slice_image = image[:, :, k]
+        origin = image.TransformIndexToPhysicalPoint((0, 0, k))
+        for tag, value in {
+            "0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+            "0020|000e": "1.2.826.0.1.3680043.2.1125.2", "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in origin),
+            # row (i axis) then column (j axis) direction cosines, LPS
+            "0020|0037": "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6],
+                                                          direction[1], direction[4], direction[7])),
+            "0028|1052": "0", "0028|1053": "1",
+        }.items():
+            slice_image.SetMetaData(tag, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()  # keep our series UID: one series, not one per file
+        writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
+        writer.Execute(slice_image)
+    failures = cli.segment_files(cli.expand_inputs([str(folder)]), tmp_path / "out", random_monet_card.weights_path)
+    assert failures == 0
+    label = read_volume(tmp_path / "out" / "dicom_case_pancreas.nii.gz")
+    assert label.shape == small_ct_phantom.hu.shape
+    np.testing.assert_allclose(label.ijk_to_ras, small_ct_phantom.ijk_to_ras, atol=1e-3)
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path, ct_file):
+    result = run_cli("segment", ct_file, "-o", tmp_path / "out", "--model", tmp_path / "nothing.safetensors")
+    assert result.returncode == 2
+    assert "No model file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_models_command_lists_the_bundled_demo():
+    result = run_cli("models")
+    assert result.returncode == 0
+    assert "monet-demo-phantom-v1" in result.stdout
