@@ -71,6 +71,12 @@ def test_normalisation_equals_z_score_then_min_max():
     np.testing.assert_allclose(normalise_volume(array), expected, atol=1e-6)
 
 
+def test_normalisation_can_ignore_pixels_outside_the_scan():
+    array = np.array([[[0.0, 50.0, 150.0, 250.0]]])  # the first pixel lies outside the scan
+    valid = np.array([[[False, True, True, True]]])
+    np.testing.assert_allclose(normalise_volume(array, valid), [[[0.0, 0.0, 0.5, 1.0]]])
+
+
 def test_normalising_a_constant_volume_gives_zeros():
     assert np.all(normalise_volume(np.full((3, 8, 8), 7.0)) == 0)
 
@@ -142,11 +148,13 @@ def test_stack_corner_pixels_sit_on_the_box_corner_voxel_centres():
     box = CropBox((5, 7, 2), (35, 30, 11))
     stack = crop_box_stack(volume, box)
     np.testing.assert_allclose(stack.ijk_to_ras_points([[0, 0, 0]]), volume.ijk_to_ras_points([[5, 7, 2]]))
-    np.testing.assert_allclose(stack.ijk_to_ras_points([[63, 63, 8]]), volume.ijk_to_ras_points([[34, 29, 10]]))
+    np.testing.assert_allclose(stack.ijk_to_ras_points([[63, 63, 8]]),
+                               volume.ijk_to_ras_points([[34, 29, 10]]))
 
 
 def test_a_box_on_the_volume_border_gives_real_values_on_every_pixel():
-    volume = Volume(np.full((6, 30, 25), 5.0), make_ijk_to_ras((0.7, 0.9, 3.0), direction=oblique_direction(10)))
+    geometry = make_ijk_to_ras((0.7, 0.9, 3.0), direction=oblique_direction(10))
+    volume = Volume(np.full((6, 30, 25), 5.0), geometry)
     stack = crop_box_stack(volume, CropBox((0, 0, 0), (25, 30, 6)))
     np.testing.assert_allclose(stack.array, 5.0, atol=1e-5)
 

@@ -5,6 +5,7 @@ import pytest
 
 from PancreasAILib.errors import ModelFileError
 from PancreasAILib.volume import Volume, make_ijk_to_ras
+from IPMNRiskLib.grids import INPUT_FORMAT
 from IPMNRiskLib.preprocessing import (DEFAULT_PERCENTILES, edge_preserving_smoothing, fit_standard_scale,
                                        n4_bias_correction, preprocess_volume,
                                        standardise_intensities)
@@ -58,7 +59,8 @@ def test_standardisation_maps_the_landmarks_onto_the_standard_scale():
     standardised = standardise_intensities(new_patient, DEFAULT_PERCENTILES, landmarks).array
     # the map is increasing, so the foreground's percentiles land on the standard landmarks
     foreground = new_patient.array > new_patient.array.mean()
-    np.testing.assert_allclose(np.percentile(standardised[foreground], DEFAULT_PERCENTILES), landmarks, atol=0.5)
+    percentiles = np.percentile(standardised[foreground], DEFAULT_PERCENTILES)
+    np.testing.assert_allclose(percentiles, landmarks, atol=0.5)
 
 
 def test_preprocessing_with_every_step_off_returns_the_input():
@@ -80,3 +82,14 @@ def test_a_card_with_incomplete_standardisation_is_refused():
     volume, _, _ = disc_phantom()
     with pytest.raises(ModelFileError, match="t2_landmarks"):
         preprocess_volume(volume, {"standardisation": {"percentiles": [1, 99], "t1_landmarks": [0, 1]}}, "t1")
+
+
+def test_a_card_built_with_another_input_format_is_refused():
+    volume, _, _ = disc_phantom()
+    with pytest.raises(ModelFileError, match="normalisation"):
+        preprocess_volume(volume, {"normalisation": "whole_volume_min_max"}, "t1")
+
+
+def test_a_card_recording_this_input_format_is_accepted():
+    volume, _, _ = disc_phantom()
+    assert preprocess_volume(volume, dict(INPUT_FORMAT), "t1") is volume

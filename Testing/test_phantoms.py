@@ -185,7 +185,9 @@ def test_mr_cyst_is_bright_on_t2_and_dark_on_t1_relative_to_the_gland(mr_phantom
         for risk in (1, 2):
             phantom = mr_phantoms[(seed, risk)]
             gland = phantom.pancreas & ~phantom.lesion
-            assert np.median(phantom.t2[phantom.lesion]) > 1.5 * np.median(phantom.t2[gland])
+            lesion_t2, gland_t2 = phantom.t2[phantom.lesion], np.median(phantom.t2[gland])
+            assert np.median(lesion_t2) > gland_t2
+            assert np.percentile(lesion_t2, 90) > 1.5 * gland_t2  # the fluid, not its rim
             assert np.median(phantom.t1[phantom.lesion]) < np.median(phantom.t1[gland])
 
 

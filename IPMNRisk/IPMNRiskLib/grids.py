@@ -9,12 +9,14 @@ One family of functions shared by inference and training, so both see identical 
   position of each 64 x 64 pixel as an IJK-to-RAS matrix (`stack_grid`), which is what lets
   the attention map go back into the scan;
 - intensities: `normalise_volume` maps one modality's crop stack to [0, 1];
+- the pair: `plan_crop` (geometry checks, no pixels touched) then `crop_stacks` gives both
+  normalised stacks, T1 sampled at the physical positions of T2's pixels;
 - layout: `tile_grid` / `untile_grid` (3 x 3 tiles, row by row from the top left) and
   `make_input` (channel 0 = T1, channel 1 = T2);
 - augmentation: `transform_tiles` flips / rotates every 64 x 64 tile in place (training
   augmentation and test-time augmentation use this one function).
 
-Conventions chosen here (the model card's "preprocessing" records them):
+Conventions chosen here (model cards record them: `INPUT_FORMAT`):
 
 - Resizing a crop of n voxels to 64 pixels maps the first and last voxel centres onto the
   first and last pixel centres ("align corners"). Every pixel then lies inside the box, so
@@ -29,10 +31,12 @@ Conventions chosen here (the model card's "preprocessing" records them):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from PancreasAILib.errors import InputError
+from PancreasAILib.orientation import Reorientation, axial_reorientation
 from PancreasAILib.resample import resample
 from PancreasAILib.volume import Volume
 
@@ -40,8 +44,11 @@ SLICES_PER_SAMPLE = 9
 TILE_SIZE = 64
 TILES_PER_SIDE = 3
 GRID_SIZE = TILE_SIZE * TILES_PER_SIDE  # 192
-#: Recorded in model cards: how `normalise_volume` is applied.
-NORMALISATION = "min-max to [0, 1] over each modality's crop stack (= z-score then min-max)"
+#: What a model file's card records under "preprocessing" so the input can be rebuilt exactly:
+#: 9 slices of 64 x 64, resized bilinearly with aligned corners, each modality's crop stack
+#: min-max normalised to [0, 1] (= the authors' z-score then min-max, see `normalise_volume`).
+INPUT_FORMAT = {"slices_per_sample": SLICES_PER_SAMPLE, "tile_size": TILE_SIZE,
+                "tile_resize": "bilinear_align_corners", "normalisation": "crop_stack_min_max"}
 #: Every training / test-time augmentation: (horizontal flip first?, quarter turns after).
 DIHEDRAL_VIEWS: tuple[tuple[bool, int], ...] = tuple(
     (flip, turns) for flip in (False, True) for turns in range(4))
@@ -88,7 +95,8 @@ class RegionBox:
         if not (np.all(np.isfinite(center)) and np.all(np.isfinite(size))):
             raise InputError("The region's centre or size is not a number.")
         if np.any(size <= 0):
-            raise InputError(f"The region has no extent (size {size.tolist()} mm); draw a box around the pancreas.")
+            raise InputError(f"The region has no extent (size {size.tolist()} mm); "
+                             "draw a box around the pancreas.")
         object.__setattr__(self, "center_ras", tuple(center.tolist()))
         object.__setattr__(self, "size_mm", tuple(size.tolist()))
 
@@ -206,28 +214,96 @@ def crop_box_stack(volume_canonical: Volume, box: CropBox, tile_size: int = TILE
     return Volume(resample(source, shape, stack_ijk_to_ras, order=1), stack_ijk_to_ras)
 
 
-def crop_stack_like(volume: Volume, stack: Volume) -> np.ndarray:
-    """Values of `volume` (any grid) at the pixels of an existing crop stack, (K, 64, 64) float32.
-
-    This is how T1 goes onto T2's grid when their geometry differs: one bilinear
-    interpolation straight to the pixel positions of T2's crop stack.
-    """
-    return resample(volume, stack.shape, stack.ijk_to_ras, order=1)
-
-
 # --- intensities -------------------------------------------------------------------------------
 
-def normalise_volume(array: np.ndarray) -> np.ndarray:
+def normalise_volume(array: np.ndarray, valid: Optional[np.ndarray] = None) -> np.ndarray:
     """One modality's crop stack -> float32 in [0, 1] (the authors' z-score then min-max).
 
     Min-max is unchanged by the z-score (an increasing affine map) in front of it, so only
-    min-max is computed. A constant array gives zeros.
+    min-max is computed. `valid` (same shape, bool) limits the range to pixels that lie inside
+    the scan (a T1 that does not cover the whole box); the others become 0. A constant array
+    gives zeros.
     """
     array = np.asarray(array, dtype=np.float64)
-    low, high = float(array.min()), float(array.max())
+    valid = np.ones(array.shape, bool) if valid is None else np.asarray(valid, bool)
+    if not valid.any():
+        return np.zeros(array.shape, np.float32)
+    low, high = float(array[valid].min()), float(array[valid].max())
     if high <= low:
         return np.zeros(array.shape, np.float32)
-    return ((array - low) / (high - low)).astype(np.float32)
+    return np.where(valid, (array - low) / (high - low), 0.0).astype(np.float32)
+
+
+# --- the T1/T2 pair: plan the crop (geometry only), then cut both stacks ------------------------
+
+MIN_AXIAL_SLICES = 3
+MIN_REGION_VOXELS_IN_PLANE = 8
+#: Fraction of the crop stack that must lie inside the T1 volume.
+MIN_T1_COVERAGE = 0.75
+
+
+@dataclass(frozen=True)
+class CropPlan:
+    """Where the model looks, decided from geometry alone (so bad input fails before any slow
+    pre-processing): T2's reorientation to canonical axial order, the crop box on that
+    canonical grid, the crop stack's grid, and which stack pixels T1 covers (None when T1 is
+    on T2's grid, i.e. all of them)."""
+
+    reorientation: Reorientation
+    box: CropBox
+    stack_shape: tuple[int, int, int]
+    stack_ijk_to_ras: np.ndarray
+    t1_inside: Optional[np.ndarray]
+
+
+def same_grid(a: Volume, b: Volume) -> bool:
+    return a.shape[:3] == b.shape[:3] and np.allclose(a.ijk_to_ras, b.ijk_to_ras, atol=1e-4)
+
+
+def plan_crop(t1: Volume, t2: Volume, region: RegionBox) -> CropPlan:
+    """The crop of `region` on T2's grid; InputError when T2 has too few axial slices, the
+    region is outside T2 or too small in-plane, or mostly outside T1."""
+    reorientation = axial_reorientation(t2)
+    t2_canonical = reorientation.apply_volume(t2)
+    if t2_canonical.shape[0] < MIN_AXIAL_SLICES:
+        raise InputError(f"The T2 volume has only {t2_canonical.shape[0]} axial slice(s); an axial "
+                         f"stack of at least {MIN_AXIAL_SLICES} slices is needed.")
+    box = crop_box_for_region(t2_canonical, region, "T2 volume")
+    n_i, n_j, _ = box.size
+    if min(n_i, n_j) < MIN_REGION_VOXELS_IN_PLANE:
+        raise InputError(
+            f"The region covers only {n_i} x {n_j} voxels of the T2 volume in the axial plane "
+            f"(size {' x '.join(f'{v:.0f}' for v in region.size_mm)} mm); at least "
+            f"{MIN_REGION_VOXELS_IN_PLANE} x {MIN_REGION_VOXELS_IN_PLANE} are needed: draw the box "
+            "around the whole pancreas.")
+    stack_shape, stack_ijk_to_ras = stack_grid(t2_canonical, box)
+    t1_inside = None
+    if not same_grid(t1, t2):
+        t1_inside = resample(Volume(np.ones(t1.shape, np.uint8), t1.ijk_to_ras), stack_shape,
+                             stack_ijk_to_ras, order=0, dtype=np.uint8).astype(bool)
+        coverage = float(t1_inside.mean())
+        if coverage < MIN_T1_COVERAGE:
+            raise InputError(
+                f"The region lies {'partly ' if coverage > 0 else ''}outside the T1 volume (only "
+                f"{coverage:.0%} of it is covered): check that T1 covers the pancreas, or move the region.")
+    return CropPlan(reorientation, box, stack_shape, stack_ijk_to_ras, t1_inside)
+
+
+def crop_stacks(plan: CropPlan, t1: Volume, t2: Volume) -> tuple[np.ndarray, Volume]:
+    """Both modalities' crop stacks, each normalised to [0, 1]: T1 (K, 64, 64) float32, and T2
+    as a Volume whose ijk_to_ras places every pixel in patient space.
+
+    T1 on T2's grid is cut exactly like T2; T1 on another grid is interpolated once, straight
+    to the pixel positions of T2's stack (that is "T1 resampled onto T2's grid"), and
+    normalised over the pixels it covers, the others being 0.
+    """
+    t2_stack = crop_box_stack(plan.reorientation.apply_volume(t2), plan.box)
+    if plan.t1_inside is None:
+        t1_values = crop_box_stack(plan.reorientation.apply_volume(t1), plan.box).array
+    else:
+        t1_values = resample(t1, plan.stack_shape, plan.stack_ijk_to_ras, order=1)
+    return (normalise_volume(t1_values, plan.t1_inside),
+            t2_stack.with_array(normalise_volume(t2_stack.array)))
 
 
 # --- layout --------------------------------------------------------------------------------------

@@ -16,16 +16,14 @@ from typing import Optional
 import numpy as np
 
 from PancreasAILib.errors import InputError, ModelFileError
-from PancreasAILib.orientation import Reorientation, axial_reorientation
 from PancreasAILib.progress import ProgressCallback, no_progress
 from PancreasAILib.resample import overlap_fraction, resample
 from PancreasAILib.volume import Volume, check_scalar_volume
 from PancreasAILib.weights import ModelCard
 
 from .colormap import apply_colormap
-from .grids import (GRID_SIZE, TILE_SIZE, TILES_PER_SIDE, CropBox, RegionBox, central_window,
-                    crop_box_for_region, crop_box_stack, crop_stack_like, heat_stack, make_input,
-                    normalise_volume, patch_map_to_slices)
+from .grids import (GRID_SIZE, TILE_SIZE, TILES_PER_SIDE, CropPlan, RegionBox, central_window,
+                    crop_stacks, heat_stack, make_input, patch_map_to_slices, plan_crop)
 from .model import CLASS_NAMES, load_vit
 from .preprocessing import check_preprocessing, preprocess_volume
 from .rollout import HEAD_FUSIONS
@@ -36,10 +34,6 @@ __all__ = ["Assessment", "RegionBox", "assess", "render_grid_png", "RESEARCH_USE
 RESEARCH_USE_NOTICE = (
     "For research use only. This risk class comes from a model, not from a clinical "
     "assessment; it is not a medical device and must not guide patient care.")
-MIN_AXIAL_SLICES = 3
-MIN_REGION_VOXELS_IN_PLANE = 8
-#: Fraction of the crop stack that must lie inside the T1 volume.
-MIN_T1_COVERAGE = 0.75
 
 
 @dataclass(frozen=True)
@@ -89,48 +83,20 @@ def _class_names(card: ModelCard) -> tuple[str, ...]:
     return names
 
 
-def _check_region_size(box: CropBox, region: RegionBox) -> None:
-    n_i, n_j, _ = box.size
-    if min(n_i, n_j) < MIN_REGION_VOXELS_IN_PLANE:
-        raise InputError(
-            f"The region covers only {n_i} x {n_j} voxels of the T2 volume in the axial plane "
-            f"(size {' x '.join(f'{v:.0f}' for v in region.size_mm)} mm); at least "
-            f"{MIN_REGION_VOXELS_IN_PLANE} x {MIN_REGION_VOXELS_IN_PLANE} are needed: draw the box "
-            "around the whole pancreas.")
-
-
-def _same_grid(a: Volume, b: Volume) -> bool:
-    return a.shape[:3] == b.shape[:3] and np.allclose(a.ijk_to_ras, b.ijk_to_ras, atol=1e-4)
-
-
-def _t1_stack(t1: Volume, t2: Volume, reorientation: Reorientation, box: CropBox,
-              t2_stack: Volume) -> np.ndarray:
-    """T1 at the pixels of T2's crop stack; refuses a region mostly outside T1."""
-    if _same_grid(t1, t2):
-        return crop_box_stack(reorientation.apply_volume(t1), box).array
-    inside = resample(Volume(np.ones(t1.shape, np.uint8), t1.ijk_to_ras), t2_stack.shape,
-                      t2_stack.ijk_to_ras, order=0, dtype=np.uint8)
-    coverage = float(inside.mean())
-    if coverage < MIN_T1_COVERAGE:
-        raise InputError(
-            f"The region lies {'partly ' if coverage > 0 else ''}outside the T1 volume (only "
-            f"{coverage:.0%} of it is covered): check that T1 covers the pancreas, or move the region.")
-    return crop_stack_like(t1, t2_stack)
-
-
-def _heat_map(patch_map: np.ndarray, window: np.ndarray, t2_stack: Volume, box: CropBox,
-              t2_canonical: Volume, reorientation: Reorientation, t2: Volume) -> Volume:
-    """(12, 12) rollout -> float32 Volume on T2's own grid, max 1, zero outside the box."""
+def _heat_map(patch_map: np.ndarray, window: np.ndarray, t2_stack: Volume, plan: CropPlan,
+              t2: Volume) -> Volume:
+    """(12, 12) rollout -> float32 Volume on T2's own grid, max 1, zero outside the crop box."""
     stack = heat_stack(patch_map_to_slices(patch_map), window, t2_stack.shape[0])
     # One repeated pixel all round: box voxels on the stack's outer pixels stay interior
     # whatever the rounding of the grid transform.
     shift = np.eye(4)
     shift[:3, 3] = -1.0
     source = Volume(np.pad(stack, 1, mode="edge"), t2_stack.ijk_to_ras @ shift)
-    box_shape, box_ijk_to_ras = box.sub_grid(t2_canonical)
+    t2_canonical = plan.reorientation.apply_volume(t2)
+    box_shape, box_ijk_to_ras = plan.box.sub_grid(t2_canonical)
     canonical = np.zeros(t2_canonical.shape[:3], np.float32)
-    canonical[box.array_slices] = resample(source, box_shape, box_ijk_to_ras, order=1)
-    array = np.ascontiguousarray(reorientation.undo(canonical))
+    canonical[plan.box.array_slices] = resample(source, box_shape, box_ijk_to_ras, order=1)
+    array = np.ascontiguousarray(plan.reorientation.undo(canonical))
     peak = float(array.max())
     if peak > 0:
         array /= peak
@@ -171,11 +137,12 @@ def assess(t1: Volume, t2: Volume, region: RegionBox, card: ModelCard, *, tta: b
             cancel.raise_if_cancelled()
         report(fraction, status)
 
-    checkpoint(0.0, "Checking the T1 and T2 volumes")
+    checkpoint(0.0, "Checking the T1 and T2 volumes and the region")
     _check_pair(t1, t2)
     class_names = _class_names(card)
     options = card.preprocessing
     check_preprocessing(options)
+    plan = plan_crop(t1, t2, region)  # geometry first: pre-processing keeps grids, and is slow
 
     checkpoint(0.05, "Pre-processing T1")
     t1 = preprocess_volume(t1, options, "t1")
@@ -183,17 +150,9 @@ def assess(t1: Volume, t2: Volume, region: RegionBox, card: ModelCard, *, tta: b
     t2 = preprocess_volume(t2, options, "t2")
 
     checkpoint(0.45, "Cropping the region")
-    reorientation = axial_reorientation(t2)
-    t2_canonical = reorientation.apply_volume(t2)
-    if t2_canonical.shape[0] < MIN_AXIAL_SLICES:
-        raise InputError(f"The T2 volume has only {t2_canonical.shape[0]} axial slice(s); an axial "
-                         f"stack of at least {MIN_AXIAL_SLICES} slices is needed.")
-    box = crop_box_for_region(t2_canonical, region, "T2 volume")
-    _check_region_size(box, region)
-    t2_stack = crop_box_stack(t2_canonical, box)
-    t1_values = _t1_stack(t1, t2, reorientation, box, t2_stack)
+    t1_stack, t2_stack = crop_stacks(plan, t1, t2)
     window = central_window(t2_stack.shape[0])
-    x = make_input(normalise_volume(t1_values)[window], normalise_volume(t2_stack.array)[window])
+    x = make_input(t1_stack[window], t2_stack.array[window])
 
     checkpoint(0.55, "Loading the model")
     model = load_vit(card).to(device)
@@ -204,16 +163,17 @@ def assess(t1: Volume, t2: Volume, region: RegionBox, card: ModelCard, *, tta: b
     checkpoint(0.9, "Mapping attention back onto T2")
     heat_map = grid_heat = None
     if rollout:
-        heat_map = _heat_map(prediction.patch_map, window, t2_stack, box, t2_canonical, reorientation, t2)
+        heat_map = _heat_map(prediction.patch_map, window, t2_stack, plan, t2)
         grid_heat = _grid_heat(prediction.patch_map)
     risk_class = int(np.argmax(prediction.probabilities))
     report(1.0, "Done")
     return Assessment(
         risk_class=risk_class, class_name=class_names[risk_class],
-        probabilities=prediction.probabilities, spread=prediction.spread, heat_map=heat_map,
-        grid_image=np.moveaxis(x, 0, -1), grid_heat=grid_heat, model_name=card.name,
-        research_use_notice=RESEARCH_USE_NOTICE, class_names=class_names,
-        tile_centers_ras=_tile_centers_ras(t2_stack, window), views=prediction.views)
+        probabilities=prediction.probabilities, spread=prediction.spread,
+        heat_map=heat_map, grid_image=np.ascontiguousarray(np.moveaxis(x, 0, -1)),
+        grid_heat=grid_heat, model_name=card.name, research_use_notice=RESEARCH_USE_NOTICE,
+        class_names=class_names, tile_centers_ras=_tile_centers_ras(t2_stack, window),
+        views=prediction.views)
 
 
 # --- the 3 x 3 grid as a picture -----------------------------------------------------------------

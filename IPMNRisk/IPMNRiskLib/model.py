@@ -78,7 +78,12 @@ def load_pretrained_natural_image(architecture: str, file_path: Optional[str | P
     _check_architecture(architecture.split(".")[0], params)
     timm = _timm()
     if file_path is None:
-        return timm.create_model(architecture, pretrained=True, **_FIXED_ARGUMENTS, **params)
+        try:
+            return timm.create_model(architecture, pretrained=True, **_FIXED_ARGUMENTS, **params)
+        except Exception as error:  # hub and network errors come in many types
+            raise ModelFileError(
+                f"Could not fetch the pretrained {architecture} weights ({error}). Offline, download "
+                "its model.safetensors elsewhere and pass the file.") from error
     file_path = Path(file_path)
     if not file_path.is_file():
         raise ModelFileError(f"No pretrained weights file at {file_path}.")

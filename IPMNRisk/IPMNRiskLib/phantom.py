@@ -17,21 +17,8 @@ from typing import Optional
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from PancreasAILib.phantom_anatomy import (
-    Anatomy,
-    Canvas,
-    Grid,
-    Tissue,
-    ellipsoid_box,
-    ellipsoid_sdf,
-    fine_texture,
-    paint_abdomen,
-    sample_anatomy,
-    tube_sdf,
-)
-
-RISK_CLASSES = ("normal", "low-risk IPMN", "high-risk IPMN")
-
+from PancreasAILib.phantom_anatomy import Anatomy, paint_abdomen, sample_anatomy
+from PancreasAILib.phantom_canvas import Canvas, Grid, Tissue, ellipsoid_box, ellipsoid_sdf, fine_texture, tube_sdf
 
 @dataclass(frozen=True)
 class MrPhantom:

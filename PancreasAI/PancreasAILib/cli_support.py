@@ -78,6 +78,9 @@ def all_or_nothing(paths: list[Path]) -> Iterator[list[Path]]:
     temporary = [p.with_name(f".{p.name}.partial{_suffix(p)}") for p in paths]
     try:
         yield temporary
+        unwritten = [str(final) for temp, final in zip(temporary, paths) if not temp.exists()]
+        if unwritten:  # checked before any rename, so no output is replaced unless all are there
+            raise RuntimeError(f"The output {unwritten[0]} was not written; nothing was replaced.")
         for temp, final in zip(temporary, paths):
             os.replace(temp, final)
     finally:

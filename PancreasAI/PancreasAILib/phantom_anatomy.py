@@ -2,293 +2,28 @@
 
 The anatomy is drawn in millimetres in a body frame: ``u`` toward the patient's left,
 ``v`` toward posterior, ``w`` toward superior, with ``u = v = 0`` at the centre of the
-body outline and ``w = 0`` at the level of the pancreatic body. Organs are signed-distance
-fields (negative inside, mm) turned into anti-aliased coverage so their outlines stay
-smooth at any voxel size; a ``Canvas`` paints tissues in anatomical order (later tissues
-cover earlier ones) and keeps the coverage of the labelled structures.
-
-Only numpy and scipy are used: the phantoms must be cheap enough to generate on the fly
-inside tests and training loops.
+body outline and ``w = 0`` at the level of the pancreatic body. ``sample_anatomy`` draws
+a patient's sizes and positions; ``paint_abdomen`` paints them in anatomical order onto a
+``Canvas`` whose tissue table (CT attenuation or MR signal) the caller provides.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
-
 import numpy as np
-from scipy.interpolate import CubicSpline
-from scipy.ndimage import gaussian_filter, gaussian_filter1d, zoom
+from scipy.ndimage import gaussian_filter1d
 
-Box = tuple[slice, slice, slice]
-Vec3 = tuple[float, float, float]
-
-
-# ---------------------------------------------------------------------------------------
-# Grid and geometry
-# ---------------------------------------------------------------------------------------
-
-
-class Grid:
-    """A (K, J, I) voxel grid placed in the body frame.
-
-    Column i runs toward the patient's left, row j toward posterior and slice k toward
-    superior (axial LPS-like storage, as most CT and MR series are stored). The body
-    frame is the anatomy's own millimetres; ``anatomy_scale`` (real mm per body-frame mm)
-    makes a smaller or larger patient from the same anatomy.
-    """
-
-    def __init__(
-        self,
-        shape: tuple[int, int, int],
-        spacing: tuple[float, float, float],
-        body_offset: tuple[float, float],
-        w_of_first_slice: float,
-        anatomy_scale: float = 1.0,
-    ) -> None:
-        """spacing: (sx, sy, sz) real mm. body_offset: body-frame mm from the image centre
-        to the body centre (toward left, toward posterior). w_of_first_slice: body-frame
-        height of slice k = 0."""
-        self.shape = tuple(int(n) for n in shape)
-        self.spacing = tuple(float(s) for s in spacing)
-        self.scale = float(anatomy_scale)
-        k_count, j_count, i_count = self.shape
-        fx, fy, fz = (s / self.scale for s in self.spacing)
-        self.frame_spacing = (fx, fy, fz)
-        self.centre_index = ((i_count - 1) / 2.0, (j_count - 1) / 2.0)
-        self.body_offset = (float(body_offset[0]), float(body_offset[1]))
-        self.w0 = float(w_of_first_slice)
-        self.u = ((np.arange(i_count) - self.centre_index[0]) * fx - self.body_offset[0]).astype(np.float32)
-        self.v = ((np.arange(j_count) - self.centre_index[1]) * fy - self.body_offset[1]).astype(np.float32)
-        self.w = (self.w0 + np.arange(k_count) * fz).astype(np.float32)
-
-    def ijk_to_ras(self, z_offset: float = 0.0) -> np.ndarray:
-        """4x4 float64 matrix (i, j, k, 1) -> RAS mm; image centre at R = A = 0 and the
-        body frame's w = 0 at S = z_offset."""
-        sx, sy, sz = self.spacing
-        matrix = np.diag([-sx, -sy, sz, 1.0])
-        matrix[0, 3] = self.centre_index[0] * sx
-        matrix[1, 3] = self.centre_index[1] * sy
-        matrix[2, 3] = self.w0 * self.scale + z_offset
-        return matrix
-
-    def to_ras(self, point_uvw: Sequence[float], z_offset: float = 0.0) -> np.ndarray:
-        """RAS mm of a body-frame point (u, v, w), consistent with ijk_to_ras(z_offset)."""
-        u, v, w = point_uvw
-        left = (u + self.body_offset[0]) * self.scale
-        posterior = (v + self.body_offset[1]) * self.scale
-        return np.array([-left, -posterior, w * self.scale + z_offset], dtype=np.float64)
-
-    def box(self, low: Sequence[float], high: Sequence[float]) -> Box | None:
-        """Index slices (k, j, i) of the voxels whose centres lie in [low, high] (u, v, w mm)."""
-        ranges = []
-        for axis_coords, lo, hi in ((self.w, low[2], high[2]), (self.v, low[1], high[1]), (self.u, low[0], high[0])):
-            start = int(np.searchsorted(axis_coords, lo, side="left"))
-            stop = int(np.searchsorted(axis_coords, hi, side="right"))
-            if stop <= start:
-                return None
-            ranges.append(slice(start, stop))
-        return ranges[0], ranges[1], ranges[2]
-
-    def coords(self, box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Broadcastable body-frame coordinates (u, v, w) mm of the voxels in ``box``."""
-        return (
-            self.u[box[2]][None, None, :],
-            self.v[box[1]][None, :, None],
-            self.w[box[0]][:, None, None],
-        )
-
-
-def coverage(sdf_mm: np.ndarray, ramp_mm: float) -> np.ndarray:
-    """Fraction of a voxel inside a shape, from its signed distance (mm, negative inside).
-
-    A linear ramp one voxel wide gives anti-aliased, smooth-looking outlines."""
-    return np.clip(0.5 - sdf_mm / ramp_mm, 0.0, 1.0).astype(np.float32, copy=False)
-
-
-def ellipsoid_sdf(
-    coords: tuple[np.ndarray, np.ndarray, np.ndarray],
-    centre: Sequence[float],
-    semi_axes: Sequence[float],
-    angle_deg: float = 0.0,
-) -> np.ndarray:
-    """Approximate signed distance (mm) to an ellipsoid rotated in the axial plane.
-
-    First-order estimate (r - 1) / |grad r|, exact on the surface, which is all the
-    anti-aliasing ramp needs."""
-    u, v, w = coords
-    du = u - centre[0]
-    dv = v - centre[1]
-    if angle_deg:
-        theta = np.deg2rad(angle_deg)
-        c, s = np.cos(theta), np.sin(theta)
-        du, dv = du * c + dv * s, -du * s + dv * c
-    qu = du / semi_axes[0]
-    qv = dv / semi_axes[1]
-    qw = (w - centre[2]) / semi_axes[2]
-    r = np.sqrt(qu * qu + qv * qv + qw * qw)
-    grad = np.sqrt((qu / semi_axes[0]) ** 2 + (qv / semi_axes[1]) ** 2 + (qw / semi_axes[2]) ** 2)
-    return (r - 1.0) * r / np.maximum(grad, 1e-6)
-
-
-def ellipsoid_box(grid: Grid, centre: Sequence[float], semi_axes: Sequence[float], margin: float = 3.0) -> Box | None:
-    """Voxel box enclosing an ellipsoid in any axial rotation."""
-    in_plane = max(semi_axes[0], semi_axes[1]) + margin
-    reach = (in_plane, in_plane, semi_axes[2] + margin)
-    return grid.box([c - r for c, r in zip(centre, reach)], [c + r for c, r in zip(centre, reach)])
-
-
-def smooth_path(control_points: np.ndarray, step_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """Points every ``step_mm`` along a cubic spline through control points (N, 3) mm.
-
-    Returns (points (M, 3), parameter (M,) in [0, 1] of each point along the controls)."""
-    control_points = np.asarray(control_points, dtype=np.float64)
-    chord = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(control_points, axis=0), axis=1))]
-    spline = CubicSpline(chord, control_points, bc_type="natural")
-    dense_t = np.linspace(0.0, chord[-1], max(8, int(chord[-1] / (step_mm * 0.25))))
-    dense = spline(dense_t)
-    arc = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(dense, axis=0), axis=1))]
-    samples = np.linspace(0.0, arc[-1], max(2, int(np.ceil(arc[-1] / step_mm)) + 1))
-    t = np.interp(samples, arc, dense_t)
-    return spline(t), t / chord[-1]
-
-
-def tube_sdf(grid: Grid, points: np.ndarray, radii: np.ndarray, margin: float = 3.0) -> tuple[Box | None, np.ndarray | None]:
-    """Signed distance (mm) to the union of balls centred on ``points`` (M, 3) with ``radii`` (M,).
-
-    Closely spaced balls (step <= radius / 2) sweep a smooth tube of varying calibre.
-    Returns the voxel box the tube can touch and the distance inside that box."""
-    points = np.asarray(points, dtype=np.float32)
-    radii = np.broadcast_to(np.asarray(radii, dtype=np.float32), (len(points),))
-    reach = float(radii.max()) + margin
-    box = grid.box(points.min(axis=0) - reach, points.max(axis=0) + reach)
-    if box is None:
-        return None, None
-    u, v, w = grid.coords(box)
-    u, v, w = u.ravel(), v.ravel(), w.ravel()
-    sdf = np.full((len(w), len(v), len(u)), 1e4, dtype=np.float32)
-    for (pu, pv, pw), radius in zip(points, radii):
-        r = radius + margin
-        i0, i1 = np.searchsorted(u, pu - r), np.searchsorted(u, pu + r, side="right")
-        j0, j1 = np.searchsorted(v, pv - r), np.searchsorted(v, pv + r, side="right")
-        k0, k1 = np.searchsorted(w, pw - r), np.searchsorted(w, pw + r, side="right")
-        if i1 <= i0 or j1 <= j0 or k1 <= k0:
-            continue
-        du2 = (u[i0:i1] - pu) ** 2
-        dv2 = (v[j0:j1] - pv) ** 2
-        dw2 = (w[k0:k1] - pw) ** 2
-        dist = np.sqrt(dw2[:, None, None] + dv2[None, :, None] + du2[None, None, :]) - radius
-        np.minimum(sdf[k0:k1, j0:j1, i0:i1], dist, out=sdf[k0:k1, j0:j1, i0:i1])
-    return box, sdf
-
-
-def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cell: Sequence[float]) -> np.ndarray:
-    """Zero-mean, roughly unit-variance noise smooth over ``cell`` voxels per axis (float32)."""
-    coarse_shape = tuple(max(2, int(np.ceil(n / c)) + 2) for n, c in zip(shape, cell))
-    coarse = rng.standard_normal(coarse_shape, dtype=np.float32)
-    factors = [(n + 2 * c) / m for n, c, m in zip(shape, cell, coarse_shape)]
-    fine = zoom(coarse, factors, order=1, mode="nearest", grid_mode=False)
-    start = [max(0, (f - n) // 2) for f, n in zip(fine.shape, shape)]
-    fine = fine[tuple(slice(s, s + n) for s, n in zip(start, shape))]
-    if fine.shape != tuple(shape):  # rounding in zoom: pad with edge values
-        fine = np.pad(fine, [(0, n - f) for n, f in zip(shape, fine.shape)], mode="edge")
-    return fine.astype(np.float32, copy=False) * 1.6
-
-
-def fine_texture(rng: np.random.Generator, shape: tuple[int, int, int], sigma_voxels: float) -> np.ndarray:
-    """Unit-variance noise correlated over ``sigma_voxels`` in each axial slice (float32).
-
-    In-plane only, so one cheap filtering pass suffices; thick slices decorrelate anyway."""
-    white = rng.standard_normal(shape, dtype=np.float32)
-    smooth = gaussian_filter(white, sigma=(0.0, sigma_voxels, sigma_voxels), truncate=2.5)
-    # A 2D Gaussian of sigma s shrinks white noise by about 1 / (2 sqrt(pi) s).
-    smooth *= np.float32(2.0 * np.sqrt(np.pi) * sigma_voxels)
-    return smooth
-
-
-# ---------------------------------------------------------------------------------------
-# Canvas
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tissue:
-    """Mean intensity per channel and the amplitude of its fine texture per channel."""
-
-    mean: tuple[float, ...]
-    texture: tuple[float, ...] = ()
-
-
-class Canvas:
-    """Paints tissues into one or more intensity channels and tracks labelled structures.
-
-    ``fractions[name]`` is the visible coverage (0..1) of a labelled structure: painting
-    any other tissue over it removes the covered part, as an annotator would label it.
-    """
-
-    def __init__(
-        self,
-        grid: Grid,
-        tissues: Mapping[str, Tissue],
-        background: str,
-        texture: np.ndarray,
-        labels: Sequence[str] = ("pancreas",),
-    ) -> None:
-        self.grid = grid
-        self.tissues = dict(tissues)
-        first = self.tissues[background].mean
-        self.channels = [np.full(grid.shape, value, dtype=np.float32) for value in first]
-        self.texture = texture
-        self.fractions = {name: np.zeros(grid.shape, dtype=np.float32) for name in labels}
-        self.ramp_mm = min(grid.frame_spacing[0], grid.frame_spacing[1])
-
-    def paint(
-        self,
-        tissue: str,
-        box: Box | None,
-        alpha: np.ndarray | None,
-        label: str | Sequence[str] = (),
-        occlude: bool = True,
-        texture_gain: float = 1.0,
-    ) -> None:
-        """Blend ``tissue`` into ``box`` with coverage ``alpha`` (broadcastable to the box).
-
-        label: also add the coverage to these labelled structures; occlude=False leaves the
-        labelled structures untouched (texture inside an organ, not a new organ)."""
-        labels = (label,) if isinstance(label, str) else tuple(label)
-        if box is None or alpha is None:
-            return
-        spec = self.tissues[tissue]
-        texture = self.texture[box]
-        for channel, mean, amplitude in zip(self.channels, spec.mean, spec.texture or (0.0,) * len(spec.mean)):
-            region = channel[box]
-            value = mean + (amplitude * texture_gain) * texture if amplitude else np.float32(mean)
-            region += alpha * (value - region)
-        for name, fraction in self.fractions.items():
-            region = fraction[box]
-            if name in labels:
-                region += alpha * (1.0 - region)
-            elif occlude:
-                region *= 1.0 - alpha
-
-    def paint_layers_2d(self, layers: Sequence[tuple[str, np.ndarray]]) -> None:
-        """Paint tissues that do not change along the body axis, all in one 3D pass.
-
-        layers: (tissue, coverage (1, J, I)) in painting order, composited in 2D first."""
-        for c, channel in enumerate(self.channels):
-            mean = channel[:1].copy()
-            amplitude = np.zeros_like(mean)
-            for tissue, alpha in layers:
-                spec = self.tissues[tissue]
-                mean += alpha * (spec.mean[c] - mean)
-                amplitude += alpha * ((spec.texture[c] if spec.texture else 0.0) - amplitude)
-            np.multiply(self.texture, amplitude, out=channel)
-            channel += mean
-
-    def paint_sdf(self, tissue: str, box: Box | None, sdf: np.ndarray | None, **kwargs) -> None:
-        """Paint the inside of a signed-distance field."""
-        if box is None or sdf is None:
-            return
-        self.paint(tissue, box, coverage(sdf, self.ramp_mm), **kwargs)
+from PancreasAILib.phantom_canvas import (
+    Canvas,
+    Grid,
+    Vec3,
+    coverage,
+    ellipsoid_box,
+    ellipsoid_sdf,
+    smooth_noise,
+    smooth_path,
+    tube_sdf,
+    values_in_box,
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -342,17 +77,13 @@ class Anatomy:
         return tuple(s - inset for s in self.body_semi)  # type: ignore[return-value]
 
 
-def _jitter(rng: np.random.Generator, point: Sequence[float], scale: Sequence[float]) -> np.ndarray:
-    return np.asarray(point, dtype=np.float64) + rng.uniform(-1.0, 1.0, 3) * np.asarray(scale)
-
-
 def sample_anatomy(rng: np.random.Generator, body_half_width: tuple[float, float] = (140.0, 180.0)) -> Anatomy:
     """Draw one synthetic patient: every size and position varies with ``rng``."""
     a = rng.uniform(*body_half_width)
-    scale = a / 160.0
-    b_front = a * rng.uniform(0.62, 0.78)
+    habitus = a / 160.0  # how much bigger than an average adult
+    b_front = a * rng.uniform(0.68, 0.84)
     b_back = b_front * rng.uniform(0.85, 0.95)
-    fat = rng.uniform(8.0, 32.0) * scale
+    fat = rng.uniform(8.0, 32.0) * habitus
     muscle = rng.uniform(7.0, 11.0)
     inset = fat + muscle
     ca, cb_front, cb_back = a - inset, b_front - inset, b_back - inset
@@ -369,7 +100,7 @@ def sample_anatomy(rng: np.random.Generator, body_half_width: tuple[float, float
     kidneys = []
     left_w = rng.uniform(-22.0, -5.0)
     for side, w_c in ((1.0, left_w), (-1.0, left_w - rng.uniform(8.0, 22.0))):
-        centre = (side * rng.uniform(62.0, 74.0) * scale ** 0.5, vb_v + rng.uniform(-8.0, 4.0), w_c)
+        centre = (side * rng.uniform(62.0, 74.0) * habitus ** 0.5, vb_v + rng.uniform(-8.0, 4.0), w_c)
         semi = (rng.uniform(23.0, 29.0), rng.uniform(19.0, 24.0), rng.uniform(45.0, 55.0))
         kidneys.append((centre, semi, side * rng.uniform(25.0, 45.0)))
 
@@ -409,7 +140,7 @@ def sample_anatomy(rng: np.random.Generator, body_half_width: tuple[float, float
     sv_controls = np.array([
         confluence,
         [sma[0] + 8.0, sma[1] - sv_r - 3.0, confluence[2] + 2.0],
-        [aorta[0] + 40.0 * scale, aorta[1] - 12.0 + rng.uniform(-4.0, 6.0), confluence[2] + 0.45 * (hilum[2] - confluence[2])],
+        [aorta[0] + 40.0 * habitus, aorta[1] - 12.0 + rng.uniform(-4.0, 6.0), confluence[2] + 0.45 * (hilum[2] - confluence[2])],
         [kidneys[0][0][0] - 5.0, kidneys[0][0][1] - kidneys[0][1][1] - sv_r - 8.0, confluence[2] + 0.8 * (hilum[2] - confluence[2])],
         hilum,
     ])
@@ -421,7 +152,7 @@ def sample_anatomy(rng: np.random.Generator, body_half_width: tuple[float, float
     ]), 2.5)
 
     pancreas_path, pancreas_radius, uncinate_path, uncinate_radius = _pancreas_shape(
-        rng, splenic_vein, confluence, ivc, smv, sv_r, scale
+        rng, splenic_vein, confluence, ivc, smv, sv_r, habitus
     )
     lrv_controls = np.array([
         [kidneys[0][0][0] - 15.0, kidneys[0][0][1] - 5.0, kidneys[0][0][2] + 5.0],
@@ -499,7 +230,7 @@ def _pancreas_shape(
     ivc: tuple[float, float, float, float],
     smv: tuple[float, float],
     sv_r: float,
-    scale: float,
+    habitus: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Centreline and calibre of the gland: head right of the SMV and anterior to the IVC,
     neck in front of the confluence, body and tail along the splenic vein's anterior side."""
@@ -534,10 +265,8 @@ def _pancreas_shape(
     ])
     radii = np.r_[head_r * 0.8, head_r, head_r * 0.85, neck_r, body_radii]
     path, t = smooth_path(controls, 2.0)
-    knots = np.linspace(0.0, 1.0, len(controls))
     chord = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(controls, axis=0), axis=1))]
     radius = np.interp(t, chord / chord[-1], radii)
-    del knots
     uncinate_r = head_r * rng.uniform(0.45, 0.6)
     uncinate_path, _ = smooth_path(np.array([
         [head_u, head_v + 2.0, head_top - head_height * 0.75],
@@ -545,7 +274,7 @@ def _pancreas_shape(
         [smv[0] + rng.uniform(2.0, 8.0), smv[1] + 14.0, head_top - head_height * 0.85],
     ]), 2.0)
     uncinate_radius = np.linspace(uncinate_r * 1.3, uncinate_r * 0.6, len(uncinate_path))
-    return path, radius * scale ** 0.3, uncinate_path, uncinate_radius
+    return path, radius * habitus ** 0.3, uncinate_path, uncinate_radius
 
 
 def _colon_paths(
@@ -553,11 +282,11 @@ def _colon_paths(
 ) -> list[np.ndarray]:
     """Ascending colon and hepatic flexure, transverse colon, splenic flexure and descending."""
     edge = ca - radius - 3.0
-    sag = rng.uniform(-70.0, -25.0)
+    sag = rng.uniform(-85.0, -40.0)
     controls = np.array([
         [-edge, 0.1 * cb_back, -160.0],
         [-edge + 5.0, 0.0, -60.0],
-        [-edge + 25.0, -0.45 * cb_front, sag + 25.0],
+        [-edge + 25.0, -0.45 * cb_front, sag + 15.0],
         [-0.1 * ca, -cb_front + radius + 8.0, sag],
         [0.45 * ca, -0.65 * cb_front, sag + 30.0],
         [edge - 10.0, -0.05 * cb_front, splenic_hilum[2] - 5.0],
@@ -720,18 +449,20 @@ def _paint_spine_and_back_muscles(canvas: Canvas, an: Anatomy) -> None:
         transverse_present = ((phase > 0.45) & (phase < 0.6)).astype(np.float32)
         ring = np.sqrt(u ** 2 + ((v - canal_v) / 0.9) ** 2)
         arch = np.maximum(ring - 14.0, -(v - vb_v - vb_b + 1.0))
-        canvas.paint_sdf("bone_cortical", arch_box, arch * np.ones_like(w) + (1 - arch_present) * 100)
+        canvas.paint_sdf("bone_cortical", arch_box, arch + (1 - arch_present) * 100)
         spinous = np.maximum(np.abs(u) - 3.5, np.maximum(canal_v - v, v - (back - 18.0)))
         canvas.paint_sdf("bone_cortical", arch_box, spinous + (1 - arch_present) * 100)
         transverse = np.maximum(np.abs(u) - (vb_a + 14.0), np.abs(v - canal_v + 4.0) - 3.0)
         canvas.paint_sdf("bone_cortical", arch_box, transverse + (1 - transverse_present) * 100)
-        canvas.paint_sdf("csf", arch_box, (ring - 8.5) * np.ones_like(w))
+        canvas.paint_sdf("csf", arch_box, ring - 8.5)
 
 
 def _paint_liver(canvas: Canvas, an: Anatomy, cavity_sdf: np.ndarray) -> None:
     grid = canvas.grid
     (rc, rs), (lc, ls) = an.liver_right, an.liver_left
-    box = grid.box((-1e4, -1e4, min(rc[2] - rs[2], lc[2] - ls[2])), (1e4, 1e4, 1e4))
+    low = [min(c - r for c, r in ((rc[0], rs[0]), (lc[0], ls[0]))), -an.body_semi[1], min(rc[2] - rs[2], lc[2] - ls[2])]
+    high = [max(rc[0] + rs[0], lc[0] + ls[0]), an.body_semi[2], max(rc[2] + rs[2], lc[2] + ls[2])]
+    box = grid.box(low, high)
     if box is None:
         return
     coords = grid.coords(box)
@@ -755,7 +486,7 @@ def _paint_liver(canvas: Canvas, an: Anatomy, cavity_sdf: np.ndarray) -> None:
         vbox, sdf = tube_sdf(grid, path, radius)
         if vbox is None:
             continue
-        inside = _sub_alpha(alpha_liver, box, vbox)
+        inside = values_in_box(alpha_liver, box, vbox, fill=0.0)
         canvas.paint("portal_vein", vbox, coverage(sdf, canvas.ramp_mm) * inside)
     if an.gallbladder is not None:
         centre, semi, angle = an.gallbladder
@@ -764,20 +495,6 @@ def _paint_liver(canvas: Canvas, an: Anatomy, cavity_sdf: np.ndarray) -> None:
             sdf = ellipsoid_sdf(grid.coords(gbox), centre, semi, angle)
             canvas.paint_sdf("bowel_wall", gbox, sdf)
             canvas.paint_sdf("bile", gbox, sdf + 1.5)
-
-
-def _sub_alpha(alpha: np.ndarray, box: Box, sub: Box) -> np.ndarray:
-    """Values of ``alpha`` (defined on ``box``) at the voxels of ``sub`` (zero outside box)."""
-    out = np.zeros([s.stop - s.start for s in sub], dtype=np.float32)
-    src, dst = [], []
-    for outer, inner in zip(box, sub):
-        lo, hi = max(outer.start, inner.start), min(outer.stop, inner.stop)
-        if hi <= lo:
-            return out
-        src.append(slice(lo - outer.start, hi - outer.start))
-        dst.append(slice(lo - inner.start, hi - inner.start))
-    out[tuple(dst)] = alpha[tuple(src)]
-    return out
 
 
 def _paint_spleen_and_stomach(canvas: Canvas, an: Anatomy, cavity_sdf: np.ndarray) -> None:
@@ -868,7 +585,7 @@ def _paint_hollow_tube(
         gbox, gas_sdf = tube_sdf(canvas.grid, segment, r)
         if gbox is None:
             continue
-        inside = np.maximum(gas_sdf, _sub_values(lumen_sdf, box, gbox, fill=1e4))
+        inside = np.maximum(gas_sdf, values_in_box(lumen_sdf, box, gbox, fill=1e4))
         canvas.paint_sdf("gas", gbox, inside)
     if content == "stool":
         # Small gas bubbles mottle the stool.
@@ -882,8 +599,8 @@ def _paint_great_vessels(canvas: Canvas, an: Anatomy) -> None:
     au, av, ar = an.aorta
     box = grid.box((au - ar - 3, av - ar - 3, -big), (au + ar + 3, av + ar + 3, big))
     if box is not None:
-        u, v, w = grid.coords(box)
-        canvas.paint_sdf("artery", box, np.sqrt((u - au) ** 2 + (v - av) ** 2) - ar + 0 * w)
+        u, v, _ = grid.coords(box)
+        canvas.paint_sdf("artery", box, np.sqrt((u - au) ** 2 + (v - av) ** 2) - ar)
     iu, iv, isu, isv = an.ivc
     box = grid.box((iu - isu - 3, iv - isv - 3, -big), (iu + isu + 3, iv + isv + 3, big))
     if box is not None:
@@ -898,7 +615,7 @@ def _paint_pancreas(canvas: Canvas, an: Anatomy, rng: np.random.Generator) -> No
         return
     ubox, usdf = tube_sdf(grid, an.uncinate_path, an.uncinate_radius)
     if ubox is not None:
-        sdf = np.minimum(sdf, _sub_values(usdf, ubox, box, fill=1e4))
+        sdf = np.minimum(sdf, values_in_box(usdf, ubox, box, fill=1e4))
     # Lobulated outline: the surface bulges and dips over ~5-10 mm.
     fx, fy, fz = grid.frame_spacing
     lobules = smooth_noise(rng, sdf.shape, (max(1.0, 6.0 / fz), 7.0 / fy, 7.0 / fx))
@@ -910,20 +627,6 @@ def _paint_pancreas(canvas: Canvas, an: Anatomy, rng: np.random.Generator) -> No
     alpha = coverage(sdf + 1.0, canvas.ramp_mm)
     clefts = np.clip((canvas.texture[box] - 1.2) * 1.5, 0.0, 0.6)
     canvas.paint("visceral_fat", box, alpha * clefts, occlude=False)
-
-
-def _sub_values(values: np.ndarray, box: Box, sub: Box, fill: float) -> np.ndarray:
-    """Values defined on ``box`` resampled onto the voxels of ``sub`` (``fill`` outside)."""
-    out = np.full([s.stop - s.start for s in sub], fill, dtype=np.float32)
-    src, dst = [], []
-    for outer, inner in zip(box, sub):
-        lo, hi = max(outer.start, inner.start), min(outer.stop, inner.stop)
-        if hi <= lo:
-            return out
-        src.append(slice(lo - outer.start, hi - outer.start))
-        dst.append(slice(lo - inner.start, hi - inner.start))
-    out[tuple(dst)] = values[tuple(src)]
-    return out
 
 
 def _paint_peripancreatic_vessels(canvas: Canvas, an: Anatomy) -> None:
@@ -939,8 +642,8 @@ def _paint_peripancreatic_vessels(canvas: Canvas, an: Anatomy) -> None:
         vbox = grid.box((cu - radius - 3, cv - radius - 3, -1e4), (cu + radius + 3, cv + radius + 3, height))
         if vbox is None:
             continue
-        u, v, w = grid.coords(vbox)
-        canvas.paint_sdf(tissue, vbox, np.sqrt((u - cu) ** 2 + (v - cv) ** 2) - radius + 0 * w)
+        u, v, _ = grid.coords(vbox)
+        canvas.paint_sdf(tissue, vbox, np.sqrt((u - cu) ** 2 + (v - cv) ** 2) - radius)
     # SMA origin: a short segment running forward from the aorta.
     au, av, ar = an.aorta
     path, _ = smooth_path(np.array([[au, av, top + 10.0], [an.sma[0], av - ar - 3.0, top + 8.0], [an.sma[0], an.sma[1], top + 4.0]]), 1.5)

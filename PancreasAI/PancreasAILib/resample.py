@@ -38,8 +38,8 @@ def resample(source: Volume, target_shape: tuple[int, int, int], target_ijk_to_r
         k1 = min(k0 + slab, target_shape[0])
         slab_offset = offset + matrix @ np.array([k0, 0.0, 0.0])
         slab_shape = (k1 - k0, *target_shape[1:])
-        # mode "nearest" repeats the edge voxels: right in the outer half voxel; points
-        # further out are set to fill_value below ("constant" would already drop the half voxel).
+        # mode "nearest" repeats the edge voxels, which is what the outer half voxel holds
+        # ("constant" would give it fill_value); centres further out get fill_value below.
         ndimage.affine_transform(
             source.array, matrix, offset=slab_offset, output_shape=slab_shape,
             output=output[k0:k1], order=order, mode="nearest", prefilter=False)

@@ -1,0 +1,584 @@
+"""IPMN Risk: classify an intraductal papillary mucinous neoplasm (IPMN) of the pancreas as
+normal, low-risk or high-risk from a paired T1/T2 MRI, with an attention heat map.
+
+The method is the early-fusion Vision Transformer of Proietto Salanitri et al. (EMBC 2022).
+The work is done by `IPMNRiskLib` (which never imports Qt); this file is the Slicer GUI and
+a thin Logic over it. torch and timm are imported only when an assessment runs.
+"""
+
+import logging
+import os
+import shutil
+from typing import Annotated, Callable, Optional
+
+import qt
+import vtk
+
+import slicer
+from slicer import (
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsROINode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+)
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from PancreasAI import BackgroundTask, ensureDependencies, exportVolume, missingPackages
+
+MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+DEVICES = ("auto", "cpu", "cuda")
+REGION_ROI = "ROI box"
+REGION_SEGMENTATION = "Segmentation"
+REGION_POINT = "Point"
+REGION_MODES = (REGION_ROI, REGION_SEGMENTATION, REGION_POINT)
+#: Item data of the model list entry that opens a file dialog.
+LOCAL_FILE_ITEM = "<local file>"
+
+
+#
+# IPMNRisk
+#
+
+
+class IPMNRisk(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("IPMN Risk")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["PancreasAI"]
+        self.parent.contributors = ["PancreasAI team"]
+        self.parent.helpText = _("""
+<p><b>For research use only.</b> Not a medical device; the result must not guide patient care.</p>
+<p>Estimates whether the pancreas shows no IPMN, a low-risk IPMN (low-grade dysplasia) or a
+high-risk IPMN (high-grade dysplasia), from a T1-weighted and a T2-weighted MRI of the same
+study. Give the region around the pancreas as a box (markups ROI), as a segmentation, or as a
+point with a box size. Nine axial slices through the region, from both sequences, are shown to
+a Vision Transformer; the result is the class with its probabilities (and their spread over
+flipped and rotated copies of the input when test-time augmentation is on) and a heat map of
+where the network looked, overlaid on the T2 volume.</p>
+<p><b>About the bundled model:</b> the demo model was trained only on synthetic MRI phantoms. It
+shows the workflow and runs the self-test; its output on real patients means nothing. Use
+<b>Local file...</b> for a model trained on real data.</p>
+<p>From the Python console:
+<code>slicer.util.getModuleLogic("IPMNRisk").assess(t1Node, t2Node, roiNode)</code>.</p>
+""")
+        self.parent.acknowledgementText = _("""
+Method: Proietto Salanitri F, Bellitto G, Palazzo S, et al. Neural Transformers for Intraductal
+Papillary Mucosal Neoplasms (IPMN) Classification in MRI images. 44th Annual International
+Conference of the IEEE Engineering in Medicine and Biology Society (EMBC), 2022
+(<a href="https://arxiv.org/abs/2206.10531">arXiv:2206.10531</a>). This is an independent
+implementation by the PancreasAI team.
+""")
+
+
+#
+# IPMNRiskParameterNode
+#
+
+
+@parameterNodeWrapper
+class IPMNRiskParameterNode:
+    """The module's settings, saved with the scene.
+
+    t1Volume, t2Volume - the two sequences of one study; the heat map is made on T2's grid.
+    regionMode - which of the next three nodes gives the region around the pancreas.
+    roiNode - a box (markups ROI) around the pancreas.
+    regionSegmentation - a segmentation whose segments' extent is the region.
+    regionPoint - the first point of this list is the centre of a cube of pointBoxSizeMm.
+    model - a model registry name, or the path of a .safetensors model file.
+    device - "auto" uses a CUDA GPU when PyTorch finds one, else the CPU.
+    testTimeAugmentation - average over flipped and rotated copies; gives the spread.
+    overlayOpacity - opacity of the heat map over the MRI in the slice views.
+    """
+
+    t1Volume: vtkMRMLScalarVolumeNode
+    t2Volume: vtkMRMLScalarVolumeNode
+    regionMode: Annotated[str, Choice(REGION_MODES)] = REGION_ROI
+    roiNode: vtkMRMLMarkupsROINode
+    regionSegmentation: vtkMRMLSegmentationNode
+    regionPoint: vtkMRMLMarkupsFiducialNode
+    pointBoxSizeMm: Annotated[float, WithinRange(10.0, 300.0)] = 60.0
+    model: str
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    testTimeAugmentation: bool = True
+    overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+
+
+#
+# IPMNRiskWidget
+#
+
+
+class IPMNRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._task = None  # the assessment running in the background, if any
+        self._heatMapNode = None  # the heat map shown in the slice views
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/IPMNRisk.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = IPMNRiskLogic()
+        self._fillModelComboBox()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        # "activated" fires only for the user's choices, not when the list follows the parameter node.
+        self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
+        self.ui.placeRoiButton.connect("clicked(bool)", self.onPlaceRoiButton)
+        self.ui.placePointButton.connect("clicked(bool)", self.onPlacePointButton)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+
+        self._showProgress(0.0, _("Ready."))
+        self.ui.resultLabel.text = _("No assessment yet.")
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        # The nodes the running assessment would write into are about to disappear.
+        if self._task is not None:
+            self._task.cancel()
+        self._heatMapNode = None
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.model:
+            self._parameterNode.model = self.logic.modelRegistry().default_name
+
+    def setParameterNode(self, inputParameterNode: Optional[IPMNRiskParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        self._showRegionMode()
+        self._showModel()
+        self.logic.setOverlayOpacity(self._heatMapNode, self._parameterNode.overlayOpacity)
+        self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        running = self._task is not None
+        self.ui.cancelButton.enabled = running
+        reason = self._missingInput() if not running else _("An assessment is running; cancel it or wait for it to end.")
+        self.ui.applyButton.enabled = not reason
+        self.ui.applyButton.toolTip = reason or _("Assess the IPMN risk in the selected region.")
+
+    def _missingInput(self) -> str:
+        """What the user still has to choose, or "" when the assessment can start."""
+        parameters = self._parameterNode
+        if not parameters or not parameters.t1Volume or not parameters.t2Volume:
+            return _("Select the T1 and the T2 volume.")
+        if self._regionNode() is None:
+            return _("Give the region around the pancreas (a box, a segmentation or a point).")
+        return ""
+
+    # --- region -------------------------------------------------------------------------------
+
+    def _regionNode(self):
+        return self.logic.regionNode(self._parameterNode) if self._parameterNode else None
+
+    def _showRegionMode(self) -> None:
+        mode = self._parameterNode.regionMode
+        self.ui.roiRegionWidget.visible = mode == REGION_ROI
+        self.ui.segmentationRegionWidget.visible = mode == REGION_SEGMENTATION
+        self.ui.pointRegionWidget.visible = mode == REGION_POINT
+
+    def onPlaceRoiButton(self) -> None:
+        """Draw a new box in a slice view: click its centre, then a corner."""
+        roiNode = self._parameterNode.roiNode
+        if roiNode is None or roiNode.GetNumberOfControlPoints() > 0:
+            roiNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", _("Pancreas region"))
+            roiNode.CreateDefaultDisplayNodes()
+            self._parameterNode.roiNode = roiNode
+        self._startPlacing(roiNode)
+
+    def onPlacePointButton(self) -> None:
+        """Click the centre of the region in a slice view."""
+        pointNode = self._parameterNode.regionPoint
+        if pointNode is None:
+            pointNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", _("Pancreas centre"))
+            pointNode.CreateDefaultDisplayNodes()
+            self._parameterNode.regionPoint = pointNode
+        pointNode.RemoveAllControlPoints()  # only the first point counts
+        self._startPlacing(pointNode)
+
+    @staticmethod
+    def _startPlacing(markupsNode) -> None:
+        selectionNode = slicer.app.applicationLogic().GetSelectionNode()
+        selectionNode.SetReferenceActivePlaceNodeClassName(markupsNode.GetClassName())
+        selectionNode.SetActivePlaceNodeID(markupsNode.GetID())
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        interactionNode.SetPlaceModePersistence(0)
+        interactionNode.SetCurrentInteractionMode(interactionNode.Place)
+
+    # --- model choice ---------------------------------------------------------------------------
+
+    def _fillModelComboBox(self) -> None:
+        comboBox = self.ui.modelComboBox
+        comboBox.clear()
+        registry = self.logic.modelRegistry()
+        for name in registry.names:
+            comboBox.addItem(registry.entries[name].title, name)
+            comboBox.setItemData(comboBox.count - 1, registry.entries[name].title, qt.Qt.ToolTipRole)
+        comboBox.addItem(_("Local file..."), LOCAL_FILE_ITEM)
+
+    def _showModel(self) -> None:
+        """Select the parameter node's model in the list, adding it if it is a local file."""
+        if not self._parameterNode.model:
+            return
+        model = self._parameterNode.model
+        comboBox = self.ui.modelComboBox
+        index = comboBox.findData(model)
+        if index < 0:
+            index = comboBox.count - 1  # local files go just before "Local file..."
+            comboBox.insertItem(index, os.path.basename(model), model)
+            comboBox.setItemData(index, model, qt.Qt.ToolTipRole)
+        comboBox.currentIndex = index
+
+    def onModelActivated(self, index: int) -> None:
+        choice = self.ui.modelComboBox.itemData(index)
+        if choice != LOCAL_FILE_ITEM:
+            self._parameterNode.model = choice
+            return
+        path = qt.QFileDialog.getOpenFileName(
+            self.parent, _("Choose an IPMN risk model file"), "",
+            _("Model files (*.safetensors *.json)"))
+        if path:
+            self._parameterNode.model = path
+        self._showModel()  # back to the current model when the dialog was cancelled
+
+    # --- running ------------------------------------------------------------------------------
+
+    def onApplyButton(self) -> None:
+        if not ensureDependencies(slicer.util.mainWindow()):
+            return
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not start the IPMN risk assessment."), waitCursor=True):
+            self._task = self.logic.startAssessment(
+                parameters.t1Volume, parameters.t2Volume, self._regionNode(), model=parameters.model,
+                device=parameters.device, testTimeAugmentation=parameters.testTimeAugmentation,
+                pointBoxSizeMm=parameters.pointBoxSizeMm,
+                onProgress=self._showProgress, onFinished=self._onAssessmentFinished)
+            self._showProgress(0.0, _("Starting..."))
+        self._checkCanApply()
+
+    def onCancelButton(self) -> None:
+        if self._task is not None:
+            self._showProgress(self.ui.progressBar.value / 100.0, _("Cancelling..."))
+            self._task.cancel()
+
+    def _showProgress(self, fraction: float, status: str) -> None:
+        self.ui.progressBar.value = round(100 * fraction)
+        self.ui.statusLabel.text = status
+
+    def _onAssessmentFinished(self, result, errorMessage: str) -> None:
+        self._task = None
+        self._checkCanApply()
+        if result is not None:
+            self._showProgress(1.0, _("Done."))
+            self.ui.resultLabel.text = resultText(result)
+            self._heatMapNode = result.heat_map_node
+            if self._parameterNode:
+                self.logic.showResult(result, self._parameterNode.t2Volume, self._parameterNode.overlayOpacity)
+        elif errorMessage:
+            self._showProgress(0.0, _("Failed."))
+            slicer.util.errorDisplay(_("The IPMN risk assessment failed.\n\n{reason}").format(reason=errorMessage))
+        else:
+            self._showProgress(0.0, _("Cancelled; the scene was not changed."))
+
+
+def resultText(result) -> str:
+    """The result as rich text: the class in large letters, then each class's probability
+    (with its spread over the test-time augmentations when there is one)."""
+    from IPMNRiskLib.model import CLASS_NAMES
+
+    parts = []
+    for name, probability, spread in zip(CLASS_NAMES, result.probabilities, result.spread):
+        text = f"{name} {100 * probability:.0f}%"
+        if spread > 0:
+            text += f" \u00b1 {100 * spread:.0f}"
+        parts.append(text)
+    return (f'<p style="font-size: 16pt; font-weight: bold;">{result.class_name}</p>'
+            f'<p>{" &middot; ".join(parts)}</p>')
+
+
+#
+# IPMNRiskLogic
+#
+
+
+class IPMNRiskLogic(ScriptedLoadableModuleLogic):
+    """Assesses IPMN risk; usable from the Python console without the GUI:
+
+        logic = slicer.util.getModuleLogic("IPMNRisk")
+        result = logic.assess(getNode("T1"), getNode("T2"), getNode("R"))
+        logic.showResult(result, getNode("T2"))
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return IPMNRiskParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def modelRegistry():
+        """The known models (`PancreasAILib.weights.ModelRegistry`)."""
+        from IPMNRiskLib.models import model_registry
+
+        return model_registry()
+
+    @staticmethod
+    def regionNode(parameterNode):
+        """The node that gives the region in the parameter node's region mode (None if unset)."""
+        return {
+            REGION_ROI: parameterNode.roiNode,
+            REGION_SEGMENTATION: parameterNode.regionSegmentation,
+            REGION_POINT: parameterNode.regionPoint,
+        }[parameterNode.regionMode]
+
+    def assess(self, t1Node, t2Node, roiNode, model: Optional[str] = None, device: str = "auto",
+               testTimeAugmentation: bool = True, pointBoxSizeMm: float = 60.0,
+               progressCallback: Optional[Callable[[float, str], None]] = None):
+        """Assess the IPMN risk from a T1 and a T2 volume node of one study; blocks until done.
+
+        roiNode - the region around the pancreas: a markups ROI, a segmentation (the extent of
+          its segments) or a markups point list (its first point centres a cube of
+          `pointBoxSizeMm` mm).
+        model - registry name or .safetensors path; None for the default model.
+        progressCallback(fraction, status) - called as the work advances.
+
+        Returns the result (risk_class, class_name, probabilities, spread, heat_map_node,
+        table_node, grid_png_path); the heat map and the table are added to the scene.
+        """
+        from PancreasAILib.progress import no_progress
+        from IPMNRiskLib.mrml import assess_nodes
+
+        return assess_nodes(t1Node, t2Node, roiNode, model=model, device=device, tta=testTimeAugmentation,
+                            point_box_size_mm=pointBoxSizeMm, progress=progressCallback or no_progress)
+
+    def startAssessment(self, t1Node, t2Node, roiNode, model: Optional[str] = None, device: str = "auto",
+                        testTimeAugmentation: bool = True, pointBoxSizeMm: float = 60.0,
+                        onProgress: Optional[Callable[[float, str], None]] = None,
+                        onFinished: Optional[Callable] = None) -> BackgroundTask:
+        """Like `assess`, but in a separate process so Slicer stays responsive; returns the
+        running task at once (`task.cancel()` stops it).
+
+        onFinished(result, errorMessage) is called once at the end: with the result and "" on
+        success; with None and the reason on failure; with None and "" when cancelled. The
+        scene changes only on success. Files named by the result exist during the call.
+        """
+        from IPMNRiskLib.mrml import region_box_from_node
+
+        workDir = slicer.util.tempDirectory("IPMNRisk")
+        try:
+            region = region_box_from_node(roiNode, point_box_size_mm=pointBoxSizeMm)
+            t1Path = exportVolume(t1Node, os.path.join(workDir, "t1.nrrd"))
+            t2Path = exportVolume(t2Node, os.path.join(workDir, "t2.nrrd"))
+            outputDir = os.path.join(workDir, "output")
+            arguments = assessmentArguments(t1Path, t2Path, region.center_ras, region.size_mm, outputDir,
+                                            model, device, testTimeAugmentation)
+        except BaseException:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
+
+        def finished(ok: bool, message: str) -> None:
+            try:
+                if task.cancelled:
+                    outcome = (None, "")
+                elif not ok:
+                    outcome = (None, message)
+                else:
+                    outcome = self._importFinishedResult(t2Node, outputDir)
+                if onFinished:
+                    onFinished(*outcome)
+            finally:
+                shutil.rmtree(workDir, ignore_errors=True)
+
+        task = BackgroundTask("IPMNRiskLib", arguments, pythonPaths=[MODULE_DIR],
+                              onProgress=onProgress, onFinished=finished)
+        task.start()
+        return task
+
+    def _importFinishedResult(self, t2Node, outputDir: str) -> tuple:
+        """(result, "") or (None, reason)."""
+        if t2Node.GetScene() is None:
+            return None, _("The T2 volume was removed from the scene during the assessment.")
+        try:
+            return self.importResult(t2Node, outputDir), ""
+        except Exception as error:
+            logging.exception("Importing the assessment in %s failed", outputDir)
+            return None, str(error)
+
+    def importResult(self, t2Node, outputDir: str):
+        """Put what the command line wrote into `outputDir` (heat map, result, grid image)
+        into the scene, beside `t2Node`; returns the result as `assess` does."""
+        from IPMNRiskLib.mrml import import_assessment_files
+
+        return import_assessment_files(t2Node, outputDir)
+
+    def showResult(self, result, backgroundNode=None, opacity: float = 0.5) -> None:
+        """Overlay the heat map on `backgroundNode` (None keeps the current background) in every
+        slice view, and centre the views on the assessed region."""
+        heatMapNode = result.heat_map_node
+        if heatMapNode is None:
+            return
+        # Voxels outside the assessed region (zero) stay transparent over the MRI.
+        displayNode = heatMapNode.GetDisplayNode()
+        displayNode.SetAutoThreshold(False)
+        displayNode.SetLowerThreshold(1e-3)
+        displayNode.SetUpperThreshold(max(1.0, heatMapNode.GetImageData().GetScalarRange()[1]))
+        displayNode.SetApplyThreshold(True)
+        slicer.util.setSliceViewerLayers(background=backgroundNode or "keep-current", foreground=heatMapNode,
+                                         foregroundOpacity=opacity)
+        center = heatMapCenter(heatMapNode)
+        if center is not None:
+            for sliceNode in slicer.util.getNodesByClass("vtkMRMLSliceNode"):
+                sliceNode.JumpSliceByCentering(*center)
+
+    @staticmethod
+    def setOverlayOpacity(heatMapNode, opacity: float) -> None:
+        """Set the opacity of `heatMapNode` in the slice views that show it as foreground."""
+        if heatMapNode is None or heatMapNode.GetScene() is None:
+            return
+        for compositeNode in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
+            if compositeNode.GetForegroundVolumeID() == heatMapNode.GetID():
+                compositeNode.SetForegroundOpacity(opacity)
+
+
+def heatMapCenter(heatMapNode) -> Optional[tuple[float, float, float]]:
+    """RAS centre (mm) of the box of non-zero heat-map voxels: the assessed region."""
+    import numpy as np
+
+    from PancreasAILib.mrml import world_ijk_to_ras
+
+    voxels = np.argwhere(slicer.util.arrayFromVolume(heatMapNode) > 0)
+    if voxels.size == 0:
+        return None
+    center_kji = (voxels.min(0) + voxels.max(0)) / 2.0
+    ras = world_ijk_to_ras(heatMapNode) @ np.append(center_kji[::-1], 1.0)
+    return tuple(float(value) for value in ras[:3])
+
+
+def assessmentArguments(t1Path: str, t2Path: str, centerRas, sizeMm, outputDir: str, model: Optional[str],
+                        device: str, testTimeAugmentation: bool) -> list[str]:
+    """Command-line arguments of `python -m IPMNRiskLib` for one T1/T2 pair and a box."""
+    def triple(values) -> str:
+        return ",".join(f"{float(value):.3f}" for value in values)
+
+    # "--option=value": a centre such as "-12.5,40,7" would otherwise be read as an option.
+    arguments = ["assess", "--t1", t1Path, "--t2", t2Path, f"--roi-center={triple(centerRas)}",
+                 f"--roi-size={triple(sizeMm)}", "--output", outputDir, "--device", device,
+                 "--progress-format", "json"]
+    if model:
+        arguments += ["--model", model]
+    if not testTimeAugmentation:
+        arguments.append("--no-tta")
+    return arguments
+
+
+#
+# IPMNRiskTest
+#
+
+
+class IPMNRiskTest(ScriptedLoadableModuleTest):
+    """Real (small) inference with the bundled demo model on a synthetic MRI phantom."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_assess_rates_a_high_risk_phantom_above_normal()
+        self.setUp()
+        self.test_show_result_overlays_the_heat_map_on_t2()
+
+    def test_assess_rates_a_high_risk_phantom_above_normal(self):
+        import numpy as np
+
+        self._requireDependencies()
+        phantom, t1Node, t2Node, roiNode = self._phantomScene()
+
+        result = IPMNRiskLogic().assess(t1Node, t2Node, roiNode)
+
+        self.assertAlmostEqual(float(np.sum(result.probabilities)), 1.0, places=3)
+        self.assertEqual(result.risk_class, int(np.argmax(result.probabilities)))
+        self.assertGreater(result.probabilities[2], result.probabilities[0])
+        heatMap = slicer.util.arrayFromVolume(result.heat_map_node)
+        self.assertEqual(heatMap.shape, phantom.t2.shape)
+        self.assertAlmostEqual(float(heatMap.max()), 1.0, places=3)
+        self.assertIsNotNone(result.table_node)
+
+    def test_show_result_overlays_the_heat_map_on_t2(self):
+        self._requireDependencies()
+        phantom, t1Node, t2Node, roiNode = self._phantomScene()
+        logic = IPMNRiskLogic()
+        result = logic.assess(t1Node, t2Node, roiNode, testTimeAugmentation=False)
+
+        logic.showResult(result, t2Node, opacity=0.3)
+
+        compositeNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceCompositeNode()
+        self.assertEqual(compositeNode.GetBackgroundVolumeID(), t2Node.GetID())
+        self.assertEqual(compositeNode.GetForegroundVolumeID(), result.heat_map_node.GetID())
+        self.assertAlmostEqual(compositeNode.GetForegroundOpacity(), 0.3)
+
+    def _requireDependencies(self):
+        missing = missingPackages()
+        self.assertFalse(missing, f"install {', '.join(missing)} (PyTorch extension) before this test")
+
+    @staticmethod
+    def _phantomScene():
+        from IPMNRiskLib.phantom import make_mr_phantom
+
+        phantom = make_mr_phantom(seed=2000, risk_class=2)
+        t1Node = slicer.util.addVolumeFromArray(phantom.t1, ijkToRAS=phantom.ijk_to_ras, name="T1 phantom")
+        t2Node = slicer.util.addVolumeFromArray(phantom.t2, ijkToRAS=phantom.ijk_to_ras, name="T2 phantom")
+        center, size = phantom.pancreas_box_ras
+        roiNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "Pancreas region")
+        roiNode.SetCenter([float(value) for value in center])
+        roiNode.SetSize([float(value) for value in size])
+        return phantom, t1Node, t2Node, roiNode

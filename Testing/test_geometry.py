@@ -1,0 +1,343 @@
+"""Geometry of the shared core: Volume, canonical axial orientation, resampling."""
+import itertools
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from PancreasAILib import resample as resample_module
+from PancreasAILib.orientation import axial_reorientation, obliquity_degrees
+from PancreasAILib.resample import overlap_fraction, resample, resample_like
+from PancreasAILib.volume import Volume, make_ijk_to_ras
+
+SPACING = (0.7, 0.9, 2.5)
+ORIGIN = (10.5, -20.25, 33.0)
+SHAPE = (4, 5, 6)  # (K, J, I): every axis a different length, so a wrong permutation shows
+
+
+def rotation(axis: str, degrees: float) -> np.ndarray:
+    return Rotation.from_euler(axis, degrees, degrees=True).as_matrix()
+
+
+def signed_permutations() -> list[np.ndarray]:
+    """All 48 directions whose voxel axes run along patient axes (6 permutations x 8 flips)."""
+    directions = []
+    for permutation in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            direction = np.zeros((3, 3))
+            for voxel_axis, (patient_axis, sign) in enumerate(zip(permutation, signs)):
+                direction[patient_axis, voxel_axis] = sign
+            directions.append(direction)
+    return directions
+
+
+SIGNED_PERMUTATIONS = signed_permutations()
+
+
+def numbered_volume(direction: np.ndarray, shape=SHAPE) -> Volume:
+    """Every voxel holds its own flat index, so any voxel can be identified by its value."""
+    return Volume(np.arange(np.prod(shape)).reshape(shape), make_ijk_to_ras(SPACING, ORIGIN, direction))
+
+
+def all_ijk(shape) -> np.ndarray:
+    """(N, 3) integer (i, j, k) of every voxel of a (K, J, I) array, in C order of the array."""
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    return np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1)
+
+
+def source_values_at_same_ras(source: Volume, other: Volume) -> np.ndarray:
+    """For every voxel of `other`, the value of the `source` voxel at the same RAS position."""
+    ijk = source.ras_to_ijk_points(other.ijk_to_ras_points(all_ijk(other.shape)))
+    index = np.rint(ijk).astype(int)
+    assert np.allclose(ijk, index, atol=1e-6), "voxel centres do not coincide"
+    return source.array[index[:, 2], index[:, 1], index[:, 0]].reshape(other.shape)
+
+
+# --- make_ijk_to_ras and Volume -----------------------------------------------------------
+
+
+def test_make_ijk_to_ras_scales_direction_columns_and_puts_origin_last():
+    direction = rotation("z", 30)
+    matrix = make_ijk_to_ras(SPACING, ORIGIN, direction)
+    np.testing.assert_allclose(matrix[:3, :3], direction * np.array(SPACING))
+    np.testing.assert_allclose(matrix[:3, 3], ORIGIN)
+    np.testing.assert_array_equal(matrix[3], [0, 0, 0, 1])
+
+
+def test_make_ijk_to_ras_defaults_to_identity_direction_at_the_origin():
+    np.testing.assert_allclose(make_ijk_to_ras((1, 2, 3)), np.diag([1.0, 2.0, 3.0, 1.0]))
+
+
+def test_volume_gives_back_spacing_direction_and_origin():
+    direction = rotation("xyz", [10, 20, 30]) @ SIGNED_PERMUTATIONS[17]
+    volume = numbered_volume(direction)
+    np.testing.assert_allclose(volume.spacing, SPACING)
+    np.testing.assert_allclose(volume.direction, direction, atol=1e-12)
+    np.testing.assert_allclose(volume.origin, ORIGIN)
+
+
+def test_volume_origin_is_a_copy():
+    volume = numbered_volume(np.eye(3))
+    volume.origin[:] = 0
+    np.testing.assert_allclose(volume.origin, ORIGIN)
+
+
+def test_volume_refuses_a_matrix_that_is_not_4_by_4():
+    with pytest.raises(ValueError, match="4 x 4"):
+        Volume(np.zeros(SHAPE), np.eye(3))
+
+
+def test_volume_stores_ijk_to_ras_as_float64():
+    volume = Volume(np.zeros(SHAPE), np.eye(4, dtype=np.float32))
+    assert volume.ijk_to_ras.dtype == np.float64
+
+
+def test_ras_to_ijk_undoes_ijk_to_ras():
+    volume = numbered_volume(rotation("xyz", [10, -25, 40]))
+    ijk = np.random.default_rng(0).uniform(-5, 20, size=(50, 3))
+    np.testing.assert_allclose(volume.ras_to_ijk_points(volume.ijk_to_ras_points(ijk)), ijk, atol=1e-10)
+
+
+def test_ijk_to_ras_points_maps_voxel_origin_to_origin_and_steps_by_spacing():
+    volume = numbered_volume(rotation("y", 20))
+    ras = volume.ijk_to_ras_points([[0, 0, 0], [1, 0, 0], [0, 0, 1]])
+    np.testing.assert_allclose(ras[0], ORIGIN)
+    assert np.linalg.norm(ras[1] - ras[0]) == pytest.approx(SPACING[0])
+    assert np.linalg.norm(ras[2] - ras[0]) == pytest.approx(SPACING[2])
+
+
+def test_slab_keeps_the_physical_position_of_its_slices():
+    volume = numbered_volume(rotation("xyz", [5, 10, 15]))
+    slab = volume.slab(1, 3)
+    np.testing.assert_array_equal(slab.array, volume.array[1:3])
+    ijk = all_ijk(slab.shape)
+    np.testing.assert_allclose(slab.ijk_to_ras_points(ijk), volume.ijk_to_ras_points(ijk + [0, 0, 1]))
+
+
+def test_with_array_keeps_the_grid_and_refuses_another_shape():
+    volume = numbered_volume(np.eye(3))
+    other = volume.with_array(np.ones(SHAPE, np.float32))
+    np.testing.assert_array_equal(other.ijk_to_ras, volume.ijk_to_ras)
+    with pytest.raises(ValueError, match="does not match"):
+        volume.with_array(np.ones((1, 2, 3)))
+
+
+def test_corners_are_the_outer_voxel_centres():
+    volume = numbered_volume(np.eye(3))
+    corners = volume.corners_ras()
+    assert corners.shape == (8, 3)
+    np.testing.assert_allclose(corners.min(0), ORIGIN)
+    np.testing.assert_allclose(corners.max(0), np.array(ORIGIN) + np.array(SPACING) * [5, 4, 3])
+
+
+def test_volumes_compare_by_identity_and_can_be_hashed():
+    """Comparing two volumes must not raise numpy's 'truth value is ambiguous' error."""
+    first, second = numbered_volume(np.eye(3)), numbered_volume(np.eye(3))
+    assert first == first and first != second
+    assert len({first, second}) == 2
+
+
+# --- canonical axial orientation ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("direction", SIGNED_PERMUTATIONS, ids=lambda d: str(d.astype(int).tolist()))
+def test_every_axis_order_and_flip_becomes_canonical_axial(direction):
+    source = numbered_volume(direction)
+    canonical = axial_reorientation(source).apply_volume(source)
+    np.testing.assert_allclose(canonical.direction, np.diag([-1.0, -1.0, 1.0]), atol=1e-12)
+    np.testing.assert_array_equal(canonical.array, source_values_at_same_ras(source, canonical))
+
+
+@pytest.mark.parametrize("direction", SIGNED_PERMUTATIONS, ids=lambda d: str(d.astype(int).tolist()))
+def test_undo_restores_the_source_array(direction):
+    source = numbered_volume(direction)
+    reorientation = axial_reorientation(source)
+    np.testing.assert_array_equal(reorientation.undo(reorientation.apply(source.array)), source.array)
+
+
+def test_canonical_volume_keeps_spacing_per_physical_axis():
+    direction = SIGNED_PERMUTATIONS[-1]  # voxel axes run S, A, R (reversed)
+    source = numbered_volume(direction)
+    canonical = axial_reorientation(source).apply_volume(source)
+    # The voxel axis along R had spacing SPACING[2], along A SPACING[1], along S SPACING[0].
+    expected = [SPACING[int(np.flatnonzero(direction[axis])[0])] for axis in range(3)]
+    np.testing.assert_allclose(canonical.spacing, expected)
+
+
+def test_canonical_input_is_left_alone():
+    source = numbered_volume(np.diag([-1.0, -1.0, 1.0]))
+    reorientation = axial_reorientation(source)
+    assert reorientation.is_identity
+    np.testing.assert_array_equal(reorientation.apply_volume(source).ijk_to_ras, source.ijk_to_ras)
+
+
+def test_apply_returns_a_view_not_a_copy():
+    source = numbered_volume(SIGNED_PERMUTATIONS[13])
+    assert np.shares_memory(axial_reorientation(source).apply(source.array), source.array)
+
+
+@pytest.mark.parametrize("axis", ["x", "y", "z"])
+@pytest.mark.parametrize("index", [0, 13, 30, 47])
+def test_oblique_volume_goes_to_the_nearest_canonical_axes(axis, index):
+    straight = SIGNED_PERMUTATIONS[index]
+    for degrees in (15, -15):
+        source = numbered_volume(rotation(axis, degrees) @ straight)
+        reorientation = axial_reorientation(source)
+        assert reorientation == axial_reorientation(numbered_volume(straight))
+        canonical = reorientation.apply_volume(source)
+        # Each canonical axis stays within 15 degrees of its patient axis, and the voxels are
+        # the same physical voxels as before.
+        cosines = np.diag(canonical.direction) * [-1, -1, 1]
+        assert np.all(cosines >= np.cos(np.radians(15)) - 1e-9)
+        np.testing.assert_array_equal(canonical.array, source_values_at_same_ras(source, canonical))
+
+
+@pytest.mark.parametrize("axis", ["x", "y", "z"])
+def test_obliquity_is_the_rotation_angle(axis):
+    for degrees in (0, 15, -30):
+        volume = numbered_volume(rotation(axis, degrees) @ SIGNED_PERMUTATIONS[21])
+        assert obliquity_degrees(volume) == pytest.approx(abs(degrees), abs=1e-6)
+
+
+# --- resampling --------------------------------------------------------------------------
+
+RAMP_GRADIENT = np.array([0.3, -1.1, 0.7])  # value change per mm along R, A, S
+RAMP_OFFSET = 5.0
+
+
+def ramp(volume_shape, ijk_to_ras) -> Volume:
+    """f(ras) = gradient . ras + offset at every voxel centre: trilinear interpolation is exact."""
+    ras = Volume(np.zeros(volume_shape), ijk_to_ras).ijk_to_ras_points(all_ijk(volume_shape))
+    return Volume((ras @ RAMP_GRADIENT + RAMP_OFFSET).reshape(volume_shape), ijk_to_ras)
+
+
+def source_index_of_targets(source: Volume, shape, target_ijk_to_ras) -> np.ndarray:
+    """(K, J, I, 3) continuous source (i, j, k) of every target voxel centre."""
+    target = Volume(np.zeros(shape), target_ijk_to_ras)
+    return source.ras_to_ijk_points(target.ijk_to_ras_points(all_ijk(shape))).reshape(*shape, 3)
+
+
+@pytest.fixture
+def ramp_source() -> Volume:
+    return ramp((12, 14, 16), make_ijk_to_ras((1.2, 0.8, 2.0), (-8.0, 4.0, 12.0), rotation("xyz", [8, -5, 12])))
+
+
+def test_resampling_onto_the_own_grid_returns_the_input(ramp_source):
+    out = resample(ramp_source, ramp_source.shape, ramp_source.ijk_to_ras, order=1, dtype=np.float64)
+    np.testing.assert_allclose(out, ramp_source.array, rtol=0, atol=1e-9)
+
+
+def test_resample_like_puts_the_result_on_the_reference_grid(ramp_source):
+    reference = Volume(np.zeros((3, 4, 5)), make_ijk_to_ras((2, 2, 2), ramp_source.origin))
+    result = resample_like(ramp_source, reference)
+    assert result.shape == (3, 4, 5)
+    np.testing.assert_array_equal(result.ijk_to_ras, reference.ijk_to_ras)
+
+
+@pytest.mark.parametrize("target_direction, target_spacing, shift", [
+    (np.eye(3), (1.0, 1.0, 1.0), (1.3, -0.7, 2.1)),
+    (rotation("xyz", [20, -15, 35]), (1.0, 1.0, 1.0), (0.5, 0.5, 0.5)),
+    (rotation("z", 50) @ SIGNED_PERMUTATIONS[29], (0.45, 1.7, 0.9), (-1.0, 2.0, 0.3)),
+], ids=["shifted", "rotated", "anisotropic_permuted"])
+def test_linear_resampling_is_exact_on_a_linear_ramp(ramp_source, target_direction, target_spacing, shift):
+    shape = (14, 15, 16)
+    centre = ramp_source.ijk_to_ras_points(np.array(ramp_source.shape[::-1]) / 2 - 0.5)[0]
+    target = make_ijk_to_ras(target_spacing, np.zeros(3), target_direction)
+    target[:3, 3] = centre + shift - target[:3, :3] @ (np.array(shape[::-1]) / 2 - 0.5)
+    out = resample(ramp_source, shape, target, order=1, fill_value=np.nan, dtype=np.float64)
+    expected = ramp(shape, target).array
+
+    source_ijk = source_index_of_targets(ramp_source, shape, target)
+    within_centres = np.all((source_ijk >= 0) & (source_ijk <= np.array(ramp_source.shape[::-1]) - 1), axis=-1)
+    assert within_centres.mean() > 0.2 and not within_centres.all()  # the test covers both cases
+    np.testing.assert_allclose(out[within_centres], expected[within_centres], rtol=0, atol=1e-9)
+
+
+def test_points_beyond_the_source_voxels_get_the_fill_value(ramp_source):
+    target = ramp_source.ijk_to_ras.copy()
+    target[:3, 3] = ramp_source.ijk_to_ras_points([[-3.0, 0.25, 0.0]])[0]  # 3 columns to the "left"
+    out = resample(ramp_source, ramp_source.shape, target, order=1, fill_value=-999.0)
+    assert np.all(out[:, :, :2] == -999.0)  # source i = -3, -2: beyond the voxels
+    assert np.all(out[:, :, 3:] != -999.0)  # source i >= 0: inside
+
+
+def test_a_target_entirely_outside_is_all_fill_value(ramp_source):
+    far = make_ijk_to_ras((1, 1, 1), ramp_source.origin + 1000.0)
+    assert np.all(resample(ramp_source, (3, 3, 3), far, fill_value=7.0) == 7.0)
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_outer_half_voxel_holds_the_edge_value(order):
+    """The source voxels cover half a voxel beyond their centres (as in ITK and Slicer), so
+    upsampling keeps the outer ring instead of turning it into fill_value."""
+    source = Volume(np.arange(1.0, 5.0).reshape(1, 1, 4), np.eye(4))
+    # A 4x finer grid over the same extent: centres at i = -0.375, -0.125, ..., 3.375.
+    target = make_ijk_to_ras((0.25, 1, 1), (-0.375, 0, 0))
+    out = resample(source, (1, 1, 16), target, order=order, fill_value=-1.0)[0, 0]
+    assert out[0] == 1.0 and out[-1] == 4.0
+    assert np.all(out != -1.0)
+
+
+def test_one_slice_source_covers_its_slice_thickness():
+    source = Volume(np.full((1, 8, 8), 3.0), make_ijk_to_ras((1, 1, 5)))
+    inside = make_ijk_to_ras((1, 1, 1), (0, 0, -2.4))
+    outside = make_ijk_to_ras((1, 1, 1), (0, 0, 2.6))
+    assert np.all(resample(source, (1, 8, 8), inside) == 3.0)
+    assert np.all(resample(source, (1, 8, 8), outside, fill_value=-1) == -1)
+
+
+def test_nearest_neighbour_keeps_label_values():
+    labels = np.random.default_rng(1).choice([0, 3, 7, 250], size=(10, 11, 12)).astype(np.uint8)
+    source = Volume(labels, make_ijk_to_ras((1.0, 1.0, 2.0)))
+    target = make_ijk_to_ras((0.6, 0.7, 0.9), (0.3, 0.2, 0.1), rotation("z", 25))
+    out = resample(source, (18, 16, 16), target, order=0, fill_value=0, dtype=np.uint8)
+    assert set(np.unique(out)) <= {0, 3, 7, 250}
+    assert {3, 7, 250} <= set(np.unique(out))
+    # Every output voxel holds the value of the source voxel its centre falls in.
+    continuous = source_index_of_targets(source, (18, 16, 16), target)
+    ijk = np.rint(continuous).astype(int)
+    valid = np.all((ijk >= 0) & (ijk < np.array(labels.shape[::-1])), axis=-1)
+    # Centres halfway between two source voxels may go either way.
+    valid &= np.all(np.abs(np.abs(continuous - ijk) - 0.5) > 1e-6, axis=-1)
+    i, j, k = ijk[valid].T
+    np.testing.assert_array_equal(out[valid], labels[k, j, i])
+
+
+def test_order_other_than_0_or_1_is_refused(ramp_source):
+    with pytest.raises(ValueError, match="order"):
+        resample(ramp_source, (2, 2, 2), np.eye(4), order=3)
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_chunked_resampling_equals_one_chunk(monkeypatch, ramp_source, order):
+    target = make_ijk_to_ras((0.9, 1.1, 1.3), (-9.0, 3.0, 10.0), rotation("xyz", [-10, 5, 30]))
+    shape = (13, 9, 11)
+    whole = resample(ramp_source, shape, target, order=order, fill_value=-5)
+    monkeypatch.setattr(resample_module, "_CHUNK_VOXELS", 2 * 9 * 11 + 1)  # 2 slices per chunk
+    chunked = resample(ramp_source, shape, target, order=order, fill_value=-5)
+    assert np.any(whole == -5) and np.any(whole != -5)
+    np.testing.assert_array_equal(chunked, whole)
+
+
+def box_volume(origin, size_mm, spacing=1.0) -> Volume:
+    """A volume whose voxels exactly fill the RAS box [origin, origin + size_mm]."""
+    shape = tuple(int(round(s / spacing)) for s in size_mm[::-1])
+    return Volume(np.zeros(shape), make_ijk_to_ras([spacing] * 3, np.array(origin) + spacing / 2))
+
+
+def test_overlap_of_identical_boxes_is_one():
+    volume = box_volume((0, 0, 0), (10, 20, 30))
+    assert overlap_fraction(volume, volume) == pytest.approx(1.0)
+
+
+def test_overlap_of_disjoint_boxes_is_zero():
+    assert overlap_fraction(box_volume((0, 0, 0), (10, 10, 10)), box_volume((50, 0, 0), (10, 10, 10))) == 0.0
+
+
+def test_overlap_is_the_covered_fraction_of_the_reference():
+    reference = box_volume((0, 0, 0), (10, 10, 10))
+    half = box_volume((5, 0, 0), (10, 10, 10), spacing=0.5)
+    assert overlap_fraction(half, reference) == pytest.approx(0.5)
+    small = box_volume((0, 0, 0), (5, 5, 10))
+    assert overlap_fraction(small, reference) == pytest.approx(0.25)
+    assert overlap_fraction(reference, small) == pytest.approx(1.0)

@@ -1,0 +1,301 @@
+"""assess(): a T1/T2 pair and a region -> risk class, probabilities, spread and a heat map
+that lands where the model looked, on T2's own grid in patient space."""
+
+import numpy as np
+import pytest
+
+from PancreasAILib.errors import InputError, OperationCancelled
+from PancreasAILib.progress import CancelToken
+from PancreasAILib.resample import resample_like
+from PancreasAILib.volume import Volume, make_ijk_to_ras
+from PancreasAILib.weights import save_model
+from IPMNRiskLib import rollout as rollout_module
+from IPMNRiskLib.grids import INPUT_FORMAT
+from IPMNRiskLib.inference import RESEARCH_USE_NOTICE, RegionBox, assess, render_grid_png
+from IPMNRiskLib.phantom import make_mr_phantom
+
+TINY = {"depth": 2, "embed_dim": 48, "num_heads": 3}
+CLASSES = ["normal", "low-risk IPMN", "high-risk IPMN"]
+LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def save_tiny_vit(folder, name, preprocessing=None):
+    import torch
+
+    from IPMNRiskLib.model import create_vit
+
+    torch.manual_seed(0)
+    model = create_vit("vit_tiny_patch16_224", TINY)
+    return save_model(model.state_dict(), folder / f"{name}.safetensors", {
+        "name": name, "architecture": "vit_tiny_patch16_224", "architecture_params": TINY,
+        "classes": CLASSES, "preprocessing": {**INPUT_FORMAT, **(preprocessing or {})},
+        "intended_use": "tests only"})
+
+
+@pytest.fixture(scope="module")
+def tiny_card(tmp_path_factory):
+    """A randomly initialised depth-2 ViT saved as a model file with its card."""
+    return save_tiny_vit(tmp_path_factory.mktemp("ipmn_models"), "ipmn-random")
+
+
+@pytest.fixture(scope="module")
+def mr_case():
+    """Synthetic paired T1/T2 with a high-risk IPMN; (t1, t2, region around the pancreas)."""
+    phantom = make_mr_phantom(seed=5, risk_class=2, shape=(16, 112, 112), spacing=(2.0, 2.0, 4.0))
+    t1, t2 = Volume(phantom.t1, phantom.ijk_to_ras), Volume(phantom.t2, phantom.ijk_to_ras)
+    return t1, t2, RegionBox(*phantom.pancreas_box_ras), phantom
+
+
+@pytest.fixture(scope="module")
+def assessment(mr_case, tiny_card):
+    t1, t2, region, _ = mr_case
+    return assess(t1, t2, region, tiny_card)
+
+
+# --- what comes out -------------------------------------------------------------------------------
+
+def test_probabilities_sum_to_one_and_the_spread_is_not_negative(assessment):
+    assert assessment.probabilities.shape == (3,) and assessment.spread.shape == (3,)
+    assert assessment.probabilities.sum() == pytest.approx(1.0)
+    assert np.all(assessment.spread >= 0) and assessment.views == 8
+
+
+def test_the_class_is_the_most_probable_and_named_by_the_model_card(assessment):
+    assert assessment.risk_class == int(np.argmax(assessment.probabilities))
+    assert assessment.class_name == CLASSES[assessment.risk_class]
+    assert assessment.model_name == "ipmn-random"
+    assert assessment.research_use_notice == RESEARCH_USE_NOTICE
+    assert "research use only" in RESEARCH_USE_NOTICE.lower()
+
+
+def test_the_heat_map_is_on_t2_s_grid_with_its_peak_at_one(mr_case, assessment):
+    _, t2, _, _ = mr_case
+    heat = assessment.heat_map
+    assert heat.shape == t2.shape and heat.array.dtype == np.float32
+    np.testing.assert_array_equal(heat.ijk_to_ras, t2.ijk_to_ras)
+    assert heat.array.max() == pytest.approx(1.0) and heat.array.min() >= 0.0
+
+
+def test_the_heat_map_is_zero_outside_the_region(mr_case, assessment):
+    _, t2, region, _ = mr_case
+    k, j, i = np.indices(t2.shape)
+    ras = t2.ijk_to_ras_points(np.stack([i.ravel(), j.ravel(), k.ravel()], 1))
+    margin = np.asarray(region.size_mm) / 2 + 1e-3
+    outside = np.any(np.abs(ras - region.center_ras) > margin, axis=1).reshape(t2.shape)
+    assert outside.any() and np.all(assessment.heat_map.array[outside] == 0)
+    assert np.count_nonzero(assessment.heat_map.array[~outside]) > 0
+
+
+def test_the_grid_image_is_the_two_channel_model_input(assessment):
+    grid = assessment.grid_image
+    assert grid.shape == (192, 192, 2)
+    assert grid.min() >= 0.0 and grid.max() <= 1.0
+    assert not np.allclose(grid[..., 0], grid[..., 1])
+    assert assessment.grid_heat.shape == (192, 192) and assessment.grid_heat.max() == pytest.approx(1.0)
+
+
+def test_tiles_show_nine_consecutive_axial_slices_inside_the_region(mr_case, assessment):
+    _, t2, region, _ = mr_case
+    centers = assessment.tile_centers_ras
+    assert centers.shape == (9, 3)
+    np.testing.assert_allclose(np.diff(centers[:, 2]), t2.spacing[2])
+    assert np.all(np.abs(centers - region.center_ras) <= np.asarray(region.size_mm) / 2)
+
+
+def test_without_rollout_there_is_no_heat_map(mr_case, tiny_card):
+    t1, t2, region, _ = mr_case
+    result = assess(t1, t2, region, tiny_card, tta=False, rollout=False)
+    assert result.heat_map is None and result.grid_heat is None
+    assert np.all(result.spread == 0) and result.views == 1
+
+
+def test_a_segmentation_mask_can_give_the_region(mr_case, tiny_card):
+    t1, t2, _, phantom = mr_case
+    region = RegionBox.from_mask(Volume(phantom.pancreas.astype(np.uint8), phantom.ijk_to_ras))
+    result = assess(t1, t2, region, tiny_card, tta=False)
+    assert result.probabilities.sum() == pytest.approx(1.0)
+
+
+def test_pre_processing_named_in_the_card_is_applied(mr_case, tiny_card, tmp_path):
+    t1, t2, region, _ = mr_case
+    smoothing_card = save_tiny_vit(tmp_path, "ipmn-smoothing", {"smoothing": {"iterations": 3}})
+    plain = assess(t1, t2, region, tiny_card, tta=False, rollout=False)
+    smoothed = assess(t1, t2, region, smoothing_card, tta=False, rollout=False)
+    def roughness(image):  # pixel-to-pixel change relative to the overall contrast
+        return np.abs(np.diff(image, axis=1)).mean() / image.std()
+
+    assert roughness(smoothed.grid_image[..., 1]) < 0.9 * roughness(plain.grid_image[..., 1])
+
+
+def test_progress_reaches_done_and_cancelling_stops_the_assessment(mr_case, tiny_card):
+    t1, t2, region, _ = mr_case
+    reports = []
+    assess(t1, t2, region, tiny_card, tta=False, progress=lambda f, s: reports.append(f))
+    assert reports[-1] == 1.0 and reports == sorted(reports)
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(OperationCancelled):
+        assess(t1, t2, region, tiny_card, cancel=token)
+
+
+def test_the_grid_picture_has_the_heat_map_in_colour_and_a_research_caption(assessment, tmp_path):
+    from PIL import Image
+
+    path = render_grid_png(assessment, tmp_path / "grid.png")
+    image = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    assert image.shape == (384 + 36, 384, 3)
+    grid, caption = image[:384], image[384:]
+    row, col = np.unravel_index(np.argmax(assessment.grid_heat), assessment.grid_heat.shape)
+    r, g, b = grid[(row // 16 * 16 + 8) * 2, (col // 16 * 16 + 8) * 2]  # middle of the hottest patch
+    assert max(r, g, b) - min(r, g, b) > 20  # coloured, not grey
+    assert caption.max() > 200  # the caption text is drawn
+
+
+def test_the_heat_colours_brighten_steadily_from_black_to_yellow():
+    from IPMNRiskLib.colormap import colormap_table
+
+    table = colormap_table()
+    luminance = table @ [0.2126, 0.7152, 0.0722]
+    assert np.all(np.diff(luminance) > 0)
+    assert luminance[0] < 0.01 and luminance[-1] > 0.9
+
+
+def test_the_heat_colours_follow_matplotlib_s_inferno():
+    matplotlib = pytest.importorskip("matplotlib")
+    from IPMNRiskLib.colormap import colormap_table
+
+    reference = matplotlib.colormaps["inferno"](np.linspace(0, 1, 256))[:, :3]
+    np.testing.assert_allclose(colormap_table(), reference, atol=0.02)
+
+
+# --- inputs that are refused -------------------------------------------------------------------------
+
+def shifted(volume, offset_mm):
+    matrix = volume.ijk_to_ras.copy()
+    matrix[:3, 3] += offset_mm
+    return Volume(volume.array, matrix)
+
+
+def bad_inputs(t1, t2, region, phantom):
+    centre = np.asarray(region.center_ras)
+    with_nan = t2.array.copy()
+    with_nan[3, 10, 10] = np.nan
+    return {
+        "do not overlap": (shifted(t1, (1000.0, 0, 0)), t2, region),
+        "outside the T2 volume": (t1, t2, RegionBox(centre + (500.0, 0, 0), region.size_mm)),
+        "outside the T1 volume": (shifted(t1, (210.0, 0, 0)), t2, region),
+        "same image": (t2, t2, region),
+        "same image ": (Volume(t2.array.copy(), t2.ijk_to_ras), t2, region),
+        "2 dimension": (t1, Volume(t2.array[5], t2.ijk_to_ras), region),
+        "4 dimensions": (Volume(np.stack([t1.array] * 2, -1), t1.ijk_to_ras), t2, region),
+        "not numbers": (t1, Volume(with_nan, t2.ijk_to_ras), region),
+        "only 2 axial slice": (t1, t2.slab(6, 8), RegionBox(centre, (*region.size_mm[:2], 40.0))),
+        "at least 8 x 8": (t1, t2, RegionBox(centre, (10.0, 10.0, 20.0))),
+    }
+
+
+@pytest.mark.parametrize("message", ["do not overlap", "outside the T2 volume", "outside the T1 volume",
+                                     "same image", "same image ", "2 dimension", "4 dimensions",
+                                     "not numbers", "only 2 axial slice", "at least 8 x 8"])
+def test_unusable_inputs_are_refused_saying_why(mr_case, tiny_card, message):
+    t1, t2, region = bad_inputs(*mr_case)[message]
+    with pytest.raises(InputError, match=message.strip()):
+        assess(t1, t2, region, tiny_card, tta=False)
+
+
+# --- geometry: T1 on another grid, heat map back in patient space --------------------------------------
+
+LESION_RAS = np.array([4.0, -3.0, 3.0])  # off the region's centre on every axis
+REGION = RegionBox((0.0, 0.0, 0.0), (40.0, 40.0, 24.0))
+SIGMA_XY, SIGMA_Z = 5.0, 2.0
+
+
+def lesion_profile(ras):
+    d = ras - LESION_RAS
+    return np.exp(-0.5 * ((d[:, 0] ** 2 + d[:, 1] ** 2) / SIGMA_XY ** 2 + d[:, 2] ** 2 / SIGMA_Z ** 2))
+
+
+def smooth_t1(ras):
+    return 300.0 + 2.0 * ras[:, 0] - 1.5 * ras[:, 1] + ras[:, 2] + 40.0 * np.sin(ras[:, 1] / 9.0)
+
+
+def volume_of(function, shape, spacing, direction=LPS, center=(0.0, 0.0, 0.0)):
+    """An analytic image on a grid whose middle is at `center` (RAS mm)."""
+    direction = np.asarray(direction, float)
+    half_extent = direction @ (np.asarray(spacing) * (np.asarray(shape[::-1]) - 1) / 2)
+    ijk_to_ras = make_ijk_to_ras(spacing, np.asarray(center) - half_extent, direction)
+    geometry = Volume(np.zeros(shape, np.float32), ijk_to_ras)
+    k, j, i = np.indices(shape)
+    ras = geometry.ijk_to_ras_points(np.stack([i.ravel(), j.ravel(), k.ravel()], 1))
+    return geometry.with_array(function(ras).reshape(shape).astype(np.float32))
+
+
+def rotation_about_r(degrees):
+    a = np.radians(degrees)
+    return np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+
+
+T2_GRIDS = {
+    "axial": dict(shape=(30, 64, 64), spacing=(1.0, 1.0, 2.0), direction=LPS),
+    "flipped": dict(shape=(30, 64, 64), spacing=(1.0, 1.0, 2.0), direction=np.diag([1.0, 1.0, -1.0])),
+    "oblique": dict(shape=(30, 64, 64), spacing=(1.0, 1.0, 2.0), direction=rotation_about_r(15) @ LPS),
+    "anisotropic": dict(shape=(20, 60, 90), spacing=(0.7, 1.1, 3.0), direction=LPS),
+}
+
+
+def test_t1_on_an_oblique_anisotropic_shifted_grid_is_resampled_onto_t2(tiny_card):
+    grid = T2_GRIDS["axial"]
+    t2 = volume_of(lambda ras: 100 + 900 * lesion_profile(ras), **grid)
+    t1_same_grid = volume_of(smooth_t1, **grid)
+    t1_elsewhere = volume_of(smooth_t1, shape=(40, 70, 70), spacing=(1.3, 0.9, 1.7),
+                             direction=rotation_about_r(20) @ LPS, center=(3.0, -4.0, 5.0))
+    reference = assess(t1_same_grid, t2, REGION, tiny_card, tta=False, rollout=False)
+    result = assess(t1_elsewhere, t2, REGION, tiny_card, tta=False, rollout=False)
+    np.testing.assert_array_equal(result.grid_image[..., 1], reference.grid_image[..., 1])
+    np.testing.assert_allclose(result.grid_image[..., 0], reference.grid_image[..., 0], atol=0.02)
+
+
+def test_a_t1_covering_most_of_the_region_is_normalised_over_what_it_covers(tiny_card):
+    grid = T2_GRIDS["axial"]
+    t2 = volume_of(lambda ras: 100 + 900 * lesion_profile(ras), **grid)
+    # T1 spans R -12.5 .. 20.5 mm; the region spans -20 .. 20 mm: about 80 % covered
+    t1 = volume_of(smooth_t1, shape=(30, 64, 34), spacing=(1.0, 1.0, 2.0), center=(4.0, 0.0, 0.0))
+    t1_channel = assess(t1, t2, REGION, tiny_card, tta=False, rollout=False).grid_image[..., 0]
+    uncovered = t1_channel == 0
+    assert 0.1 < uncovered.mean() < 0.3
+    # had the empty margin counted as intensity 0, T1 itself would start near 0.5
+    assert t1_channel[~uncovered].min() < 0.1
+
+
+def test_t1_given_on_t2_s_grid_is_used_without_interpolation(mr_case, tiny_card):
+    # T1 resampled onto T2 beforehand gives the very same input as T1 on its own grid copy
+    t1, t2, region, _ = mr_case
+    t1_copy = resample_like(t1, t2)
+    a = assess(t1_copy, t2, region, tiny_card, tta=False, rollout=False)
+    b = assess(t1, t2, region, tiny_card, tta=False, rollout=False)
+    np.testing.assert_array_equal(a.grid_image, b.grid_image)
+
+
+def patch_masses_of_t2(model, batch, head_fusion="mean", discard_ratio=0.0):
+    """Injected rollout: each patch's total T2 intensity, i.e. attention exactly on the lesion
+    as the model sees it in the tile grid."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(batch)
+    return logits, batch[:, 1].numpy().reshape(-1, 12, 16, 12, 16).sum(axis=(2, 4))
+
+
+@pytest.mark.parametrize("grid_name", list(T2_GRIDS))
+def test_the_heat_map_lands_on_the_lesion_in_patient_space(grid_name, tiny_card, monkeypatch):
+    monkeypatch.setattr(rollout_module, "logits_and_rollout_maps", patch_masses_of_t2)
+    grid = T2_GRIDS[grid_name]
+    t2 = volume_of(lambda ras: 100 + 900 * lesion_profile(ras), **grid)
+    t1 = volume_of(lambda ras: 300 - 100 * lesion_profile(ras), **grid)
+    heat = assess(t1, t2, REGION, tiny_card).heat_map
+    k, j, i = np.indices(heat.shape)
+    ras = heat.ijk_to_ras_points(np.stack([i.ravel(), j.ravel(), k.ravel()], 1))
+    weights = heat.array.ravel().astype(float)
+    centroid = weights @ ras / weights.sum()
+    error_voxels = np.linalg.solve(heat.ijk_to_ras[:3, :3], centroid - LESION_RAS)
+    assert np.all(np.abs(error_voxels) <= 1.0), f"heat centre off by {error_voxels} voxels"

@@ -1,0 +1,547 @@
+"""Checks of the Slicer-application layer, which cannot run here (there is no Slicer
+application): the module files against their .ui files and parameter nodes, the CMake lists
+against the files on disk, that every module file imports without torch or timm, and the
+module files' helpers that need no application (over slicer-core and small stand-ins)."""
+
+import ast
+import importlib
+import importlib.abc
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import types
+import unittest
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ("PancreasAI", "PancreasSegMoNet", "IPMNRisk")
+GUI_MODULES = ("PancreasSegMoNet", "IPMNRisk")
+PARAMETER_NAME_PROPERTY = "SlicerParameterName"
+
+
+# --- reading the files ----------------------------------------------------------------------------
+
+def module_source(module: str) -> str:
+    return (ROOT / module / f"{module}.py").read_text(encoding="utf-8")
+
+
+def ui_root(module: str) -> ElementTree.Element:
+    return ElementTree.parse(ROOT / module / "Resources" / "UI" / f"{module}.ui").getroot()
+
+
+def ui_widgets(module: str) -> dict[str, str]:
+    """Widget name -> widget class, for every widget of the module's .ui file."""
+    return {widget.get("name"): widget.get("class") for widget in ui_root(module).iter("widget")}
+
+
+def ui_parameter_bindings(module: str) -> dict[str, str]:
+    """Widget name -> the parameter it is bound to (its SlicerParameterName property)."""
+    bindings = {}
+    for widget in ui_root(module).iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == PARAMETER_NAME_PROPERTY:
+                bindings[widget.get("name")] = prop.findtext("string")
+    return bindings
+
+
+def parameter_node_fields(module: str) -> dict[str, str]:
+    """Field name -> annotation source, of the class decorated with @parameterNodeWrapper."""
+    for node in ast.walk(ast.parse(module_source(module))):
+        decorators = [ast.unparse(d) for d in getattr(node, "decorator_list", [])]
+        if isinstance(node, ast.ClassDef) and "parameterNodeWrapper" in decorators:
+            return {item.target.id: ast.unparse(item.annotation)
+                    for item in node.body if isinstance(item, ast.AnnAssign)}
+    raise AssertionError(f"{module}.py has no @parameterNodeWrapper class")
+
+
+def cmake_list(module: str, variable: str) -> list[str]:
+    """Entries of `set(<variable> ...)` in the module's CMakeLists.txt, ${MODULE_NAME} expanded."""
+    text = (ROOT / module / "CMakeLists.txt").read_text(encoding="utf-8")
+    match = re.search(rf"set\(\s*{variable}\b(.*?)\)", text, re.DOTALL)
+    assert match, f"{module}/CMakeLists.txt does not set {variable}"
+    return [entry.replace("${MODULE_NAME}", module) for entry in match.group(1).split()]
+
+
+def lib_scripts_on_disk(module: str) -> set[str]:
+    lib = ROOT / module / f"{module}Lib"
+    return {path.relative_to(ROOT / module).as_posix() for path in lib.rglob("*.py")
+            if "__pycache__" not in path.parts}
+
+
+# --- (1) and (2): module files, .ui files and parameter nodes agree ---------------------------------
+
+@pytest.mark.parametrize("module", GUI_MODULES)
+def test_every_ui_attribute_the_module_uses_is_a_widget_of_its_ui_file(module):
+    used = set(re.findall(r"self\.ui\.([A-Za-z_]\w*)", module_source(module)))
+    assert used, f"{module}.py uses no self.ui widgets"
+    assert sorted(used - set(ui_widgets(module))) == []
+
+
+@pytest.mark.parametrize("module", GUI_MODULES)
+def test_every_bound_widget_names_a_parameter_node_field(module):
+    fields = parameter_node_fields(module)
+    unknown = {widget: name for widget, name in ui_parameter_bindings(module).items() if name not in fields}
+    assert unknown == {}
+
+
+# What slicer.parameterNodeWrapper can connect (its guiConnectors): a widget class, and a test
+# on the field's annotation. A QComboBox bound to a str needs the Choice annotation, a slider
+# needs a bounded float; otherwise connectGui fails when the module opens.
+CONNECTABLE = {
+    "qMRMLNodeComboBox": lambda annotation: annotation.startswith("vtkMRML"),
+    "QCheckBox": lambda annotation: annotation == "bool",
+    "QComboBox": lambda annotation: "Choice(" in annotation,
+    "ctkSliderWidget": lambda annotation: annotation.startswith("Annotated[float") and "WithinRange(" in annotation,
+    "QDoubleSpinBox": lambda annotation: "float" in annotation,
+    "QSpinBox": lambda annotation: "int" in annotation,
+    "QLineEdit": lambda annotation: annotation == "str",
+}
+
+
+@pytest.mark.parametrize("module", GUI_MODULES)
+def test_every_bound_widget_can_show_the_type_of_its_field(module):
+    fields, widgets = parameter_node_fields(module), ui_widgets(module)
+    mismatched = {
+        widget: (widgets[widget], fields.get(name))
+        for widget, name in ui_parameter_bindings(module).items()
+        if name in fields and not CONNECTABLE.get(widgets[widget], lambda _: False)(fields[name])}
+    assert mismatched == {}
+
+
+@pytest.mark.parametrize("module", GUI_MODULES)
+def test_every_node_selector_receives_the_scene(module):
+    root = ui_root(module)
+    top = root.find("widget").get("name")
+    selectors = {name for name, cls in ui_widgets(module).items() if cls == "qMRMLNodeComboBox"}
+    connected = {c.findtext("receiver") for c in root.iter("connection")
+                 if c.findtext("sender") == top and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    assert sorted(selectors - connected) == []
+
+
+# --- (5) the .ui files ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("module", GUI_MODULES)
+def test_ui_file_is_a_qmrmlwidget_form(module):
+    root = ui_root(module)  # raises if the XML is not well formed
+    top = root.find("widget")
+    assert (root.tag, top.get("class"), top.get("name")) == ("ui", "qMRMLWidget", module)
+
+
+# --- (3) CMake lists ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("module", MODULES)
+def test_cmake_lists_every_python_file_of_the_lib(module):
+    listed = set(cmake_list(module, "MODULE_PYTHON_SCRIPTS"))
+    assert sorted(lib_scripts_on_disk(module) - listed) == []
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_cmake_lists_only_python_files_that_exist(module):
+    listed = cmake_list(module, "MODULE_PYTHON_SCRIPTS")
+    assert f"{module}.py" in listed
+    assert sorted(path for path in listed if not (ROOT / module / path).is_file()) == []
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_cmake_lists_only_resources_that_exist(module):
+    listed = [entry for entry in cmake_list(module, "MODULE_PYTHON_RESOURCES") if "${" not in entry]
+    assert listed
+    assert sorted(path for path in listed if not (ROOT / module / path).is_file()) == []
+
+
+def test_top_level_cmake_adds_every_module():
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert sorted(re.findall(r"add_subdirectory\(\s*(\w+)\s*\)", text)) == sorted(MODULES)
+
+
+def test_no_two_modules_ship_a_resource_at_the_same_path():
+    # Slicer installs the resources of all modules of an extension into one folder.
+    owners: dict[str, list[str]] = {}
+    for module in MODULES:
+        for path in (ROOT / module / "Resources").rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                owners.setdefault(path.relative_to(ROOT / module).as_posix(), []).append(module)
+    assert {path: names for path, names in owners.items() if len(names) > 1} == {}
+
+
+def test_requirements_are_pinned_and_leave_torch_and_simpleitk_alone():
+    lines = [line.split("#", 1)[0].strip()
+             for line in (ROOT / "PancreasAI" / "Resources" / "requirements.txt").read_text().splitlines()]
+    requirements = [line for line in lines if line]
+    names = {re.split(r"[\s<>=!~;\[]", line, maxsplit=1)[0].lower() for line in requirements}
+    assert {"timm", "safetensors"} <= names
+    assert not names & {"torch", "torchvision", "simpleitk"}
+    assert all("==" in line for line in requirements)
+
+
+# --- stand-ins for the Slicer application ------------------------------------------------------
+
+BLOCKED_PACKAGES = ("torch", "torchvision", "timm")
+
+
+class _BlockHeavyPackages(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED_PACKAGES:
+            raise ImportError(f"{name} is blocked: Slicer must load the module without it")
+        return None
+
+
+def block_heavy_packages() -> None:
+    sys.meta_path.insert(0, _BlockHeavyPackages())
+
+
+class _Base:
+    def __init__(self, *args, **kwargs):
+        pass
+
+
+class _Validator(_Base):
+    pass
+
+
+def slicer_app_stubs() -> dict[str, types.ModuleType]:
+    """Minimal modules for the names only the Slicer application provides (slicer-core has the
+    MRML classes and slicer.util, not these)."""
+    def module(name: str, **attributes) -> types.ModuleType:
+        stub = types.ModuleType(name)
+        stub.__dict__.update(attributes)
+        return stub
+
+    return {
+        "qt": module("qt"),
+        "ctk": module("ctk"),
+        "slicer.ScriptedLoadableModule": module(
+            "slicer.ScriptedLoadableModule",
+            ScriptedLoadableModule=type("ScriptedLoadableModule", (_Base,), {}),
+            ScriptedLoadableModuleWidget=type("ScriptedLoadableModuleWidget", (_Base,), {}),
+            ScriptedLoadableModuleLogic=type("ScriptedLoadableModuleLogic", (_Base,), {}),
+            ScriptedLoadableModuleTest=type("ScriptedLoadableModuleTest", (unittest.TestCase,), {})),
+        "slicer.parameterNodeWrapper": module(
+            "slicer.parameterNodeWrapper", parameterNodeWrapper=lambda cls: cls,
+            WithinRange=type("WithinRange", (_Validator,), {}), Choice=type("Choice", (_Validator,), {})),
+        "slicer.i18n": module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text),
+    }
+
+
+def install_slicer_app_stubs(patch: pytest.MonkeyPatch) -> None:
+    import slicer  # noqa: F401  (the real slicer-core package the stubs extend)
+
+    for name, stub in slicer_app_stubs().items():
+        patch.setitem(sys.modules, name, stub)
+        parent, _, child = name.rpartition(".")
+        if parent:
+            patch.setattr(sys.modules[parent], child, stub, raising=False)
+
+
+# --- (4) the module files import without torch or timm --------------------------------------------
+
+IMPORT_PROBE = textwrap.dedent(f"""
+    import importlib, json, sys
+    import pytest
+    sys.path.insert(0, {str(Path(__file__).parent)!r})
+    from {Path(__file__).stem} import BLOCKED_PACKAGES, block_heavy_packages, install_slicer_app_stubs
+
+    block_heavy_packages()
+    install_slicer_app_stubs(pytest.MonkeyPatch())
+    report = {{"modules": {{name: sorted(vars(importlib.import_module(name))) for name in sys.argv[1:]}}}}
+    report["heavy"] = sorted(name for name in sys.modules if name.split(".")[0] in BLOCKED_PACKAGES)
+    print(json.dumps(report))
+""")
+
+
+@pytest.fixture(scope="module")
+def import_report(tmp_path_factory):
+    """Import every module file in one fresh interpreter with torch and timm blocked."""
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(str(ROOT / module) for module in MODULES))
+    completed = subprocess.run([sys.executable, "-c", IMPORT_PROBE, *MODULES], capture_output=True, text=True,
+                               cwd=tmp_path_factory.mktemp("import_probe"), env=environment, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+EXPECTED_NAMES = {
+    "PancreasAI": ("PancreasAI", "PancreasAITest", "ensureDependencies", "BackgroundTask"),
+    "PancreasSegMoNet": ("PancreasSegMoNet", "PancreasSegMoNetParameterNode", "PancreasSegMoNetWidget",
+                         "PancreasSegMoNetLogic", "PancreasSegMoNetTest"),
+    "IPMNRisk": ("IPMNRisk", "IPMNRiskParameterNode", "IPMNRiskWidget", "IPMNRiskLogic", "IPMNRiskTest"),
+}
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_file_imports_without_torch_or_timm(module, import_report):
+    assert sorted(set(EXPECTED_NAMES[module]) - set(import_report["modules"][module])) == []
+
+
+def test_importing_the_module_files_loads_no_torch_or_timm(import_report):
+    assert import_report["heavy"] == []
+
+
+# --- the helpers of the module files that run without the application ------------------------------
+
+@pytest.fixture(scope="module")
+def module_files():
+    """The three module files imported in this process over the stand-ins."""
+    with pytest.MonkeyPatch.context() as patch:
+        install_slicer_app_stubs(patch)
+        for name in MODULES:
+            patch.delitem(sys.modules, name, raising=False)
+        yield {name: importlib.import_module(name) for name in MODULES}
+        for name in MODULES:
+            sys.modules.pop(name, None)
+
+
+def test_gui_reads_the_progress_lines_the_command_line_prints(module_files, capsys):
+    from PancreasAILib.cli_support import ProgressPrinter
+
+    printer = ProgressPrinter(total_cases=2, output_format="json")
+    printer.start_case(1, "case_b")
+    printer(0.5, "Segmenting")
+    printer.message("case_b: done")
+    lines = capsys.readouterr().out.splitlines()
+
+    parsed = [module_files["PancreasAI"].parseProgressLine(line) for line in lines]
+    assert parsed == [{"progress": 0.75, "status": "Segmenting"}, {"message": "case_b: done"}]
+
+
+def test_segmentation_arguments_are_accepted_by_the_command_line(module_files):
+    from PancreasSegMoNetLib.cli import build_parser
+
+    arguments = module_files["PancreasSegMoNet"].segmentationArguments(
+        "/work/input.nrrd", "/work/output", "/models/monet.safetensors", "cuda", 0.35, False)
+    parsed = build_parser().parse_args(arguments)
+
+    assert (parsed.command, parsed.inputs, parsed.output, parsed.model, parsed.device, parsed.threshold,
+            parsed.no_largest_component, parsed.progress_format) == (
+        "segment", ["/work/input.nrrd"], Path("/work/output"), "/models/monet.safetensors", "cuda", 0.35,
+        True, "json")
+
+
+def test_assessment_arguments_with_negative_coordinates_are_accepted_by_the_command_line(module_files):
+    cli = pytest.importorskip("IPMNRiskLib.cli", reason="the IPMN command line is not written yet")
+    arguments = module_files["IPMNRisk"].assessmentArguments(
+        "/work/t1.nrrd", "/work/t2.nrrd", (-12.5, -40.0, -7.25), (60.0, 50.0, 40.0), "/work/output",
+        "ipmn-demo", "cpu", False)
+
+    parsed = cli.build_parser().parse_args(arguments)
+
+    assert parsed.progress_format == "json"
+
+
+LAUNCHER = ("import subprocess, sys; "
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+            "print(child.pid, flush=True); child.wait()")
+
+
+def _process_is_running(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting to be reaped has stopped running)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_killing_the_process_tree_also_stops_the_child_of_a_launcher(module_files):
+    # PythonSlicer is such a launcher: the Python code runs in its child.
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdout=subprocess.PIPE, text=True)
+    child_pid = int(launcher.stdout.readline())
+    try:
+        module_files["PancreasAI"].killProcessTree(launcher.pid)
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _process_is_running(child_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _process_is_running(child_pid)
+    finally:
+        if _process_is_running(child_pid):
+            os.kill(child_pid, signal.SIGKILL)
+        launcher.kill()
+        launcher.stdout.close()
+
+
+def _heat_map_node(scene, centre_kji: tuple[int, int, int]):
+    """A (20, 30, 40) heat map, 2 mm voxels at the origin, hot in a 5-voxel cube at centre_kji."""
+    import numpy as np
+
+    from PancreasAILib.mrml import add_volume_node
+    from PancreasAILib.volume import Volume
+
+    array = np.zeros((20, 30, 40), np.float32)
+    k, j, i = centre_kji
+    array[k - 2:k + 3, j - 2:j + 3, i - 2:i + 3] = 1.0
+    return add_volume_node(scene, Volume(array, np.diag([2.0, 2.0, 2.0, 1.0])), "heat map")
+
+
+def test_heat_map_centre_is_the_middle_of_its_nonzero_voxels(module_files, mrml_scene):
+    heat_map = _heat_map_node(mrml_scene, (10, 12, 30))
+
+    assert module_files["IPMNRisk"].heatMapCenter(heat_map) == pytest.approx((60.0, 24.0, 20.0))
+
+
+def test_show_result_overlays_the_heat_map_and_centres_the_views(module_files, mrml_scene):
+    heat_map = _heat_map_node(mrml_scene, (10, 12, 30))
+    background = _heat_map_node(mrml_scene, (10, 10, 10))
+    composite = mrml_scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    slice_node = mrml_scene.AddNewNodeByClass("vtkMRMLSliceNode")
+
+    module_files["IPMNRisk"].IPMNRiskLogic.showResult(None, types.SimpleNamespace(heat_map_node=heat_map),
+                                                      background, opacity=0.3)
+
+    assert (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) == (
+        background.GetID(), heat_map.GetID())
+    assert composite.GetForegroundOpacity() == pytest.approx(0.3)
+    slice_to_ras = slice_node.GetSliceToRAS()
+    assert [slice_to_ras.GetElement(row, 3) for row in range(3)] == pytest.approx([60.0, 24.0, 20.0])
+
+
+def test_overlay_opacity_changes_only_the_views_showing_the_heat_map(module_files, mrml_scene):
+    heat_map = _heat_map_node(mrml_scene, (10, 12, 30))
+    showing, other = (mrml_scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(2))
+    showing.SetForegroundVolumeID(heat_map.GetID())
+    other.SetForegroundOpacity(0.8)
+
+    module_files["IPMNRisk"].IPMNRiskLogic.setOverlayOpacity(heat_map, 0.25)
+
+    assert (showing.GetForegroundOpacity(), other.GetForegroundOpacity()) == pytest.approx((0.25, 0.8))
+
+
+# --- BackgroundTask, over a scripted stand-in for qt.QProcess ---------------------------------------
+
+class _ByteArray:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def data(self) -> bytes:
+        return self._data
+
+
+class _ProcessEnvironment(dict):
+    def insert(self, key: str, value: str) -> None:
+        self[key] = value
+
+    def value(self, key: str) -> str:
+        return self.get(key, "")
+
+
+class ScriptedProcess:
+    """Plays the part of qt.QProcess: the test writes its output and ends it."""
+
+    NormalExit, CrashExit, FailedToStart = 0, 1, 0
+
+    def __init__(self) -> None:
+        self.slots, self.stdout, self.stderr, self.killed = {}, b"", b"", False
+        ScriptedProcess.last = self
+
+    def setProcessEnvironment(self, environment) -> None:
+        self.environment = environment
+
+    def connect(self, signal: str, slot) -> None:
+        self.slots[signal.split("(")[0]] = slot
+
+    def start(self, program: str, arguments: list) -> None:
+        self.command = [program, *arguments]
+
+    def processId(self) -> int:
+        return 0
+
+    def kill(self) -> None:
+        self.killed = True
+
+    def readAllStandardOutput(self) -> _ByteArray:
+        data, self.stdout = self.stdout, b""
+        return _ByteArray(data)
+
+    def readAllStandardError(self) -> _ByteArray:
+        data, self.stderr = self.stderr, b""
+        return _ByteArray(data)
+
+    def write_stdout(self, data: bytes) -> None:
+        self.stdout += data
+        self.slots["readyReadStandardOutput"]()
+
+    def write_stderr(self, data: bytes) -> None:
+        self.stderr += data
+        self.slots["readyReadStandardError"]()
+
+    def exit(self, code: int, status: int = 0) -> None:
+        self.slots["finished"](code, status)
+
+
+@pytest.fixture
+def scripted_task(module_files, monkeypatch):
+    """A BackgroundTask factory whose process is a ScriptedProcess; returns (task, calls)."""
+    pancreas_ai = module_files["PancreasAI"]
+    monkeypatch.setattr(pancreas_ai.qt, "QProcess", ScriptedProcess, raising=False)
+    monkeypatch.setattr(pancreas_ai.qt, "QProcessEnvironment", _ProcessEnvironment, raising=False)
+    monkeypatch.setattr(pancreas_ai, "pythonSlicerExecutable", lambda: "/slicer/bin/PythonSlicer")
+    monkeypatch.setattr(pancreas_ai.slicer.util, "startupEnvironment", lambda: {"PYTHONPATH": "/slicer/lib"})
+
+    def start(package: str = "PancreasSegMoNetLib", arguments=("segment", "in.nrrd"), python_paths=()):
+        calls = {"progress": [], "finished": []}
+        task = pancreas_ai.BackgroundTask(
+            package, arguments, python_paths,
+            onProgress=lambda fraction, status: calls["progress"].append((fraction, status)),
+            onFinished=lambda ok, message: calls["finished"].append((ok, message)))
+        task.start()
+        return task, ScriptedProcess.last, calls
+
+    return start
+
+
+def test_background_task_runs_the_package_with_the_module_folders_on_pythonpath(scripted_task, module_files):
+    task, process, _ = scripted_task(python_paths=["/extension/PancreasSegMoNet"])
+
+    assert process.command == ["/slicer/bin/PythonSlicer", "-m", "PancreasSegMoNetLib", "segment", "in.nrrd"]
+    assert process.environment["PYTHONPATH"].split(os.pathsep) == [
+        module_files["PancreasAI"].MODULE_DIR, "/extension/PancreasSegMoNet", "/slicer/lib"]
+
+
+def test_background_task_reports_progress_lines_split_across_reads(scripted_task):
+    task, process, calls = scripted_task()
+
+    process.write_stdout(b'{"progress": 0.2, "sta')
+    process.write_stdout(b'tus": "Reading"}\nnot json\n{"progress": 0.9, "status": "Writing"}\n')
+
+    assert calls["progress"] == [(0.2, "Reading"), (0.9, "Writing")]
+
+
+def test_background_task_success_reports_the_last_message_once(scripted_task):
+    task, process, calls = scripted_task()
+
+    process.write_stdout(b'{"message": "Model: demo."}\n{"message": "case: pancreas 61.0 ml"}')
+    process.exit(0)
+    process.exit(0)
+
+    assert calls["finished"] == [(True, "case: pancreas 61.0 ml")]
+    assert not task.isRunning()
+
+
+def test_background_task_failure_reports_what_the_command_line_said(scripted_task):
+    task, process, calls = scripted_task()
+
+    process.write_stderr(b"Traceback (most recent call last):\nerror: The CT vol")
+    process.write_stdout(b'{"message": "input: FAILED: No pancreas-sized structure was found."}\n')
+    process.write_stderr(b"ume holds no image data.\n")
+    process.exit(2)
+
+    assert calls["finished"] == [
+        (False, "The CT volume holds no image data.\nNo pancreas-sized structure was found.")]
+
+
+def test_cancelled_background_task_finishes_as_cancelled(scripted_task):
+    task, process, calls = scripted_task()
+
+    task.cancel()
+    process.exit(9, ScriptedProcess.CrashExit)
+
+    assert (task.cancelled, process.killed, calls["finished"]) == (True, True, [(False, "Cancelled.")])

@@ -1,0 +1,276 @@
+"""Reading and writing volumes keeps voxels and RAS geometry; bad inputs get a clear refusal."""
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy.spatial.transform import Rotation
+
+from PancreasAILib.errors import InputError, PancreasAIError
+from PancreasAILib.volume import Volume, check_scalar_volume, make_ijk_to_ras
+from PancreasAILib.volume_io import is_volume_file, read_volume, sitk_from_volume, volume_from_sitk, write_volume
+
+OBLIQUE = make_ijk_to_ras((0.7, 0.9, 2.5), (10.5, -20.25, 33.0),
+                          Rotation.from_euler("xyz", [12, -8, 20], degrees=True).as_matrix())
+SHAPE = (5, 6, 7)
+
+
+def oblique_volume(dtype=np.int16) -> Volume:
+    values = np.arange(np.prod(SHAPE)).reshape(SHAPE) - 50
+    return Volume(values.astype(dtype), OBLIQUE)
+
+
+# --- files --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".mha"])
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32, np.float64])
+def test_file_round_trip_keeps_voxels_dtype_and_geometry(tmp_path, suffix, dtype):
+    volume = oblique_volume(dtype)
+    back = read_volume(write_volume(volume, tmp_path / f"case{suffix}"))
+    assert back.array.dtype == dtype
+    np.testing.assert_array_equal(back.array, volume.array)
+    # NIfTI stores the geometry as float32; NRRD and MetaImage as decimal text.
+    np.testing.assert_allclose(back.ijk_to_ras, volume.ijk_to_ras, rtol=0,
+                               atol=1e-5 if suffix.startswith(".nii") else 1e-9)
+
+
+def nifti_sform(path: Path) -> np.ndarray:
+    """(3, 4) sform of a NIfTI-1 file, read from the header bytes (offsets from nifti1.h)."""
+    raw = path.read_bytes()
+    header = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    assert struct.unpack("<i", header[:4])[0] == 348
+    sform_code = struct.unpack("<h", header[254:256])[0]
+    assert sform_code > 0, "no sform in the file"
+    return np.frombuffer(header[280:328], "<f4").reshape(3, 4).astype(np.float64)
+
+
+def test_written_nifti_sform_is_our_ras_matrix(tmp_path):
+    """NIfTI's sform maps (i, j, k) to RAS mm: it must equal ijk_to_ras, not an LPS one."""
+    path = write_volume(oblique_volume(), tmp_path / "case.nii.gz")
+    np.testing.assert_allclose(nifti_sform(path), OBLIQUE[:3], rtol=0, atol=1e-5)
+
+
+def hand_made_nifti(path: Path, array: np.ndarray, sform: np.ndarray) -> None:
+    """A minimal NIfTI-1 file (int16, sform only), written byte by byte without any library."""
+    k, j, i = array.shape
+    header = bytearray(352)
+    struct.pack_into("<i", header, 0, 348)
+    struct.pack_into("<8h", header, 40, 3, i, j, k, 1, 1, 1, 1)
+    struct.pack_into("<hh", header, 70, 4, 16)  # datatype int16, 16 bits
+    spacing = np.linalg.norm(sform[:, :3], axis=0)
+    struct.pack_into("<8f", header, 76, 1.0, *spacing, 1, 1, 1, 1)
+    struct.pack_into("<f", header, 108, 352.0)  # voxel data offset
+    struct.pack_into("<B", header, 123, 2)  # units: mm
+    struct.pack_into("<hh", header, 252, 0, 1)  # qform unused, sform "scanner"
+    struct.pack_into("<12f", header, 280, *sform.ravel())
+    header[344:348] = b"n+1\x00"
+    path.write_bytes(bytes(header) + array.astype("<i2").tobytes())
+
+
+def test_reading_a_hand_made_nifti_gives_its_sform_as_ijk_to_ras(tmp_path):
+    sform = OBLIQUE[:3].astype(np.float32).astype(np.float64)
+    array = oblique_volume().array
+    hand_made_nifti(tmp_path / "hand.nii", array, sform)
+    volume = read_volume(tmp_path / "hand.nii")
+    np.testing.assert_array_equal(volume.array, array)
+    np.testing.assert_allclose(volume.ijk_to_ras[:3], sform, rtol=0, atol=1e-5)
+
+
+def test_nrrd_header_says_lps_with_negated_x_and_y(tmp_path):
+    path = write_volume(oblique_volume(), tmp_path / "case.nrrd", compress=False)
+    header = path.read_bytes().split(b"\n\n")[0].decode()
+    assert "space: left-posterior-superior" in header
+    origin = header.split("space origin: (")[1].split(")")[0]
+    np.testing.assert_allclose([float(v) for v in origin.split(",")], OBLIQUE[:3, 3] * [-1, -1, 1])
+
+
+def test_metadata_is_written_into_the_nrrd_header(tmp_path):
+    path = write_volume(oblique_volume(), tmp_path / "case.nrrd", {"PancreasAI_Model": "monet-demo", "Threshold": 0.5})
+    header = path.read_bytes().split(b"\n\n")[0].decode()
+    assert "PancreasAI_Model:=monet-demo" in header.splitlines()
+    assert "Threshold:=0.5" in header.splitlines()
+    image = sitk.ReadImage(str(path))
+    assert image.GetMetaData("PancreasAI_Model") == "monet-demo"
+
+
+def test_boolean_masks_are_written_as_uint8(tmp_path):
+    mask = Volume(oblique_volume().array > 0, OBLIQUE)
+    back = read_volume(write_volume(mask, tmp_path / "mask.nii.gz"))
+    assert back.array.dtype == np.uint8
+    np.testing.assert_array_equal(back.array, mask.array)
+
+
+def test_sitk_conversion_round_trips_geometry_exactly():
+    volume = oblique_volume()
+    back = volume_from_sitk(sitk_from_volume(volume))
+    np.testing.assert_array_equal(back.array, volume.array)
+    np.testing.assert_allclose(back.ijk_to_ras, volume.ijk_to_ras, rtol=0, atol=1e-12)
+
+
+def test_sitk_image_is_in_lps():
+    image = sitk_from_volume(oblique_volume())
+    np.testing.assert_allclose(image.GetOrigin(), OBLIQUE[:3, 3] * [-1, -1, 1])
+    np.testing.assert_allclose(image.TransformIndexToPhysicalPoint((1, 2, 3)),
+                               (OBLIQUE @ [1, 2, 3, 1])[:3] * [-1, -1, 1])
+
+
+def test_writing_to_an_unknown_file_type_is_a_clear_error(tmp_path):
+    with pytest.raises(PancreasAIError, match="Could not write"):
+        write_volume(oblique_volume(), tmp_path / "case.unknown")
+
+
+def test_volume_files_are_recognised_and_segmentations_are_not(tmp_path):
+    for name in ("a.nii.gz", "b.NRRD", "c.nii", "d.mha"):
+        (tmp_path / name).write_bytes(b"x")
+        assert is_volume_file(tmp_path / name)
+    for name in ("e.seg.nrrd", "f.txt"):
+        (tmp_path / name).write_bytes(b"x")
+        assert not is_volume_file(tmp_path / name)
+    assert not is_volume_file(tmp_path)
+
+
+# --- DICOM --------------------------------------------------------------------------------
+
+STUDY_UID = "1.2.826.0.1.3680043.8.498.1"
+
+
+def write_dicom_series(volume: Volume, folder: Path, series_uid: str, prefix: str = "IM") -> None:
+    """One CT file per slice, with the tags a reader needs to rebuild the geometry."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sitk_from_volume(volume)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    orientation = "\\".join(f"{v:.10f}" for v in (*direction[:, 0], *direction[:, 1]))
+    spacing = image.GetSpacing()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        slice_image = image[:, :, k]
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        tags = {
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+            "0008|0018": f"{series_uid}.{k + 1}",  # SOP instance UID
+            "0008|0060": "CT",
+            "0010|0020": "PHANTOM",
+            "0020|000d": STUDY_UID,
+            "0020|000e": series_uid,
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{p:.10f}" for p in position),
+            "0020|0037": orientation,
+            "0028|0030": f"{spacing[1]:.10f}\\{spacing[0]:.10f}",  # row spacing \ column spacing
+            "0018|0050": f"{spacing[2]:.10f}",
+        }
+        for tag, value in tags.items():
+            slice_image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{prefix}{k:04d}.dcm"))
+        writer.Execute(slice_image)
+
+
+def test_dicom_series_folder_reads_as_one_volume_with_its_geometry(tmp_path):
+    volume = oblique_volume()
+    write_dicom_series(volume, tmp_path / "series", "1.2.826.0.1.3680043.8.498.2")
+    back = read_volume(tmp_path / "series")
+    np.testing.assert_array_equal(back.array, volume.array)
+    np.testing.assert_allclose(back.ijk_to_ras, volume.ijk_to_ras, rtol=0, atol=1e-6)
+
+
+def test_folder_with_two_dicom_series_is_refused_naming_both(tmp_path):
+    first, second = "1.2.826.0.1.3680043.8.498.3", "1.2.826.0.1.3680043.8.498.4"
+    write_dicom_series(oblique_volume(), tmp_path / "mixed", first, prefix="A")
+    write_dicom_series(oblique_volume(), tmp_path / "mixed", second, prefix="B")
+    with pytest.raises(InputError, match="2 DICOM series") as error:
+        read_volume(tmp_path / "mixed")
+    assert first in str(error.value) and second in str(error.value)
+    assert "folder of its own" in str(error.value)
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    write_dicom_series(oblique_volume(), tmp_path / "gap", "1.2.826.0.1.3680043.8.498.5")
+    (tmp_path / "gap" / "IM0002.dcm").unlink()
+    with pytest.raises(InputError, match="unevenly spaced slices.*missing"):
+        read_volume(tmp_path / "gap")
+
+
+def test_folder_without_dicom_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(InputError, match="no DICOM series"):
+        read_volume(tmp_path)
+
+
+# --- inputs that are not one 3D grey-scale volume -------------------------------------------
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(InputError, match="missing.nii.gz does not exist"):
+        read_volume(tmp_path / "missing.nii.gz")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00garbage" * 100, b"NRRD0004\nnot a header\n"],
+                         ids=["empty", "random", "broken_header"])
+def test_unreadable_file_is_refused_with_its_name(tmp_path, content):
+    path = tmp_path / ("case.nrrd" if content.startswith(b"NRRD") else "case.nii.gz")
+    path.write_bytes(content)
+    with pytest.raises(InputError, match="could not be read as an image") as error:
+        read_volume(path)
+    assert str(path) in str(error.value)
+
+
+def test_two_dimensional_image_is_refused(tmp_path):
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((10, 12), np.int16)), str(tmp_path / "slice.nii"))
+    with pytest.raises(InputError, match="2 dimensions.*3D volume is needed"):
+        read_volume(tmp_path / "slice.nii")
+
+
+def test_four_dimensional_image_is_refused_as_a_series(tmp_path):
+    phases = [sitk.GetImageFromArray(np.full(SHAPE, t, np.int16)) for t in range(3)]
+    sitk.WriteImage(sitk.JoinSeries(phases), str(tmp_path / "phases.nii.gz"))
+    with pytest.raises(InputError, match="4 dimensions.*single 3D volume"):
+        read_volume(tmp_path / "phases.nii.gz")
+
+
+def test_rgb_image_is_refused_as_colour(tmp_path):
+    rgb = sitk.GetImageFromArray(np.zeros((*SHAPE, 3), np.uint8), isVector=True)
+    sitk.WriteImage(rgb, str(tmp_path / "colour.nrrd"))
+    with pytest.raises(InputError, match="colour.*grey-scale"):
+        read_volume(tmp_path / "colour.nrrd")
+
+
+# --- check_scalar_volume ------------------------------------------------------------------
+
+
+def test_a_normal_scan_passes_the_checks():
+    check_scalar_volume(np.random.default_rng(0).normal(size=(3, 16, 16)).astype(np.float32), "CT volume")
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.full((3, 16, 16), np.nan, np.float32), "not numbers"),
+    (np.where(np.eye(16, dtype=bool)[None], np.inf, 1.0).repeat(3, 0), "not numbers"),
+    (np.full((3, 16, 16), 40, np.int16), "same value"),
+    (np.zeros((0, 16, 16), np.int16), "empty"),
+    (np.arange(3 * 4 * 16).reshape(3, 4, 16), "too small"),
+    (np.arange(2 * 3 * 16 * 16).reshape(2, 3, 16, 16), "4 dimensions"),
+    (np.zeros((3, 16, 16, 3), np.uint8), "colour"),
+    (np.arange(256).reshape(16, 16), "2 dimension"),
+    (np.ones((3, 16, 16), bool), "voxel type"),
+], ids=["nan", "infinite", "constant", "empty", "too_small", "4d", "rgb", "2d", "bool"])
+def test_unusable_arrays_are_refused_naming_the_problem(array, message):
+    with pytest.raises(InputError, match=message) as error:
+        check_scalar_volume(array, "CT volume")
+    assert "CT volume" in str(error.value)
+
+
+def test_three_phase_series_is_not_called_a_colour_image():
+    with pytest.raises(InputError, match="4 dimensions"):
+        check_scalar_volume(np.arange(16 * 16 * 9, dtype=np.int16).reshape(3, 16, 16, 3), "CT volume")
+
+
+def test_too_small_message_gives_sizes_as_columns_rows_slices():
+    with pytest.raises(InputError, match=r"\(16 x 4 x 3 voxels\).*at least 8 x 8 x 1"):
+        check_scalar_volume(np.arange(3 * 4 * 16).reshape(3, 4, 16), "CT volume")
+
+
+def test_too_many_voxels_are_refused_with_advice_to_crop():
+    with pytest.raises(InputError, match="Crop Volume"):
+        check_scalar_volume(np.arange(3 * 16 * 16).reshape(3, 16, 16), "CT volume", max_voxels=100)

@@ -1,0 +1,368 @@
+"""Model files: safetensors weights with a JSON card, verified loading, registry and download."""
+import contextlib
+import functools
+import hashlib
+import http.server
+import json
+import pickle
+import socket
+import threading
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import torch
+
+from PancreasAILib import weights
+from PancreasAILib.errors import ModelFileError
+from PancreasAILib.weights import (ModelRegistry, RegistryEntry, load_into, load_state_dict, read_model_card,
+                                   save_model, verify_weights_file)
+
+CARD_FIELDS = {"name": "tiny", "architecture": "TinyNet", "architecture_params": {"width": 3},
+               "preprocessing": {"window_hu": [-160, 240]}, "classes": ["background", "pancreas"],
+               "intended_use": "tests only"}
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self, width: int = 3) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, width, 3)
+        self.norm = torch.nn.BatchNorm2d(width)
+
+
+def seeded_tiny_net(width: int = 3) -> TinyNet:
+    torch.manual_seed(0)
+    model = TinyNet(width)
+    model.norm.running_mean.uniform_()  # buffers are saved too
+    return model
+
+
+@pytest.fixture
+def tiny_card(tmp_path):
+    return save_model(seeded_tiny_net().state_dict(), tmp_path / "tiny.safetensors", CARD_FIELDS)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- saving and reading cards ---------------------------------------------------------------
+
+
+def test_save_model_writes_weights_and_a_card_with_their_sha256(tmp_path):
+    card = save_model(seeded_tiny_net().state_dict(), tmp_path / "tiny.safetensors", CARD_FIELDS)
+    assert card.weights_path == tmp_path / "tiny.safetensors" and card.weights_path.exists()
+    data = json.loads((tmp_path / "tiny.json").read_text())
+    assert data["sha256"] == sha256(tmp_path / "tiny.safetensors")
+    assert data["weights_file"] == "tiny.safetensors"
+    assert data["format_version"] == weights.CARD_FORMAT_VERSION
+    assert {key: data[key] for key in CARD_FIELDS} == CARD_FIELDS
+
+
+def test_card_is_read_from_the_weights_path_or_the_card_path(tiny_card):
+    for path in (tiny_card.weights_path, tiny_card.card_path):
+        card = read_model_card(path)
+        assert (card.name, card.architecture, card.sha256) == ("tiny", "TinyNet", tiny_card.sha256)
+        assert card.architecture_params == {"width": 3}
+        assert card.classes == ["background", "pancreas"]
+        assert card.intended_use == "tests only"
+
+
+def test_weights_without_a_card_are_refused(tiny_card):
+    tiny_card.card_path.unlink()
+    with pytest.raises(ModelFileError, match="has no model card"):
+        read_model_card(tiny_card.weights_path)
+
+
+def test_missing_model_file_is_named(tmp_path):
+    with pytest.raises(ModelFileError, match="No model file at .*absent.safetensors"):
+        read_model_card(tmp_path / "absent.safetensors")
+
+
+def test_card_that_is_not_json_is_refused(tiny_card):
+    tiny_card.card_path.write_text("{name: tiny,")
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        read_model_card(tiny_card.card_path)
+
+
+def test_card_that_is_not_a_json_object_is_refused(tiny_card):
+    tiny_card.card_path.write_text('["name", "architecture", "weights_file", "sha256"]')
+    with pytest.raises(ModelFileError, match="not a JSON object"):
+        read_model_card(tiny_card.card_path)
+
+
+def test_card_lacking_required_fields_names_them(tiny_card):
+    data = json.loads(tiny_card.card_path.read_text())
+    del data["architecture"], data["sha256"]
+    tiny_card.card_path.write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match="lacks architecture, sha256"):
+        read_model_card(tiny_card.card_path)
+
+
+# --- verifying and loading -------------------------------------------------------------------
+
+
+def test_intact_weights_verify(tiny_card):
+    verify_weights_file(tiny_card)
+
+
+def test_one_corrupted_byte_is_detected(tiny_card):
+    data = bytearray(tiny_card.weights_path.read_bytes())
+    data[-5] ^= 0x01
+    tiny_card.weights_path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="damaged or incomplete"):
+        verify_weights_file(tiny_card)
+
+
+def test_missing_weights_named_by_the_card_are_reported(tiny_card):
+    tiny_card.weights_path.unlink()
+    with pytest.raises(ModelFileError, match="tiny.safetensors named by tiny.json is missing"):
+        load_state_dict(tiny_card, "TinyNet")
+
+
+def test_loading_gives_the_saved_tensors(tiny_card):
+    state_dict = load_state_dict(tiny_card, "TinyNet")
+    expected = seeded_tiny_net().state_dict()
+    assert state_dict.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(state_dict[key], tensor), key
+
+
+def test_model_of_another_architecture_is_refused(tiny_card):
+    with pytest.raises(ModelFileError, match="is a TinyNet model; this module needs MoNet or ViT"):
+        load_state_dict(tiny_card, ["ViT", "MoNet"])
+
+
+def test_loading_never_unpickles(monkeypatch, tiny_card):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model file was unpickled")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "Unpickler", forbidden)
+    model = TinyNet()
+    load_into(model, load_state_dict(tiny_card, "TinyNet"), tiny_card)
+    assert torch.equal(model.conv.weight, seeded_tiny_net().conv.weight)
+
+
+def test_file_with_a_pickle_inside_is_not_loaded(tiny_card):
+    """A pickled checkpoint renamed to .safetensors (with a matching card) is refused, not run."""
+    torch.save(seeded_tiny_net().state_dict(), tiny_card.weights_path)
+    data = json.loads(tiny_card.card_path.read_text())
+    data["sha256"] = sha256(tiny_card.weights_path)
+    tiny_card.card_path.write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match="not a valid .safetensors file"):
+        load_state_dict(read_model_card(tiny_card.card_path), "TinyNet")
+
+
+def test_load_into_fills_the_model(tiny_card):
+    model = TinyNet()
+    load_into(model, load_state_dict(tiny_card, "TinyNet"), tiny_card)
+    for key, tensor in seeded_tiny_net().state_dict().items():
+        assert torch.equal(model.state_dict()[key], tensor), key
+
+
+def test_weights_with_wrong_shapes_are_refused_naming_the_tensor(tiny_card):
+    model = TinyNet(width=4)
+    before = model.conv.weight.clone()
+    with pytest.raises(ModelFileError, match=r"wrong shapes, e\.g\. (conv|norm)\.\w+ \(3[,)].* vs \(4[,)]"):
+        load_into(model, load_state_dict(tiny_card, "TinyNet"), tiny_card)
+    assert torch.equal(model.conv.weight, before)  # nothing half-loaded
+
+
+def test_weights_with_missing_and_unexpected_tensors_are_refused(tiny_card):
+    state_dict = load_state_dict(tiny_card, "TinyNet")
+    state_dict["head.weight"] = state_dict.pop("conv.weight")
+    with pytest.raises(ModelFileError, match="missing 1 tensors, e.g. conv.weight; 1 unexpected, e.g. head.weight"):
+        load_into(TinyNet(), state_dict, tiny_card)
+
+
+# --- registry and download -------------------------------------------------------------------
+
+
+def entry_for(card, name: str = "tiny", base_url: Optional[str] = None, sha: Optional[str] = None) -> RegistryEntry:
+    base = base_url if base_url is not None else card.card_path.parent.as_uri()
+    return RegistryEntry(name=name, title="Tiny test model", card_url=f"{base}/{card.card_path.name}",
+                         weights_url=f"{base}/{card.weights_path.name}", sha256=sha or card.sha256,
+                         bundled_card=None)
+
+
+def files_in(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file()] if folder.exists() else []
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("PANCREASAI_CACHE", str(folder))
+    monkeypatch.delenv("PANCREASAI_MODEL_MIRROR", raising=False)
+    return folder
+
+
+def test_bundled_card_resolves_without_download(tiny_card, cache):
+    entry = RegistryEntry("tiny", "Tiny", None, None, None, bundled_card=tiny_card.card_path)
+    registry = ModelRegistry([entry])
+    assert registry.is_available("tiny")
+    assert registry.resolve().card_path == tiny_card.card_path
+    assert registry.resolve("tiny").card_path == tiny_card.card_path
+    assert files_in(cache) == []
+
+
+def test_registry_loads_its_list_from_json(tmp_path, tiny_card, cache):
+    listing = tiny_card.card_path.parent / "models.json"
+    listing.write_text(json.dumps([{"name": "tiny", "title": "Tiny", "card": "tiny.json"},
+                                   {"name": "remote", "card_url": "https://example.org/r.json",
+                                    "weights_url": "https://example.org/r.safetensors", "sha256": "0" * 64}]))
+    registry = ModelRegistry.from_json(listing)
+    assert registry.names == ["tiny", "remote"] and registry.default_name == "tiny"
+    assert registry.resolve().card_path == tiny_card.card_path
+    assert registry.cache_dir == cache
+    assert not registry.is_available("remote")
+
+
+def test_a_path_resolves_to_its_card(tiny_card, cache):
+    registry = ModelRegistry([])
+    assert registry.resolve(tiny_card.weights_path).sha256 == tiny_card.sha256
+    assert registry.resolve(str(tiny_card.card_path)).sha256 == tiny_card.sha256
+
+
+def test_unknown_name_is_refused_listing_the_known_models(tiny_card, cache):
+    registry = ModelRegistry([entry_for(tiny_card, "monet-demo"), entry_for(tiny_card, "monet-full")])
+    with pytest.raises(ModelFileError, match="no model called 'monet-dmeo'.*monet-demo, monet-full") as error:
+        registry.resolve("monet-dmeo")
+    assert ".safetensors" in str(error.value)
+
+
+def test_not_downloaded_model_is_reported_when_download_is_off(tiny_card, cache):
+    registry = ModelRegistry([entry_for(tiny_card)])
+    with pytest.raises(ModelFileError, match="not downloaded yet"):
+        registry.resolve("tiny", download=False)
+
+
+def test_download_from_a_file_url_lands_in_the_cache(tiny_card, cache):
+    registry = ModelRegistry([entry_for(tiny_card)])
+    card = registry.resolve("tiny")
+    assert card.card_path == cache / "tiny" / "tiny.json"
+    assert sha256(card.weights_path) == tiny_card.sha256
+    verify_weights_file(card)
+    assert registry.is_available("tiny")
+
+
+def test_second_resolve_uses_the_cache(tiny_card, cache):
+    registry = ModelRegistry([entry_for(tiny_card)])
+    registry.resolve("tiny")
+    tiny_card.weights_path.unlink()  # the source is gone: only the cache can answer
+    assert registry.resolve("tiny").card_path.parent == cache / "tiny"
+
+
+def test_download_reports_progress(tiny_card, cache):
+    fractions = []
+    ModelRegistry([entry_for(tiny_card)]).resolve("tiny", progress=lambda f, status: fractions.append(f))
+    assert fractions and fractions[-1] == 1.0 and all(0 <= f <= 1 for f in fractions)
+
+
+def test_download_with_wrong_sha256_keeps_nothing(tiny_card, cache):
+    registry = ModelRegistry([entry_for(tiny_card, sha="0" * 64)])
+    with pytest.raises(ModelFileError, match="does not have the expected SHA256"):
+        registry.resolve("tiny")
+    assert files_in(cache) == []
+    assert not registry.is_available("tiny")
+
+
+def test_downloaded_card_for_other_weights_is_not_kept(tiny_card, cache, tmp_path):
+    other = save_model(seeded_tiny_net(width=2).state_dict(), tmp_path / "other" / "tiny.safetensors", CARD_FIELDS)
+    entry = RegistryEntry("tiny", "Tiny", card_url=other.card_path.as_uri(),
+                          weights_url=tiny_card.weights_path.as_uri(), sha256=tiny_card.sha256, bundled_card=None)
+    with pytest.raises(ModelFileError, match="describes other weights"):
+        ModelRegistry([entry]).resolve("tiny")
+    assert files_in(cache) == []
+
+
+def test_deleting_the_cache_removes_the_model(tiny_card, cache):
+    registry = ModelRegistry([entry_for(tiny_card)])
+    registry.resolve("tiny")
+    registry.delete_cached("tiny")
+    assert files_in(cache) == [] and not registry.is_available("tiny")
+
+
+def test_mirror_folder_is_used_instead_of_the_url(tiny_card, cache, monkeypatch):
+    entry = entry_for(tiny_card, base_url="https://models.invalid/pancreasai")
+    monkeypatch.setenv("PANCREASAI_MODEL_MIRROR", str(tiny_card.card_path.parent))
+    card = ModelRegistry([entry]).resolve("tiny")
+    assert sha256(card.weights_path) == tiny_card.sha256
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_unreachable_server_says_how_to_install_by_hand(tiny_card, cache):
+    entry = entry_for(tiny_card, base_url=f"http://127.0.0.1:{free_port()}/models")
+    with pytest.raises(ModelFileError, match="copy the model files by hand") as error:
+        ModelRegistry([entry]).resolve("tiny")
+    assert str(cache / "tiny") in str(error.value)
+    assert "PANCREASAI_MODEL_MIRROR" in str(error.value)
+    assert files_in(cache) == []
+
+
+@contextlib.contextmanager
+def http_server(folder: Path):
+    """Serve `folder` on 127.0.0.1 from a thread; always shut down when the block ends."""
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    for variable in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+def test_download_over_http_checks_sha256(tiny_card, cache, no_proxy):
+    with http_server(tiny_card.card_path.parent) as base_url:
+        card = ModelRegistry([entry_for(tiny_card, base_url=base_url)]).resolve("tiny")
+    assert sha256(card.weights_path) == tiny_card.sha256
+
+
+def test_http_404_is_a_model_file_error(tiny_card, cache, no_proxy):
+    with http_server(tiny_card.card_path.parent) as base_url:
+        entry = RegistryEntry("tiny", "Tiny", f"{base_url}/tiny.json", f"{base_url}/absent.safetensors",
+                              tiny_card.sha256, None)
+        with pytest.raises(ModelFileError, match="404"):
+            ModelRegistry([entry]).resolve("tiny")
+    assert files_in(cache) == []
+
+
+def test_mirror_server_is_used_instead_of_the_url(tiny_card, cache, no_proxy, monkeypatch):
+    entry = entry_for(tiny_card, base_url="https://models.invalid/pancreasai")
+    with http_server(tiny_card.card_path.parent) as base_url:
+        monkeypatch.setenv("PANCREASAI_MODEL_MIRROR", base_url + "/")
+        card = ModelRegistry([entry]).resolve("tiny")
+    assert sha256(card.weights_path) == tiny_card.sha256
+
+
+def test_intact_weights_in_the_cache_are_not_downloaded_again(tiny_card, cache):
+    """A download that stopped after the weights resumes with the card only."""
+    (cache / "tiny").mkdir(parents=True)
+    (cache / "tiny" / "tiny.safetensors").write_bytes(tiny_card.weights_path.read_bytes())
+    entry = RegistryEntry("tiny", "Tiny", card_url=tiny_card.card_path.as_uri(),
+                          weights_url="http://127.0.0.1:9/tiny.safetensors",  # would fail if used
+                          sha256=tiny_card.sha256, bundled_card=None)
+    assert ModelRegistry([entry]).resolve("tiny").card_path == cache / "tiny" / "tiny.json"
