@@ -472,8 +472,8 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
         displayNode.SetLowerThreshold(1e-3)
         displayNode.SetUpperThreshold(max(1.0, heatMapNode.GetImageData().GetScalarRange()[1]))
         displayNode.SetApplyThreshold(True)
-        slicer.util.setSliceViewerLayers(background=backgroundNode or "keep-current", foreground=heatMapNode,
-                                         foregroundOpacity=opacity)
+        background = backgroundNode if backgroundNode is not None else "keep-current"
+        slicer.util.setSliceViewerLayers(background=background, foreground=heatMapNode, foregroundOpacity=opacity)
         center = heatMapCenter(heatMapNode)
         if center is not None:
             for sliceNode in slicer.util.getNodesByClass("vtkMRMLSliceNode"):

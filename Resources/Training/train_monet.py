@@ -1,221 +1,650 @@
-"""Train MoNet for PancreasSegMoNet with the paper's protocol; writes .safetensors + model card.
+"""Train MoNet, or one of the paper's baselines, for PancreasSegMoNet: writes .safetensors + model card.
 
-Data: the Medical Segmentation Decathlon Task07_Pancreas folder (--msd), any folder pair of
-CT and label NIfTI (--images/--labels), or our synthetic CT phantoms (--phantoms N, which is
-how the bundled demo weights were made). Slices go through exactly the pre-processing the
-module uses at inference (PancreasSegMoNetLib.preprocessing).
+Data (one of):
+  --msd DIR                  the Medical Segmentation Decathlon Task07_Pancreas folder as
+                             distributed (dataset.json, imagesTr, labelsTr)
+  --images DIR --labels DIR  CT and label files paired by file name
+  --phantoms N               synthetic CT phantoms (how the bundled demo weights were made)
+Every non-zero label is pancreas (Task07: pancreas 1 and tumour 2 merged, as in the paper).
+
+Slices go through exactly the pre-processing the module uses at inference
+(PancreasSegMoNetLib.preprocessing) and the networks are the module's own classes, so training
+and inference cannot drift apart.
 
 Protocol defaults (Knolle, Kaissis et al. 2021): 70/30 split by patient, 256 x 256 slices,
 soft Dice loss, NAdam lr 5e-4, lr / 10 after 2 epochs without validation improvement,
 rotation +-10 degrees, zoom +-0.25, shift 0.2, He-uniform initialisation.
+
+  one GPU or the CPU:  python Resources/Training/train_monet.py --msd Task07_Pancreas --output runs/monet
+  several GPUs:        torchrun --nproc_per_node 4 Resources/Training/train_monet.py --msd ... --output ...
+  continue a run:      the same command with --resume
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
+import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 
 HERE = Path(__file__).resolve()
 for sub in ("PancreasAI", "PancreasSegMoNet"):
-    sys.path.insert(0, str(HERE.parents[2] / sub))
+    if str(HERE.parents[2] / sub) not in sys.path:
+        sys.path.insert(0, str(HERE.parents[2] / sub))
 
-from PancreasAILib.orientation import axial_reorientation  # noqa: E402
-from PancreasAILib.volume import Volume  # noqa: E402
+from PancreasAILib.errors import InputError, PancreasAIError  # noqa: E402
 from PancreasAILib.weights import save_model  # noqa: E402
-from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING, label_slices, model_slices  # noqa: E402
+from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING  # noqa: E402
+
+from segmentation_data import (DEFAULT_PHANTOM_SHAPE, PANCREAS_RULE, CachedSlices, PreparedCase,  # noqa: E402
+                               SliceCache, folder_cases, msd_cases, phantom_cases, prepare_cases)
+from segmentation_networks import ARCHITECTURES, NetworkSpec, build_network, parameter_counts  # noqa: E402
+from trainkit.checkpoint import (load_latest_checkpoint, optimizer_parts, restore_optimizer,  # noqa: E402
+                                 save_checkpoint, to_json_value, write_json_atomically)
+from trainkit.distributed import Distributed, distributed_session  # noqa: E402
+from trainkit.hashing import FileHashes  # noqa: E402
+from trainkit.model_card import command_line, hardware_record, software_versions  # noqa: E402
+from trainkit.protocol import (add_protocol_arguments, changed_fields, option,  # noqa: E402
+                               protocol_from_arguments, protocol_record)
+from trainkit.run_files import RunFiles  # noqa: E402
+from trainkit.runlog import Curves, progress_bar, run_logging  # noqa: E402
+from trainkit.seeding import (derived_seed, generator_states, process_rng_state,  # noqa: E402
+                              restore_generator_states, restore_process_rng_state, seed_everything,
+                              use_deterministic_kernels)
 
 logger = logging.getLogger("train_monet")
 
-PROTOCOL = {
-    "split": "random 70/30 by patient",
-    "validation_fraction": 0.3,
-    "loss": "soft Dice",
-    "optimizer": "NAdam",
-    "learning_rate": 5e-4,
-    "lr_schedule": "ReduceLROnPlateau factor 0.1 patience 2 (validation loss)",
-    "augmentation": {"rotation_degrees": 10.0, "zoom": 0.25, "shift": 0.2},
-    "init": "He-uniform",
-}
+SCRIPT = "Resources/Training/train_monet.py"
+VALIDATION_BATCH = 16
 
 
-def slices_of_case(ct: Volume, labels: Volume, preprocessing: dict, empty_fraction: float,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """All slices with pancreas plus a random `empty_fraction` of the others, on the model grid."""
-    reorientation = axial_reorientation(ct)
-    image, _ = model_slices(reorientation.apply_volume(ct), preprocessing)
-    label = label_slices(reorientation.apply_volume(labels.with_array(labels.array > 0)), preprocessing)
-    has_pancreas = label.reshape(len(label), -1).any(axis=1)
-    keep = has_pancreas | (rng.random(len(label)) < empty_fraction)
-    return image[keep], label[keep]
+@dataclass(frozen=True)
+class MoNetProtocol:
+    """The paper's training protocol; each field is a command-line option of the same name."""
+
+    FIXED: ClassVar[dict] = {
+        "split": "random by patient (scikit-learn GroupShuffleSplit, seeded)",
+        "loss": "soft Dice over the whole batch on sigmoid probabilities (MONAI DiceLoss, batch=True)",
+        "optimizer": "NAdam",
+        "lr_schedule": "ReduceLROnPlateau on the validation loss",
+        "augmentation": "random rotation, zoom and shift, identical for a slice and its mask",
+        "init": "He-uniform (each network's own initialisation)",
+        "sampling": "training slices drawn at random with replacement",
+    }
+
+    validation_fraction: float = option(0.3, "fraction of the patients held out for validation")
+    learning_rate: float = option(5e-4, "NAdam learning rate", flags=("--learning-rate", "--lr"))
+    lr_factor: float = option(0.1, "learning-rate factor when the validation loss stops improving")
+    lr_patience: int = option(2, "epochs without validation improvement before the learning rate drops")
+    rotation_degrees: float = option(10.0, "largest random rotation in degrees")
+    zoom: float = option(0.25, "largest random zoom, as a fraction")
+    shift: float = option(0.2, "largest random shift, as a fraction of the slice size")
+    dice_smooth: float = option(1.0, "smoothing added to numerator and denominator of the soft Dice")
+    batch_size: int = option(8, "slices per optimiser step, over all processes")
+    epochs: int = option(100, "number of epochs (the paper trains to convergence)")
+    steps_per_epoch: int = option(0, "optimiser steps per epoch; 0: as many as one pass over the training slices")
+    empty_fraction: float = option(0.15, "fraction of the slices without pancreas used for training and validation")
+    early_stopping_patience: int = option(0, "stop after this many epochs without validation improvement; 0: never")
 
 
-def phantom_cases(count: int, first_seed: int):
-    from PancreasSegMoNetLib.phantom import make_ct_phantom
-
-    for seed in range(first_seed, first_seed + count):
-        phantom = make_ct_phantom(seed)
-        yield f"phantom-{seed:04d}", Volume(phantom.hu, phantom.ijk_to_ras), Volume(phantom.pancreas.astype(np.uint8), phantom.ijk_to_ras)
+# Settings that may change when a run is resumed (to train longer, or stop earlier).
+RESUMABLE_CHANGES = ("epochs", "early_stopping_patience")
 
 
-def soft_dice_loss(probabilities, target, smooth: float = 1.0):
-    intersection = (probabilities * target).sum()
-    return 1 - (2 * intersection + smooth) / (probabilities.sum() + target.sum() + smooth)
+# --- data -------------------------------------------------------------------------------------
+
+def discover_cases(args) -> list:
+    if args.msd:
+        return msd_cases(Path(args.msd), args.patient_pattern)
+    if args.images or args.labels:
+        if not (args.images and args.labels):
+            raise InputError("--images and --labels go together: the CT folder and the label folder.")
+        return folder_cases(Path(args.images), Path(args.labels), args.patient_pattern)
+    return phantom_cases(args.phantoms, args.first_seed, args.phantom_shape)
 
 
-def augment(images, labels, generator, rotation_degrees: float, zoom: float, shift: float):
-    """Random rotation, zoom and shift, the same for a slice and its label. (B, 1, H, W)."""
+def describe_data(args, count: int) -> tuple[str, dict]:
+    """(one line for people, the source's parameters) for the model card."""
+    if args.msd:
+        return (f"Medical Segmentation Decathlon Task07_Pancreas, {count} training cases",
+                {"kind": "msd", "folder": str(args.msd)})
+    if args.images:
+        return (f"{count} CT and label files", {"kind": "folders", "images": str(args.images),
+                                               "labels": str(args.labels)})
+    text = (f"{args.phantoms} synthetic CT phantoms (seeds {args.first_seed}-"
+            f"{args.first_seed + args.phantoms - 1}), PancreasSegMoNetLib.phantom")
+    if tuple(args.phantom_shape) != DEFAULT_PHANTOM_SHAPE:
+        text += f", {' x '.join(map(str, args.phantom_shape[::-1]))} voxels"
+    return text, {"kind": "phantoms", "count": args.phantoms, "first_seed": args.first_seed,
+                  "shape": list(args.phantom_shape)}
+
+
+def split_by_patient(patient_ids: Sequence[str], validation_fraction: float,
+                     rng: np.random.Generator) -> np.ndarray:
+    """(n_cases,) bool, True for validation: a seeded random `validation_fraction` of the
+    patients, all cases of a patient on the same side."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    n_patients = len(set(patient_ids))
+    n_validation = max(1, int(round(n_patients * validation_fraction)))
+    if n_patients < 2 or n_validation >= n_patients:
+        raise InputError(
+            f"A training/validation split needs at least 2 patients and a validation fraction that "
+            f"leaves some for training; there are {n_patients} patient(s) and the fraction is "
+            f"{validation_fraction}.")
+    # scikit-learn draws from a RandomState that shares rng's bit generator: the same
+    # permutation rng.permutation(n_patients) gives (the first version of this script), and rng
+    # goes on from where it would have.
+    splitter = GroupShuffleSplit(n_splits=1, test_size=n_validation,
+                                 random_state=np.random.RandomState(rng.bit_generator))
+    _, validation = next(splitter.split(np.zeros(len(patient_ids)), groups=list(patient_ids)))
+    is_validation = np.zeros(len(patient_ids), dtype=bool)
+    is_validation[validation] = True
+    return is_validation
+
+
+@dataclass
+class SliceSet:
+    """Slices of cached cases, as (case, slice) index pairs; read from disk batch by batch."""
+
+    cases: list[CachedSlices]
+    index: np.ndarray  # (N, 2) int64
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def batch(self, positions: np.ndarray) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """(B, 1, S, S) float32 CT and mask for the slices at `positions`."""
+        import torch
+
+        pairs = self.index[np.asarray(positions, dtype=np.int64)]
+        images = np.stack([self.cases[c].images[s] for c, s in pairs]).astype(np.float32)
+        masks = np.stack([self.cases[c].masks[s] for c, s in pairs]).astype(np.float32)
+        return torch.from_numpy(images[:, None]), torch.from_numpy(masks[:, None])
+
+
+def select_slices(cached: list[CachedSlices], is_validation: np.ndarray, empty_fraction: float,
+                  max_val_slices: int, rng: np.random.Generator) -> tuple[SliceSet, SliceSet]:
+    """All slices with pancreas plus a random `empty_fraction` of the others, case by case in
+    order; validation limited to a fixed random subset of `max_val_slices`."""
+    train_pairs, val_pairs = [], []
+    for case_index, slices in enumerate(cached):
+        keep = slices.pancreas_slices | (rng.random(len(slices.pancreas_slices)) < empty_fraction)
+        pairs = [(case_index, int(s)) for s in np.flatnonzero(keep)]
+        (val_pairs if is_validation[case_index] else train_pairs).extend(pairs)
+    if len(val_pairs) > max_val_slices:
+        pick = np.sort(rng.choice(len(val_pairs), max_val_slices, replace=False))
+        val_pairs = [val_pairs[i] for i in pick]
+    as_index = lambda pairs: np.asarray(pairs, dtype=np.int64).reshape(-1, 2)  # noqa: E731
+    return SliceSet(cached, as_index(train_pairs)), SliceSet(cached, as_index(val_pairs))
+
+
+def write_data_manifest(path: Path, prepared: list[PreparedCase], data_sha256: str, description: str,
+                        cache: SliceCache, is_validation: Optional[np.ndarray] = None) -> None:
+    """The run's cases (with split once known): stays in the run folder, not in the model card,
+    because a site's case names may identify patients."""
+    cases = []
+    for index, case in enumerate(prepared):
+        item = {"case_id": case.case_id, "patient_id": case.patient_id, "cache_key": case.cache_key,
+                "slice_count": case.slice_count}
+        if is_validation is not None:
+            item["split"] = "validation" if is_validation[index] else "training"
+        cases.append(item)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(path, {"data": description, "data_sha256": data_sha256,
+                                 "slice_cache": str(cache.folder), "cases": cases})
+
+
+# --- augmentation, loss, validation -------------------------------------------------------------
+
+def random_affine(batch: int, generator, protocol: MoNetProtocol) -> "torch.Tensor":
+    """(batch, 2, 3) random rotation, zoom and shift for F.affine_grid (normalised coordinates)."""
     import torch
-    import torch.nn.functional as F
 
-    batch = images.shape[0]
-    angle = (torch.rand(batch, generator=generator) * 2 - 1) * math.radians(rotation_degrees)
-    scale = 1 + (torch.rand(batch, generator=generator) * 2 - 1) * zoom
-    offset = (torch.rand(batch, 2, generator=generator) * 2 - 1) * shift * 2  # normalised coords span 2
+    angle = (torch.rand(batch, generator=generator) * 2 - 1) * math.radians(protocol.rotation_degrees)
+    scale = 1 + (torch.rand(batch, generator=generator) * 2 - 1) * protocol.zoom
+    offset = (torch.rand(batch, 2, generator=generator) * 2 - 1) * protocol.shift * 2  # coordinates span 2
     theta = torch.zeros(batch, 2, 3)
     theta[:, 0, 0] = torch.cos(angle) * scale
     theta[:, 0, 1] = -torch.sin(angle) * scale
     theta[:, 1, 0] = torch.sin(angle) * scale
     theta[:, 1, 1] = torch.cos(angle) * scale
     theta[:, :, 2] = offset
-    grid = F.affine_grid(theta, images.shape, align_corners=False)
+    return theta
+
+
+def apply_affine(images, masks, theta):
+    """The same transform for each slice (bilinear) and its mask (nearest). (B, 1, H, W)."""
+    import torch.nn.functional as F
+
+    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
     # Outside the slice is air: 0 after windowing.
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    labels = F.grid_sample(labels, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return images, labels
+    masks = F.grid_sample(masks, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return images, masks
 
 
-def train(args) -> Path:
+def soft_dice_loss(smooth: float):
+    """The paper's soft Dice loss (Keras: 1 - (2 sum(p g) + s) / (sum p + sum g + s) over the
+    whole batch), as MONAI's DiceLoss on probabilities (the networks end in a sigmoid)."""
+    from monai.losses import DiceLoss
+
+    return DiceLoss(sigmoid=False, batch=True, smooth_nr=smooth, smooth_dr=smooth)
+
+
+def validation_loss(network, slices: SliceSet, smooth: float, dist: Distributed) -> tuple[float, float]:
+    """(soft Dice loss, soft Dice) over all validation slices at once: the same formula as the
+    training loss, summed over batches (and processes) before dividing."""
     import torch
 
-    from PancreasSegMoNetLib.model import MoNet, count_parameters
-
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    preprocessing = dict(DEFAULT_PREPROCESSING)
-    cases = list(phantom_cases(args.phantoms, args.first_seed))
-    order = rng.permutation(len(cases))
-    n_val = max(1, int(round(len(cases) * PROTOCOL["validation_fraction"])))
-    val_ids, train_ids = set(order[:n_val].tolist()), order[n_val:]
-    data_hash = hashlib.sha256()
-    train_x, train_y, val_x, val_y = [], [], [], []
-    for index, (case_id, ct, labels) in enumerate(cases):
-        data_hash.update(ct.array.tobytes())
-        data_hash.update(labels.array.tobytes())
-        x, y = slices_of_case(ct, labels, preprocessing, args.empty_fraction, rng)
-        (val_x if index in val_ids else train_x).append(x)
-        (val_y if index in val_ids else train_y).append(y)
-    train_x, train_y = np.concatenate(train_x), np.concatenate(train_y)
-    val_x, val_y = np.concatenate(val_x), np.concatenate(val_y)
-    if len(val_x) > args.max_val_slices:
-        pick = np.sort(rng.choice(len(val_x), args.max_val_slices, replace=False))
-        val_x, val_y = val_x[pick], val_y[pick]
-    logger.info("%d training slices from %d cases, %d validation slices from %d cases",
-                len(train_x), len(train_ids), len(val_x), len(val_ids))
-
-    model = MoNet()
-    optimizer = torch.optim.NAdam(model.parameters(), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=2)
-    generator = torch.Generator().manual_seed(args.seed)
-    best = (math.inf, None)
-    history = []
-    for epoch in range(args.epochs):
-        model.train()
-        started = time.time()
-        losses = []
-        for step in range(args.steps_per_epoch):
-            pick = torch.randint(len(train_x), (args.batch_size,), generator=generator)
-            images = torch.from_numpy(train_x[pick.numpy()][:, None])
-            labels = torch.from_numpy(train_y[pick.numpy()][:, None])
-            images, labels = augment(images, labels, generator, **PROTOCOL["augmentation"])
-            loss = soft_dice_loss(model(images), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        val_loss, val_dice = evaluate(model, val_x, val_y)
-        scheduler.step(val_loss)
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-                        "val_slice_dice": val_dice, "lr": optimizer.param_groups[0]["lr"]})
-        logger.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.4f, lr %.1e (%.0f s)",
-                    epoch + 1, np.mean(losses), val_loss, val_dice, optimizer.param_groups[0]["lr"],
-                    time.time() - started)
-        if val_loss < best[0]:
-            best = (val_loss, {k: v.detach().clone() for k, v in model.state_dict().items()})
-            save(best[1], args, preprocessing, history, data_hash.hexdigest(), count_parameters)
-    return Path(args.output)
-
-
-def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 16) -> tuple[float, float]:
-    import torch
-
-    model.eval()
+    network.eval()
+    mine = np.array_split(np.arange(len(slices)), dist.world_size)[dist.rank]
     intersection = total = 0.0
     with torch.inference_mode():
-        for b0 in range(0, len(images), batch_size):
-            p = model(torch.from_numpy(images[b0:b0 + batch_size, None]))
-            g = torch.from_numpy(labels[b0:b0 + batch_size, None])
-            intersection += float((p * g).sum())
-            total += float(p.sum() + g.sum())
-    soft = 1 - (2 * intersection + 1) / (total + 1)
-    return soft, 1 - soft
+        for start in range(0, len(mine), VALIDATION_BATCH):
+            images, masks = slices.batch(mine[start:start + VALIDATION_BATCH])
+            probabilities = network(images.to(dist.device))
+            masks = masks.to(dist.device)
+            intersection += float((probabilities * masks).sum())
+            total += float(probabilities.sum() + masks.sum())
+    intersection, total = dist.sum([intersection, total])
+    loss = 1 - (2 * intersection + smooth) / (total + smooth)
+    return loss, 1 - loss
 
 
-def save(state_dict, args, preprocessing, history, data_sha256, count_parameters) -> None:
-    from PancreasSegMoNetLib.model import MoNet
+def patient_dice_on_model_grid(network, cases: list[CachedSlices], device, threshold: float = 0.5) -> list[float]:
+    """Per-case Dice of the thresholded prediction over all slices of each case, on the model's
+    grid (no resampling back, no clean-up); NaN for a case without pancreas."""
+    import torch
 
-    card = {
-        "name": Path(args.output).stem,
-        "title": args.title,
-        "architecture": "MoNet",
-        "architecture_params": {"in_channels": 1, "n_classes": 1},
-        "parameters": {"trainable": count_parameters(MoNet(), False),
-                       "with_bn_running_stats": count_parameters(MoNet(), True)},
+    network.eval()
+    scores = []
+    with torch.inference_mode():
+        for slices in cases:
+            overlap = predicted = reference = 0
+            for start in range(0, len(slices.images), VALIDATION_BATCH):
+                images = torch.from_numpy(np.asarray(slices.images[start:start + VALIDATION_BATCH], np.float32)[:, None])
+                prediction = (network(images.to(device))[:, 0] >= threshold).cpu().numpy()
+                truth = np.asarray(slices.masks[start:start + VALIDATION_BATCH]) > 0
+                overlap += int(np.count_nonzero(prediction & truth))
+                predicted += int(np.count_nonzero(prediction))
+                reference += int(np.count_nonzero(truth))
+            scores.append(2 * overlap / (predicted + reference) if reference else math.nan)
+    return scores
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+@dataclass
+class RunState:
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+
+
+@dataclass
+class Run:
+    """Everything one training run holds; built by `start_run`, advanced by `train_epoch`."""
+
+    args: argparse.Namespace
+    argv: Optional[Sequence[str]]
+    protocol: MoNetProtocol
+    spec: NetworkSpec
+    preprocessing: dict
+    files: RunFiles
+    dist: Distributed
+    description: str
+    data_source: dict
+    data_sha256: str
+    prepared: list
+    is_validation: np.ndarray
+    train: SliceSet
+    val: SliceSet
+    network: object
+    model: object
+    optimizer: object
+    scheduler: object
+    sampler: object
+    loss_function: object
+    steps_per_epoch: int
+    state: RunState
+
+    def fingerprint(self) -> dict:
+        """What must not change between a run and its resumption."""
+        protocol = {k: v for k, v in protocol_record(self.protocol).items() if k not in RESUMABLE_CHANGES}
+        return to_json_value({
+            "architecture": self.spec.class_name, "architecture_params": self.spec.params,
+            "preprocessing": self.preprocessing, "protocol": protocol, "seed": self.args.seed,
+            "max_val_slices": self.args.max_val_slices, "data_sha256": self.data_sha256})
+
+
+def prepare_data(args, dist: Distributed, files: RunFiles, preprocessing: dict):
+    cases = discover_cases(args)
+    description, source = describe_data(args, len(cases))
+    cache = SliceCache(Path(args.cache_dir) if args.cache_dir else files.weights.parent / "slice-cache",
+                       preprocessing)
+
+    def prepare() -> None:
+        logger.info("Data: %s. Slice cache: %s", description, cache.folder)
+        prepared, data_sha256 = prepare_cases(cases, cache, FileHashes(cache.folder.parent / "file-hashes.json"),
+                                              show_progress=dist.is_main)
+        write_data_manifest(files.data_manifest, prepared, data_sha256, description, cache)
+
+    dist.run_on_main(prepare)
+    manifest = json.loads(files.data_manifest.read_text(encoding="utf-8"))
+    prepared = [PreparedCase(c["case_id"], c["patient_id"], c["cache_key"], c["slice_count"])
+                for c in manifest["cases"]]
+    cached = [cache.get(case.cache_key) for case in prepared]
+    return description, source, manifest["data_sha256"], prepared, cached, cache
+
+
+def start_run(args, argv, dist: Distributed) -> Run:
+    import torch
+
+    protocol = protocol_from_arguments(MoNetProtocol, args)
+    spec = ARCHITECTURES[args.architecture]
+    preprocessing = {**DEFAULT_PREPROCESSING, "input_size": args.input_size}
+    files = RunFiles.for_output(args.output)
+    check_settings(protocol, spec, preprocessing, dist)
+
+    # The order of random draws is that of the first version of this script, so that the
+    # documented demo command still makes the same split, slices and batches.
+    seed_everything(args.seed)
+    use_deterministic_kernels()
+    rng = np.random.default_rng(args.seed)
+    description, source, data_sha256, prepared, cached, cache = prepare_data(args, dist, files, preprocessing)
+    is_validation = split_by_patient([case.patient_id for case in prepared], protocol.validation_fraction, rng)
+    train, val = select_slices(cached, is_validation, protocol.empty_fraction, args.max_val_slices, rng)
+    if dist.is_main:
+        write_data_manifest(files.data_manifest, prepared, data_sha256, description, cache, is_validation)
+    if len(train) == 0 or len(val) == 0:
+        raise InputError("No slice is left for training or for validation: the label maps hold (almost) "
+                         "no pancreas. Check that the label files belong to the CTs.")
+
+    network = build_network(spec).to(dist.device)
+    if dist.rank > 0:  # own dropout masks per process; rank 0 goes on like a single process
+        torch.manual_seed(derived_seed(args.seed, dist.rank))
+    optimizer = torch.optim.NAdam(network.parameters(), lr=protocol.learning_rate)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=protocol.lr_factor,
+                                                           patience=protocol.lr_patience)
+    sampler = torch.Generator().manual_seed(args.seed)
+    steps = protocol.steps_per_epoch or math.ceil(len(train) / protocol.batch_size)
+    run = Run(args, argv, protocol, spec, preprocessing, files, dist, description, source, data_sha256,
+              prepared, is_validation, train, val, network, None, optimizer, scheduler, sampler,
+              soft_dice_loss(protocol.dice_smooth), steps, RunState())
+    if args.resume:
+        resume(run)
+    elif dist.is_main and any(files.checkpoints.glob("epoch-*.json")):
+        logger.warning("Starting a new run: the checkpoint of an earlier run in %s will be replaced "
+                       "(use --resume to continue it instead).", files.checkpoints)
+    run.model = dist.wrap(network)
+    n_val_patients = len({p.patient_id for p, v in zip(prepared, is_validation) if v})
+    logger.info("%s: %s parameters (%s with BatchNorm statistics); %s", spec.title,
+                f"{parameter_counts(network)['trainable']:,}", f"{parameter_counts(network)['with_bn_running_stats']:,}",
+                dist.describe())
+    logger.info("%d training slices from %d cases, %d validation slices from %d cases (%d patients)",
+                len(train), int((~is_validation).sum()), len(val), int(is_validation.sum()), n_val_patients)
+    logger.info("Protocol: %s", json.dumps(protocol_record(protocol)))
+    return run
+
+
+def check_settings(protocol: MoNetProtocol, spec: NetworkSpec, preprocessing: dict, dist: Distributed) -> None:
+    size = int(preprocessing["input_size"])
+    if size % spec.size_multiple:
+        raise InputError(f"{spec.title} needs an input size divisible by {spec.size_multiple}; got {size}.")
+    if protocol.batch_size % dist.world_size:
+        raise InputError(f"The batch size ({protocol.batch_size}) must be divisible by the number of "
+                         f"processes ({dist.world_size}): each takes an equal part of every batch.")
+    if not 0 < protocol.validation_fraction < 1:
+        raise InputError(f"The validation fraction must lie between 0 and 1 (got {protocol.validation_fraction}).")
+
+
+def resume(run: Run) -> None:
+    """Continue from the last checkpoint: weights, optimiser, scheduler, random states, history."""
+    checkpoint = load_latest_checkpoint(run.files.checkpoints)
+    if checkpoint is None:
+        raise InputError(f"--resume: there is no checkpoint in {run.files.checkpoints}; start without --resume.")
+    state = checkpoint.state
+    differences = changed_fields(state["run"], run.fingerprint())
+    if differences:
+        raise InputError(f"The checkpoint in {run.files.checkpoints} belongs to a run with other settings "
+                         f"({'; '.join(differences)}). Resume with the original settings, or start a new "
+                         "run without --resume.")
+    tensors = checkpoint.tensors
+    run.network.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    restore_optimizer(run.optimizer, tensors, state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    restore_generator_states(tensors, state["rng"], {"sampler": run.sampler}, {})
+    processes = tensors["rng.process"]
+    if processes.shape[0] == run.dist.world_size:
+        restore_process_rng_state(processes[run.dist.rank], run.dist.device)
+    else:
+        logger.warning("The checkpoint was written by %d processes, this run has %d: dropout masks will "
+                       "differ from those of an uninterrupted run.", processes.shape[0], run.dist.world_size)
+        import torch
+
+        torch.manual_seed(derived_seed(run.args.seed, run.dist.rank, checkpoint.epoch))
+    run.state = RunState(checkpoint.epoch, state["history"], state["best_val_loss"], state["best_epoch"])
+    logger.info("Resuming after epoch %d (best validation loss %.4f at epoch %d).",
+                checkpoint.epoch, run.state.best_val_loss, run.state.best_epoch)
+
+
+def train_epoch(run: Run, epoch: int) -> float:
+    """One epoch of optimiser steps; returns the mean training loss over all processes."""
+    import torch
+
+    protocol, dist = run.protocol, run.dist
+    run.model.train()
+    shard = dist.shard(protocol.batch_size)
+    total = 0.0
+    bar = progress_bar(range(run.steps_per_epoch), description=f"epoch {epoch}", enabled=dist.is_main)
+    for _ in bar:
+        # Every process draws the whole batch (same generator), then takes its own part.
+        picks = torch.randint(len(run.train), (protocol.batch_size,), generator=run.sampler)
+        theta = random_affine(protocol.batch_size, run.sampler, protocol)
+        images, masks = run.train.batch(picks[shard].numpy())
+        images, masks = apply_affine(images.to(dist.device), masks.to(dist.device), theta[shard])
+        loss = run.loss_function(run.model(images), masks)
+        run.optimizer.zero_grad()
+        loss.backward()
+        run.optimizer.step()
+        total += float(loss.detach())
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+    summed, count = dist.sum([total, run.steps_per_epoch])
+    return summed / count
+
+
+def save_run_checkpoint(run: Run, epoch: int) -> None:
+    """Collective (every process sends its random state); the main process writes."""
+    processes = run.dist.all_gather(process_rng_state(run.dist.device))
+    if not run.dist.is_main:
+        return
+    tensors = {f"model.{key}": value for key, value in run.network.state_dict().items()}
+    optimizer_tensors, optimizer_document = optimizer_parts(run.optimizer)
+    generator_tensors, generator_document = generator_states({"sampler": run.sampler}, {})
+    tensors.update(optimizer_tensors)
+    tensors.update(generator_tensors)
+    tensors["rng.process"] = processes
+    save_checkpoint(run.files.checkpoints, epoch, tensors, {
+        "run": run.fingerprint(), "optimizer": optimizer_document, "scheduler": run.scheduler.state_dict(),
+        "rng": generator_document, "history": run.state.history, "best_val_loss": run.state.best_val_loss,
+        "best_epoch": run.state.best_epoch, "world_size": run.dist.world_size})
+
+
+def model_card(run: Run, metrics: dict) -> dict:
+    history = run.state.history
+    return {
+        "name": run.files.weights.stem,
+        "title": run.args.title or run.spec.title,
+        "architecture": run.spec.class_name,
+        "architecture_params": run.spec.params,
+        "parameters": parameter_counts(run.network),
         "task": "pancreas segmentation on CT",
         "classes": ["pancreas"],
-        "preprocessing": preprocessing,
+        "preprocessing": run.preprocessing,
         "postprocessing": {"threshold": 0.5, "keep_largest_component": True},
-        "intended_use": args.intended_use,
-        "training": {"data": f"{args.phantoms} synthetic CT phantoms (seeds {args.first_seed}-"
-                             f"{args.first_seed + args.phantoms - 1}), PancreasSegMoNetLib.phantom",
-                     "data_sha256": data_sha256, "protocol": PROTOCOL,
-                     "epochs_run": len(history), "steps_per_epoch": args.steps_per_epoch,
-                     "batch_size": args.batch_size, "seed": args.seed,
-                     "command": " ".join(sys.argv)},
-        "metrics": {"validation": history[-1] if history else {}},
+        "intended_use": run.args.intended_use,
+        "training": {
+            "data": run.description,
+            "data_source": run.data_source,
+            "data_sha256": run.data_sha256,
+            "labels": PANCREAS_RULE,
+            "cases": {"training": int((~run.is_validation).sum()), "validation": int(run.is_validation.sum())},
+            "slices": {"training": len(run.train), "validation": len(run.val)},
+            "protocol": protocol_record(run.protocol),
+            "epochs_run": len(history),
+            "best_epoch": run.state.best_epoch,
+            "steps_per_epoch": run.steps_per_epoch,
+            "batch_size": run.protocol.batch_size,
+            "seed": run.args.seed,
+            "max_val_slices": run.args.max_val_slices,
+            "hardware": hardware_record(run.dist),
+            "software": software_versions(),
+            "command": command_line(SCRIPT, run.argv),
+        },
+        "metrics": metrics,
         "history": history,
         "licence": "Apache-2.0",
     }
-    save_model(state_dict, args.output, card)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phantoms", type=int, default=40, help="number of synthetic CT phantoms")
-    parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--steps-per-epoch", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=PROTOCOL["learning_rate"])
-    parser.add_argument("--empty-fraction", type=float, default=0.15,
-                        help="fraction of slices without pancreas kept for training")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-val-slices", type=int, default=10**9,
-                        help="validate on a fixed random subset of this many slices (saves time)")
-    parser.add_argument("--output", required=True, help="path of the .safetensors to write")
-    parser.add_argument("--title", default="MoNet")
-    parser.add_argument("--intended-use", default="")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train(args)
+def train_epochs(run: Run) -> None:
+    protocol, state, dist = run.protocol, run.state, run.dist
+    curves = Curves(run.files.curves, run.files.tensorboard, enabled=dist.is_main)
+    if dist.is_main:
+        logger.info("Curves: %s%s", run.files.curves,
+                    f" and TensorBoard in {run.files.tensorboard}" if curves.has_tensorboard else
+                    " (TensorBoard is not installed)")
+    try:
+        for epoch in range(state.epoch + 1, protocol.epochs + 1):
+            patience = protocol.early_stopping_patience
+            if patience and state.epoch - state.best_epoch >= patience:
+                logger.info("No validation improvement for %d epochs: stopping (early_stopping_patience).", patience)
+                break
+            started = time.perf_counter()
+            train_loss = train_epoch(run, epoch)
+            dist.broadcast_buffers(run.network)
+            val_loss, val_dice = validation_loss(run.network, run.val, protocol.dice_smooth, dist)
+            run.scheduler.step(val_loss)
+            lr = run.optimizer.param_groups[0]["lr"]
+            state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                                  "val_slice_dice": val_dice, "lr": lr,
+                                  "seconds": round(time.perf_counter() - started, 1)})
+            state.epoch = epoch
+            improved = val_loss < state.best_val_loss
+            if improved:
+                state.best_val_loss, state.best_epoch = val_loss, epoch
+                if dist.is_main:
+                    save_model(run.network.state_dict(), run.files.weights,
+                               model_card(run, {"validation": state.history[-1]}))
+            logger.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.4f, lr %.1e (%.0f s)%s",
+                        epoch, train_loss, val_loss, val_dice, lr, state.history[-1]["seconds"],
+                        " -> saved" if improved else "")
+            curves.write(state.history)
+            save_run_checkpoint(run, epoch)
+    finally:
+        curves.close()
+
+
+def finish(run: Run) -> None:
+    """Re-write the best model's card with the final history and per-patient validation Dice."""
+    if not run.dist.is_main:
+        return
+    if not run.files.weights.exists() or not run.state.history:
+        raise PancreasAIError("No model was saved: the validation loss never became a number. "
+                              "Lower the learning rate or check the data.")
+    from safetensors.torch import load_file
+
+    best = build_network(run.spec).to(run.dist.device)
+    best.load_state_dict(load_file(str(run.files.weights)))
+    val_cases = [slices for slices, v in zip(run.train.cases, run.is_validation) if v]
+    scores = [s for s in patient_dice_on_model_grid(best, val_cases, run.dist.device) if not math.isnan(s)]
+    best_row = next(row for row in run.state.history if row["epoch"] == run.state.best_epoch)
+    metrics = {"validation": best_row}
+    if scores:
+        metrics["validation_patients"] = {
+            "dice_mean": float(np.mean(scores)), "dice_sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
+            "cases": len(scores),
+            "how": "per case, all its slices on the model's grid, threshold 0.5, no clean-up; "
+                   "evaluate_segmentation.py gives Dice and HD95 on the original grid"}
+    save_model(best.state_dict(), run.files.weights, model_card(run, metrics))
+    logger.info("Best validation loss %.4f at epoch %d; model: %s", run.state.best_val_loss,
+                run.state.best_epoch, run.files.weights)
+    if scores:
+        logger.info("Validation Dice per patient (model grid): %.3f +- %.3f over %d cases",
+                    metrics["validation_patients"]["dice_mean"], metrics["validation_patients"]["dice_sd"] or 0.0,
+                    len(scores))
+
+
+def train(args, argv: Optional[Sequence[str]] = None) -> int:
+    """Run the training the arguments describe; returns the exit code (0 done, 2 refused)."""
+    files = RunFiles.for_output(args.output)
+    rank = int(os.environ.get("RANK", "0"))
+    with run_logging(files.log if rank == 0 else None, rank == 0, rank):
+        try:
+            with distributed_session(args.device) as dist:
+                if dist.is_main:
+                    logger.info("=== %s", command_line(SCRIPT, argv))
+                run = start_run(args, argv, dist)
+                train_epochs(run)
+                finish(run)
+                dist.barrier()
+        except PancreasAIError as error:
+            logger.error("error: %s", error)
+            return 2
+        except KeyboardInterrupt:
+            logger.error("Interrupted. Finished epochs are kept: run the same command with --resume to continue.")
+            return 130
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data (give one source)")
+    source = data.add_mutually_exclusive_group(required=True)
+    source.add_argument("--msd", metavar="DIR", help="Medical Segmentation Decathlon Task07_Pancreas folder")
+    source.add_argument("--images", metavar="DIR", help="folder of CT files (with --labels)")
+    source.add_argument("--phantoms", type=int, metavar="N", help="number of synthetic CT phantoms")
+    data.add_argument("--labels", metavar="DIR", help="folder of label files named as the CTs")
+    data.add_argument("--patient-pattern", metavar="REGEX",
+                      help="regular expression whose first group in a case name is the patient "
+                           "(several scans per patient); default: each case is a patient")
+    data.add_argument("--first-seed", type=int, default=0, help="seed of the first phantom")
+    data.add_argument("--phantom-shape", type=int, nargs=3, default=list(DEFAULT_PHANTOM_SHAPE),
+                      metavar=("K", "J", "I"), help="phantom size in voxels (slices, rows, columns)")
+    data.add_argument("--cache-dir", metavar="DIR",
+                      help="where pre-processed slices are kept (default: slice-cache beside the output)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="monet",
+                       help="MoNet or one of the paper's baselines (default: monet)")
+    model.add_argument("--input-size", type=int, default=int(DEFAULT_PREPROCESSING["input_size"]),
+                       help="slice size in pixels after in-plane resampling (default: %(default)s)")
+    add_protocol_arguments(parser, MoNetProtocol)
+    run = parser.add_argument_group("run")
+    run.add_argument("--output", required=True, help="path of the .safetensors to write (its card goes beside it)")
+    run.add_argument("--title", help="title in the model card (default: the architecture's name)")
+    run.add_argument("--intended-use", default="", help="intended use, written into the model card")
+    run.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    run.add_argument("--max-val-slices", type=int, default=10**9,
+                     help="validate on a fixed random subset of this many slices (saves time)")
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                     help="auto: a GPU when there is one (under torchrun: one per process)")
+    run.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return train(args, argv)
 
 
 if __name__ == "__main__":
