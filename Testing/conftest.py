@@ -108,3 +108,29 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a > 0, b > 0
     total = a.sum() + b.sum()
     return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+
+
+@pytest.fixture(scope="session")
+def random_vit_card(tmp_path_factory):
+    """A randomly initialised depth-2 IPMN ViT saved with a complete card."""
+    import torch
+
+    from IPMNRiskLib.grids import INPUT_FORMAT
+    from IPMNRiskLib.model import CLASS_NAMES, create_vit
+    from PancreasAILib.weights import save_model
+
+    params = {"depth": 2, "embed_dim": 48, "num_heads": 3}
+    torch.manual_seed(0)
+    model = create_vit("vit_tiny_patch16_224", params)
+    path = tmp_path_factory.mktemp("ipmn_models") / "ipmn-random.safetensors"
+    return save_model(model.state_dict(), path, {
+        "name": "ipmn-random", "architecture": "vit_tiny_patch16_224", "architecture_params": params,
+        "classes": list(CLASS_NAMES), "preprocessing": dict(INPUT_FORMAT), "intended_use": "tests only"})
+
+
+@pytest.fixture(scope="session")
+def small_mr_phantom():
+    """(16, 112, 112) paired T1/T2 with a high-risk IPMN."""
+    from IPMNRiskLib.phantom import make_mr_phantom
+
+    return make_mr_phantom(seed=5, risk_class=2, shape=(16, 112, 112), spacing=(2.0, 2.0, 4.0))

@@ -6,7 +6,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from PancreasAILib.errors import PancreasAIError
 from PancreasAILib.weights import ModelCard, ModelRegistry, load_into, load_state_dict
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
@@ -14,24 +13,8 @@ ARCHITECTURE = "MoNet"
 
 
 def model_registry(cache_dir: Optional[Path] = None) -> ModelRegistry:
-    """The known PancreasSegMoNet models (Resources/Models/models.json)."""
-    return ModelRegistry.from_json(MODELS_DIR / "models.json", cache_dir)
-
-
-def resolve_device(device: str = "auto") -> str:
-    """'auto' picks CUDA when available; 'gpu'/'cuda' without one is an error the user can fix."""
-    import torch
-
-    device = (device or "auto").lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise PancreasAIError("No CUDA GPU is available to PyTorch here; choose 'auto' or 'cpu' as device.")
-        return "cuda"
-    if device != "cpu":
-        raise PancreasAIError(f"Unknown device '{device}'; use auto, cpu or gpu.")
-    return "cpu"
+    """The known PancreasSegMoNet models (Resources/Models/PancreasSegMoNet-models.json)."""
+    return ModelRegistry.from_json(MODELS_DIR / "PancreasSegMoNet-models.json", cache_dir)
 
 
 def build_monet(card: ModelCard, device: str = "cpu"):

@@ -23,7 +23,9 @@ from PancreasAILib.resample import resample
 from PancreasAILib.volume import Volume, check_scalar_volume
 from PancreasAILib.weights import ModelCard
 
-from .models import build_monet, model_registry, resolve_device
+from PancreasAILib.devices import resolve_device
+
+from .models import build_monet, model_registry
 from .preprocessing import model_slices
 
 logger = logging.getLogger(__name__)
@@ -80,8 +82,9 @@ def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optio
                progress: ProgressCallback = no_progress,
                cancel: Optional[CancelToken] = None) -> SegmentationResult:
     """Segment the pancreas in `ct` ((K, J, I) Hounsfield units with its IJK-to-RAS)."""
-    import torch
+    from PancreasAILib.devices import import_torch
 
+    torch = import_torch()
     started = time.perf_counter()
     cancel = cancel or CancelToken()
     warnings = check_ct(ct)

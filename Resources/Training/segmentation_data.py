@@ -160,7 +160,7 @@ def check_case(case_id: str, ct: Volume, labels: Volume) -> None:
 
 # --- where cases come from ----------------------------------------------------------------------
 
-def _volume_files(folder: Path) -> list[Path]:
+def volume_files(folder: Path) -> list[Path]:
     """Volume files in `folder`, without hidden files and macOS '._' companions."""
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and not p.name.startswith(".")
@@ -186,10 +186,10 @@ def folder_cases(images: Path, labels: Path, patient_pattern: Optional[str] = No
     for folder, what in ((images, "CT"), (labels, "label")):
         if not folder.is_dir():
             raise InputError(f"The {what} folder {folder} does not exist.")
-    image_files = _volume_files(images)
+    image_files = volume_files(images)
     if not image_files:
         raise InputError(f"{images} holds no CT files ({', '.join(VOLUME_SUFFIXES)}).")
-    label_files = {case_name(p): p for p in _volume_files(labels)}
+    label_files = {case_name(p): p for p in volume_files(labels)}
     missing = [case_name(p) for p in image_files if case_name(p) not in label_files]
     if missing:
         raise InputError(

@@ -30,12 +30,11 @@ def command_line(script: str, argv: Optional[Sequence[str]] = None) -> str:
 
 
 def hardware_record(distributed) -> dict:
-    """Device and process count of a run (a `distributed.Distributed`)."""
+    """Device, process count and DDP backend (None for one process) of a `distributed.Distributed`."""
     import torch
 
-    record = {"device": str(distributed.device.type), "processes": distributed.world_size}
+    record = {"device": str(distributed.device.type), "processes": distributed.world_size,
+              "backend": distributed.backend}
     if distributed.device.type == "cuda":
         record["gpu"] = torch.cuda.get_device_name(distributed.device)
-    if distributed.backend:
-        record["backend"] = distributed.backend
     return record

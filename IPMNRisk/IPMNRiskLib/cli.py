@@ -1,0 +1,242 @@
+"""Command line: IPMN risk from T1/T2 pairs, one case or a CSV of cases.
+
+    python -m IPMNRiskLib assess --t1 T1 --t2 T2 --roi-center=R,A,S --roi-size=X,Y,Z --output DIR
+    python -m IPMNRiskLib assess --t1 T1 --t2 T2 --roi-mask PANCREAS.nii.gz --output DIR
+    python -m IPMNRiskLib batch cases.csv --output DIR        (also: ipmn-risk ...)
+
+Per case it writes <case>_ipmn_result.json, <case>_ipmn_heatmap.nrrd (attention on T2's grid),
+<case>_ipmn_grid.png (the 3 x 3 T2 grid with the map) and <case>_ipmn_scene.mrb (T1, T2, the
+heat map, the region and a result table, for review in Slicer). The batch CSV has columns
+case, t1, t2 and either roi_center + roi_size ("R,A,S" in mm) or roi_mask; it writes
+results.csv. Every result is for research use only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from PancreasAILib.cli_support import ProgressPrinter, all_or_nothing, case_name, refuse_existing
+from PancreasAILib.errors import InputError, OperationCancelled, PancreasAIError
+from PancreasAILib.progress import ProgressCallback
+
+from .grids import RegionBox
+
+RESULT_COLUMNS = ["case", "status", "risk_class", "class_name", "p_normal", "p_low_risk", "p_high_risk",
+                  "spread_normal", "spread_low_risk", "spread_high_risk", "model", "heat_map", "grid_png",
+                  "scene", "message"]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    t1: Path
+    t2: Path
+    roi_center: Optional[tuple[float, float, float]] = None
+    roi_size: Optional[tuple[float, float, float]] = None
+    roi_mask: Optional[Path] = None
+
+    def region(self) -> RegionBox:
+        if self.roi_mask is not None:
+            from PancreasAILib.volume_io import read_volume
+
+            return RegionBox.from_mask(read_volume(self.roi_mask))
+        if self.roi_center is None or self.roi_size is None:
+            raise InputError(f"Case {self.name}: give the region as roi_center and roi_size, or as roi_mask.")
+        return RegionBox(self.roi_center, self.roi_size)
+
+
+def output_paths(output_dir: Path, case: str) -> dict[str, Path]:
+    return {kind: output_dir / f"{case}_ipmn_{suffix}" for kind, suffix in
+            (("result", "result.json"), ("heat_map", "heatmap.nrrd"), ("grid_png", "grid.png"),
+             ("scene", "scene.mrb"))}
+
+
+def assess_case(case: Case, output_dir: Path, card, device: str = "cpu", tta: bool = True,
+                write_scene: bool = True, overwrite: bool = False,
+                progress: Optional[ProgressCallback] = None) -> dict:
+    """Assess one case and write its files (all or none); returns the summary."""
+    from PancreasAILib.volume_io import read_volume, write_volume
+
+    from .inference import assess, render_grid_png
+    from .summary import assessment_summary, write_summary
+
+    paths = output_paths(output_dir, case.name)
+    if not write_scene:
+        paths.pop("scene")
+    refuse_existing(list(paths.values()), overwrite)
+    t1, t2 = read_volume(case.t1), read_volume(case.t2)
+    region = case.region()
+    assessment = assess(t1, t2, region, card, tta=tta, device=device, progress=progress)
+    summary = assessment_summary(assessment, region, case.name)
+    with all_or_nothing(list(paths.values())) as temporary:
+        temp = dict(zip(paths, temporary))
+        write_volume(assessment.heat_map, temp["heat_map"])
+        render_grid_png(assessment, temp["grid_png"])
+        if write_scene:
+            write_review_scene(t1, t2, assessment.heat_map, summary, temp["scene"])
+        write_summary({**summary, **{k: str(v) for k, v in paths.items() if k != "result"}}, temp["result"])
+    return {**summary, **{k: str(v) for k, v in paths.items()}}
+
+
+def write_review_scene(t1, t2, heat_map, summary: dict, path: Path) -> Path:
+    """A Slicer scene for review: T1, T2, the heat map over T2, the region as an ROI, the table."""
+    from PancreasAILib.mrml import add_volume_node, create_scene, save_scene_bundle
+
+    from .mrml import add_assessment_to_scene
+
+    scene = create_scene()
+    add_volume_node(scene, t1, "T1")
+    t2_node = add_volume_node(scene, t2, "T2")
+    add_assessment_to_scene(t2_node, heat_map, summary, None)
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "IPMN region")
+    roi.SetCenter(*summary["region"]["center_ras"])
+    roi.SetSize(*summary["region"]["size_mm"])
+    roi.CreateDefaultDisplayNodes()
+    return save_scene_bundle(scene, path)
+
+
+def read_cases_csv(path: Path) -> list[Case]:
+    """Cases from a CSV; relative paths are taken relative to the CSV's folder."""
+    base = path.parent
+    with open(path, newline="", encoding="utf-8-sig") as stream:
+        rows = list(csv.DictReader(stream))
+    if not rows:
+        raise InputError(f"{path} has no cases.")
+    missing = {"t1", "t2"} - set(rows[0])
+    if missing:
+        raise InputError(f"{path} lacks the column(s) {', '.join(sorted(missing))}; expected case, t1, t2, "
+                         "and roi_center + roi_size or roi_mask.")
+    cases = []
+    for number, row in enumerate(rows, start=2):
+        def path_of(key: str) -> Optional[Path]:
+            value = (row.get(key) or "").strip()
+            return (base / value) if value else None
+
+        name = (row.get("case") or "").strip() or case_name(path_of("t2") or Path(f"case{number}"))
+        try:
+            cases.append(Case(name, path_of("t1"), path_of("t2"),
+                              parse_triple(row.get("roi_center")), parse_triple(row.get("roi_size")),
+                              path_of("roi_mask")))
+        except ValueError as error:
+            raise InputError(f"{path}, line {number} ({name}): {error}") from error
+    return cases
+
+
+def parse_triple(text: Optional[str]) -> Optional[tuple[float, float, float]]:
+    if text is None or not text.strip():
+        return None
+    values = [float(v) for v in text.replace(";", ",").split(",")]
+    if len(values) != 3:
+        raise ValueError(f"'{text}' is not three numbers R,A,S")
+    return tuple(values)
+
+
+def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "auto", tta: bool = True,
+              write_scene: bool = True, overwrite: bool = False, progress_format: str = "bar") -> list[dict]:
+    """Assess every case; one failing case does not stop the others. Returns one row per case."""
+    from PancreasAILib.devices import resolve_device
+
+    from .models import model_registry
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    printer = ProgressPrinter(len(cases), progress_format)
+    card = model_registry().resolve(model, progress=printer)
+    device = resolve_device(device)
+    printer.message(f"Model: {card.name}. For research use only.")
+    rows = []
+    for index, case in enumerate(cases):
+        printer.start_case(index, case.name)
+        try:
+            result = assess_case(case, output_dir, card, device, tta, write_scene, overwrite, printer)
+            probabilities, spread = result["probabilities"], result["spread"]
+            rows.append({"case": case.name, "status": "ok", "risk_class": result["risk_class"],
+                         "class_name": result["class_name"],
+                         **{f"p_{k}": f"{p:.4f}" for k, p in zip(("normal", "low_risk", "high_risk"), probabilities)},
+                         **{f"spread_{k}": f"{s:.4f}" for k, s in zip(("normal", "low_risk", "high_risk"), spread)},
+                         "model": result["model"], "heat_map": result["heat_map"],
+                         "grid_png": result["grid_png"], "scene": result.get("scene", ""), "message": ""})
+            printer.message(f"{case.name}: {result['class_name']} (p = {max(probabilities):.2f}; "
+                            + ", ".join(f"{n} {p:.2f}+-{s:.2f}" for n, p, s in
+                                        zip(result["class_names"], probabilities, spread)) + ")")
+        except PancreasAIError as error:
+            rows.append({"case": case.name, "status": "failed", "message": str(error)})
+            printer.message(f"{case.name}: FAILED: {error}")
+    printer.close()
+    return rows
+
+
+def write_results_csv(rows: list[dict], path: Path) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=RESULT_COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ipmn-risk", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    one = commands.add_parser("assess", help="assess one T1/T2 pair")
+    one.add_argument("--t1", required=True, type=Path)
+    one.add_argument("--t2", required=True, type=Path)
+    one.add_argument("--roi-center", help="R,A,S of the box centre in mm (write --roi-center=-12,40,7)")
+    one.add_argument("--roi-size", help="X,Y,Z box size in mm")
+    one.add_argument("--roi-mask", type=Path, help="a mask (e.g. pancreas segmentation) whose extent is the region")
+    one.add_argument("--case", help="case name for the output files (default: from the T2 file name)")
+    batch = commands.add_parser("batch", help="assess every case of a CSV")
+    batch.add_argument("csv", type=Path)
+    for command in (one, batch):
+        command.add_argument("--output", "-o", required=True, type=Path)
+        command.add_argument("--model", help="registry name or .safetensors path (default: first in registry)")
+        command.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
+        command.add_argument("--no-tta", action="store_true", help="no test-time augmentation (8x faster)")
+        command.add_argument("--no-scene", action="store_true", help="do not write the .mrb review scene")
+        command.add_argument("--overwrite", action="store_true", help="replace existing result files")
+        command.add_argument("--progress-format", choices=["bar", "json"], default="bar")
+    commands.add_parser("models", help="list the known models")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")
+    try:
+        if args.command == "models":
+            from .models import model_registry
+
+            registry = model_registry()
+            for name in registry.names:
+                state = "available" if registry.is_available(name) else "downloads on first use"
+                print(f"{name}\t{registry.entries[name].title}\t({state})")
+            return 0
+        if args.command == "assess":
+            if args.roi_mask is None and (args.roi_center is None or args.roi_size is None):
+                raise InputError("Give the region: --roi-center and --roi-size, or --roi-mask.")
+            try:
+                cases = [Case(args.case or case_name(args.t2), args.t1, args.t2, parse_triple(args.roi_center),
+                              parse_triple(args.roi_size), args.roi_mask)]
+            except ValueError as error:
+                raise InputError(str(error)) from error
+        else:
+            cases = read_cases_csv(args.csv)
+        rows = run_cases(cases, args.output, args.model, args.device, not args.no_tta, not args.no_scene,
+                         args.overwrite, args.progress_format)
+        if args.command == "batch":
+            path = write_results_csv(rows, args.output / "results.csv")
+            print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} cases assessed; table: {path}")
+        return 0 if all(r["status"] == "ok" for r in rows) else 1
+    except OperationCancelled:
+        print("Cancelled.", file=sys.stderr)
+        return 130
+    except PancreasAIError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,210 @@
+"""Slicer scene adapter for IPMNRisk: T1, T2 and a region node in; heat map, table and grid
+picture out. The assessment is computed first; the scene changes only at the end, and a failure
+while changing it removes whatever was added."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from PancreasAILib.errors import InputError
+from PancreasAILib.mrml import (add_volume_node, numpy_matrix, place_beside, removing_new_nodes_on_error,
+                                volume_from_node)
+from PancreasAILib.progress import CancelToken, ProgressCallback, no_progress
+from PancreasAILib.volume import Volume
+
+from .grids import RegionBox
+
+COLOR_TABLE_NAME = "PancreasAI Inferno"
+RESEARCH_LABEL = "For research use only"
+
+
+@dataclass
+class AssessmentNodes:
+    """What `assess_nodes` returns: the result and the nodes it added."""
+
+    risk_class: int
+    class_name: str
+    probabilities: np.ndarray
+    spread: np.ndarray
+    heat_map_node: object
+    table_node: object
+    grid_png_path: Optional[Path]
+    summary: dict
+
+
+def region_box_from_node(region_node, point_box_size_mm: float = 60.0) -> RegionBox:
+    """A markups ROI, a segmentation (extent of its segments) or a markups point (centre of a
+    cube of `point_box_size_mm`) -> an axis-aligned box in RAS."""
+    if region_node is None:
+        raise InputError("No region is given: place an ROI around the pancreas, or choose a "
+                         "segmentation or a point.")
+    if region_node.IsA("vtkMRMLMarkupsROINode"):
+        bounds = np.zeros(6)
+        region_node.GetRASBounds(bounds)
+        low, high = bounds[0::2], bounds[1::2]
+        if np.any(high <= low):
+            raise InputError(f"The ROI '{region_node.GetName()}' is empty: place it around the pancreas.")
+        return RegionBox((low + high) / 2, high - low)
+    if region_node.IsA("vtkMRMLSegmentationNode"):
+        return _segmentation_box(region_node)
+    if region_node.IsA("vtkMRMLMarkupsNode"):
+        if region_node.GetNumberOfControlPoints() < 1:
+            raise InputError(f"'{region_node.GetName()}' has no point: place a point on the pancreas.")
+        center = np.zeros(3)
+        region_node.GetNthControlPointPositionWorld(0, center)
+        return RegionBox(center, np.full(3, float(point_box_size_mm)))
+    raise InputError(f"'{region_node.GetName()}' cannot give a region: use a markups ROI, a "
+                     "segmentation or a markups point.")
+
+
+def _segmentation_box(segmentation_node) -> RegionBox:
+    """Bounding box of all non-empty segments, in world RAS."""
+    import slicer
+    import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    corners = []
+    segmentation = segmentation_node.GetSegmentation()
+    for index in range(segmentation.GetNumberOfSegments()):
+        image = slicer.vtkOrientedImageData()
+        slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+            segmentation_node, segmentation.GetNthSegmentID(index), image)
+        scalars = image.GetPointData().GetScalars()
+        if scalars is None or not vtk_to_numpy(scalars).any():
+            continue
+        matrix = vtk.vtkMatrix4x4()
+        image.GetImageToWorldMatrix(matrix)
+        first_voxel = np.eye(4)
+        first_voxel[:3, 3] = image.GetExtent()[0::2]
+        mask = Volume(vtk_to_numpy(scalars).reshape(image.GetDimensions()[::-1]), numpy_matrix(matrix) @ first_voxel)
+        corners.append(RegionBox.from_mask(mask).corners_ras())
+    if not corners:
+        raise InputError(f"The segmentation '{segmentation_node.GetName()}' is empty: segment the pancreas first.")
+    points = np.concatenate(corners)
+    return RegionBox((points.min(0) + points.max(0)) / 2, points.max(0) - points.min(0))
+
+
+def assess_nodes(t1_node, t2_node, region_node, model=None, device: str = "auto", tta: bool = True,
+                 point_box_size_mm: float = 60.0, progress: ProgressCallback = no_progress,
+                 cancel: Optional[CancelToken] = None, output_dir: Optional[Path] = None) -> AssessmentNodes:
+    """Assess the IPMN risk and add the heat map (on T2's grid) and a result table to the scene."""
+    from PancreasAILib.devices import resolve_device
+
+    from .inference import assess, render_grid_png
+    from .models import model_registry
+    from .summary import assessment_summary
+
+    t1 = volume_from_node(t1_node, "T1 volume")
+    t2 = volume_from_node(t2_node, "T2 volume")
+    region = region_box_from_node(region_node, point_box_size_mm)
+    card = model_registry().resolve(model, progress=progress)
+    assessment = assess(t1, t2, region, card, tta=tta, device=resolve_device(device), progress=progress,
+                        cancel=cancel)
+    output_dir = Path(output_dir or tempfile.mkdtemp(prefix="IPMNRisk-"))
+    case = t2_node.GetName()
+    png = render_grid_png(assessment, output_dir / f"{_safe(case)}_ipmn_grid.png")
+    summary = assessment_summary(assessment, region, case)
+    return add_assessment_to_scene(t2_node, assessment.heat_map, summary, png)
+
+
+def import_assessment_files(t2_node, output_dir: str | Path) -> AssessmentNodes:
+    """Put what `ipmn-risk assess` wrote into `output_dir` into the scene beside `t2_node`."""
+    from PancreasAILib.mrml import world_ijk_to_ras
+    from PancreasAILib.volume_io import read_volume
+
+    from .summary import read_summary
+
+    output_dir = Path(output_dir)
+    results = sorted(output_dir.glob("*_ipmn_result.json"))
+    if len(results) != 1:
+        raise InputError(f"Expected one *_ipmn_result.json in {output_dir}, found {len(results)}.")
+    stem = results[0].name[: -len("_ipmn_result.json")]
+    heat_map = read_volume(output_dir / f"{stem}_ipmn_heatmap.nrrd")
+    dims = t2_node.GetImageData().GetDimensions()[::-1]
+    if heat_map.shape != tuple(dims) or not np.allclose(heat_map.ijk_to_ras, world_ijk_to_ras(t2_node), atol=1e-3):
+        raise InputError(f"The heat map in {output_dir} is not on the grid of '{t2_node.GetName()}'.")
+    png = output_dir / f"{stem}_ipmn_grid.png"
+    return add_assessment_to_scene(t2_node, heat_map, read_summary(results[0]), png if png.exists() else None)
+
+
+def add_assessment_to_scene(t2_node, heat_map: Volume, summary: dict, grid_png: Optional[Path]) -> AssessmentNodes:
+    """Heat-map volume (inferno, 0..1) and a result table, both beside T2 in the hierarchy."""
+    scene = t2_node.GetScene()
+    with removing_new_nodes_on_error(scene):
+        # The heat map lies on T2's own grid; under T2's parent transform like T2.
+        local = Volume(heat_map.array.astype(np.float32), _local_ijk_to_ras(t2_node, heat_map))
+        heat_node = add_volume_node(scene, local, scene.GenerateUniqueName(f"{t2_node.GetName()} IPMN attention"))
+        display = heat_node.GetDisplayNode()
+        display.SetAndObserveColorNodeID(inferno_color_node(scene).GetID())
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevelMinMax(0.0, 1.0)
+        heat_node.SetAttribute("IPMNRisk.ResearchUseOnly", "true")
+        table_node = _result_table(scene, summary, t2_node.GetName())
+        for node in (heat_node, table_node):
+            place_beside(scene, node, t2_node)
+    return AssessmentNodes(
+        risk_class=int(summary["risk_class"]), class_name=summary["class_name"],
+        probabilities=np.asarray(summary["probabilities"]), spread=np.asarray(summary["spread"]),
+        heat_map_node=heat_node, table_node=table_node, grid_png_path=grid_png, summary=summary)
+
+
+def _local_ijk_to_ras(t2_node, heat_map: Volume) -> np.ndarray:
+    """`heat_map` is in world space; undo T2's parent transform, as the node will sit under it."""
+    import vtk
+
+    transform = t2_node.GetParentTransformNode()
+    if transform is None:
+        return heat_map.ijk_to_ras
+    to_world = vtk.vtkMatrix4x4()
+    transform.GetMatrixTransformToWorld(to_world)
+    return np.linalg.inv(numpy_matrix(to_world)) @ heat_map.ijk_to_ras
+
+
+def _result_table(scene, summary: dict, t2_name: str):
+    table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{t2_name} IPMN risk"))
+    table = table_node.GetTable()
+    import vtk
+
+    for name in ("Quantity", "Value"):
+        column = vtk.vtkStringArray()
+        column.SetName(name)
+        table.AddColumn(column)
+    rows = [("Risk class", summary["class_name"])]
+    rows += [(f"P({name})", f"{p:.3f} +- {s:.3f}") for name, p, s in
+             zip(summary["class_names"], summary["probabilities"], summary["spread"])]
+    rows += [("Test-time views", str(summary["test_time_views"])), ("Model", summary["model"]),
+             ("Region centre RAS (mm)", " ".join(f"{v:.1f}" for v in summary["region"]["center_ras"])),
+             ("Region size (mm)", " ".join(f"{v:.1f}" for v in summary["region"]["size_mm"])),
+             ("Note", RESEARCH_LABEL + ": " + summary["research_use_notice"])]
+    for quantity, value in rows:
+        row = table.InsertNextBlankRow()
+        table.SetValue(row, 0, vtk.vtkVariant(quantity))
+        table.SetValue(row, 1, vtk.vtkVariant(value))
+    table_node.Modified()
+    return table_node
+
+
+def inferno_color_node(scene):
+    """Our inferno colour table (Slicer's own colour files may be absent), made once per scene."""
+    from .colormap import colormap_table
+
+    existing = scene.GetFirstNodeByName(COLOR_TABLE_NAME)
+    if existing is not None:
+        return existing
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", COLOR_TABLE_NAME)
+    node.SetTypeToUser()
+    table = colormap_table(256)
+    node.SetNumberOfColors(len(table))
+    for index, (r, g, b) in enumerate(table):
+        node.SetColor(index, f"{index}", float(r), float(g), float(b), 1.0)
+    node.SetAttribute("Category", "PancreasAI")
+    return node
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "case"

@@ -1,0 +1,36 @@
+"""An assessment's result as plain data: written by the command line as JSON, read back by
+the Slicer adapter and by batch scripts, so every path reports the same fields."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .inference import Assessment
+from .grids import RegionBox
+
+
+def assessment_summary(assessment: Assessment, region: RegionBox, case: str) -> dict:
+    """JSON-able fields of one assessment (no arrays but the small ones)."""
+    return {
+        "case": case,
+        "risk_class": assessment.risk_class,
+        "class_name": assessment.class_name,
+        "class_names": list(assessment.class_names),
+        "probabilities": [float(p) for p in assessment.probabilities],
+        "spread": [float(s) for s in assessment.spread],
+        "test_time_views": assessment.views,
+        "model": assessment.model_name,
+        "region": {"center_ras": [float(v) for v in region.center_ras],
+                   "size_mm": [float(v) for v in region.size_mm]},
+        "research_use_notice": assessment.research_use_notice,
+    }
+
+
+def write_summary(summary: dict, path: Path) -> Path:
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_summary(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -1,0 +1,372 @@
+"""Evaluate pancreas segmentation per patient: Dice and 95 % Hausdorff distance (mm) to CSV,
+a mean +- sd table like Table 1 of the MoNet paper (Markdown), and box plots (PNG).
+
+What is evaluated (give one or more; all go into one table):
+  --model [NAME=]PATH_OR_NAME     a segmentation model file (.safetensors with its .json card) or a
+                                  PancreasSegMoNet registry name. MoNet and the paper's baselines run
+                                  through the module's own pipeline (PancreasSegMoNetLib.segment_ct).
+  --predictions [NAME=]DIR        label maps made by any tool, one per case, named <case>.nii.gz
+                                  or <case>_pancreas.nii.gz (what pancreas-seg writes)
+Against the ground truth of:
+  --msd DIR | --images DIR --labels DIR | --phantoms N
+  --cases-of RUN                  only the validation cases of a training run (the run's
+                                  .safetensors, .json or .run/data.json)
+
+Metrics are computed on the ground truth's voxel grid with its physical spacing; every non-zero
+label is pancreas. Writes to --output: per_case_metrics.csv, summary.md, dice_boxplot.png,
+hd95_boxplot.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+for sub in ("PancreasAI", "PancreasSegMoNet"):
+    if str(HERE.parents[2] / sub) not in sys.path:
+        sys.path.insert(0, str(HERE.parents[2] / sub))
+
+from PancreasAILib.cli_support import case_name  # noqa: E402
+from PancreasAILib.errors import InputError, PancreasAIError  # noqa: E402
+from PancreasAILib.volume import Volume  # noqa: E402
+from PancreasAILib.weights import ModelCard  # noqa: E402
+
+from segmentation_data import (DEFAULT_PHANTOM_SHAPE, Case, check_same_grid, folder_cases,  # noqa: E402
+                               msd_cases, phantom_cases)
+from segmentation_metrics import case_metrics  # noqa: E402
+from trainkit.run_files import RunFiles  # noqa: E402
+from trainkit.runlog import progress_bar, run_logging  # noqa: E402
+
+logger = logging.getLogger("evaluate_segmentation")
+
+METRICS_FILE = "per_case_metrics.csv"
+SUMMARY_FILE = "summary.md"
+COLUMNS = ("model", "case", "dice", "hd95_mm", "reference_ml", "predicted_ml", "seconds")
+
+
+# --- what is evaluated --------------------------------------------------------------------------
+
+@dataclass
+class ModelPredictor:
+    """A model card run through PancreasSegMoNetLib.segment_ct."""
+
+    name: str
+    card: ModelCard
+    device: str
+    threshold: Optional[float]
+    keep_largest_component: bool
+    batch_size: int
+    network: object = None
+
+    def predict(self, case_id: str, ct: Volume) -> Volume:
+        from PancreasSegMoNetLib.segmentation import segment_ct
+
+        with self._pipeline_network():
+            result = segment_ct(ct, self.card, threshold=self.threshold, device=self.device,
+                                keep_largest_component=self.keep_largest_component, batch_size=self.batch_size)
+        for warning in result.warnings:
+            logger.warning("Case %s, %s: %s", case_id, self.name, warning)
+        return result.mask
+
+    @contextlib.contextmanager
+    def _pipeline_network(self) -> Iterator[None]:
+        """segment_ct builds its network with models.build_monet, which takes MoNet cards only;
+        for a baseline card it is handed the baseline instead, so that every model goes through
+        exactly the same pre- and post-processing."""
+        if self.card.architecture == "MoNet":
+            yield
+            return
+        from PancreasSegMoNetLib import segmentation
+        from PancreasSegMoNetLib.models import resolve_device
+
+        from segmentation_networks import load_network
+
+        if self.network is None:
+            self.network = load_network(self.card, resolve_device(self.device))
+        original = segmentation.build_monet
+        segmentation.build_monet = lambda card, device: self.network
+        try:
+            yield
+        finally:
+            segmentation.build_monet = original
+
+    def description(self) -> dict:
+        parameters = self.card.data.get("parameters", {}).get("with_bn_running_stats")
+        size_mb = self.card.weights_path.stat().st_size / 1e6 if self.card.weights_path.exists() else None
+        return {"parameters": parameters, "size_mb": size_mb, "architecture": self.card.architecture}
+
+
+@dataclass
+class PredictionFolder:
+    """Label maps already made, one file per case."""
+
+    name: str
+    folder: Path
+
+    def __post_init__(self) -> None:
+        from segmentation_data import volume_files
+
+        if not self.folder.is_dir():
+            raise InputError(f"The prediction folder {self.folder} does not exist.")
+        self.files = {}
+        for path in volume_files(self.folder):
+            name = case_name(path)
+            self.files.setdefault(name[:-len("_pancreas")] if name.endswith("_pancreas") else name, path)
+
+    def predict(self, case_id: str, ct: Volume) -> Volume:
+        from PancreasAILib.volume_io import read_volume
+
+        path = self.files.get(case_id)
+        if path is None:
+            raise InputError(f"Case {case_id}: {self.folder} has no prediction for it (expected "
+                             f"{case_id}.nii.gz or {case_id}_pancreas.nii.gz).")
+        try:
+            return read_volume(path)
+        except PancreasAIError as error:
+            raise InputError(f"Case {case_id}: the prediction of {self.name} could not be read. {error}") from error
+
+    def description(self) -> dict:
+        return {"parameters": None, "size_mb": None, "architecture": "label maps"}
+
+
+def _named(item: str) -> tuple[Optional[str], str]:
+    """'NAME=VALUE' -> (NAME, VALUE); 'VALUE' -> (None, VALUE)."""
+    name, separator, value = item.partition("=")
+    return (name, value) if separator and name and not Path(item).exists() else (None, item)
+
+
+def build_predictors(args) -> list:
+    from PancreasSegMoNetLib.models import model_registry
+
+    predictors = []
+    for item in args.model or []:
+        name, reference = _named(item)
+        card = model_registry().resolve(reference)
+        predictors.append(ModelPredictor(name or card.name, card, args.device, args.threshold,
+                                         not args.no_largest_component, args.batch_size))
+    for item in args.predictions or []:
+        name, folder = _named(item)
+        predictors.append(PredictionFolder(name or Path(folder).name, Path(folder)))
+    if not predictors:
+        raise InputError("Nothing to evaluate: give --model and/or --predictions.")
+    names = [p.name for p in predictors]
+    if len(set(names)) != len(names):
+        raise InputError(f"Two of the evaluated models have the same name ({', '.join(names)}); "
+                         "name them with NAME=PATH.")
+    return predictors
+
+
+# --- ground truth -------------------------------------------------------------------------------
+
+def discover_cases(args) -> list[Case]:
+    if args.msd:
+        cases = msd_cases(Path(args.msd))
+    elif args.images or args.labels:
+        if not (args.images and args.labels):
+            raise InputError("--images and --labels go together: the CT folder and the label folder.")
+        cases = folder_cases(Path(args.images), Path(args.labels))
+    else:
+        cases = phantom_cases(args.phantoms, args.first_seed, args.phantom_shape)
+    if args.cases_of:
+        cases = validation_cases_of(Path(args.cases_of), cases)
+    return cases
+
+
+def validation_cases_of(run: Path, cases: list[Case]) -> list[Case]:
+    """The cases a training run held out for validation (from its run folder's data.json)."""
+    manifest = run if run.name == "data.json" else RunFiles.for_output(
+        run.with_suffix("") if run.suffix in (".json", ".safetensors") else run).data_manifest
+    if not manifest.is_file():
+        raise InputError(f"{manifest} does not exist: give the .safetensors of a run made by train_monet.py "
+                         "(its .run folder must be beside it) or the run's data.json.")
+    document = json.loads(manifest.read_text(encoding="utf-8"))
+    wanted = [c["case_id"] for c in document["cases"] if c.get("split") == "validation"]
+    known = {case.case_id: case for case in cases}
+    missing = [case_id for case_id in wanted if case_id not in known]
+    if missing:
+        raise InputError(f"{len(missing)} validation case(s) of the run are not in the data given "
+                         f"({', '.join(missing[:5])}): evaluate on the data the model was trained with.")
+    return [known[case_id] for case_id in wanted]
+
+
+# --- evaluation and reports -----------------------------------------------------------------------
+
+def evaluate(cases: Sequence[Case], predictors: Sequence, save_predictions: Optional[Path] = None) -> list[dict]:
+    """One row per (model, case): the metrics of segmentation_metrics.case_metrics."""
+    from PancreasAILib.volume_io import write_volume
+
+    rows = []
+    for case in progress_bar(cases, description="Evaluating"):
+        ct, reference = case.load()
+        for predictor in predictors:
+            started = time.perf_counter()
+            prediction = predictor.predict(case.case_id, ct)
+            seconds = time.perf_counter() - started
+            check_same_grid(case.case_id, reference, prediction, "ground truth", f"prediction of {predictor.name}")
+            row = {"model": predictor.name, "case": case.case_id, **case_metrics(prediction, reference),
+                   "seconds": seconds if isinstance(predictor, ModelPredictor) else None}
+            rows.append(row)
+            logger.info("%s %s: Dice %.3f, HD95 %s mm", case.case_id, predictor.name, row["dice"],
+                        "-" if math.isnan(row["hd95_mm"]) else f"{row['hd95_mm']:.1f}")
+            if save_predictions is not None and isinstance(predictor, ModelPredictor):
+                write_volume(prediction, save_predictions / predictor.name / f"{case.case_id}.nii.gz")
+    return rows
+
+
+def write_metrics_csv(rows: Sequence[dict], path: Path) -> None:
+    digits = {"dice": 4, "hd95_mm": 2, "reference_ml": 2, "predicted_ml": 2, "seconds": 2}
+    with open(path, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: _csv_value(row[key], digits.get(key)) for key in COLUMNS})
+
+
+def _csv_value(value, digits: Optional[int]):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return round(value, digits) if digits is not None else value
+
+
+def mean_sd(values: Sequence[float], digits: int) -> str:
+    """'mean ± sd' (sample standard deviation) of the finite values; '-' when there are none."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return "-"
+    if len(finite) == 1:
+        return f"{finite[0]:.{digits}f}"
+    return f"{np.mean(finite):.{digits}f} ± {np.std(finite, ddof=1):.{digits}f}"
+
+
+def summary_table(rows: Sequence[dict], predictors: Sequence, data_text: str) -> str:
+    """Markdown: one line per model as in the paper's Table 1, with notes on what was left out."""
+    lines = [f"# Segmentation evaluation: {data_text}", "",
+             "| model | parameters | weights (MB) | Dice | HD95 (mm) | cases |", "|---|---|---|---|---|---|"]
+    notes = []
+    for predictor in predictors:
+        mine = [row for row in rows if row["model"] == predictor.name]
+        info = predictor.description()
+        parameters = f"{info['parameters']:,}" if info["parameters"] else "-"
+        size = f"{info['size_mb']:.1f}" if info["size_mb"] else "-"
+        lines.append(f"| {predictor.name} | {parameters} | {size} | {mean_sd([r['dice'] for r in mine], 3)} | "
+                     f"{mean_sd([r['hd95_mm'] for r in mine], 1)} | {len(mine)} |")
+        empty = [r["case"] for r in mine if r["predicted_ml"] == 0 and r["reference_ml"] > 0]
+        if empty:
+            notes.append(f"{predictor.name}: no pancreas predicted in {len(empty)} case(s) ({', '.join(empty[:10])}): "
+                         "Dice 0, left out of the HD95 mean.")
+    no_reference = sorted({r["case"] for r in rows if r["reference_ml"] == 0})
+    if no_reference:
+        notes.append(f"No pancreas in the ground truth of {', '.join(no_reference)}: left out of both means.")
+    lines += ["", "Mean ± sample standard deviation over cases. Dice and HD95 per case on the ground truth's "
+              "voxel grid, in mm with its spacing; HD95 = the larger of the two directed 95th-percentile "
+              "surface distances (MONAI's convention). Parameters include BatchNorm running statistics, "
+              "as the paper counts them."]
+    lines += [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def box_plots(rows: Sequence[dict], names: Sequence[str], folder: Path) -> list[Path]:
+    """dice_boxplot.png and hd95_boxplot.png, one box per model with every case as a dot."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.warning("matplotlib is not installed, so there are no box plots (pip install matplotlib); "
+                       "the CSV and the table are complete.")
+        return []
+    written = []
+    for key, label, file_name in (("dice", "Dice", "dice_boxplot.png"), ("hd95_mm", "HD95 (mm)", "hd95_boxplot.png")):
+        data = [np.array([r[key] for r in rows if r["model"] == name and math.isfinite(r[key])]) for name in names]
+        figure = Figure(figsize=(1.8 + 1.4 * len(names), 4.2))
+        axes = figure.subplots()
+        axes.boxplot([d if len(d) else np.array([np.nan]) for d in data], showmeans=True)
+        for position, values in enumerate(data, start=1):
+            spread = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(len(values))
+            axes.plot(position + spread, values, "o", markersize=3, alpha=0.6, color="tab:blue")
+        axes.set_xticks(range(1, len(names) + 1), names, rotation=20 if len(names) > 3 else 0)
+        axes.set_ylabel(label)
+        axes.set_title(f"{label} per case")
+        axes.grid(axis="y", alpha=0.3)
+        path = folder / file_name
+        figure.savefig(path, dpi=150, bbox_inches="tight")
+        written.append(path)
+    return written
+
+
+def describe(args, count: int) -> str:
+    if args.msd:
+        source = f"MSD {Path(args.msd).name}"
+    elif args.images:
+        source = f"{Path(args.images).name} / {Path(args.labels).name}"
+    else:
+        source = f"synthetic CT phantoms (seeds {args.first_seed}-{args.first_seed + args.phantoms - 1})"
+    return f"{source}, {count} case(s)" + (" (validation cases of the run)" if args.cases_of else "")
+
+
+def run(args) -> int:
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    with run_logging(output / "evaluate.log", is_main=True):
+        try:
+            cases = discover_cases(args)
+            predictors = build_predictors(args)
+            logger.info("Evaluating %s on %d case(s)", ", ".join(p.name for p in predictors), len(cases))
+            rows = evaluate(cases, predictors, output / "predictions" if args.save_predictions else None)
+        except PancreasAIError as error:
+            logger.error("error: %s", error)
+            return 2
+        write_metrics_csv(rows, output / METRICS_FILE)
+        table = summary_table(rows, predictors, describe(args, len(cases)))
+        (output / SUMMARY_FILE).write_text(table, encoding="utf-8")
+        plots = box_plots(rows, [p.name for p in predictors], output)
+        print(table)
+        logger.info("Wrote %s", ", ".join(str(p) for p in [output / METRICS_FILE, output / SUMMARY_FILE, *plots]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = parser.add_argument_group("what is evaluated")
+    what.add_argument("--model", action="append", metavar="[NAME=]MODEL",
+                      help="model file (.safetensors/.json) or registry name; repeat to compare")
+    what.add_argument("--predictions", action="append", metavar="[NAME=]DIR",
+                      help="folder of predicted label maps; repeat to compare")
+    data = parser.add_argument_group("ground truth (give one source)")
+    source = data.add_mutually_exclusive_group(required=True)
+    source.add_argument("--msd", metavar="DIR", help="Medical Segmentation Decathlon Task07_Pancreas folder")
+    source.add_argument("--images", metavar="DIR", help="folder of CT files (with --labels)")
+    source.add_argument("--phantoms", type=int, metavar="N", help="number of synthetic CT phantoms")
+    data.add_argument("--labels", metavar="DIR", help="folder of label files named as the CTs")
+    data.add_argument("--first-seed", type=int, default=0, help="seed of the first phantom")
+    data.add_argument("--phantom-shape", type=int, nargs=3, default=list(DEFAULT_PHANTOM_SHAPE),
+                      metavar=("K", "J", "I"), help="phantom size in voxels")
+    data.add_argument("--cases-of", metavar="RUN", help="only the validation cases of this training run")
+    options = parser.add_argument_group("running models")
+    options.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
+    options.add_argument("--threshold", type=float, help="probability threshold (default: the model card's)")
+    options.add_argument("--no-largest-component", action="store_true",
+                         help="keep every connected piece, not only the largest")
+    options.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    options.add_argument("--save-predictions", action="store_true",
+                         help="also write each model's label maps to OUTPUT/predictions/<model>/")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the CSV, table and plots")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
