@@ -1,5 +1,5 @@
-"""The demo: segment the bundled sample CT (and assess the sample MRI pair when IPMNRisk is
-ready), write results, a PNG and a Slicer scene, and say where they are.
+"""The demo: segment the bundled sample CT and assess the bundled T1/T2 sample pair; write the
+results, PNGs and Slicer scenes, and say where they are.
 
     ./pancreasai.sh demo [--output DIR] [--ct FILE]
 """
@@ -53,6 +53,31 @@ def demo_segmentation(ct_path: Path, output: Path) -> list[Path]:
     return [seg_path, label_path, png, mrb]
 
 
+def sample_mri_pair(folder: Path) -> tuple[Path, Path, tuple, tuple]:
+    """The bundled MRI sample: a synthetic T1/T2 pair with a high-risk IPMN, and its box."""
+    from IPMNRiskLib.phantom import make_mr_phantom
+    from PancreasAILib.volume import Volume
+    from PancreasAILib.volume_io import write_volume
+
+    phantom = make_mr_phantom(SAMPLE_SEED, risk_class=2)
+    t1 = write_volume(Volume(phantom.t1, phantom.ijk_to_ras), folder / "sample_mr_phantom_t1.nii.gz")
+    t2 = write_volume(Volume(phantom.t2, phantom.ijk_to_ras), folder / "sample_mr_phantom_t2.nii.gz")
+    center, size = phantom.pancreas_box_ras
+    return t1, t2, tuple(center), tuple(size)
+
+
+def demo_ipmn(output: Path) -> list[Path]:
+    from IPMNRiskLib.cli import Case, output_paths, run_cases
+
+    t1, t2, center, size = sample_mri_pair(output)
+    print("\n== IPMNRisk: assessing the sample T1/T2 pair (synthetic; the phantom has a high-risk IPMN) ==")
+    rows = run_cases([Case("sample_mr_phantom", t1, t2, center, size)], output, overwrite=True)
+    if rows[0]["status"] != "ok":
+        raise SystemExit("The demo IPMN assessment failed; see the message above.")
+    paths = output_paths(output, "sample_mr_phantom")
+    return [t1, t2, *paths.values()]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=ROOT / "output" / "demo")
@@ -61,11 +86,13 @@ def main(argv=None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     ct_path = args.ct or sample_ct(args.output)
     written = demo_segmentation(ct_path, args.output)
+    written += demo_ipmn(args.output)
     print("\nWritten:")
     for path in written:
         print(f"  {path}")
-    print("\nOpen the .mrb in 3D Slicer (File > Add Data) to review, or look at the PNG.\n"
-          "The bundled weights were trained on synthetic phantoms: a demonstration, not a diagnosis.")
+    print("\nOpen the .mrb files in 3D Slicer (File > Add Data) to review, or look at the PNGs.\n"
+          "The bundled weights were trained on synthetic phantoms: a demonstration, not a diagnosis.\n"
+          "IPMN risk results are for research use only.")
     return 0
 
 

@@ -89,7 +89,7 @@ class ModelPredictor:
             yield
             return
         from PancreasSegMoNetLib import segmentation
-        from PancreasSegMoNetLib.models import resolve_device
+        from PancreasAILib.devices import resolve_device
 
         from segmentation_networks import load_network
 

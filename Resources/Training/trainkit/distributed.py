@@ -128,12 +128,9 @@ def resolve_training_device(request: str, local_rank: int):
     """'auto' -> this process's GPU if there is one, else the CPU; 'cuda' without a GPU is an error."""
     import torch
 
-    request = (request or "auto").lower()
-    if request not in ("auto", "cpu", "cuda", "gpu"):
-        raise PancreasAIError(f"Unknown device '{request}'; use auto, cpu or cuda.")
-    if request in ("cuda", "gpu") and not torch.cuda.is_available():
-        raise PancreasAIError("No CUDA GPU is available to PyTorch here; use --device cpu or auto.")
-    if request == "cpu" or not torch.cuda.is_available():
+    from PancreasAILib.devices import resolve_device
+
+    if resolve_device(request) == "cpu":
         return torch.device("cpu")
     if local_rank >= torch.cuda.device_count():
         raise PancreasAIError(

@@ -1,0 +1,311 @@
+"""train_monet.py end to end on tiny synthetic data: the card it writes is one the module loads
+and runs, MSD folders and bad data are handled, a resumed run is the uninterrupted run, and
+torchrun with two CPU processes writes a card with the same fields."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train_monet
+from PancreasAILib.errors import InputError
+from PancreasAILib.volume import Volume
+from PancreasAILib.volume_io import write_volume
+from PancreasAILib.weights import read_model_card
+from PancreasSegMoNetLib.phantom import make_ct_phantom
+from segmentation_data import FileCase, msd_cases, slices_on_model_grid
+
+SCRIPT = Path(train_monet.__file__)
+# 3 phantoms of 12 slices of 64 x 64, slices of 64 x 64 for the network, 2 steps of 2 slices.
+TINY = ["--phantoms", "3", "--phantom-shape", "12", "64", "64", "--input-size", "64",
+        "--batch-size", "2", "--steps-per-epoch", "2", "--device", "cpu"]
+TINY_FILES = ["--input-size", "64", "--batch-size", "2", "--steps-per-epoch", "1", "--epochs", "1",
+              "--device", "cpu"]
+
+
+def run_training(*arguments) -> int:
+    return train_monet.main([str(a) for a in arguments])
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory):
+    """An uninterrupted run of two epochs; returns its output path (without suffix)."""
+    output = tmp_path_factory.mktemp("uninterrupted") / "monet"
+    assert run_training(*TINY, "--epochs", "2", "--output", output) == 0
+    return output
+
+
+def card_of(output: Path) -> dict:
+    return json.loads(output.with_suffix(".json").read_text())
+
+
+def checkpoint_tensors(output: Path, epoch: int) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(output.with_suffix(".run") / "checkpoints" / f"epoch-{epoch:04d}.safetensors"))
+
+
+def log_of(output: Path) -> str:
+    return (output.with_suffix(".run") / "train.log").read_text()
+
+
+# --- the model card -------------------------------------------------------------------------------
+
+def test_card_is_loaded_and_run_by_the_segmentation_module(two_epoch_run):
+    from PancreasSegMoNetLib.models import build_monet
+    from PancreasSegMoNetLib.segmentation import segment_ct
+
+    card = read_model_card(two_epoch_run.with_suffix(".safetensors"))
+    assert build_monet(card, "cpu") is not None
+    phantom = make_ct_phantom(50, shape=(12, 64, 64))
+    result = segment_ct(Volume(phantom.hu, phantom.ijk_to_ras), card, device="cpu")
+    assert result.mask.shape == phantom.hu.shape
+
+
+def test_card_records_protocol_data_hash_and_metrics(two_epoch_run):
+    card = card_of(two_epoch_run)
+    training = card["training"]
+    assert training["protocol"]["learning_rate"] == 5e-4
+    assert training["protocol"]["optimizer"] == "NAdam"
+    assert training["protocol"]["rotation_degrees"] == 10.0
+    assert len(training["data_sha256"]) == 64
+    assert training["cases"] == {"training": 2, "validation": 1}
+    assert "val_slice_dice" in card["metrics"]["validation"]
+    assert card["metrics"]["validation_patients"]["cases"] == 1
+    assert [row["epoch"] for row in card["history"]] == [1, 2]
+    assert "--phantoms 3" in training["command"]
+    assert card["preprocessing"]["input_size"] == 64
+
+
+def test_run_writes_a_readable_log_curves_and_a_checkpoint(two_epoch_run):
+    assert "epoch 2: train loss" in log_of(two_epoch_run)
+    curves = (two_epoch_run.with_suffix(".run") / "curves.csv").read_text().splitlines()
+    assert curves[0].startswith("epoch,train_loss,val_loss")
+    assert len(curves) == 3
+    assert (two_epoch_run.with_suffix(".run") / "checkpoints" / "epoch-0002.json").exists()
+
+
+def test_data_manifest_keeps_the_split_out_of_the_card(two_epoch_run):
+    manifest = json.loads((two_epoch_run.with_suffix(".run") / "data.json").read_text())
+    splits = [case["split"] for case in manifest["cases"]]
+    assert sorted(splits) == ["training", "training", "validation"]
+    assert "phantom-0000" not in two_epoch_run.with_suffix(".json").read_text()
+
+
+# --- resume ---------------------------------------------------------------------------------------
+
+def test_resumed_run_ends_with_the_weights_of_the_uninterrupted_run(two_epoch_run, tmp_path):
+    output = tmp_path / "monet"
+    assert run_training(*TINY, "--epochs", "1", "--output", output) == 0
+    assert run_training(*TINY, "--epochs", "2", "--output", output, "--resume") == 0
+    assert "Resuming after epoch 1" in log_of(output)
+    resumed, uninterrupted = checkpoint_tensors(output, 2), checkpoint_tensors(two_epoch_run, 2)
+    assert resumed.keys() == uninterrupted.keys()
+    different = [key for key in resumed if not torch.equal(resumed[key], uninterrupted[key])]
+    assert different == []
+    assert [row["epoch"] for row in card_of(output)["history"]] == [1, 2]
+
+
+def test_resume_refuses_a_checkpoint_made_with_other_settings(two_epoch_run, tmp_path):
+    output = tmp_path / "monet"
+    assert run_training(*TINY, "--epochs", "1", "--output", output) == 0
+    assert run_training(*TINY, "--epochs", "2", "--lr", "0.001", "--output", output, "--resume") == 2
+    assert "learning_rate" in log_of(output)
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path):
+    output = tmp_path / "monet"
+    assert run_training(*TINY, "--epochs", "1", "--output", output, "--resume") == 2
+    assert "no checkpoint" in log_of(output)
+
+
+# --- data sources -----------------------------------------------------------------------------
+
+def write_msd_folder(root: Path, count: int = 3) -> Path:
+    """Task07_Pancreas layout from tiny phantoms: label 2 (tumour) in the upper half of each
+    pancreas, dataset.json, and macOS '._' companions that must be ignored."""
+    task = root / "Task07_Pancreas"
+    entries = []
+    for index in range(1, count + 1):
+        phantom = make_ct_phantom(index, shape=(12, 64, 64))
+        labels = phantom.pancreas.astype(np.uint8)
+        labels[6:][labels[6:] > 0] = 2
+        name = f"pancreas_{index:03d}.nii.gz"
+        write_volume(Volume(phantom.hu, phantom.ijk_to_ras), task / "imagesTr" / name)
+        write_volume(Volume(labels, phantom.ijk_to_ras), task / "labelsTr" / name)
+        for folder in ("imagesTr", "labelsTr"):
+            (task / folder / f"._{name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    (task / "dataset.json").write_text(json.dumps({
+        "name": "Pancreas", "modality": {"0": "CT"},
+        "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
+        "numTraining": count, "training": entries, "test": []}))
+    return task
+
+
+def test_msd_folder_trains_end_to_end(tmp_path):
+    task = write_msd_folder(tmp_path)
+    output = tmp_path / "runs" / "monet-msd"
+    assert run_training("--msd", task, *TINY_FILES, "--output", output) == 0
+    card = card_of(output)
+    assert card["training"]["data_source"]["kind"] == "msd"
+    assert card["training"]["cases"] == {"training": 2, "validation": 1}
+
+
+def test_msd_cases_come_from_dataset_json_without_macos_files(tmp_path):
+    task = write_msd_folder(tmp_path)
+    cases = msd_cases(task)
+    assert [case.case_id for case in cases] == ["pancreas_001", "pancreas_002", "pancreas_003"]
+
+
+def test_tumour_label_counts_as_pancreas(tmp_path):
+    task = write_msd_folder(tmp_path, count=1)
+    ct, labels = msd_cases(task)[0].load()
+    assert (labels.array == 2).any()
+    _, merged = slices_on_model_grid(ct, labels, train_monet.DEFAULT_PREPROCESSING)
+    _, binary = slices_on_model_grid(ct, labels.with_array(labels.array > 0), train_monet.DEFAULT_PREPROCESSING)
+    assert np.array_equal(merged, binary) and merged.any()
+
+
+def test_folder_pairs_are_matched_by_file_name(tmp_path):
+    task = write_msd_folder(tmp_path, count=2)
+    output = tmp_path / "monet-folders"
+    assert run_training("--images", task / "imagesTr", "--labels", task / "labelsTr", "--validation-fraction", "0.5",
+                        *TINY_FILES, "--output", output) == 0
+    assert card_of(output)["training"]["data_source"]["kind"] == "folders"
+
+
+def test_baseline_card_names_its_class_and_constructor_arguments(tmp_path):
+    output = tmp_path / "unet16"
+    arguments = [a if a != "2" or i != 7 else a for i, a in enumerate(TINY)]
+    assert run_training(*arguments, "--epochs", "1", "--architecture", "unet16", "--output", output) == 0
+    card = card_of(output)
+    assert card["architecture"] == "UNet"
+    assert card["architecture_params"]["base_filters"] == 16
+    assert card["parameters"]["with_bn_running_stats"] == 1_946_705
+
+
+# --- bad data: the message names the case ------------------------------------------------------------
+
+def test_unreadable_ct_is_reported_with_its_case(tmp_path):
+    task = write_msd_folder(tmp_path)
+    (task / "imagesTr" / "pancreas_002.nii.gz").write_bytes(b"not a NIfTI file")
+    output = tmp_path / "monet"
+    assert run_training("--msd", task, *TINY_FILES, "--output", output) == 2
+    assert "Case pancreas_002" in log_of(output)
+
+
+def test_label_map_on_another_grid_is_refused_naming_the_case(tmp_path):
+    task = write_msd_folder(tmp_path, count=1)
+    label_path = task / "labelsTr" / "pancreas_001.nii.gz"
+    phantom = make_ct_phantom(1, shape=(12, 64, 64))
+    shifted = phantom.ijk_to_ras.copy()
+    shifted[:3, 3] += 5.0
+    write_volume(Volume(phantom.pancreas.astype(np.uint8), shifted), label_path)
+    with pytest.raises(InputError, match="pancreas_001.*voxel grid"):
+        msd_cases(task)[0].load()
+
+
+def test_missing_label_file_is_reported_with_its_case(tmp_path):
+    task = write_msd_folder(tmp_path)
+    (task / "labelsTr" / "pancreas_003.nii.gz").unlink()
+    with pytest.raises(InputError, match="pancreas_003"):
+        msd_cases(task)
+
+
+def test_ct_without_label_in_a_folder_pair_is_reported_with_its_case(tmp_path):
+    task = write_msd_folder(tmp_path, count=2)
+    (task / "labelsTr" / "pancreas_002.nii.gz").unlink()
+    with pytest.raises(InputError, match="No label map.*pancreas_002"):
+        train_monet.folder_cases(task / "imagesTr", task / "labelsTr")
+
+
+def test_fractional_label_map_is_refused_naming_the_case(tmp_path):
+    phantom = make_ct_phantom(1, shape=(12, 64, 64))
+    write_volume(Volume(phantom.hu, phantom.ijk_to_ras), tmp_path / "ct.nii.gz")
+    write_volume(Volume(phantom.pancreas * np.float32(0.7), phantom.ijk_to_ras), tmp_path / "labels.nii.gz")
+    case = FileCase("case_7", tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz", "case_7")
+    with pytest.raises(InputError, match="case_7.*fractional"):
+        case.load()
+
+
+# --- protocol pieces -------------------------------------------------------------------------------
+
+def test_split_is_the_seeded_permutation_of_the_first_version():
+    ids = [f"phantom-{n:04d}" for n in range(40)]
+    rng, reference = np.random.default_rng(0), np.random.default_rng(0)
+    is_validation = train_monet.split_by_patient(ids, 0.3, rng)
+    assert set(np.flatnonzero(is_validation)) == set(reference.permutation(40)[:12].tolist())
+    assert rng.random() == reference.random()  # later draws (slice selection) unchanged too
+
+
+def test_split_keeps_all_cases_of_a_patient_on_one_side():
+    patients = [f"p{n // 3}" for n in range(30)]  # 10 patients, 3 scans each
+    is_validation = train_monet.split_by_patient(patients, 0.3, np.random.default_rng(1))
+    for patient in set(patients):
+        sides = {bool(v) for p, v in zip(patients, is_validation) if p == patient}
+        assert len(sides) == 1
+    assert is_validation.sum() == 9
+
+
+def test_soft_dice_loss_is_the_papers_formula():
+    torch.manual_seed(0)
+    probabilities, masks = torch.rand(4, 1, 16, 16), (torch.rand(4, 1, 16, 16) > 0.7).float()
+    expected = 1 - (2 * (probabilities * masks).sum() + 1) / (probabilities.sum() + masks.sum() + 1)
+    assert torch.allclose(train_monet.soft_dice_loss(1.0)(probabilities, masks), expected)
+
+
+def test_validation_loss_is_the_loss_over_all_slices_at_once():
+    from segmentation_data import CachedSlices
+    from trainkit.distributed import Distributed
+
+    rng = np.random.default_rng(0)
+    images = rng.random((40, 8, 8)).astype(np.float16)
+    masks = (rng.random((40, 8, 8)) > 0.6).astype(np.uint8)
+    slices = train_monet.SliceSet([CachedSlices(images, masks, masks.any(axis=(1, 2)))],
+                                  np.stack([np.zeros(40, int), np.arange(40)], axis=1))
+    network = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1), torch.nn.Sigmoid())
+    loss, _ = train_monet.validation_loss(network, slices, 1.0, Distributed(0, 0, 1, torch.device("cpu")))
+    all_images, all_masks = slices.batch(np.arange(40))
+    with torch.no_grad():
+        expected = train_monet.soft_dice_loss(1.0)(network(all_images), all_masks)
+    assert loss == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_crops_hold_the_pancreas_when_the_slice_shows_it():
+    masks = torch.zeros(3, 1, 64, 64)
+    masks[:, :, 40:46, 50:56] = 1
+    corners = train_monet.random_crop_corners(masks, 32, torch.Generator().manual_seed(0))
+    _, cropped = train_monet.crop_batch(masks, masks, corners, 32)
+    assert cropped.shape == (3, 1, 32, 32)
+    assert all(crop.sum() > 0 for crop in cropped)
+
+
+# --- several processes -----------------------------------------------------------------------------
+
+def key_structure(value):
+    """The nested field names of a card (values and list lengths left out)."""
+    if isinstance(value, dict):
+        return {key: key_structure(item) for key, item in value.items()}
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return [key_structure(value[0])]
+    return None
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_cpu_processes_writes_a_card_with_the_same_fields(two_epoch_run, tmp_path):
+    output = tmp_path / "monet-ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(SCRIPT), *TINY, "--epochs", "1", "--output", str(output)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    card = card_of(output)
+    assert key_structure(card) == key_structure(card_of(two_epoch_run))
+    assert card["training"]["hardware"]["processes"] == 2
+    assert card["training"]["hardware"]["backend"] == "gloo"
