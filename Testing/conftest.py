@@ -134,3 +134,13 @@ def small_mr_phantom():
     from IPMNRiskLib.phantom import make_mr_phantom
 
     return make_mr_phantom(seed=5, risk_class=2, shape=(16, 112, 112), spacing=(2.0, 2.0, 4.0))
+
+
+def use_model_for_default(monkeypatch, models_module, card) -> None:
+    """Make a module's registry resolve every name (and the default) to `card`."""
+
+    class Registry:
+        def resolve(self, name=None, **kwargs):
+            return card
+
+    monkeypatch.setattr(models_module, "model_registry", lambda *args, **kwargs: Registry())

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from conftest import use_model_for_default
+
 from PancreasAILib.errors import InputError, OperationCancelled
 from PancreasAILib.mrml import add_volume_node, vtk_matrix
 from PancreasAILib.progress import CancelToken
@@ -14,11 +16,7 @@ from IPMNRiskLib import mrml as adapter
 def use_random_model(monkeypatch, random_vit_card):
     from IPMNRiskLib import models
 
-    class Registry:
-        def resolve(self, name=None, **kwargs):
-            return random_vit_card
-
-    monkeypatch.setattr(models, "model_registry", lambda *a, **k: Registry())
+    use_model_for_default(monkeypatch, models, random_vit_card)
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from conftest import use_model_for_default
+
 from PancreasAILib.errors import InputError, OperationCancelled
 from PancreasAILib.mrml import add_volume_node
 from PancreasAILib.progress import CancelToken
@@ -22,11 +24,7 @@ def use_random_model(monkeypatch, random_monet_card):
     """The adapter resolves 'model=None' through the registry: point it at the random model."""
     from PancreasSegMoNetLib import models
 
-    class Registry:
-        def resolve(self, name=None, **kwargs):
-            return random_monet_card
-
-    monkeypatch.setattr(models, "model_registry", lambda *a, **k: Registry())
+    use_model_for_default(monkeypatch, models, random_monet_card)
 
 
 def segment_voxels(segmentation_node, volume_node, segment_id=adapter.SEGMENT_ID) -> np.ndarray:

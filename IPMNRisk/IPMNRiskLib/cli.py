@@ -23,7 +23,8 @@ from typing import Optional
 
 import numpy as np
 
-from PancreasAILib.cli_support import ProgressPrinter, all_or_nothing, case_name, refuse_existing
+from PancreasAILib.cli_support import (ProgressPrinter, all_or_nothing, case_name, print_models,
+                                       refuse_existing)
 from PancreasAILib.errors import InputError, OperationCancelled, PancreasAIError
 from PancreasAILib.progress import ProgressCallback
 
@@ -213,10 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             from .models import model_registry
 
-            registry = model_registry()
-            for name in registry.names:
-                state = "available" if registry.is_available(name) else "downloads on first use"
-                print(f"{name}\t{registry.entries[name].title}\t({state})")
+            print_models(model_registry())
             return 0
         if args.command == "assess":
             if args.roi_mask is None and (args.roi_center is None or args.roi_size is None):

@@ -96,3 +96,11 @@ def _suffix(path: Path) -> str:
         if name.endswith(suffix):
             return suffix
     return path.suffix
+
+
+def print_models(registry) -> None:
+    """The `models` command: each known model, whether it is here, and the download cache."""
+    for name in registry.names:
+        state = "available" if registry.is_available(name) else "downloads on first use"
+        print(f"{name}\t{registry.entries[name].title}\t({state})")
+    print(f"cache: {registry.cache_dir}")

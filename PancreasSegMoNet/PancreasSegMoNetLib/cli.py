@@ -14,7 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
-from PancreasAILib.cli_support import ProgressPrinter, all_or_nothing, case_name, refuse_existing
+from PancreasAILib.cli_support import (ProgressPrinter, all_or_nothing, case_name, print_models,
+                                       refuse_existing)
 from PancreasAILib.errors import OperationCancelled, PancreasAIError
 from PancreasAILib.segmentation_file import SegmentInfo, write_segmentation
 
@@ -105,11 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             from .models import model_registry
 
-            registry = model_registry()
-            for name in registry.names:
-                state = "available" if registry.is_available(name) else "downloads on first use"
-                print(f"{name}\t{registry.entries[name].title}\t({state})")
-            print(f"cache: {registry.cache_dir}")
+            print_models(model_registry())
             return 0
         failures = segment_files(
             expand_inputs(args.inputs), args.output, args.model, args.device, args.threshold,

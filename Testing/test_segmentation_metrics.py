@@ -1,0 +1,98 @@
+"""Our Dice and HD95 give the known answers on simple masks and agree with MONAI's
+independent implementation (DiceMetric, compute_hausdorff_distance) on irregular ones."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from PancreasAILib.volume import Volume, make_ijk_to_ras
+from segmentation_metrics import case_metrics, dice_coefficient, hausdorff_distance_95
+
+SPACING_KJI = (2.5, 0.7, 0.8)  # slices 2.5 mm apart, 0.7 x 0.8 mm pixels
+
+
+def monai_dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    from monai.metrics import DiceMetric
+
+    as_batch = lambda m: torch.from_numpy(m.astype(np.float32))[None, None]  # noqa: E731
+    return float(DiceMetric(include_background=True, reduction="none")(as_batch(prediction), as_batch(reference)))
+
+
+def monai_hd95(prediction: np.ndarray, reference: np.ndarray, spacing) -> float:
+    from monai.metrics import compute_hausdorff_distance
+
+    as_batch = lambda m: torch.from_numpy(m)[None, None]  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return float(compute_hausdorff_distance(as_batch(prediction), as_batch(reference),
+                                                include_background=True, percentile=95, spacing=list(spacing)))
+
+
+def blob(seed: int, shape=(16, 40, 40)) -> np.ndarray:
+    """An irregular, partly touching-the-border mask."""
+    rng = np.random.default_rng(seed)
+    return ndimage.gaussian_filter(rng.random(shape), 2.5) > 0.5
+
+
+def test_dice_of_half_overlapping_cubes_is_one_half():
+    prediction, reference = np.zeros((20, 20, 20), bool), np.zeros((20, 20, 20), bool)
+    reference[5:15, 5:15, 5:15] = True
+    prediction[10:20, 5:15, 5:15] = True
+    assert dice_coefficient(prediction, reference) == 0.5
+    assert monai_dice(prediction, reference) == pytest.approx(0.5)
+
+
+def test_hd95_of_parallel_plates_is_their_distance_in_mm():
+    prediction, reference = np.zeros((12, 30, 30), bool), np.zeros((12, 30, 30), bool)
+    reference[2] = True
+    prediction[6] = True  # 4 slices of 2.5 mm further
+    assert hausdorff_distance_95(prediction, reference, SPACING_KJI) == pytest.approx(10.0)
+    assert monai_hd95(prediction, reference, SPACING_KJI) == pytest.approx(10.0)
+
+
+def test_hd95_of_two_single_voxels_uses_the_spacing_of_each_axis():
+    prediction, reference = np.zeros((5, 10, 10), bool), np.zeros((5, 10, 10), bool)
+    reference[1, 2, 2] = True
+    prediction[2, 2, 6] = True  # one slice (2.5 mm) and four columns (4 x 0.8 mm) apart
+    expected = math.hypot(2.5, 3.2)
+    assert hausdorff_distance_95(prediction, reference, SPACING_KJI) == pytest.approx(expected)
+    assert monai_hd95(prediction, reference, SPACING_KJI) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dice_and_hd95_agree_with_monai_on_irregular_masks(seed):
+    prediction, reference = blob(seed), blob(seed + 100)
+    assert dice_coefficient(prediction, reference) == pytest.approx(monai_dice(prediction, reference), abs=1e-6)
+    ours = hausdorff_distance_95(prediction, reference, SPACING_KJI)
+    assert ours == pytest.approx(monai_hd95(prediction, reference, SPACING_KJI), rel=1e-5)
+
+
+def test_identical_masks_have_dice_one_and_hd95_zero():
+    mask = blob(5)
+    assert dice_coefficient(mask, mask) == 1.0
+    assert hausdorff_distance_95(mask, mask, SPACING_KJI) == 0.0
+
+
+def test_hd95_is_undefined_when_nothing_is_predicted():
+    reference = blob(0)
+    assert math.isnan(hausdorff_distance_95(np.zeros_like(reference), reference, SPACING_KJI))
+    assert dice_coefficient(np.zeros_like(reference), reference) == 0.0
+
+
+def test_dice_is_undefined_without_a_reference():
+    assert math.isnan(dice_coefficient(blob(0), np.zeros((16, 40, 40), bool)))
+
+
+def test_case_metrics_take_the_spacing_from_the_volume_geometry():
+    reference, prediction = np.zeros((12, 30, 30), np.uint8), np.zeros((12, 30, 30), np.uint8)
+    reference[2], prediction[6] = 1, 1
+    ijk_to_ras = make_ijk_to_ras((0.8, 0.7, 2.5), origin=(10.0, -5.0, 100.0),
+                                 direction=[[-1, 0, 0], [0, -1, 0], [0, 0, 1]])
+    metrics = case_metrics(Volume(prediction, ijk_to_ras), Volume(reference, ijk_to_ras))
+    assert metrics["hd95_mm"] == pytest.approx(10.0)
+    assert metrics["dice"] == 0.0
+    assert metrics["reference_ml"] == pytest.approx(900 * 0.8 * 0.7 * 2.5 / 1000)

@@ -1,0 +1,153 @@
+"""The training kit shared by the MoNet and IPMN scripts: protocol options, checkpoints without
+pickle, random states, file hashes, curves."""
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+from trainkit.checkpoint import (from_json_value, load_latest_checkpoint, optimizer_parts, restore_optimizer,
+                                 save_checkpoint, to_json_value)
+from trainkit.distributed import Distributed
+from trainkit.hashing import FileHashes
+from trainkit.protocol import add_protocol_arguments, changed_fields, option, protocol_from_arguments, protocol_record
+from trainkit.runlog import Curves
+from trainkit.seeding import generator_states, restore_generator_states
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleProtocol:
+    FIXED: ClassVar[dict] = {"optimizer": "Adam"}
+    learning_rate: float = option(0.003, "Adam learning rate", flags=("--learning-rate", "--lr"))
+    batch_size: int = option(8, "samples per step")
+    flips: bool = option(True, "random flips")
+
+
+def parse(*arguments) -> ExampleProtocol:
+    parser = argparse.ArgumentParser()
+    add_protocol_arguments(parser, ExampleProtocol)
+    return protocol_from_arguments(ExampleProtocol, parser.parse_args(list(arguments)))
+
+
+def test_protocol_defaults_are_the_options_defaults():
+    assert parse() == ExampleProtocol()
+
+
+def test_protocol_fields_are_overridden_by_their_options():
+    assert parse("--lr", "0.01", "--batch-size", "4", "--no-flips") == ExampleProtocol(0.01, 4, False)
+
+
+def test_protocol_record_holds_fixed_choices_and_every_field():
+    assert protocol_record(ExampleProtocol()) == {"optimizer": "Adam", "learning_rate": 0.003,
+                                                  "batch_size": 8, "flips": True}
+
+
+def test_changed_fields_name_what_differs():
+    assert changed_fields({"a": 1, "b": 2}, {"a": 1, "b": 3}) == ["b: 2 -> 3"]
+
+
+def test_non_finite_numbers_survive_plain_json():
+    document = json.loads(json.dumps(to_json_value({"best": math.inf, "betas": (0.9, 0.99)})))
+    restored = from_json_value(document)
+    assert restored["best"] == math.inf and restored["betas"] == [0.9, 0.99]
+
+
+def _stepped_model_and_optimizer(seed: int = 0):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.NAdam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(5, 4)).pow(2).sum().backward()
+        optimizer.step()
+    return model, optimizer
+
+
+def test_optimizer_continues_identically_after_a_checkpoint_round_trip(tmp_path):
+    model, optimizer = _stepped_model_and_optimizer()
+    tensors, document = optimizer_parts(optimizer)
+    tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
+    save_checkpoint(tmp_path, 3, tensors, {"optimizer": document})
+    checkpoint = load_latest_checkpoint(tmp_path)
+
+    copy = torch.nn.Linear(4, 2)
+    copy.load_state_dict({k[6:]: v for k, v in checkpoint.tensors.items() if k.startswith("model.")})
+    copy_optimizer = torch.optim.NAdam(copy.parameters(), lr=1e-2)
+    restore_optimizer(copy_optimizer, checkpoint.tensors, checkpoint.state["optimizer"])
+    batch = torch.randn(5, 4)
+    for net, opt in ((model, optimizer), (copy, copy_optimizer)):
+        opt.zero_grad()
+        net(batch).pow(2).sum().backward()
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), copy.parameters()))
+    assert copy_optimizer.param_groups[0]["betas"] == optimizer.param_groups[0]["betas"]
+
+
+def test_only_the_newest_checkpoint_is_kept(tmp_path):
+    for epoch in (1, 2):
+        save_checkpoint(tmp_path, epoch, {"x": torch.zeros(2)}, {"epoch": epoch})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0002.json", "epoch-0002.safetensors"]
+    assert load_latest_checkpoint(tmp_path).state == {"epoch": 2}
+
+
+def test_checkpoint_with_damaged_tensors_is_not_used(tmp_path):
+    save_checkpoint(tmp_path, 1, {"x": torch.zeros(2)}, {})
+    (tmp_path / "epoch-0001.safetensors").write_bytes(b"damaged")
+    assert load_latest_checkpoint(tmp_path) is None
+
+
+def test_checkpoint_files_hold_no_pickle(tmp_path):
+    save_checkpoint(tmp_path, 1, {"x": torch.zeros(2)}, {"note": "plain"})
+    json.loads((tmp_path / "epoch-0001.json").read_text())
+    assert (tmp_path / "epoch-0001.safetensors").read_bytes()[8:9] == b"{"  # safetensors JSON header
+
+
+def test_generators_draw_the_same_numbers_after_restoring_their_states():
+    sampler, rng = torch.Generator().manual_seed(3), np.random.default_rng(3)
+    random.seed(3)
+    np.random.seed(3)
+    tensors, document = generator_states({"sampler": sampler}, {"rng": rng})
+    document = from_json_value(json.loads(json.dumps(to_json_value(document))))
+    expected = (torch.rand(3, generator=sampler), rng.random(3), random.random(), np.random.random())
+    restore_generator_states(tensors, document, {"sampler": sampler}, {"rng": rng})
+    drawn = (torch.rand(3, generator=sampler), rng.random(3), random.random(), np.random.random())
+    assert torch.equal(drawn[0], expected[0]) and np.array_equal(drawn[1], expected[1])
+    assert drawn[2:] == expected[2:]
+
+
+def test_file_hash_is_remembered_until_the_file_changes(tmp_path):
+    data = tmp_path / "ct.nii.gz"
+    data.write_bytes(b"first")
+    hashes = FileHashes(tmp_path / "hashes.json")
+    first = hashes.sha256(data)
+    hashes.save()
+    data.write_bytes(b"second, longer")
+    assert FileHashes(tmp_path / "hashes.json").sha256(data) != first
+
+
+def test_curves_csv_has_one_row_per_epoch(tmp_path):
+    curves = Curves(tmp_path / "curves.csv", None)
+    history = []
+    for epoch in (1, 2):
+        history.append({"epoch": epoch, "loss": 1.0 / epoch})
+        curves.write(history)
+    assert (tmp_path / "curves.csv").read_text().splitlines() == ["epoch,loss", "1,1.0", "2,0.5"]
+
+
+def test_one_process_shards_nothing_away_and_sums_to_itself():
+    single = Distributed(0, 0, 1, torch.device("cpu"))
+    assert single.shard(8) == slice(0, 8)
+    assert single.sum([1.5, 2]) == [1.5, 2.0]
+    assert single.run_on_main(lambda: 7) == 7
+
+
+def test_shards_of_a_batch_cover_it_once():
+    shards = [Distributed(rank, rank, 4, torch.device("cpu")).shard(8) for rank in range(4)]
+    covered = sorted(i for shard in shards for i in range(8)[shard])
+    assert covered == list(range(8))
