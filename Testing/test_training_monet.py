@@ -149,10 +149,11 @@ def write_msd_folder(root: Path, count: int = 3) -> Path:
 def test_msd_folder_trains_end_to_end(tmp_path):
     task = write_msd_folder(tmp_path)
     output = tmp_path / "runs" / "monet-msd"
-    assert run_training("--msd", task, *TINY_FILES, "--output", output) == 0
+    assert run_training("--msd", task, *TINY_FILES, "--crop", "32", "--loss", "dice+bce", "--output", output) == 0
     card = card_of(output)
     assert card["training"]["data_source"]["kind"] == "msd"
     assert card["training"]["cases"] == {"training": 2, "validation": 1}
+    assert (card["training"]["protocol"]["crop"], card["training"]["protocol"]["loss"]) == (32, "dice+bce")
 
 
 def test_msd_cases_come_from_dataset_json_without_macos_files(tmp_path):
@@ -255,6 +256,15 @@ def test_soft_dice_loss_is_the_papers_formula():
     probabilities, masks = torch.rand(4, 1, 16, 16), (torch.rand(4, 1, 16, 16) > 0.7).float()
     expected = 1 - (2 * (probabilities * masks).sum() + 1) / (probabilities.sum() + masks.sum() + 1)
     assert torch.allclose(train_monet.soft_dice_loss(1.0)(probabilities, masks), expected)
+
+
+def test_dice_plus_bce_adds_binary_cross_entropy_to_the_soft_dice():
+    torch.manual_seed(0)
+    probabilities, masks = torch.rand(4, 1, 16, 16), (torch.rand(4, 1, 16, 16) > 0.7).float()
+    protocol = train_monet.MoNetProtocol(loss="dice+bce")
+    expected = train_monet.soft_dice_loss(1.0)(probabilities, masks) + \
+        torch.nn.functional.binary_cross_entropy(probabilities, masks)
+    assert torch.allclose(train_monet.training_loss(protocol)(probabilities, masks), expected)
 
 
 def test_validation_loss_is_the_loss_over_all_slices_at_once():

@@ -9,7 +9,6 @@ import random
 from typing import ClassVar
 
 import numpy as np
-import pytest
 import torch
 
 from trainkit.checkpoint import (from_json_value, load_latest_checkpoint, optimizer_parts, restore_optimizer,

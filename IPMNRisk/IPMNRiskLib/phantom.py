@@ -165,7 +165,7 @@ def _sample_cyst(rng: np.random.Generator, anatomy: Anatomy, risk_class: int, sc
     index = int(rng.uniform(0.1, 0.9) * (len(path) - 1))
     centre = path[index].copy()
     if risk_class == 1:
-        radius = rng.uniform(3.0, 6.0) / scale
+        radius = rng.uniform(4.5, 9.0) / scale  # 9-18 mm: a small branch-duct cyst
         centre[:2] += rng.uniform(-0.4, 0.4, 2) * max(0.0, radii[index] - radius)
         semi = (radius * rng.uniform(0.85, 1.15), radius * rng.uniform(0.85, 1.15), radius * rng.uniform(0.9, 1.2))
         return _Cyst(centre, semi, float(rng.uniform(0, 180)), [], None)

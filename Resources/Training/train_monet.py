@@ -23,6 +23,7 @@ rotation +-10 degrees, zoom +-0.25, shift 0.2, He-uniform initialisation.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -72,7 +73,7 @@ class MoNetProtocol:
 
     FIXED: ClassVar[dict] = {
         "split": "random by patient (scikit-learn GroupShuffleSplit, seeded)",
-        "loss": "soft Dice over the whole batch on sigmoid probabilities (MONAI DiceLoss, batch=True)",
+        "soft_dice": "soft Dice over the whole batch on sigmoid probabilities (MONAI DiceLoss, batch=True)",
         "optimizer": "NAdam",
         "lr_schedule": "ReduceLROnPlateau on the validation loss",
         "augmentation": "random rotation, zoom and shift, identical for a slice and its mask",
@@ -87,6 +88,8 @@ class MoNetProtocol:
     rotation_degrees: float = option(10.0, "largest random rotation in degrees")
     zoom: float = option(0.25, "largest random zoom, as a fraction")
     shift: float = option(0.2, "largest random shift, as a fraction of the slice size")
+    loss: str = option("dice", "training loss: dice (the paper) or dice+bce (soft Dice plus binary "
+                               "cross-entropy)", choices=("dice", "dice+bce"))
     dice_smooth: float = option(1.0, "smoothing added to numerator and denominator of the soft Dice")
     batch_size: int = option(8, "slices per optimiser step, over all processes")
     epochs: int = option(100, "number of epochs (the paper trains to convergence)")
@@ -272,6 +275,19 @@ def soft_dice_loss(smooth: float):
     return DiceLoss(sigmoid=False, batch=True, smooth_nr=smooth, smooth_dr=smooth)
 
 
+def training_loss(protocol: MoNetProtocol):
+    """loss(probabilities, masks): the soft Dice, plus binary cross-entropy for 'dice+bce' (on
+    probabilities clipped to [1e-6, 1 - 1e-6]; MONAI's DiceCELoss wants logits, our networks
+    end in a sigmoid). Validation always uses the soft Dice alone."""
+    import torch.nn.functional as F
+
+    dice = soft_dice_loss(protocol.dice_smooth)
+    if protocol.loss == "dice":
+        return dice
+    return lambda probabilities, masks: dice(probabilities, masks) + F.binary_cross_entropy(
+        probabilities.clamp(1e-6, 1 - 1e-6), masks)
+
+
 def validation_loss(network, slices: SliceSet, smooth: float, dist: Distributed) -> tuple[float, float]:
     """(soft Dice loss, soft Dice) over all validation slices at once: the same formula as the
     training loss, summed over batches (and processes) before dividing."""
@@ -351,11 +367,12 @@ class Run:
     state: RunState
 
     def fingerprint(self) -> dict:
-        """What must not change between a run and its resumption."""
-        protocol = {k: v for k, v in protocol_record(self.protocol).items() if k not in RESUMABLE_CHANGES}
+        """What must not change between a run and its resumption (flat, so that a refusal can
+        name the setting that differs)."""
+        protocol = {k: v for k, v in dataclasses.asdict(self.protocol).items() if k not in RESUMABLE_CHANGES}
         return to_json_value({
             "architecture": self.spec.class_name, "architecture_params": self.spec.params,
-            "preprocessing": self.preprocessing, "protocol": protocol, "seed": self.args.seed,
+            "preprocessing": self.preprocessing, **protocol, "seed": self.args.seed,
             "max_val_slices": self.args.max_val_slices, "data_sha256": self.data_sha256})
 
 
@@ -412,12 +429,14 @@ def start_run(args, argv, dist: Distributed) -> Run:
     steps = protocol.steps_per_epoch or math.ceil(len(train) / protocol.batch_size)
     run = Run(args, argv, protocol, spec, preprocessing, files, dist, description, source, data_sha256,
               prepared, is_validation, train, val, network, None, optimizer, scheduler, sampler,
-              soft_dice_loss(protocol.dice_smooth), steps, RunState())
+              training_loss(protocol), steps, RunState())
     if args.resume:
         resume(run)
-    elif dist.is_main and any(files.checkpoints.glob("epoch-*.json")):
-        logger.warning("Starting a new run: the checkpoint of an earlier run in %s will be replaced "
-                       "(use --resume to continue it instead).", files.checkpoints)
+    elif dist.is_main and any(files.checkpoints.glob("epoch-*")):
+        logger.warning("Starting a new run: removing the checkpoint of an earlier run in %s "
+                       "(--resume would have continued it).", files.checkpoints)
+        for stale in files.checkpoints.glob("epoch-*"):
+            stale.unlink()
     run.model = dist.wrap(network)
     n_val_patients = len({p.patient_id for p, v in zip(prepared, is_validation) if v})
     logger.info("%s: %s parameters (%s with BatchNorm statistics); %s", spec.title,
@@ -605,7 +624,8 @@ def finish(run: Run) -> None:
 
     best = build_network(run.spec).to(run.dist.device)
     best.load_state_dict(load_file(str(run.files.weights)))
-    val_cases = [slices for slices, v in zip(run.train.cases, run.is_validation) if v]
+    every_case = run.train.cases  # a SliceSet refers to the slices of all cases
+    val_cases = [slices for slices, v in zip(every_case, run.is_validation) if v]
     scores = [s for s in patient_dice_on_model_grid(best, val_cases, run.dist.device) if not math.isnan(s)]
     best_row = next(row for row in run.state.history if row["epoch"] == run.state.best_epoch)
     metrics = {"validation": best_row}

@@ -566,9 +566,77 @@ def render_segmentation_section(shape, spacing, model_note: str, runs: list[dict
 
 # --- section 3: IPMN -------------------------------------------------------------------------
 
+IPMN_REPEATS = 5
+IPMN_DEMO_CARD = ROOT / "IPMNRisk" / "Resources" / "Models" / "ipmn-vit-demo-phantom-v1.json"
+
+
+def ipmn_models(workdir: Path) -> list[tuple[str, object]]:
+    """(label, card): ViT-B/16 as in the paper (random weights: the time does not depend on
+    them) and the bundled demo ViT (or a random one of its architecture when absent)."""
+    import torch
+
+    from IPMNRiskLib.grids import INPUT_FORMAT
+    from IPMNRiskLib.model import CLASS_NAMES, DEMO_ARCHITECTURE, PAPER_ARCHITECTURE, create_vit
+    from PancreasAILib.weights import read_model_card, save_model
+
+    cards = []
+    for label, (name, params) in (("ViT-B/16 (paper)", PAPER_ARCHITECTURE), ("demo ViT", DEMO_ARCHITECTURE)):
+        if label == "demo ViT" and IPMN_DEMO_CARD.exists():
+            cards.append((label + " (bundled)", read_model_card(IPMN_DEMO_CARD)))
+            continue
+        torch.manual_seed(0)
+        card = save_model(create_vit(name, params).state_dict(), workdir / f"{name}.safetensors", {
+            "name": name, "architecture": name, "architecture_params": params,
+            "classes": list(CLASS_NAMES), "preprocessing": dict(INPUT_FORMAT)})
+        cards.append((label, card))
+    return cards
+
+
 def ipmn_section(args) -> str:
-    """PLACEHOLDER, to be filled by the lead: IPMN risk (ViT) benchmarks, as Markdown."""
-    return "\n".join(["## 3. IPMN risk", "", "not yet measured", ""])
+    """Seconds for one assessment (T1/T2 phantom, region given) on the CPU, end to end from
+    volumes to probabilities and heat map: without rollout, with rollout, with rollout and
+    the 8 test-time views. Interleaved repeats, median and range."""
+    from IPMNRiskLib.grids import RegionBox
+    from IPMNRiskLib.inference import assess
+    from IPMNRiskLib.phantom import make_mr_phantom
+    from PancreasAILib.volume import Volume
+
+    phantom = make_mr_phantom(4242, 2)
+    t1, t2 = Volume(phantom.t1, phantom.ijk_to_ras), Volume(phantom.t2, phantom.ijk_to_ras)
+    region = RegionBox(*phantom.pancreas_box_ras)
+    settings = (("no rollout, no TTA", dict(rollout=False, tta=False)),
+                ("rollout, no TTA", dict(rollout=True, tta=False)),
+                ("rollout + 8-view TTA", dict(rollout=True, tta=True)))
+    repeats = 1 if args.quick else IPMN_REPEATS
+    with tempfile.TemporaryDirectory(prefix="pancreasai-bench-ipmn-") as workdir:
+        cards = ipmn_models(Path(workdir))
+        times = defaultdict(list)
+        for label, card in cards:  # warm-up: first load, first call
+            assess(t1, t2, region, card, rollout=False, tta=False)
+        for repeat in range(repeats):
+            for label, card in cards:
+                for setting, options in settings:
+                    started = time.perf_counter()
+                    assess(t1, t2, region, card, **options)
+                    times[(label, setting)].append(time.perf_counter() - started)
+            log(f"IPMN repeat {repeat + 1}/{repeats} done")
+    lines = ["## 3. IPMN risk: one assessment on the CPU", "",
+             f"A {phantom.t2.shape[2]} x {phantom.t2.shape[1]} x {phantom.t2.shape[0]} T1/T2 phantom pair, "
+             "region given; from volumes to class probabilities (and heat map on T2's grid when "
+             "rollout is on), model loading included. Median of "
+             f"{repeats} interleaved repeats, range in brackets.", "",
+             "| model | parameters | " + " | ".join(s for s, _ in settings) + " |",
+             "|---|---|" + "---|" * len(settings)]
+    for label, card in cards:
+        from IPMNRiskLib.model import create_vit
+        parameters = sum(p.numel() for p in create_vit(card.architecture, card.architecture_params).parameters())
+        cells = []
+        for setting, _ in settings:
+            values = times[(label, setting)]
+            cells.append(f"{np.median(values):.2f} ({min(values):.2f}-{max(values):.2f})")
+        lines.append(f"| {label} | {parameters:,} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
 
 
 # --- main ------------------------------------------------------------------------------------

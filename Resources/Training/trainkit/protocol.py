@@ -22,10 +22,12 @@ P = TypeVar("P")
 _PARSERS = {"float": float, "int": int, "str": str}
 
 
-def option(default: Any, help: str, flags: Optional[Sequence[str]] = None) -> Any:
-    """A protocol field: its default, the help text of its option, and (optionally) its flags
-    (default: `--field-name`)."""
-    return dataclasses.field(default=default, metadata={"help": help, "flags": tuple(flags or ())})
+def option(default: Any, help: str, flags: Optional[Sequence[str]] = None,
+           choices: Optional[Sequence[Any]] = None) -> Any:
+    """A protocol field: its default, the help text of its option, and optionally its flags
+    (default: `--field-name`) and the values allowed."""
+    return dataclasses.field(default=default, metadata={"help": help, "flags": tuple(flags or ()),
+                                                        "choices": choices})
 
 
 def _flags(field: dataclasses.Field) -> tuple[str, ...]:
@@ -45,7 +47,7 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, protocol_class: type
             continue
         parse = _PARSERS[getattr(hints[field.name], "__name__", str(hints[field.name]))]
         group.add_argument(*_flags(field), dest=field.name, type=parse, default=field.default,
-                           help=help_text)
+                           choices=field.metadata.get("choices"), help=help_text)
 
 
 def protocol_from_arguments(protocol_class: type[P], arguments: argparse.Namespace) -> P:
