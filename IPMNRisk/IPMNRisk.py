@@ -8,10 +8,8 @@ a thin Logic over it. torch and timm are imported only when an assessment runs.
 
 import logging
 import os
-import shutil
 from typing import Annotated, Callable, Optional
 
-import qt
 import vtk
 
 import slicer
@@ -32,7 +30,15 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from PancreasAI import BackgroundTask, ensureDependencies, exportVolume, missingPackages
+from PancreasAI import (
+    BackgroundRunPanel,
+    BackgroundTask,
+    ModelChooser,
+    exportVolume,
+    missingPackages,
+    newWorkDir,
+    startTaskThenImport,
+)
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEVICES = ("auto", "cpu", "cuda")
@@ -40,8 +46,6 @@ REGION_ROI = "ROI box"
 REGION_SEGMENTATION = "Segmentation"
 REGION_POINT = "Point"
 REGION_MODES = (REGION_ROI, REGION_SEGMENTATION, REGION_POINT)
-#: Item data of the model list entry that opens a file dialog.
-LOCAL_FILE_ITEM = "<local file>"
 
 
 #
@@ -125,7 +129,8 @@ class IPMNRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._task = None  # the assessment running in the background, if any
+        self._modelChooser = None
+        self._runPanel = None  # runs the assessment in the background
         self._heatMapNode = None  # the heat map shown in the slice views
 
     def setup(self) -> None:
@@ -137,25 +142,30 @@ class IPMNRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = IPMNRiskLogic()
-        self._fillModelComboBox()
+        self._modelChooser = ModelChooser(
+            self.ui.modelComboBox, self.logic.modelRegistry, lambda: self._parameterNode,
+            _("Choose an IPMN risk model file"), self.parent)
+        self._runPanel = BackgroundRunPanel(
+            self.ui.applyButton, self.ui.cancelButton, self.ui.progressBar, self.ui.statusLabel,
+            self._missingInput,
+            applyToolTip=_("Assess the IPMN risk in the selected region."),
+            runningToolTip=_("An assessment is running; cancel it or wait for it to end."),
+            startFailedMessage=_("Could not start the IPMN risk assessment."),
+            failedMessage=_("The IPMN risk assessment failed.\n\n{reason}"))
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        # "activated" fires only for the user's choices, not when the list follows the parameter node.
-        self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
         self.ui.placeRoiButton.connect("clicked(bool)", self.onPlaceRoiButton)
         self.ui.placePointButton.connect("clicked(bool)", self.onPlacePointButton)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
 
-        self._showProgress(0.0, _("Ready."))
         self.ui.resultLabel.text = _("No assessment yet.")
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        if self._runPanel is not None:
+            self._runPanel.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -169,8 +179,7 @@ class IPMNRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         # The nodes the running assessment would write into are about to disappear.
-        if self._task is not None:
-            self._task.cancel()
+        self._runPanel.cancel()
         self._heatMapNode = None
         self.setParameterNode(None)
 
@@ -195,16 +204,9 @@ class IPMNRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         self._showRegionMode()
-        self._showModel()
+        self._modelChooser.showModel()
         self.logic.setOverlayOpacity(self._heatMapNode, self._parameterNode.overlayOpacity)
-        self._checkCanApply()
-
-    def _checkCanApply(self, caller=None, event=None) -> None:
-        running = self._task is not None
-        self.ui.cancelButton.enabled = running
-        reason = self._missingInput() if not running else _("An assessment is running; cancel it or wait for it to end.")
-        self.ui.applyButton.enabled = not reason
-        self.ui.applyButton.toolTip = reason or _("Assess the IPMN risk in the selected region.")
+        self._runPanel.updateButtons()
 
     def _missingInput(self) -> str:
         """What the user still has to choose, or "" when the assessment can start."""
@@ -254,80 +256,28 @@ class IPMNRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         interactionNode.SetPlaceModePersistence(0)
         interactionNode.SetCurrentInteractionMode(interactionNode.Place)
 
-    # --- model choice ---------------------------------------------------------------------------
-
-    def _fillModelComboBox(self) -> None:
-        comboBox = self.ui.modelComboBox
-        comboBox.clear()
-        registry = self.logic.modelRegistry()
-        for name in registry.names:
-            comboBox.addItem(registry.entries[name].title, name)
-            comboBox.setItemData(comboBox.count - 1, registry.entries[name].title, qt.Qt.ToolTipRole)
-        comboBox.addItem(_("Local file..."), LOCAL_FILE_ITEM)
-
-    def _showModel(self) -> None:
-        """Select the parameter node's model in the list, adding it if it is a local file."""
-        if not self._parameterNode.model:
-            return
-        model = self._parameterNode.model
-        comboBox = self.ui.modelComboBox
-        index = comboBox.findData(model)
-        if index < 0:
-            index = comboBox.count - 1  # local files go just before "Local file..."
-            comboBox.insertItem(index, os.path.basename(model), model)
-            comboBox.setItemData(index, model, qt.Qt.ToolTipRole)
-        comboBox.currentIndex = index
-
-    def onModelActivated(self, index: int) -> None:
-        choice = self.ui.modelComboBox.itemData(index)
-        if choice != LOCAL_FILE_ITEM:
-            self._parameterNode.model = choice
-            return
-        path = qt.QFileDialog.getOpenFileName(
-            self.parent, _("Choose an IPMN risk model file"), "",
-            _("Model files (*.safetensors *.json)"))
-        if path:
-            self._parameterNode.model = path
-        self._showModel()  # back to the current model when the dialog was cancelled
-
     # --- running ------------------------------------------------------------------------------
 
     def onApplyButton(self) -> None:
-        if not ensureDependencies(slicer.util.mainWindow()):
-            return
+        self._runPanel.run(self._startAssessment)
+
+    def _startAssessment(self) -> BackgroundTask:
         parameters = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Could not start the IPMN risk assessment."), waitCursor=True):
-            self._task = self.logic.startAssessment(
-                parameters.t1Volume, parameters.t2Volume, self._regionNode(), model=parameters.model,
-                device=parameters.device, testTimeAugmentation=parameters.testTimeAugmentation,
-                pointBoxSizeMm=parameters.pointBoxSizeMm,
-                onProgress=self._showProgress, onFinished=self._onAssessmentFinished)
-            self._showProgress(0.0, _("Starting..."))
-        self._checkCanApply()
-
-    def onCancelButton(self) -> None:
-        if self._task is not None:
-            self._showProgress(self.ui.progressBar.value / 100.0, _("Cancelling..."))
-            self._task.cancel()
-
-    def _showProgress(self, fraction: float, status: str) -> None:
-        self.ui.progressBar.value = round(100 * fraction)
-        self.ui.statusLabel.text = status
+        return self.logic.startAssessment(
+            parameters.t1Volume, parameters.t2Volume, self._regionNode(), model=parameters.model,
+            device=parameters.device, testTimeAugmentation=parameters.testTimeAugmentation,
+            pointBoxSizeMm=parameters.pointBoxSizeMm,
+            onProgress=self._runPanel.showProgress, onFinished=self._onAssessmentFinished)
 
     def _onAssessmentFinished(self, result, errorMessage: str) -> None:
-        self._task = None
-        self._checkCanApply()
-        if result is not None:
-            self._showProgress(1.0, _("Done."))
-            self.ui.resultLabel.text = resultText(result)
-            self._heatMapNode = result.heat_map_node
-            if self._parameterNode:
-                self.logic.showResult(result, self._parameterNode.t2Volume, self._parameterNode.overlayOpacity)
-        elif errorMessage:
-            self._showProgress(0.0, _("Failed."))
-            slicer.util.errorDisplay(_("The IPMN risk assessment failed.\n\n{reason}").format(reason=errorMessage))
-        else:
-            self._showProgress(0.0, _("Cancelled; the scene was not changed."))
+        self._runPanel.taskFinished(result is not None, errorMessage)
+        if result is None:
+            return
+        self._runPanel.showProgress(1.0, _("Done."))
+        self.ui.resultLabel.text = resultText(result)
+        self._heatMapNode = result.heat_map_node
+        if self._parameterNode:
+            self.logic.showResult(result, self._parameterNode.t2Volume, self._parameterNode.overlayOpacity)
 
 
 def resultText(result) -> str:
@@ -413,35 +363,16 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
         """
         from IPMNRiskLib.mrml import region_box_from_node
 
-        workDir = slicer.util.tempDirectory("IPMNRisk")
-        try:
+        with newWorkDir("IPMNRisk") as workDir:
             region = region_box_from_node(roiNode, point_box_size_mm=pointBoxSizeMm)
             t1Path = exportVolume(t1Node, os.path.join(workDir, "t1.nrrd"))
             t2Path = exportVolume(t2Node, os.path.join(workDir, "t2.nrrd"))
             outputDir = os.path.join(workDir, "output")
             arguments = assessmentArguments(t1Path, t2Path, region.center_ras, region.size_mm, outputDir,
                                             model, device, testTimeAugmentation)
-        except BaseException:
-            shutil.rmtree(workDir, ignore_errors=True)
-            raise
-
-        def finished(ok: bool, message: str) -> None:
-            try:
-                if task.cancelled:
-                    outcome = (None, "")
-                elif not ok:
-                    outcome = (None, message)
-                else:
-                    outcome = self._importFinishedResult(t2Node, outputDir)
-                if onFinished:
-                    onFinished(*outcome)
-            finally:
-                shutil.rmtree(workDir, ignore_errors=True)
-
-        task = BackgroundTask("IPMNRiskLib", arguments, pythonPaths=[MODULE_DIR],
-                              onProgress=onProgress, onFinished=finished)
-        task.start()
-        return task
+            return startTaskThenImport("IPMNRiskLib", arguments, [MODULE_DIR], workDir,
+                                       lambda: self._importFinishedResult(t2Node, outputDir),
+                                       onProgress=onProgress, onFinished=onFinished)
 
     def _importFinishedResult(self, t2Node, outputDir: str) -> tuple:
         """(result, "") or (None, reason)."""

@@ -4,9 +4,13 @@ GUI-layer helpers both visible modules (PancreasSegMoNet, IPMNRisk) use:
 - `ensureDependencies`: installs torch (through the PyTorch extension), timm and safetensors
   when a button is first clicked, never at import;
 - `BackgroundTask`: runs a model in a separate PythonSlicer process, reports its progress
-  and can be cancelled, so Slicer never freezes during inference.
+  and can be cancelled, so Slicer never freezes during inference; `newWorkDir` and
+  `startTaskThenImport` give a module's Logic the folder and the import step around it;
+- `ModelChooser` and `BackgroundRunPanel`: the model list and the apply / progress / cancel
+  widgets, which behave the same in both modules.
 """
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
@@ -20,7 +24,7 @@ import tempfile
 import time
 import unittest
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 import qt
 
@@ -28,6 +32,9 @@ import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
+
+if TYPE_CHECKING:
+    from PancreasAILib.weights import ModelRegistry
 
 #: The folder holding this file and the PancreasAILib package (on PYTHONPATH of every task).
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -362,6 +369,46 @@ class BackgroundTask:
             self.onFinished(ok, message)
 
 
+@contextlib.contextmanager
+def newWorkDir(name: str) -> Iterator[str]:
+    """A new temporary folder (named after `name`) for the files of a background task; it is
+    removed if the block raises. Once the task has started, `startTaskThenImport` removes it."""
+    workDir = slicer.util.tempDirectory(name)
+    try:
+        yield workDir
+    except BaseException:
+        shutil.rmtree(workDir, ignore_errors=True)
+        raise
+
+
+def startTaskThenImport(package: str, arguments: Sequence[str], pythonPaths: Sequence[str], workDir: str,
+                        importResult: Callable[[], tuple],
+                        onProgress: Optional[Callable[[float, str], None]] = None,
+                        onFinished: Optional[Callable] = None) -> BackgroundTask:
+    """Start a `BackgroundTask` that writes its result into `workDir`, and return it at once.
+
+    At the end `onFinished(result, errorMessage)` is called once: on success with what
+    `importResult()` returns ((result, "") or (None, reason)); with None and the reason when
+    the command failed; with None and "" when cancelled. `workDir` is removed afterwards.
+    """
+    def finished(ok: bool, message: str) -> None:
+        try:
+            if task.cancelled:
+                outcome = (None, "")
+            elif not ok:
+                outcome = (None, message)
+            else:
+                outcome = importResult()
+            if onFinished:
+                onFinished(*outcome)
+        finally:
+            shutil.rmtree(workDir, ignore_errors=True)
+
+    task = BackgroundTask(package, arguments, pythonPaths, onProgress=onProgress, onFinished=finished)
+    task.start()
+    return task
+
+
 def killProcessTree(processId: int) -> None:
     """Kill a process and all its descendants. PythonSlicer is a launcher whose child runs the
     Python code: killing the launcher alone would leave the computation running."""
@@ -416,6 +463,161 @@ def _childrenByParent() -> dict[int, list[int]]:
     for pid, ppid in pairs:
         children.setdefault(ppid, []).append(pid)
     return children
+
+
+#
+# Widgets both modules share
+#
+
+#: Item data of the model list entry that opens a file dialog.
+LOCAL_FILE_ITEM = "<local file>"
+
+
+class ModelChooser:
+    """Keeps a model combo box and the `model` field of a module's parameter node in step.
+
+    The list holds the registry's models (by title), then the local model files chosen so far
+    (by file name, the path as tool tip), then "Local file...", which opens a file dialog.
+    Only the user's choices write the parameter node; `showModel` makes the list follow it.
+
+    modelRegistry() - the module's `ModelRegistry`.
+    parameterNode() - the module's parameter node, or None while there is none.
+    folderButton - optional button that opens the folder of downloaded models.
+    """
+
+    def __init__(self, comboBox, modelRegistry: Callable[[], "ModelRegistry"],
+                 parameterNode: Callable[[], Optional[object]], dialogTitle: str, dialogParent=None,
+                 folderButton=None) -> None:
+        self.comboBox = comboBox
+        self.modelRegistry = modelRegistry
+        self.parameterNode = parameterNode
+        self.dialogTitle = dialogTitle
+        self.dialogParent = dialogParent
+        self.fill()
+        # "activated" fires only for the user's choices, not when the list follows the parameter node.
+        comboBox.connect("activated(int)", self.onActivated)
+        if folderButton is not None:
+            folderButton.connect("clicked(bool)", self.openModelFolder)
+
+    def fill(self) -> None:
+        """List the registry's models and the "Local file..." entry (and nothing else)."""
+        comboBox = self.comboBox
+        comboBox.clear()
+        registry = self.modelRegistry()
+        for name in registry.names:
+            comboBox.addItem(registry.entries[name].title, name)
+            comboBox.setItemData(comboBox.count - 1, registry.entries[name].title, qt.Qt.ToolTipRole)
+        comboBox.addItem(_("Local file..."), LOCAL_FILE_ITEM)
+
+    def showModel(self) -> None:
+        """Select the parameter node's model in the list, adding it if it is a local file."""
+        parameterNode = self.parameterNode()
+        if not parameterNode or not parameterNode.model:
+            return
+        model = parameterNode.model
+        comboBox = self.comboBox
+        index = comboBox.findData(model)
+        if index < 0:
+            index = comboBox.count - 1  # local files go just before "Local file..."
+            comboBox.insertItem(index, os.path.basename(model), model)
+            comboBox.setItemData(index, model, qt.Qt.ToolTipRole)
+        comboBox.currentIndex = index
+
+    def onActivated(self, index: int) -> None:
+        choice = self.comboBox.itemData(index)
+        if choice != LOCAL_FILE_ITEM:
+            self.parameterNode().model = choice
+            return
+        path = qt.QFileDialog.getOpenFileName(
+            self.dialogParent, self.dialogTitle, "", _("Model files (*.safetensors *.json)"))
+        if path:
+            self.parameterNode().model = path
+        self.showModel()  # back to the current model when the dialog was cancelled
+
+    def openModelFolder(self) -> None:
+        """Open the folder of downloaded models: to see them, delete them, or copy model files
+        there by hand on computers without internet access."""
+        folder = self.modelRegistry().cache_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
+
+
+class BackgroundRunPanel:
+    """The apply button, progress bar, status label and cancel button of a module whose work
+    runs as a `BackgroundTask`: starts the task, shows its progress, cancels it, and keeps the
+    buttons' state and tool tips in step with it.
+
+    missingInput() - what the user still has to choose, "" when the work can start.
+    applyToolTip, runningToolTip - the apply button's tool tip when it can start / while running.
+    startFailedMessage - shown with the error when the task cannot start.
+    failedMessage - shown when the task failed; "{reason}" is replaced by what it said.
+    """
+
+    def __init__(self, applyButton, cancelButton, progressBar, statusLabel, missingInput: Callable[[], str],
+                 applyToolTip: str, runningToolTip: str, startFailedMessage: str, failedMessage: str) -> None:
+        self.applyButton = applyButton
+        self.cancelButton = cancelButton
+        self.progressBar = progressBar
+        self.statusLabel = statusLabel
+        self.missingInput = missingInput
+        self.applyToolTip = applyToolTip
+        self.runningToolTip = runningToolTip
+        self.startFailedMessage = startFailedMessage
+        self.failedMessage = failedMessage
+        self.task: Optional[BackgroundTask] = None  # the running task, if any
+        cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.showProgress(0.0, _("Ready."))
+
+    def isRunning(self) -> bool:
+        return self.task is not None
+
+    def showProgress(self, fraction: float, status: str) -> None:
+        """Show `fraction` (0 to 1) of the work done and what is being done."""
+        self.progressBar.value = round(100 * fraction)
+        self.statusLabel.text = status
+
+    def updateButtons(self) -> None:
+        """Enable cancel while running, apply when not running and no input is missing; the
+        apply button's tool tip says why it is disabled."""
+        running = self.isRunning()
+        self.cancelButton.enabled = running
+        reason = self.runningToolTip if running else self.missingInput()
+        self.applyButton.enabled = not reason
+        self.applyButton.toolTip = reason or self.applyToolTip
+
+    def run(self, startTask: Callable[[], BackgroundTask]) -> None:
+        """Offer to install missing packages, then follow the task `startTask()` starts. The
+        task's onFinished must call `taskFinished`. An error while starting is shown to the
+        user, then raised on (as `slicer.util.tryWithErrorDisplay` does)."""
+        if not ensureDependencies(slicer.util.mainWindow()):
+            return
+        with slicer.util.tryWithErrorDisplay(self.startFailedMessage, waitCursor=True):
+            self.task = startTask()
+            self.showProgress(0.0, _("Starting..."))
+        self.updateButtons()
+
+    def cancel(self) -> None:
+        """Stop the running task, if any, without a word (for closing scenes and modules)."""
+        if self.task is not None:
+            self.task.cancel()
+
+    def onCancelButton(self) -> None:
+        if self.task is not None:
+            self.showProgress(self.progressBar.value / 100.0, _("Cancelling..."))
+            self.task.cancel()
+
+    def taskFinished(self, succeeded: bool, errorMessage: str) -> None:
+        """Forget the ended task and show a failure (status and message box) or a cancellation
+        (no `errorMessage`); on success the caller shows its result."""
+        self.task = None
+        self.updateButtons()
+        if succeeded:
+            return
+        if errorMessage:
+            self.showProgress(0.0, _("Failed."))
+            slicer.util.errorDisplay(self.failedMessage.format(reason=errorMessage))
+        else:
+            self.showProgress(0.0, _("Cancelled; the scene was not changed."))
 
 
 #

@@ -7,10 +7,8 @@ thin Logic over it. torch is imported only when a segmentation runs.
 
 import logging
 import os
-import shutil
 from typing import Annotated, Callable, Optional
 
-import qt
 import vtk
 
 import slicer
@@ -26,12 +24,18 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from PancreasAI import BackgroundTask, ensureDependencies, exportVolume, missingPackages
+from PancreasAI import (
+    BackgroundRunPanel,
+    BackgroundTask,
+    ModelChooser,
+    exportVolume,
+    missingPackages,
+    newWorkDir,
+    startTaskThenImport,
+)
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEVICES = ("auto", "cpu", "cuda")
-#: Item data of the model list entry that opens a file dialog.
-LOCAL_FILE_ITEM = "<local file>"
 
 
 #
@@ -107,7 +111,8 @@ class PancreasSegMoNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._task = None  # the segmentation running in the background, if any
+        self._modelChooser = None
+        self._runPanel = None  # runs the segmentation in the background
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -118,23 +123,27 @@ class PancreasSegMoNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = PancreasSegMoNetLogic()
-        self._fillModelComboBox()
+        self._modelChooser = ModelChooser(
+            self.ui.modelComboBox, self.logic.modelRegistry, lambda: self._parameterNode,
+            _("Choose a MoNet model file"), self.parent, folderButton=self.ui.modelFolderButton)
+        self._runPanel = BackgroundRunPanel(
+            self.ui.applyButton, self.ui.cancelButton, self.ui.progressBar, self.ui.statusLabel,
+            self._missingInput,
+            applyToolTip=_("Segment the pancreas in the selected CT volume."),
+            runningToolTip=_("A segmentation is running; cancel it or wait for it to end."),
+            startFailedMessage=_("Could not start the pancreas segmentation."),
+            failedMessage=_("The pancreas segmentation failed.\n\n{reason}"))
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        # "activated" fires only for the user's choices, not when the list follows the parameter node.
-        self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
-        self.ui.modelFolderButton.connect("clicked(bool)", self.onModelFolderButton)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
 
-        self._showProgress(0.0, _("Ready."))
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        if self._runPanel is not None:
+            self._runPanel.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -148,8 +157,7 @@ class PancreasSegMoNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         # The nodes the running segmentation would write into are about to disappear.
-        if self._task is not None:
-            self._task.cancel()
+        self._runPanel.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -176,101 +184,36 @@ class PancreasSegMoNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._onParameterNodeModified()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        self._showModel()
-        self._checkCanApply()
+        self._modelChooser.showModel()
+        self._runPanel.updateButtons()
 
-    def _checkCanApply(self, caller=None, event=None) -> None:
-        running = self._task is not None
-        self.ui.cancelButton.enabled = running
-        if running:
-            self.ui.applyButton.enabled = False
-            self.ui.applyButton.toolTip = _("A segmentation is running; cancel it or wait for it to end.")
-        elif self._parameterNode and self._parameterNode.inputVolume:
-            self.ui.applyButton.enabled = True
-            self.ui.applyButton.toolTip = _("Segment the pancreas in the selected CT volume.")
-        else:
-            self.ui.applyButton.enabled = False
-            self.ui.applyButton.toolTip = _("Select a CT volume first.")
-
-    # --- model choice ---------------------------------------------------------------------------
-
-    def _fillModelComboBox(self) -> None:
-        comboBox = self.ui.modelComboBox
-        comboBox.clear()
-        registry = self.logic.modelRegistry()
-        for name in registry.names:
-            comboBox.addItem(registry.entries[name].title, name)
-            comboBox.setItemData(comboBox.count - 1, registry.entries[name].title, qt.Qt.ToolTipRole)
-        comboBox.addItem(_("Local file..."), LOCAL_FILE_ITEM)
-
-    def _showModel(self) -> None:
-        """Select the parameter node's model in the list, adding it if it is a local file."""
-        if not self._parameterNode or not self._parameterNode.model:
-            return
-        model = self._parameterNode.model
-        comboBox = self.ui.modelComboBox
-        index = comboBox.findData(model)
-        if index < 0:
-            index = comboBox.count - 1  # local files go just before "Local file..."
-            comboBox.insertItem(index, os.path.basename(model), model)
-            comboBox.setItemData(index, model, qt.Qt.ToolTipRole)
-        comboBox.currentIndex = index
-
-    def onModelActivated(self, index: int) -> None:
-        choice = self.ui.modelComboBox.itemData(index)
-        if choice != LOCAL_FILE_ITEM:
-            self._parameterNode.model = choice
-            return
-        path = qt.QFileDialog.getOpenFileName(
-            self.parent, _("Choose a MoNet model file"), "",
-            _("Model files (*.safetensors *.json)"))
-        if path:
-            self._parameterNode.model = path
-        self._showModel()  # back to the current model when the dialog was cancelled
-
-    def onModelFolderButton(self) -> None:
-        """Open the folder of downloaded models: to see them, delete them, or copy model files
-        there by hand on computers without internet access."""
-        folder = self.logic.modelRegistry().cache_dir
-        folder.mkdir(parents=True, exist_ok=True)
-        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
+    def _missingInput(self) -> str:
+        """What the user still has to choose, or "" when the segmentation can start."""
+        if not self._parameterNode or not self._parameterNode.inputVolume:
+            return _("Select a CT volume first.")
+        return ""
 
     # --- running ------------------------------------------------------------------------------
 
     def onApplyButton(self) -> None:
-        if not ensureDependencies(slicer.util.mainWindow()):
-            return
+        self._runPanel.run(self._startSegmentation)
+
+    def _startSegmentation(self) -> BackgroundTask:
         parameters = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Could not start the pancreas segmentation."), waitCursor=True):
-            self._task = self.logic.startSegmentation(
-                parameters.inputVolume, parameters.outputSegmentation, model=parameters.model,
-                device=parameters.device, threshold=parameters.threshold,
-                keepLargestComponent=parameters.keepLargestComponent,
-                onProgress=self._showProgress, onFinished=self._onSegmentationFinished)
-            self._showProgress(0.0, _("Starting..."))
-        self._checkCanApply()
-
-    def onCancelButton(self) -> None:
-        if self._task is not None:
-            self._showProgress(self.ui.progressBar.value / 100.0, _("Cancelling..."))
-            self._task.cancel()
-
-    def _showProgress(self, fraction: float, status: str) -> None:
-        self.ui.progressBar.value = round(100 * fraction)
-        self.ui.statusLabel.text = status
+        return self.logic.startSegmentation(
+            parameters.inputVolume, parameters.outputSegmentation, model=parameters.model,
+            device=parameters.device, threshold=parameters.threshold,
+            keepLargestComponent=parameters.keepLargestComponent,
+            onProgress=self._runPanel.showProgress, onFinished=self._onSegmentationFinished)
 
     def _onSegmentationFinished(self, segmentationNode, errorMessage: str) -> None:
-        self._task = None
-        self._checkCanApply()
-        if segmentationNode is not None:
-            self._showProgress(1.0, _("Done: the pancreas is in '{name}'.").format(name=segmentationNode.GetName()))
-            if self._parameterNode:
-                self._parameterNode.outputSegmentation = segmentationNode
-        elif errorMessage:
-            self._showProgress(0.0, _("Failed."))
-            slicer.util.errorDisplay(_("The pancreas segmentation failed.\n\n{reason}").format(reason=errorMessage))
-        else:
-            self._showProgress(0.0, _("Cancelled; the scene was not changed."))
+        self._runPanel.taskFinished(segmentationNode is not None, errorMessage)
+        if segmentationNode is None:
+            return
+        self._runPanel.showProgress(
+            1.0, _("Done: the pancreas is in '{name}'.").format(name=segmentationNode.GetName()))
+        if self._parameterNode:
+            self._parameterNode.outputSegmentation = segmentationNode
 
 
 #
@@ -329,34 +272,15 @@ class PancreasSegMoNetLogic(ScriptedLoadableModuleLogic):
         segmentation node and "" on success; with None and the reason on failure; with None
         and "" when cancelled. The scene changes only on success.
         """
-        workDir = slicer.util.tempDirectory("PancreasSegMoNet")
-        try:
+        with newWorkDir("PancreasSegMoNet") as workDir:
             inputPath = exportVolume(volumeNode, os.path.join(workDir, "input.nrrd"))
             outputDir = os.path.join(workDir, "output")
             arguments = segmentationArguments(inputPath, outputDir, model, device, threshold,
                                               keepLargestComponent)
-        except BaseException:
-            shutil.rmtree(workDir, ignore_errors=True)
-            raise
-
-        def finished(ok: bool, message: str) -> None:
-            try:
-                if task.cancelled:
-                    outcome = (None, "")
-                elif not ok:
-                    outcome = (None, message)
-                else:
-                    outcome = self._importFinishedResult(volumeNode, resultPath(inputPath, outputDir),
-                                                         segmentationNode)
-                if onFinished:
-                    onFinished(*outcome)
-            finally:
-                shutil.rmtree(workDir, ignore_errors=True)
-
-        task = BackgroundTask("PancreasSegMoNetLib", arguments, pythonPaths=[MODULE_DIR],
-                              onProgress=onProgress, onFinished=finished)
-        task.start()
-        return task
+            return startTaskThenImport(
+                "PancreasSegMoNetLib", arguments, [MODULE_DIR], workDir,
+                lambda: self._importFinishedResult(volumeNode, resultPath(inputPath, outputDir), segmentationNode),
+                onProgress=onProgress, onFinished=onFinished)
 
     def _importFinishedResult(self, volumeNode, labelmapPath: str, segmentationNode) -> tuple:
         """(segmentation node, "") or (None, reason)."""
