@@ -149,7 +149,8 @@ def write_msd_folder(root: Path, count: int = 3) -> Path:
 def test_msd_folder_trains_end_to_end(tmp_path):
     task = write_msd_folder(tmp_path)
     output = tmp_path / "runs" / "monet-msd"
-    assert run_training("--msd", task, *TINY_FILES, "--crop", "32", "--loss", "dice+bce", "--output", output) == 0
+    assert run_training("--msd", task, *TINY_FILES, "--crop", "32", "--loss", "dice+bce", "--prior-init",
+                        "--output", output) == 0
     card = card_of(output)
     assert card["training"]["data_source"]["kind"] == "msd"
     assert card["training"]["cases"] == {"training": 2, "validation": 1}
@@ -282,6 +283,38 @@ def test_validation_loss_is_the_loss_over_all_slices_at_once():
     with torch.no_grad():
         expected = train_monet.soft_dice_loss(1.0)(network(all_images), all_masks)
     assert loss == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_prior_init_makes_the_untrained_output_the_pancreas_fraction():
+    from segmentation_networks import ARCHITECTURES, build_network
+
+    for name in ("monet", "unet16"):
+        network = build_network(ARCHITECTURES[name]).eval()
+        train_monet.set_output_prior(network, 0.01)
+        for module in network.modules():  # the head's input to zero: the output is the bias alone
+            if isinstance(module, torch.nn.Conv2d) and module.out_channels == 1:
+                torch.nn.init.zeros_(module.weight)
+        with torch.no_grad():
+            output = network(torch.rand(1, 1, 32, 32))
+        assert torch.allclose(output, torch.full_like(output, 0.01), atol=1e-4), name
+
+
+def test_recalibration_measures_batch_norm_on_whole_slices_and_keeps_weights():
+    from segmentation_data import CachedSlices
+
+    rng = np.random.default_rng(0)
+    images = rng.random((16, 16, 16)).astype(np.float16)
+    masks = np.zeros((16, 16, 16), np.uint8)
+    slices = train_monet.SliceSet([CachedSlices(images, masks, masks.any(axis=(1, 2)))],
+                                  np.stack([np.zeros(16, int), np.arange(16)], axis=1))
+    network = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    calibrated = train_monet.recalibrated_batch_norm(network, slices, np.random.default_rng(1), 16, torch.device("cpu"))
+    all_images, _ = slices.batch(np.arange(16))  # one batch: its statistics
+    with torch.no_grad():
+        features = network[0](all_images)
+    assert torch.allclose(calibrated[1].running_mean, features.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.equal(calibrated[0].weight, network[0].weight)
+    assert torch.equal(network[1].running_mean, torch.zeros(2))  # the original is untouched
 
 
 def test_crops_hold_the_pancreas_when_the_slice_shows_it():

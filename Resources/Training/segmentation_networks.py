@@ -42,6 +42,13 @@ def build_network(spec: NetworkSpec):
     return network_class(spec.class_name)(**spec.params)
 
 
+def output_bias(model):
+    """The parameter that sets every output pixel's logit before the sigmoid: MoNet's head
+    BatchNorm bias, the U-Nets' head convolution bias."""
+    head = model.head
+    return head.bn.bias if hasattr(head, "bn") else head.bias
+
+
 def parameter_counts(model) -> dict:
     from PancreasSegMoNetLib.model import count_parameters
 

@@ -1,179 +1,307 @@
-"""Train the IPMN risk ViT for IPMNRisk; writes .safetensors + model card.
+"""Train the IPMN risk ViT for IPMNRisk: writes .safetensors + the model card the module loads.
 
-This first version trains on our synthetic T1/T2 phantoms (how the bundled demo weights were
-made). Inputs go through exactly the module's own grid code (IPMNRiskLib.grids), so training
-and inference cannot drift apart.
+Data (one of):
+  --cohort CSV               one row per scan: patient, t1, t2, label and the region
+                             (roi_center + roi_size as "R,A,S" mm, or roi_mask); paths relative
+                             to the CSV. A seeded, patient-grouped, class-stratified 1/--inner-folds
+                             of the patients is the validation set that picks the checkpoint.
+  (default) phantoms         synthetic T1/T2 phantoms, --patients seeds for training and
+                             --val-patients others for validation (how the demo weights were made)
+
+Inputs go through exactly the module's own code (IPMNRiskLib.preprocessing and .grids), and the
+network is IPMNRiskLib.model's, so training and inference cannot drift apart.
 
 Protocol defaults (Proietto Salanitri et al. 2022, and the authors' code): cross-entropy with
-class weights [1, 0.65, 0.45], Adam lr 0.003, batch 8, 3000 optimiser steps, random horizontal
-flips and 90-degree rotations applied identically to all 9 slices and both modalities, the
-checkpoint with the best validation balanced accuracy is kept.
+class weights [1, 0.65, 0.45], Adam lr 0.003, batch 8, 3000 optimiser steps, every sliding
+window of 9 slices, random horizontal flips and 90-degree rotations applied identically to all
+9 slices and both modalities, the checkpoint with the best validation balanced accuracy is kept.
+
+  one GPU or the CPU:  python Resources/Training/train_ipmn.py --cohort cohort.csv --pretrained-hub --output runs/ipmn
+  several GPUs:        torchrun --standalone --nproc_per_node 4 Resources/Training/train_ipmn.py --cohort ... --output ...
+  continue a run:      the same command with --resume
+  with the cross-validation's estimate in the card:  add --cv-results runs/cv
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import json
 import logging
+import os
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
+from typing import Optional, Sequence
 
 HERE = Path(__file__).resolve()
 for sub in ("PancreasAI", "IPMNRisk"):
-    sys.path.insert(0, str(HERE.parents[2] / sub))
+    if str(HERE.parents[2] / sub) not in sys.path:
+        sys.path.insert(0, str(HERE.parents[2] / sub))
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))
 
-from PancreasAILib.volume import Volume  # noqa: E402
+from PancreasAILib.errors import InputError, PancreasAIError  # noqa: E402
 from PancreasAILib.weights import save_model  # noqa: E402
-from IPMNRiskLib.grids import (DIHEDRAL_VIEWS, INPUT_FORMAT, RegionBox, central_window, crop_stacks,  # noqa: E402
-                               make_input, plan_crop, transform_tiles, window_indices)
-from IPMNRiskLib.model import CLASS_NAMES, DEMO_ARCHITECTURE, create_vit  # noqa: E402
+from IPMNRiskLib.model import CLASS_NAMES  # noqa: E402
+
+from ipmn_data import (card_preprocessing, central_samples, data_sha256, phantom_cases,  # noqa: E402
+                       read_cohort_csv, training_samples)
+from ipmn_folds import holdout_split  # noqa: E402
+from ipmn_metrics import classification_metrics  # noqa: E402
+from ipmn_networks import build_network, parameter_count  # noqa: E402
+from ipmn_setup import (add_model_arguments, add_phantom_shape_arguments, add_preprocessing_arguments,  # noqa: E402
+                        add_run_arguments, architecture_of, cache_of, prepare_everywhere, pretrained_of,
+                        pretrained_record, steps_of)
+from ipmn_training import (IPMNProtocol, TrainingRun, add_class_weights_argument, check_protocol,  # noqa: E402
+                           full_protocol_record, predict_probabilities)
+from trainkit.checkpoint import write_json_atomically  # noqa: E402
+from trainkit.distributed import distributed_session  # noqa: E402
+from trainkit.model_card import command_line, hardware_record, software_versions  # noqa: E402
+from trainkit.protocol import add_protocol_arguments, protocol_from_arguments  # noqa: E402
+from trainkit.run_files import RunFiles  # noqa: E402
+from trainkit.runlog import Curves, run_logging  # noqa: E402
+from trainkit.seeding import seed_everything, use_deterministic_kernels  # noqa: E402
 
 logger = logging.getLogger("train_ipmn")
 
-PROTOCOL = {
-    "loss": "cross-entropy",
-    "class_weights": [1.0, 0.65, 0.45],
-    "optimizer": "Adam",
-    "learning_rate": 0.003,
-    "batch_size": 8,
-    "steps": 3000,
-    "augmentation": "random horizontal flip + 90-degree rotations, same for all tiles and both channels",
-    "checkpoint_selection": "best validation balanced accuracy",
-}
+SCRIPT = "Resources/Training/train_ipmn.py"
+TASK = "IPMN risk class from paired T1/T2 MRI (3 x 3 grids of 9 slices, early fusion)"
 
 
-def case_windows(t1: Volume, t2: Volume, region: RegionBox, window_jitter: int) -> list[np.ndarray]:
-    """(2, 192, 192) inputs of one case: windows of 9 consecutive slices of the crop stack
-    whose start lies within `window_jitter` slices of the central window (-1: every window)."""
-    t1_stack, t2_stack = crop_stacks(plan_crop(t1, t2, region), t1, t2)
-    n = t2_stack.shape[0]
-    central_start = int(central_window(n)[0])
-    starts = range(max(n - 8, 1)) if window_jitter < 0 else sorted(
-        {min(max(central_start + d, 0), max(n - 9, 0)) for d in range(-window_jitter, window_jitter + 1)})
-    return [make_input(t1_stack[window_indices(s, n)], t2_stack.array[window_indices(s, n)]) for s in starts]
+# --- data ------------------------------------------------------------------------------------------
+
+def load_data(args, dist, cache):
+    """(training cases, validation cases, description, source record, pre-processing steps)."""
+    phantoms = not args.cohort
+    steps = steps_of(args, phantoms)
+    if phantoms:
+        shape, spacing = args.phantom_shape, args.phantom_spacing
+        train_seeds = range(args.first_seed, args.first_seed + args.patients)
+        val_seeds = range(args.val_first_seed, args.val_first_seed + args.val_patients)
+        if not train_seeds or not val_seeds:
+            raise InputError("--patients and --val-patients must be at least 1.")
+        prepared, steps = prepare_everywhere(phantom_cases([*train_seeds, *val_seeds], shape, spacing),
+                                             steps, cache, dist)
+        n_train = 3 * len(train_seeds)
+        train, val = prepared[:n_train], prepared[n_train:]
+        description = (f"synthetic T1/T2 phantoms (IPMNRiskLib.phantom), patients seeds {train_seeds[0]}-"
+                       f"{train_seeds[-1]} x 3 classes")
+        source = {"kind": "phantoms", "seeds": [train_seeds[0], train_seeds[-1]],
+                  "validation_seeds": [val_seeds[0], val_seeds[-1]], "shape": list(shape), "spacing": list(spacing)}
+        return train, val, description, source, steps
+    cases = read_cohort_csv(args.cohort)
+    prepared, steps = prepare_everywhere(cases, steps, cache, dist)
+    train_index, val_index = holdout_split([c.label for c in prepared], [c.patient_id for c in prepared],
+                                           args.inner_folds, args.seed)
+    train, val = [prepared[i] for i in train_index], [prepared[i] for i in val_index]
+    patients = len({c.patient_id for c in prepared})
+    description = f"cohort {Path(args.cohort).name}: {len(prepared)} scans of {patients} patients"
+    source = {"kind": "cohort_csv", "file": Path(args.cohort).name, "validation": f"1/{args.inner_folds} of "
+              "the patients (scikit-learn StratifiedGroupKFold, first fold, seeded)"}
+    return train, val, description, source, steps
 
 
-def phantom_samples(seeds, window_jitter: int):
-    from IPMNRiskLib.phantom import make_mr_phantom
-
-    inputs, labels, patients = [], [], []
-    for seed in seeds:
-        for risk_class in range(3):
-            phantom = make_mr_phantom(seed, risk_class)
-            region = RegionBox(*phantom.pancreas_box_ras)
-            windows = case_windows(Volume(phantom.t1, phantom.ijk_to_ras), Volume(phantom.t2, phantom.ijk_to_ras),
-                                   region, window_jitter)
-            inputs.extend(windows)
-            labels.extend([risk_class] * len(windows))
-            patients.extend([seed] * len(windows))
-    return np.stack(inputs), np.array(labels), np.array(patients)
+def write_data_manifest(path: Path, train, val, data_hash: str, description: str) -> None:
+    """The cases and their split: stays in the run folder, out of the card (names may identify patients)."""
+    cases = [{"case_id": c.case_id, "patient_id": c.patient_id, "label": c.label, "slices": c.slice_count,
+              "split": split} for split, group in (("training", train), ("validation", val)) for c in group]
+    write_json_atomically(path, {"data": description, "data_sha256": data_hash, "cases": cases})
 
 
-def balanced_accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
-    recalls = [np.mean(predicted[truth == c] == c) for c in np.unique(truth)]
-    return float(np.mean(recalls))
+def class_counts(cases) -> dict:
+    return {name: sum(1 for c in cases if c.label == label) for label, name in enumerate(CLASS_NAMES)}
 
 
-def evaluate(model, inputs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    import torch
-
-    model.eval()
-    with torch.inference_mode():
-        logits = torch.cat([model(torch.from_numpy(inputs[b:b + 32])) for b in range(0, len(inputs), 32)])
-    predicted = logits.argmax(1).numpy()
-    return float(np.mean(predicted == labels)), balanced_accuracy(labels, predicted)
-
-
-def train(args) -> None:
-    import torch
-
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    started = time.time()
-    train_x, train_y, _ = phantom_samples(range(args.first_seed, args.first_seed + args.patients), args.window_jitter)
-    val_x, val_y, _ = phantom_samples(range(args.val_first_seed, args.val_first_seed + args.val_patients), 0)
-    data_hash = hashlib.sha256(train_x.tobytes() + train_y.tobytes()).hexdigest()
-    logger.info("%d training grids from %d phantom patients x 3 classes, %d validation grids (%.0f s)",
-                len(train_x), args.patients, len(val_x), time.time() - started)
-
-    architecture, params = args.architecture, dict(DEMO_ARCHITECTURE[1]) if args.architecture == DEMO_ARCHITECTURE[0] else {}
-    model = create_vit(architecture, params)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    loss_function = torch.nn.CrossEntropyLoss(weight=torch.tensor(args.class_weights, dtype=torch.float32))
-    best = (-1.0, None, {})
-    history = []
-    for step in range(1, args.steps + 1):
-        model.train()
-        pick = rng.integers(len(train_x), size=args.batch_size)
-        batch = np.stack([transform_tiles(train_x[i], *DIHEDRAL_VIEWS[rng.integers(len(DIHEDRAL_VIEWS))])
-                          for i in pick])
-        loss = loss_function(model(torch.from_numpy(batch)), torch.from_numpy(train_y[pick]))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % args.eval_every == 0 or step == args.steps:
-            accuracy, balanced = evaluate(model, val_x, val_y)
-            history.append({"step": step, "train_loss": float(loss.detach()), "val_accuracy": accuracy,
-                            "val_balanced_accuracy": balanced})
-            logger.info("step %d: loss %.3f, val accuracy %.3f, balanced %.3f (%.0f s)", step, float(loss.detach()),
-                        accuracy, balanced, time.time() - started)
-            if balanced > best[0]:
-                best = (balanced, {k: v.detach().clone() for k, v in model.state_dict().items()}, history[-1])
-                save(best[1], args, architecture, params, history, best[2], data_hash)
+def cross_validation_record(folder: Optional[str], fingerprint: dict) -> Optional[dict]:
+    """The early-fusion estimate of a crossvalidate_ipmn.py run, for the card; a warning when
+    that run used other data or settings than this training."""
+    if not folder:
+        return None
+    path = Path(folder) / "cv.json"
+    if not path.is_file():
+        raise InputError(f"--cv-results: there is no cv.json in {folder}; give the --output folder of "
+                         "crossvalidate_ipmn.py.")
+    document = json.loads(path.read_text(encoding="utf-8"))
+    method = document.get("methods", {}).get("early-fusion")
+    if method is None:
+        raise InputError(f"--cv-results: {path} has no early-fusion results (run it with --methods early-fusion).")
+    for key in ("data_sha256", "architecture", "architecture_params", "preprocessing", "protocol"):
+        if document.get(key) != fingerprint.get(key):
+            logger.warning("The cross-validation in %s used another %s than this training; the card records "
+                           "its estimate all the same.", folder, key)
+    return {"method": "early-fusion", "outer_folds": document["folds"], "inner_folds": document["inner_folds"],
+            "summary": method["summary"], "per_fold": method["folds"], "data_sha256": document["data_sha256"],
+            "protocol": document["protocol"], "how": document["how"]}
 
 
-def save(state_dict, args, architecture, params, history, best_metrics, data_hash) -> None:
-    card = {
-        "name": Path(args.output).stem,
+# --- the card ------------------------------------------------------------------------------------
+
+def model_card(context: dict, state, metrics: dict) -> dict:
+    args = context["args"]
+    return {
+        "name": context["files"].weights.stem,
         "title": args.title,
-        "architecture": architecture,
-        "architecture_params": params,
-        "task": "IPMN risk class from paired T1/T2 MRI (3 x 3 grids of 9 slices, early fusion)",
+        "architecture": context["architecture"],
+        "architecture_params": context["params"],
+        "parameters": context["parameters"],
+        "task": TASK,
         "classes": list(CLASS_NAMES),
-        "preprocessing": {**INPUT_FORMAT, "n4_bias_correction": False, "edge_preserving_smoothing": False,
-                          "intensity_standardisation": False},
+        "preprocessing": card_preprocessing(context["steps"]),
         "intended_use": args.intended_use,
-        "training": {"data": f"synthetic T1/T2 phantoms (IPMNRiskLib.phantom), patients seeds "
-                             f"{args.first_seed}-{args.first_seed + args.patients - 1} x 3 classes",
-                     "validation": f"patients seeds {args.val_first_seed}-{args.val_first_seed + args.val_patients - 1} x 3 classes",
-                     "data_sha256": data_hash,
-                     "protocol": {**PROTOCOL, "learning_rate": args.lr, "steps": args.steps,
-                                  "class_weights": args.class_weights, "batch_size": args.batch_size,
-                                  "windows": "all sliding windows" if args.window_jitter < 0 else
-                                  f"windows starting within {args.window_jitter} slices of the central one"},
-                     "seed": args.seed, "command": " ".join(sys.argv)},
-        "metrics": {"validation_at_selected_checkpoint": best_metrics},
-        "history": history,
+        "training": {
+            "data": context["description"],
+            "data_source": context["source"],
+            "data_sha256": context["data_sha256"],
+            "cases": {"training": len(context["train_cases"]), "validation": len(context["val_cases"])},
+            "classes": {"training": class_counts(context["train_cases"]),
+                        "validation": class_counts(context["val_cases"])},
+            "windows": {"training": len(context["train"]), "validation": len(context["val"])},
+            "protocol": context["protocol_record"],
+            "pretrained": context["pretrained"],
+            "steps_run": state.step,
+            "best_step": state.best_step,
+            "seed": args.seed,
+            "hardware": hardware_record(context["dist"]),
+            "software": software_versions(),
+            "command": command_line(SCRIPT, context["argv"]),
+        },
+        "metrics": metrics,
+        "history": state.history,
         "licence": "Apache-2.0",
     }
-    save_model(state_dict, args.output, card)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--patients", type=int, default=60, help="phantom patients (each gives 3 classes)")
-    parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--val-patients", type=int, default=20)
-    parser.add_argument("--val-first-seed", type=int, default=1000)
-    parser.add_argument("--architecture", default=DEMO_ARCHITECTURE[0])
-    parser.add_argument("--steps", type=int, default=PROTOCOL["steps"])
-    parser.add_argument("--batch-size", type=int, default=PROTOCOL["batch_size"])
-    parser.add_argument("--lr", type=float, default=PROTOCOL["learning_rate"])
-    parser.add_argument("--class-weights", type=float, nargs=3, default=PROTOCOL["class_weights"])
-    parser.add_argument("--window-jitter", type=int, default=-1,
-                        help="training windows start within this many slices of the central one (-1: all)")
-    parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--title", default="IPMN ViT")
-    parser.add_argument("--intended-use", default="")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train(args)
+def final_metrics(network, context: dict, state) -> dict:
+    """The selected weights on the validation cases (central window, without and with the 8
+    test-time views IPMNRisk uses by default), plus the cross-validation estimate if given."""
+    val, device = context["val"], context["dist"].device
+    truth = val.labels
+    metrics = {"validation_at_selected_checkpoint": state.best_row,
+               "validation": {**classification_metrics(truth, predict_probabilities(network, val, device).argmax(1)),
+                              "cases": len(val)},
+               "validation_tta": classification_metrics(truth, predict_probabilities(network, val, device,
+                                                                                     tta=True).argmax(1))}
+    if context["cross_validation"] is not None:
+        metrics["cross_validation"] = context["cross_validation"]
+    return metrics
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+def run_training(args, argv, dist) -> None:
+    files = RunFiles.for_output(args.output)
+    protocol = protocol_from_arguments(IPMNProtocol, args)
+    check_protocol(protocol, args.class_weights, dist)
+    phantoms = not args.cohort
+    architecture, params = architecture_of(args, phantoms)
+    pretrained = pretrained_of(args, "early-fusion", architecture)
+
+    # The order of random draws is that of the first version of this script, so that the
+    # documented demo command still makes the same model.
+    seed_everything(args.seed)
+    use_deterministic_kernels()
+    cache = cache_of(args, files.weights, phantoms)
+    train_cases, val_cases, description, source, steps = load_data(args, dist, cache)
+    data_hash = data_sha256([*train_cases, *val_cases])
+    train, val = training_samples(train_cases, protocol.window_jitter), central_samples(val_cases)
+    if dist.is_main:
+        files.folder.mkdir(parents=True, exist_ok=True)
+        write_data_manifest(files.data_manifest, train_cases, val_cases, data_hash, description)
+    logger.info("%d training windows from %d cases, %d validation cases; stack cache: %s",
+                len(train), len(train_cases), len(val_cases), cache.folder or "none (phantoms are made again)")
+
+    network = build_network("early-fusion", architecture, params, pretrained)
+    record = full_protocol_record(protocol, args.class_weights)
+    fingerprint = {"data_sha256": data_hash, "architecture": architecture, "architecture_params": params,
+                   "preprocessing": card_preprocessing(steps), "protocol": record,
+                   "pretrained": pretrained_record(pretrained), "seed": args.seed}
+    context = {"args": args, "argv": argv, "files": files, "dist": dist, "architecture": architecture,
+               "params": params, "parameters": parameter_count(network), "steps": steps,
+               "description": description, "source": source, "data_sha256": data_hash,
+               "train_cases": train_cases, "val_cases": val_cases, "train": train, "val": val,
+               "protocol_record": record, "pretrained": fingerprint["pretrained"],
+               "cross_validation": cross_validation_record(args.cv_results, fingerprint)}
+    curves = Curves(files.curves, files.tensorboard, enabled=dist.is_main)
+
+    def save_best(best_state: dict, state) -> None:
+        save_model(best_state, files.weights, model_card(context, state, {"validation_at_selected_checkpoint": state.best_row}))
+
+    run = TrainingRun(network, train, val, protocol, args.class_weights, args.seed, dist, files.checkpoints,
+                      fingerprint, curves, name="IPMN ViT", on_best=save_best)
+    logger.info("%s %s: %s parameters, %s; %s", architecture, json.dumps(params), f"{context['parameters']:,}",
+                f"pretrained {run_pretrained_text(pretrained)}", dist.describe())
+    logger.info("Protocol: %s", json.dumps(record))
+    if args.resume:
+        if not run.resume():
+            raise InputError(f"--resume: there is no checkpoint in {files.checkpoints}; start without --resume.")
+    elif dist.is_main and any(files.checkpoints.glob("epoch-*.json")):
+        logger.warning("Starting a new run: the checkpoint of an earlier run in %s will be replaced "
+                       "(use --resume to continue it instead).", files.checkpoints)
+    try:
+        best = run.run()
+    finally:
+        curves.close()
+    if dist.is_main:
+        network.load_state_dict(best)
+        metrics = final_metrics(network, context, run.state)
+        save_model(best, files.weights, model_card(context, run.state, metrics))
+        logger.info("Best validation balanced accuracy %.3f at step %d (accuracy %.3f; with test-time views %.3f); "
+                    "model: %s", run.state.best_score, run.state.best_step, metrics["validation"]["accuracy"],
+                    metrics["validation_tta"]["accuracy"], files.weights)
+
+
+def run_pretrained_text(pretrained) -> str:
+    return "no (random initialisation)" if pretrained is None else pretrained.describe()
+
+
+def train(args, argv: Optional[Sequence[str]] = None) -> int:
+    """Run the training the arguments describe; returns the exit code (0 done, 2 refused)."""
+    files = RunFiles.for_output(args.output)
+    rank = int(os.environ.get("RANK", "0"))
+    with run_logging(files.log if rank == 0 else None, rank == 0, rank):
+        try:
+            with distributed_session(args.device) as dist:
+                if dist.is_main:
+                    logger.info("=== %s", command_line(SCRIPT, argv))
+                run_training(args, argv, dist)
+                dist.barrier()
+        except PancreasAIError as error:
+            logger.error("error: %s", error)
+            return 2
+        except KeyboardInterrupt:
+            logger.error("Interrupted. Finished validations are checkpointed: run the same command with --resume.")
+            return 130
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--cohort", metavar="CSV", help="cohort CSV (see above); without it: phantoms")
+    data.add_argument("--inner-folds", type=int, default=9,
+                      help="with --cohort: 1/N of the patients validate (default %(default)s, as one inner fold "
+                           "of the cross-validation)")
+    data.add_argument("--patients", type=int, default=60, help="phantom patients for training (each gives 3 classes)")
+    data.add_argument("--first-seed", type=int, default=0, help="seed of the first training phantom patient")
+    data.add_argument("--val-patients", type=int, default=20, help="phantom patients for validation")
+    data.add_argument("--val-first-seed", type=int, default=1000, help="seed of the first validation phantom patient")
+    add_phantom_shape_arguments(data)
+    add_preprocessing_arguments(data)
+    add_model_arguments(parser)
+    add_protocol_arguments(parser, IPMNProtocol)
+    add_class_weights_argument(parser)
+    run = parser.add_argument_group("run")
+    run.add_argument("--output", required=True, help="path of the .safetensors to write (its card goes beside it)")
+    run.add_argument("--title", default="IPMN ViT", help="title in the model card")
+    run.add_argument("--intended-use", default="", help="intended use, written into the model card")
+    run.add_argument("--cv-results", metavar="DIR",
+                     help="output folder of crossvalidate_ipmn.py: its early-fusion estimate goes into the card")
+    add_run_arguments(run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return train(args, argv)
 
 
 if __name__ == "__main__":

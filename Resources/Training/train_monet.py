@@ -47,7 +47,8 @@ from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING  # noqa: E40
 
 from segmentation_data import (DEFAULT_PHANTOM_SHAPE, PANCREAS_RULE, CachedSlices, PreparedCase,  # noqa: E402
                                SliceCache, folder_cases, msd_cases, phantom_cases, prepare_cases)
-from segmentation_networks import ARCHITECTURES, NetworkSpec, build_network, parameter_counts  # noqa: E402
+from segmentation_networks import (ARCHITECTURES, NetworkSpec, build_network, output_bias,  # noqa: E402
+                                   parameter_counts)
 from trainkit.checkpoint import (load_latest_checkpoint, optimizer_parts, restore_optimizer,  # noqa: E402
                                  save_checkpoint, to_json_value, write_json_atomically)
 from trainkit.distributed import Distributed, distributed_session  # noqa: E402
@@ -98,6 +99,10 @@ class MoNetProtocol:
     early_stopping_patience: int = option(0, "stop after this many epochs without validation improvement; 0: never")
     crop: int = option(0, "train on square crops of this many pixels near the pancreas, at the model's pixel "
                           "scale (faster; validation stays on whole slices); 0: whole slices, as the paper")
+    recalibration_slices: int = option(64, "with --crop: whole training slices on which BatchNorm statistics "
+                                           "are measured again before each validation")
+    prior_init: bool = option(False, "start the output at the training slices' pancreas pixel fraction "
+                                     "instead of 0.5 (not in the paper)")
 
 
 # Settings that may change when a run is resumed (to train longer, or stop earlier).
@@ -329,6 +334,51 @@ def patient_dice_on_model_grid(network, cases: list[CachedSlices], device, thres
     return scores
 
 
+def pancreas_fraction(slices: SliceSet) -> float:
+    """Fraction of the pixels of `slices` that are pancreas."""
+    pancreas = sum(int(np.count_nonzero(slices.cases[c].masks[s])) for c, s in slices.index)
+    size = slices.cases[0].masks.shape[-1]
+    return pancreas / (len(slices) * size * size)
+
+
+def set_output_prior(network, fraction: float) -> None:
+    """Make the untrained network output `fraction` everywhere (a logit bias), not 0.5."""
+    import torch
+
+    with torch.no_grad():
+        output_bias(network).fill_(math.log(fraction / (1 - fraction)))
+
+
+def recalibrated_batch_norm(network, slices: SliceSet, rng: np.random.Generator, count: int, device):
+    """A copy of `network` whose BatchNorm running statistics are measured again on `count`
+    random whole slices, weights unchanged: trained on crops, the statistics describe crops,
+    while inference sees whole slices with the air around the body."""
+    import copy
+
+    import torch
+
+    calibrated = copy.deepcopy(network)
+    batch_norms = [m for m in calibrated.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    dropouts = [m for m in calibrated.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    momenta, rates = [bn.momentum for bn in batch_norms], [d.p for d in dropouts]
+    for bn in batch_norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration slices
+    for dropout in dropouts:
+        dropout.p = 0.0
+    calibrated.train()
+    pick = np.sort(rng.choice(len(slices), min(count, len(slices)), replace=False))
+    with torch.no_grad():
+        for start in range(0, len(pick), VALIDATION_BATCH):
+            images, _ = slices.batch(pick[start:start + VALIDATION_BATCH])
+            calibrated(images.to(device))
+    for bn, momentum in zip(batch_norms, momenta):
+        bn.momentum = momentum
+    for dropout, rate in zip(dropouts, rates):
+        dropout.p = rate
+    return calibrated.eval()
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 @dataclass
@@ -362,6 +412,7 @@ class Run:
     optimizer: object
     scheduler: object
     sampler: object
+    rng: np.random.Generator
     loss_function: object
     steps_per_epoch: int
     state: RunState
@@ -420,6 +471,10 @@ def start_run(args, argv, dist: Distributed) -> Run:
                          "no pancreas. Check that the label files belong to the CTs.")
 
     network = build_network(spec).to(dist.device)
+    if protocol.prior_init:
+        fraction = float(np.clip(pancreas_fraction(train), 1e-4, 0.5))
+        set_output_prior(network, fraction)
+        logger.info("Output bias set to the training slices' pancreas fraction %.4f", fraction)
     if dist.rank > 0:  # own dropout masks per process; rank 0 goes on like a single process
         torch.manual_seed(derived_seed(args.seed, dist.rank))
     optimizer = torch.optim.NAdam(network.parameters(), lr=protocol.learning_rate)
@@ -428,7 +483,7 @@ def start_run(args, argv, dist: Distributed) -> Run:
     sampler = torch.Generator().manual_seed(args.seed)
     steps = protocol.steps_per_epoch or math.ceil(len(train) / protocol.batch_size)
     run = Run(args, argv, protocol, spec, preprocessing, files, dist, description, source, data_sha256,
-              prepared, is_validation, train, val, network, None, optimizer, scheduler, sampler,
+              prepared, is_validation, train, val, network, None, optimizer, scheduler, sampler, rng,
               training_loss(protocol), steps, RunState())
     if args.resume:
         resume(run)
@@ -477,7 +532,7 @@ def resume(run: Run) -> None:
     run.network.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     restore_optimizer(run.optimizer, tensors, state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
-    restore_generator_states(tensors, state["rng"], {"sampler": run.sampler}, {})
+    restore_generator_states(tensors, state["rng"], {"sampler": run.sampler}, {"selection": run.rng})
     processes = tensors["rng.process"]
     if processes.shape[0] == run.dist.world_size:
         restore_process_rng_state(processes[run.dist.rank], run.dist.device)
@@ -528,7 +583,7 @@ def save_run_checkpoint(run: Run, epoch: int) -> None:
         return
     tensors = {f"model.{key}": value for key, value in run.network.state_dict().items()}
     optimizer_tensors, optimizer_document = optimizer_parts(run.optimizer)
-    generator_tensors, generator_document = generator_states({"sampler": run.sampler}, {})
+    generator_tensors, generator_document = generator_states({"sampler": run.sampler}, {"selection": run.rng})
     tensors.update(optimizer_tensors)
     tensors.update(generator_tensors)
     tensors["rng.process"] = processes
@@ -591,7 +646,11 @@ def train_epochs(run: Run) -> None:
             started = time.perf_counter()
             train_loss = train_epoch(run, epoch)
             dist.broadcast_buffers(run.network)
-            val_loss, val_dice = validation_loss(run.network, run.val, protocol.dice_smooth, dist)
+            evaluated = run.network
+            if protocol.crop:
+                evaluated = recalibrated_batch_norm(run.network, run.train, run.rng,
+                                                    protocol.recalibration_slices, dist.device)
+            val_loss, val_dice = validation_loss(evaluated, run.val, protocol.dice_smooth, dist)
             run.scheduler.step(val_loss)
             lr = run.optimizer.param_groups[0]["lr"]
             state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
@@ -602,7 +661,7 @@ def train_epochs(run: Run) -> None:
             if improved:
                 state.best_val_loss, state.best_epoch = val_loss, epoch
                 if dist.is_main:
-                    save_model(run.network.state_dict(), run.files.weights,
+                    save_model(evaluated.state_dict(), run.files.weights,
                                model_card(run, {"validation": state.history[-1]}))
             logger.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.4f, lr %.1e (%.0f s)%s",
                         epoch, train_loss, val_loss, val_dice, lr, state.history[-1]["seconds"],

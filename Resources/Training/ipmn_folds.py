@@ -1,0 +1,120 @@
+"""Patient-grouped, class-stratified folds for nested cross-validation (scikit-learn
+StratifiedGroupKFold).
+
+Outer level: `folds` folds; each in turn is the test set. Inner level: the other cases of that
+outer fold are split again into `inner_folds` folds; inner fold 1 is the validation set that
+picks the checkpoint, the rest train. With the paper's 10 outer and 9 inner folds a model
+trains on 8/10 of the patients, is selected on 1/10 and tested on 1/10.
+
+All scans of a patient stay in one fold at each level, and every fold must hold every class
+(the metrics are macro averages over the three classes): otherwise the run stops naming the
+fold and the class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from PancreasAILib.errors import InputError
+from IPMNRiskLib.model import CLASS_NAMES
+
+
+@dataclass(frozen=True)
+class OuterFold:
+    """One outer fold: indices into the cohort (sorted int64 arrays).
+
+    test: the fold's cases; inner: (train, validation) pairs over the other cases.
+    """
+
+    number: int
+    test: np.ndarray
+    inner: tuple[tuple[np.ndarray, np.ndarray], ...]
+
+    @property
+    def train(self) -> np.ndarray:
+        """The cases the model trains on (inner fold 1 is the validation set)."""
+        return self.inner[0][0]
+
+    @property
+    def validation(self) -> np.ndarray:
+        return self.inner[0][1]
+
+
+def group_folds(labels: np.ndarray, patients: Sequence[str], n_folds: int, seed: int) -> list[np.ndarray]:
+    """`n_folds` sorted index arrays that partition the cases: patients kept together, classes
+    in about the proportions of the whole (StratifiedGroupKFold, shuffled with `seed`)."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = np.asarray(labels)
+    n_patients = len(set(patients))
+    if n_folds < 2:
+        raise InputError(f"Cross-validation needs at least 2 folds (got {n_folds}).")
+    if n_patients < n_folds:
+        raise InputError(f"{n_folds} folds need at least {n_folds} patients; there are {n_patients}.")
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # A class with fewer members than folds is reported below, naming the fold.
+        warnings.simplefilter("ignore", UserWarning)
+        return [np.sort(test) for _, test in splitter.split(np.zeros(len(labels)), labels, groups=list(patients))]
+
+
+def nested_folds(labels: Sequence[int], patients: Sequence[str], folds: int, inner_folds: int,
+                 seed: int = 0) -> list[OuterFold]:
+    """The nested split of a cohort (labels and patient of each case); checked (see module)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    patients = list(patients)
+    _check_class_sizes(labels, patients, folds, "outer")
+    outer = []
+    for number, test in enumerate(group_folds(labels, patients, folds, seed), start=1):
+        _check_has_every_class(labels[test], f"Outer fold {number} (test set)", folds)
+        rest = np.setdiff1d(np.arange(len(labels)), test)
+        rest_patients = [patients[i] for i in rest]
+        _check_class_sizes(labels[rest], rest_patients, inner_folds, f"outer fold {number}'s inner")
+        inner = []
+        for inner_number, validation in enumerate(
+                group_folds(labels[rest], rest_patients, inner_folds, seed + number), start=1):
+            validation = rest[validation]
+            train = np.setdiff1d(rest, validation)
+            where = f"Outer fold {number}, inner fold {inner_number}"
+            _check_has_every_class(labels[validation], f"{where} (validation set)", inner_folds)
+            _check_has_every_class(labels[train], f"{where} (training set)", inner_folds)
+            inner.append((train, validation))
+        outer.append(OuterFold(number, test, tuple(inner)))
+    return outer
+
+
+def holdout_split(labels: Sequence[int], patients: Sequence[str], inner_folds: int,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices for a final model: the first of `inner_folds` folds
+    validates, as inside the cross-validation."""
+    labels = np.asarray(labels, dtype=np.int64)
+    _check_class_sizes(labels, list(patients), inner_folds, "validation")
+    validation = group_folds(labels, list(patients), inner_folds, seed)[0]
+    train = np.setdiff1d(np.arange(len(labels)), validation)
+    _check_has_every_class(labels[validation], "The validation set", inner_folds)
+    _check_has_every_class(labels[train], "The training set", inner_folds)
+    return train, validation
+
+
+def _check_class_sizes(labels: np.ndarray, patients: list[str], n_folds: int, level: str) -> None:
+    for label, name in enumerate(CLASS_NAMES):
+        count = len({p for p, y in zip(patients, labels) if y == label})
+        if count < n_folds:
+            raise InputError(
+                f"The {level} split into {n_folds} folds needs at least {n_folds} patients with "
+                f"{name}, one per fold; there are {count}. Use fewer folds (--folds / --inner-folds) "
+                "or add patients of this class.")
+
+
+def _check_has_every_class(labels: np.ndarray, where: str, n_folds: int) -> None:
+    absent = [name for label, name in enumerate(CLASS_NAMES) if not np.any(labels == label)]
+    if absent:
+        raise InputError(
+            f"{where} has no case of {' or '.join(absent)}: patients with several scans or few patients "
+            f"of a class keep the {n_folds} folds from all holding every class. Use fewer folds "
+            "(--folds / --inner-folds) or another --seed.")

@@ -1,0 +1,497 @@
+"""train_ipmn.py and crossvalidate_ipmn.py on tiny synthetic data: the exported card is one
+IPMNRisk loads and runs, nested folds keep patients together and classes stratified, the
+ablations and CNN baselines train, Grad-CAM maps are written, bad cohort rows are named, a
+resumed run is the uninterrupted run, and torchrun with two CPU processes writes the same card."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import crossvalidate_ipmn
+import train_ipmn
+from ipmn_data import PreparedCase, central_samples, parse_label, read_cohort_csv, training_samples
+from ipmn_folds import holdout_split, nested_folds
+from ipmn_networks import BASELINES, Pretrained, build_network, gradcam_maps
+from IPMNRiskLib.grids import central_window
+from IPMNRiskLib.inference import RegionBox, assess
+from IPMNRiskLib.models import model_registry
+from IPMNRiskLib.phantom import make_mr_phantom
+from PancreasAILib.errors import InputError
+from PancreasAILib.volume import Volume
+from PancreasAILib.volume_io import write_volume
+
+TRAIN_SCRIPT = Path(train_ipmn.__file__)
+TINY_VIT_PARAMS = {"depth": 1, "embed_dim": 48, "num_heads": 3}
+TINY_VIT = ["--architecture", "vit_tiny_patch16_224", "--architecture-params", json.dumps(TINY_VIT_PARAMS)]
+PHANTOM_SHAPE, PHANTOM_SPACING = (12, 64, 64), (3.5, 3.5, 5.0)
+TINY_PHANTOMS = ["--phantom-shape", *map(str, PHANTOM_SHAPE), "--phantom-spacing", *map(str, PHANTOM_SPACING)]
+TINY_RUN = [*TINY_VIT, "--batch-size", "2", "--eval-every", "2", "--device", "cpu"]
+# 2 phantom patients for training and 1 for validation, each with all three classes.
+TINY_TRAIN = ["--patients", "2", "--val-patients", "1", *TINY_PHANTOMS, *TINY_RUN]
+TINY_CV = ["--phantoms", "4", "--folds", "2", "--inner-folds", "2", *TINY_PHANTOMS, *TINY_RUN, "--steps", "2"]
+
+
+def train(*arguments) -> int:
+    return train_ipmn.main([str(a) for a in arguments])
+
+
+def crossvalidate(*arguments) -> int:
+    return crossvalidate_ipmn.main([str(a) for a in arguments])
+
+
+def card_of(output: Path) -> dict:
+    return json.loads(output.with_suffix(".json").read_text())
+
+
+def log_of(output: Path) -> str:
+    return (output.with_suffix(".run") / "train.log").read_text()
+
+
+def phantom_volumes(seed: int, risk_class: int):
+    phantom = make_mr_phantom(seed, risk_class, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING)
+    return (Volume(phantom.t1, phantom.ijk_to_ras), Volume(phantom.t2, phantom.ijk_to_ras),
+            RegionBox(*phantom.pancreas_box_ras), phantom)
+
+
+@pytest.fixture(scope="module")
+def phantom_run(tmp_path_factory):
+    """A 2-step training on phantoms; returns its output path (without suffix)."""
+    output = tmp_path_factory.mktemp("phantom_run") / "ipmn"
+    assert train(*TINY_TRAIN, "--steps", "2", "--output", output) == 0
+    return output
+
+
+def write_cohort(folder: Path, patients: int = 2) -> Path:
+    """A cohort CSV of phantom NIfTI files: every patient with the three classes; the scans of
+    the first patient give their region as a mask, the others as centre and size."""
+    rows = []
+    for seed in range(patients):
+        for risk_class in range(3):
+            t1, t2, region, phantom = phantom_volumes(seed, risk_class)
+            name = f"p{seed}-c{risk_class}"
+            write_volume(t1, folder / "images" / f"{name}_t1.nii.gz")
+            write_volume(t2, folder / "images" / f"{name}_t2.nii.gz")
+            row = {"patient": f"P{seed}", "case": name, "t1": f"images/{name}_t1.nii.gz",
+                   "t2": f"images/{name}_t2.nii.gz", "label": ["normal", "1", "high-risk IPMN"][risk_class],
+                   "roi_center": "", "roi_size": "", "roi_mask": ""}
+            if seed == 0:
+                write_volume(Volume(phantom.pancreas.astype(np.uint8), phantom.ijk_to_ras),
+                             folder / "images" / f"{name}_pancreas.nii.gz")
+                row["roi_mask"] = f"images/{name}_pancreas.nii.gz"
+            else:
+                row["roi_center"] = ",".join(f"{v:.2f}" for v in region.center_ras)
+                row["roi_size"] = ",".join(f"{v:.2f}" for v in region.size_mm)
+            rows.append(row)
+    return write_rows(folder / "cohort.csv", rows)
+
+
+def write_rows(path: Path, rows: list) -> Path:
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_rows(path: Path) -> list:
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+@pytest.fixture(scope="module")
+def cohort_csv(tmp_path_factory):
+    return write_cohort(tmp_path_factory.mktemp("cohort"))
+
+
+@pytest.fixture(scope="module")
+def cv_run(tmp_path_factory):
+    """Nested cross-validation of early fusion and ResNet18 on phantoms; returns the output folder."""
+    output = tmp_path_factory.mktemp("cv") / "cv"
+    assert crossvalidate(*TINY_CV, "--methods", "early-fusion", "resnet18", "--gradcam-cases", "2",
+                         "--output", output) == 0
+    return output
+
+
+# --- the exported model ---------------------------------------------------------------------------
+
+def test_exported_card_is_loaded_by_ipmnrisk_and_assess_runs(phantom_run):
+    card = model_registry().resolve(phantom_run.with_suffix(".safetensors"))
+    t1, t2, region, _ = phantom_volumes(500, 2)
+    assessment = assess(t1, t2, region, card, tta=False)
+    assert assessment.risk_class in (0, 1, 2)
+    assert assessment.probabilities.sum() == pytest.approx(1.0)
+    assert assessment.heat_map.shape == t2.shape
+
+
+def test_card_records_protocol_data_hash_and_metrics(phantom_run):
+    card = card_of(phantom_run)
+    protocol = card["training"]["protocol"]
+    assert protocol["learning_rate"] == 0.003 and protocol["optimizer"] == "Adam"
+    assert protocol["class_weights"] == [1.0, 0.65, 0.45]
+    assert protocol["checkpoint_selection"] == "best validation balanced accuracy"
+    assert len(card["training"]["data_sha256"]) == 64
+    assert card["training"]["cases"] == {"training": 6, "validation": 3}
+    assert set(card["metrics"]["validation"]) >= {"accuracy", "macro_precision", "macro_recall", "balanced_accuracy"}
+    assert card["architecture_params"] == TINY_VIT_PARAMS
+    assert card["preprocessing"]["n4_bias_correction"] is False
+    assert "--patients 2" in card["training"]["command"]
+
+
+def test_run_writes_a_readable_log_curves_and_a_checkpoint(phantom_run):
+    assert "IPMN ViT step 2: train loss" in log_of(phantom_run)
+    curves = (phantom_run.with_suffix(".run") / "curves.csv").read_text().splitlines()
+    assert curves[0].startswith("step,train_loss,val_accuracy")
+    assert len(curves) == 2
+    assert (phantom_run.with_suffix(".run") / "checkpoints" / "epoch-0002.json").exists()
+
+
+def test_documented_demo_command_keeps_its_meaning():
+    args = train_ipmn.build_parser().parse_args(
+        "--patients 60 --val-patients 20 --steps 2500 --eval-every 100 --lr 0.0003 --class-weights 1 1 1 "
+        "--window-jitter 2 --output demo".split())
+    assert (args.patients, args.val_patients, args.steps, args.eval_every) == (60, 20, 2500, 100)
+    assert (args.learning_rate, args.class_weights, args.window_jitter) == (0.0003, [1.0, 1.0, 1.0], 2)
+    assert args.cohort is None and args.architecture is None and args.batch_size == 8
+
+
+def test_cohort_csv_trains_with_the_papers_preprocessing_that_assess_repeats(cohort_csv, tmp_path):
+    output = tmp_path / "ipmn-cohort"
+    assert train("--cohort", cohort_csv, "--inner-folds", "2", *TINY_RUN, "--steps", "2", "--output", output) == 0
+    card = card_of(output)
+    preprocessing = card["preprocessing"]
+    assert preprocessing["n4_bias_correction"]["shrink_factor"] == 4
+    assert len(preprocessing["standardisation"]["t2_landmarks"]) == len(preprocessing["standardisation"]["percentiles"])
+    assert card["training"]["cases"] == {"training": 3, "validation": 3}
+    assert (tmp_path / "ipmn-cache").is_dir()
+    row = read_rows(cohort_csv)[4]
+    t1, t2, region, _ = phantom_volumes(1, 1)
+    assert row["case"] == "p1-c1"
+    assessment = assess(t1, t2, region, model_registry().resolve(output.with_suffix(".json")), tta=False, rollout=False)
+    assert assessment.probabilities.shape == (3,)
+
+
+def test_card_carries_the_cross_validation_estimate(cv_run, tmp_path):
+    output = tmp_path / "ipmn"
+    assert train(*TINY_TRAIN, "--steps", "2", "--cv-results", cv_run, "--output", output) == 0
+    estimate = card_of(output)["metrics"]["cross_validation"]
+    assert estimate["outer_folds"] == 2 and len(estimate["per_fold"]) == 2
+    assert set(estimate["summary"]["accuracy"]) == {"mean", "sd"}
+
+
+def test_pretrained_file_starts_every_vit_from_its_weights(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    natural = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY_VIT_PARAMS)
+    path = tmp_path / "natural.safetensors"
+    save_file({k: v.contiguous() for k, v in natural.state_dict().items()}, str(path))
+    expected = natural.state_dict()["blocks.0.attn.qkv.weight"]
+    early = build_network("early-fusion", "vit_tiny_patch16_224", TINY_VIT_PARAMS, Pretrained(file=path))
+    late = build_network("late-fusion", "vit_tiny_patch16_224", TINY_VIT_PARAMS, Pretrained(file=path))
+    assert torch.equal(early.state_dict()["blocks.0.attn.qkv.weight"], expected)
+    assert torch.equal(late.state_dict()["t1_encoder.blocks.0.attn.qkv.weight"], expected)
+    assert torch.equal(late.state_dict()["t2_encoder.blocks.0.attn.qkv.weight"], expected)
+
+
+# --- resume ------------------------------------------------------------------------------------------
+
+def checkpoint_tensors(output: Path, step: int) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(output.with_suffix(".run") / "checkpoints" / f"epoch-{step:04d}.safetensors"))
+
+
+def test_resumed_run_ends_with_the_weights_of_the_uninterrupted_run(tmp_path):
+    uninterrupted, resumed = tmp_path / "whole" / "ipmn", tmp_path / "parts" / "ipmn"
+    assert train(*TINY_TRAIN, "--steps", "4", "--output", uninterrupted) == 0
+    assert train(*TINY_TRAIN, "--steps", "2", "--output", resumed) == 0
+    assert train(*TINY_TRAIN, "--steps", "4", "--output", resumed, "--resume") == 0
+    assert "resuming after step 2" in log_of(resumed)
+    whole, parts = checkpoint_tensors(uninterrupted, 4), checkpoint_tensors(resumed, 4)
+    assert whole.keys() == parts.keys()
+    assert [key for key in whole if not torch.equal(whole[key], parts[key])] == []
+    assert [row["step"] for row in card_of(resumed)["history"]] == [2, 4]
+
+
+def test_resume_refuses_a_checkpoint_made_with_other_settings(phantom_run, tmp_path):
+    output = tmp_path / "ipmn"
+    assert train(*TINY_TRAIN, "--steps", "2", "--output", output) == 0
+    assert train(*TINY_TRAIN, "--steps", "4", "--lr", "0.001", "--output", output, "--resume") == 2
+    assert "protocol.learning_rate: 0.003 -> 0.001" in log_of(output)
+
+
+def test_resumed_cross_validation_keeps_finished_folds(cv_run):
+    result = cv_run / "early-fusion" / "fold-01" / "result.json"
+    before = result.read_text()
+    assert crossvalidate(*TINY_CV, "--methods", "early-fusion", "resnet18", "--gradcam-cases", "2",
+                         "--output", cv_run, "--resume") == 0
+    assert result.read_text() == before
+    assert "early-fusion fold 1: done earlier" in (cv_run / "cv.log").read_text()
+
+
+# --- nested cross-validation -------------------------------------------------------------------------
+
+def random_cohort(rng: np.random.Generator) -> tuple[list[int], list[str]]:
+    """30-80 patients with 1-3 scans each, most scans of a patient in one class."""
+    n_patients = int(rng.integers(30, 80))
+    scans = rng.integers(1, 4, n_patients)
+    patient_class = rng.choice(3, n_patients, p=[0.4, 0.35, 0.25])
+    labels, patients = [], []
+    for patient, (count, label) in enumerate(zip(scans, patient_class)):
+        for _ in range(count):
+            labels.append(int(label) if rng.random() < 0.8 else int(rng.integers(3)))
+            patients.append(f"patient-{patient}")
+    return labels, patients
+
+
+def assert_partition_by_patient(folds: list[np.ndarray], cases: np.ndarray, patients: list[str]) -> None:
+    """The folds hold every case of `cases` once, and no patient is in two folds."""
+    assert np.array_equal(np.sort(np.concatenate(folds)), np.sort(cases))
+    owners = {}
+    for number, fold in enumerate(folds):
+        for index in fold:
+            assert owners.setdefault(patients[index], number) == number
+
+
+def assert_stratified(folds: list[np.ndarray], labels: np.ndarray, max_scans: int) -> None:
+    """Each fold's count of each class is within one patient's scans of its share."""
+    total = np.concatenate(folds)
+    for fold in folds:
+        for label in range(3):
+            share = np.sum(labels[total] == label) / len(folds)
+            assert abs(np.sum(labels[fold] == label) - share) <= max_scans
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_nested_folds_keep_patients_together_and_classes_stratified(trial):
+    rng = np.random.default_rng(trial)
+    labels, patients = random_cohort(rng)
+    folds, inner = int(rng.integers(3, 6)), int(rng.integers(2, 4))
+    try:
+        outer = nested_folds(labels, patients, folds, inner, seed=trial)
+    except InputError:  # a cohort too small for these folds is refused, not split badly
+        pytest.skip("cohort refused")
+    labels = np.asarray(labels)
+    max_scans = max(patients.count(p) for p in set(patients))
+    assert_partition_by_patient([fold.test for fold in outer], np.arange(len(labels)), patients)
+    assert_stratified([fold.test for fold in outer], labels, max_scans)
+    for fold in outer:
+        rest = np.setdiff1d(np.arange(len(labels)), fold.test)
+        validations = [validation for _, validation in fold.inner]
+        assert_partition_by_patient(validations, rest, patients)
+        assert_stratified(validations, labels, max_scans)
+        for train, validation in fold.inner:
+            assert np.array_equal(np.sort(np.concatenate([train, validation])), rest)
+            assert not {patients[i] for i in train} & {patients[i] for i in validation}
+        assert set(np.unique(labels[fold.test])) == {0, 1, 2}
+
+
+def test_nested_folds_are_fixed_by_the_seed():
+    labels, patients = random_cohort(np.random.default_rng(7))
+    first, again = nested_folds(labels, patients, 3, 2, seed=1), nested_folds(labels, patients, 3, 2, seed=1)
+    assert all(np.array_equal(a.test, b.test) and np.array_equal(a.validation, b.validation)
+               for a, b in zip(first, again))
+
+
+def test_too_few_patients_of_a_class_for_the_folds_is_refused_naming_the_class():
+    labels = [0] * 6 + [1] * 6 + [2] * 2
+    patients = [f"p{i}" for i in range(14)]
+    with pytest.raises(InputError, match="3 patients with high-risk IPMN.*there are 2"):
+        nested_folds(labels, patients, 3, 2)
+
+
+def test_a_class_missing_inside_an_outer_fold_is_refused_naming_the_fold():
+    patients = ["A"] * 5 + ["B"] * 5 + ["C", "D", "E", "E"]
+    labels = [0, 0, 0, 0, 2, 1, 1, 1, 1, 2, 0, 1, 0, 1]
+    with pytest.raises(InputError, match="outer fold 1"):
+        nested_folds(labels, patients, 2, 2)
+
+
+def test_holdout_split_keeps_patients_on_one_side():
+    labels, patients = random_cohort(np.random.default_rng(3))
+    train, validation = holdout_split(labels, patients, 5, seed=0)
+    assert not {patients[i] for i in train} & {patients[i] for i in validation}
+    assert len(train) + len(validation) == len(labels)
+
+
+def test_cross_validation_writes_per_fold_and_summary_tables(cv_run):
+    folds = read_rows(cv_run / "early-fusion" / "folds.csv")
+    assert [row["fold"] for row in folds] == ["1", "2", "mean", "sd"]
+    table = (cv_run / "results.md").read_text()
+    assert "| ViT, early fusion" in table and "| ResNet18 |" in table and " +- " in table
+    summary = json.loads((cv_run / "cv.json").read_text())
+    assert summary["protocol"]["learning_rate"] == 0.003 and summary["folds"] == 2
+    predictions = read_rows(cv_run / "predictions.csv")
+    assert len(predictions) == 2 * 12  # two methods, every case tested once
+
+
+def test_every_case_is_tested_exactly_once(cv_run):
+    split = json.loads((cv_run / "split.json").read_text())["cases"]
+    tested = [row["case"] for row in read_rows(cv_run / "predictions.csv") if row["method"] == "early-fusion"]
+    assert sorted(tested) == sorted(case["case_id"] for case in split)
+
+
+def test_cnn_baseline_writes_gradcam_maps_of_test_cases(cv_run):
+    from PIL import Image
+
+    maps = sorted((cv_run / "resnet18" / "gradcam").glob("fold-*/*.png"))
+    assert len(maps) == 4  # two test cases in each of two folds
+    assert Image.open(maps[0]).size == (2 * 2 * 192, 2 * 192 + 22)
+    assert not (cv_run / "early-fusion" / "gradcam").exists()
+
+
+def test_finished_folds_drop_their_checkpoints(cv_run):
+    assert not (cv_run / "early-fusion" / "fold-01" / "checkpoints").exists()
+
+
+# --- networks -----------------------------------------------------------------------------------------
+
+def one_training_step(network) -> tuple:
+    torch.manual_seed(0)
+    grids = torch.rand(2, 2, 192, 192)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in network.parameters()]
+    logits = network(grids)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
+    optimizer.step()
+    changed = sum(not torch.equal(a, p) for a, p in zip(before, network.parameters()))
+    return logits.shape, changed
+
+
+@pytest.mark.parametrize("method", ["t1-only", "t2-only", "late-fusion"])
+def test_ablation_builds_and_trains_a_step(method):
+    network = build_network(method, "vit_tiny_patch16_224", TINY_VIT_PARAMS)
+    shape, changed = one_training_step(network)
+    assert shape == (2, 3) and changed > 0
+
+
+@pytest.mark.parametrize("method, ignored_channel", [("t1-only", 1), ("t2-only", 0)])
+def test_one_channel_vit_sees_only_its_sequence(method, ignored_channel):
+    network = build_network(method, "vit_tiny_patch16_224", TINY_VIT_PARAMS).eval()
+    grids = torch.rand(1, 2, 192, 192)
+    other = grids.clone()
+    other[:, ignored_channel] = torch.rand(192, 192)
+    with torch.no_grad():
+        assert torch.equal(network(grids), network(other))
+
+
+def test_late_fusion_joins_both_class_tokens_in_one_linear_head():
+    network = build_network("late-fusion", "vit_tiny_patch16_224", TINY_VIT_PARAMS)
+    assert network.head.in_features == 2 * TINY_VIT_PARAMS["embed_dim"]
+    assert network.t1_encoder.patch_embed.proj.in_channels == 1
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_cnn_baseline_takes_two_channels_and_gives_three_classes(method):
+    network = build_network(method).eval()
+    with torch.no_grad():
+        assert network(torch.rand(1, 2, 192, 192)).shape == (1, 3)
+
+
+def test_gradcam_maps_cover_the_grid_in_unit_range():
+    network = build_network("alexnet")
+    maps = gradcam_maps(network, "alexnet", np.random.default_rng(0).random((2, 2, 192, 192), dtype=np.float32))
+    assert maps.shape == (2, 192, 192) and maps.min() >= 0 and maps.max() <= 1
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+def stack_case(n_slices: int) -> PreparedCase:
+    stack = np.zeros((n_slices, 64, 64), np.float32)
+    return PreparedCase("c", "p", 1, stack, stack, "0" * 64)
+
+
+def test_training_uses_every_sliding_window_and_validation_the_inference_window():
+    case = stack_case(14)
+    assert training_samples([case], -1).index[:, 1].tolist() == [0, 1, 2, 3, 4, 5]
+    assert central_samples([case]).index[0, 1] == central_window(14)[0]
+
+
+@pytest.mark.parametrize("text, label", [("0", 0), ("normal", 0), ("Low-risk IPMN", 1), ("low_risk", 1),
+                                         ("2", 2), ("HIGH-RISK IPMN", 2), ("1.0", 1)])
+def test_labels_are_numbers_or_class_names(text, label):
+    assert parse_label(text) == label
+
+
+def test_cohort_csv_paths_are_relative_to_the_csv(cohort_csv):
+    cases = read_cohort_csv(cohort_csv)
+    assert len(cases) == 6
+    assert cases[0].t1 == cohort_csv.parent / "images" / "p0-c0_t1.nii.gz"
+    assert cases[0].roi_mask is not None and cases[3].region is not None
+    assert [c.label for c in cases[:3]] == [0, 1, 2]
+
+
+def broken_cohort(cohort_csv: Path, tmp_path: Path, change) -> Path:
+    rows = read_rows(cohort_csv)
+    for row in rows:
+        for key in ("t1", "t2", "roi_mask"):
+            if row[key]:
+                row[key] = str(cohort_csv.parent / row[key])
+    change(rows)
+    return write_rows(tmp_path / "broken.csv", rows)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda rows: rows[4].update(label=""), r"Row 6 \(case p1-c1\): no label"),
+    (lambda rows: rows[4].update(label="cancer"), r"Row 6 \(case p1-c1\): the label 'cancer'"),
+    (lambda rows: rows[4].update(t2="missing.nii.gz"), r"Row 6 \(case p1-c1\): the T2 file .*does not exist"),
+    (lambda rows: rows[4].update(roi_mask=rows[0]["roi_mask"]), r"Row 6 \(case p1-c1\): give the region either"),
+    (lambda rows: rows[4].update(roi_size="30,30"), r"Row 6 \(case p1-c1\): roi_size '30,30'"),
+])
+def test_bad_cohort_row_is_refused_naming_it(cohort_csv, tmp_path, change, message):
+    with pytest.raises(InputError, match=message):
+        read_cohort_csv(broken_cohort(cohort_csv, tmp_path, change))
+
+
+def test_unreadable_image_stops_training_naming_the_case(cohort_csv, tmp_path):
+    broken = tmp_path / "garbage_t1.nii.gz"
+    broken.write_bytes(b"not a NIfTI file")
+    csv_path = broken_cohort(cohort_csv, tmp_path, lambda rows: rows[5].update(t1=str(broken)))
+    output = tmp_path / "ipmn"
+    assert train("--cohort", csv_path, "--inner-folds", "2", "--preprocessing", "none", *TINY_RUN,
+                 "--steps", "2", "--output", output) == 2
+    assert "Case p1-c2 (CSV row 7): the T1 file could not be read" in log_of(output)
+
+
+def test_t1_and_t2_that_do_not_overlap_are_refused_naming_the_case(cohort_csv, tmp_path):
+    from ipmn_data import StackCache, prepare_cases
+
+    t1, _, _, _ = phantom_volumes(1, 0)
+    shifted = t1.ijk_to_ras.copy()
+    shifted[:3, 3] += 1000.0
+    write_volume(Volume(t1.array, shifted), tmp_path / "far_t1.nii.gz")
+    csv_path = broken_cohort(cohort_csv, tmp_path, lambda rows: rows[3].update(t1=str(tmp_path / "far_t1.nii.gz")))
+    with pytest.raises(InputError, match="Case p1-c0: the T1 and T2 volumes do not overlap"):
+        prepare_cases(read_cohort_csv(csv_path), {}, StackCache(None), show_progress=False)
+
+
+# --- several processes --------------------------------------------------------------------------------
+
+def key_structure(value):
+    """The nested field names of a card (values and list lengths left out)."""
+    if isinstance(value, dict):
+        return {key: key_structure(item) for key, item in value.items()}
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return [key_structure(value[0])]
+    return None
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_cpu_processes_writes_a_card_with_the_same_fields(phantom_run, tmp_path):
+    output = tmp_path / "ipmn-ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(TRAIN_SCRIPT), *TINY_TRAIN, "--steps", "2", "--output", str(output)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    card = card_of(output)
+    assert key_structure(card) == key_structure(card_of(phantom_run))
+    assert card["training"]["hardware"]["processes"] == 2
+    assert card["training"]["hardware"]["backend"] == "gloo"
