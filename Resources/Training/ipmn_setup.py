@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -16,8 +17,11 @@ from IPMNRiskLib.model import DEMO_ARCHITECTURE, PAPER_ARCHITECTURE, VIT_ARCHITE
 from IPMNRiskLib.phantom import make_mr_phantom
 
 from ipmn_data import Case, PreparedCase, StackCache, prepare_cases, preprocessing_steps
-from ipmn_networks import Pretrained, default_hub_name
+from ipmn_networks import METHODS, Pretrained, default_hub_name
 from trainkit.distributed import Distributed
+
+logger = logging.getLogger(__name__)
+_WARNED: set = set()  # methods already warned about in this process
 
 _PHANTOM_DEFAULTS = inspect.signature(make_mr_phantom).parameters
 PHANTOM_SHAPE = tuple(_PHANTOM_DEFAULTS["shape"].default)
@@ -83,6 +87,14 @@ def architecture_of(args, phantoms: bool) -> tuple[str, dict]:
 
 
 def pretrained_of(args, method: str, architecture: str) -> Optional[Pretrained]:
+    """The starting weights of `method`. A --pretrained-file holds ViT weights: the CNN
+    baselines then start from random weights (with a warning; the record says so)."""
+    if args.pretrained_file and METHODS[method].family == "cnn":
+        if method not in _WARNED:
+            _WARNED.add(method)
+            logger.warning("%s starts from random weights: --pretrained-file holds ViT weights (use "
+                           "--pretrained-hub for ImageNet CNN weights).", METHODS[method].title)
+        return None
     if args.pretrained_file:
         path = Path(args.pretrained_file)
         if not path.is_file():
