@@ -165,11 +165,11 @@ def _sample_cyst(rng: np.random.Generator, anatomy: Anatomy, risk_class: int, sc
     index = int(rng.uniform(0.1, 0.9) * (len(path) - 1))
     centre = path[index].copy()
     if risk_class == 1:
-        radius = rng.uniform(4.5, 9.0) / scale  # 9-18 mm: a small branch-duct cyst
+        radius = rng.uniform(6.0, 12.0) / scale  # 12-24 mm: branch-duct cyst without worrisome features
         centre[:2] += rng.uniform(-0.4, 0.4, 2) * max(0.0, radii[index] - radius)
         semi = (radius * rng.uniform(0.85, 1.15), radius * rng.uniform(0.85, 1.15), radius * rng.uniform(0.9, 1.2))
         return _Cyst(centre, semi, float(rng.uniform(0, 180)), [], None)
-    radius = rng.uniform(10.0, 17.5) / scale
+    radius = rng.uniform(15.0, 22.0) / scale  # 30-44 mm: a size that is itself a worrisome feature
     centre[:2] += rng.uniform(-0.3, 0.3, 2) * radii[index]
     semi = (radius * rng.uniform(0.85, 1.1), radius * rng.uniform(0.8, 1.05), radius * rng.uniform(0.85, 1.1))
     locules = []
