@@ -495,3 +495,16 @@ def test_torchrun_with_two_cpu_processes_writes_a_card_with_the_same_fields(phan
     assert key_structure(card) == key_structure(card_of(phantom_run))
     assert card["training"]["hardware"]["processes"] == 2
     assert card["training"]["hardware"]["backend"] == "gloo"
+
+
+def test_warmup_cosine_schedule_rises_then_decays_to_zero():
+    from ipmn_training import learning_rate_factor
+
+    steps = 1000
+    factors = [learning_rate_factor("warmup-cosine", step, steps) for step in range(1, steps + 1)]
+    warmup = steps // 20
+    assert factors[0] == pytest.approx(1 / warmup)
+    assert factors[warmup - 1] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[warmup:], factors[warmup + 1:]))
+    assert factors[-1] < 1e-4
+    assert all(learning_rate_factor("constant", step, steps) == 1.0 for step in (1, 500, 1000))
