@@ -94,7 +94,10 @@ def test_segmentation_section_reports_peak_memory_for_both_ct_lengths(quick_run)
     assert "not measured" in rows[1][1]
 
 
-def test_ipmn_section_is_present_as_a_placeholder(quick_run):
+def test_ipmn_section_times_both_vits_without_and_with_rollout_and_tta(quick_run):
     _, markdown = quick_run
-    assert "## 3. IPMN risk" in markdown
-    assert "not yet measured" in markdown.split("## 3. IPMN risk")[1]
+    section = markdown.split("## 3. IPMN risk")[1]
+    assert "ViT-B/16 (paper)" in section and "demo ViT" in section
+    for setting in ("no rollout, no TTA", "rollout, no TTA", "rollout + 8-view TTA"):
+        assert setting in section
+    assert "85,564,419" in section  # ViT-B/16 with 2 channels, 192 x 192, 3 classes

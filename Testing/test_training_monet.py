@@ -116,6 +116,28 @@ def test_resume_refuses_a_checkpoint_made_with_other_settings(two_epoch_run):
     assert "learning_rate: 0.0005 -> 0.001" in log_of(two_epoch_run)
 
 
+def test_training_can_start_from_an_earlier_model(two_epoch_run, tmp_path):
+    """--initial-weights: the first step starts from the given model, and the card says so."""
+    from safetensors.torch import load_file
+
+    start = card_of(two_epoch_run)
+    output = tmp_path / "continued"
+    assert run_training(*TINY, "--epochs", "1", "--lr", "1e-12", "--output", output,
+                        "--initial-weights", two_epoch_run.with_suffix(".safetensors")) == 0
+    assert card_of(output)["training"]["initial_weights"] == {"name": start["name"], "sha256": start["sha256"]}
+    before = load_file(str(two_epoch_run.with_suffix(".safetensors")))
+    after = load_file(str(output.with_suffix(".safetensors")))
+    # with a vanishing learning rate only BatchNorm statistics can move
+    conv = next(key for key in before if key.endswith("conv.weight"))
+    assert np.allclose(before[conv].numpy(), after[conv].numpy(), atol=1e-6)
+
+
+def test_initial_weights_of_another_architecture_are_refused(tmp_path, two_epoch_run):
+    output = tmp_path / "unet"
+    assert run_training(*TINY, "--epochs", "1", "--architecture", "unet16", "--output", output,
+                        "--initial-weights", two_epoch_run.with_suffix(".safetensors")) == 2
+
+
 def test_resume_without_a_checkpoint_says_so(tmp_path):
     output = tmp_path / "monet"
     assert run_training(*TINY, "--epochs", "1", "--output", output, "--resume") == 2

@@ -341,6 +341,25 @@ def pancreas_fraction(slices: SliceSet) -> float:
     return pancreas / (len(slices) * size * size)
 
 
+def initial_weights_record(path) -> Optional[dict]:
+    if not path:
+        return None
+    from PancreasAILib.weights import read_model_card
+
+    card = read_model_card(path)
+    return {"name": card.name, "sha256": card.sha256}
+
+
+def load_initial_weights(network, path: str, spec) -> None:
+    """Start from a model file of the same architecture (fine-tuning a published model on a
+    site's data, or training longer from an earlier run's result)."""
+    from PancreasAILib.weights import load_into, load_state_dict, read_model_card
+
+    card = read_model_card(path)
+    load_into(network, load_state_dict(card, spec.class_name), card)
+    logger.info("Starting from the weights of %s (SHA256 %s...)", card.name, card.sha256[:12])
+
+
 def set_output_prior(network, fraction: float) -> None:
     """Make the untrained network output `fraction` everywhere (a logit bias), not 0.5."""
     import torch
@@ -471,7 +490,9 @@ def start_run(args, argv, dist: Distributed) -> Run:
                          "no pancreas. Check that the label files belong to the CTs.")
 
     network = build_network(spec).to(dist.device)
-    if protocol.prior_init:
+    if args.initial_weights:
+        load_initial_weights(network, args.initial_weights, spec)
+    elif protocol.prior_init:
         fraction = float(np.clip(pancreas_fraction(train), 1e-4, 0.5))
         set_output_prior(network, fraction)
         logger.info("Output bias set to the training slices' pancreas fraction %.4f", fraction)
@@ -619,6 +640,7 @@ def model_card(run: Run, metrics: dict) -> dict:
             "steps_per_epoch": run.steps_per_epoch,
             "batch_size": run.protocol.batch_size,
             "seed": run.args.seed,
+            "initial_weights": initial_weights_record(run.args.initial_weights),
             "max_val_slices": run.args.max_val_slices,
             "hardware": hardware_record(run.dist),
             "software": software_versions(),
@@ -758,6 +780,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                      help="auto: a GPU when there is one (under torchrun: one per process)")
     run.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    run.add_argument("--initial-weights", metavar="MODEL",
+                     help="start from this model file (.safetensors with its card) instead of random weights")
     return parser
 
 
