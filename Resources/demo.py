@@ -50,7 +50,7 @@ def demo_segmentation(ct_path: Path, output: Path) -> list[Path]:
     segmentation = import_mask_file(ct_node, label_path)
     segmentation.SetName("sample CT pancreas")
     mrb = save_scene_bundle(scene, output / f"{ct_path.name.split('.')[0]}_scene.mrb")
-    return [seg_path, label_path, png, mrb]
+    return [ct_path, seg_path, label_path, png, mrb]
 
 
 def sample_mri_pair(folder: Path) -> tuple[Path, Path, tuple, tuple]:

@@ -30,7 +30,7 @@ def test_case_name_of_a_dicom_folder_is_the_folder_name(tmp_path):
 def test_all_or_nothing_renames_every_output_on_success(tmp_path):
     finals = [tmp_path / "case_pancreas.seg.nrrd", tmp_path / "case_pancreas.nii.gz"]
     with all_or_nothing(finals) as temporaries:
-        assert [t.parent for t in temporaries] == [tmp_path, tmp_path]
+        assert all(t.parent.parent == tmp_path for t in temporaries)  # beside the outputs: same disk
         assert all(not t.exists() and t not in finals for t in temporaries)
         for temp, text in zip(temporaries, ("seg", "labels")):
             temp.write_text(text)
@@ -38,12 +38,14 @@ def test_all_or_nothing_renames_every_output_on_success(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in finals)
 
 
-def test_all_or_nothing_keeps_the_real_extension_last(tmp_path):
-    finals = [tmp_path / "a.seg.nrrd", tmp_path / "b.nii.gz", tmp_path / "c.csv"]
+def test_all_or_nothing_keeps_the_final_file_names(tmp_path):
+    """Writers choose the format from the name, and a .mrb names its inner folder after it."""
+    finals = [tmp_path / "a.seg.nrrd", tmp_path / "b.nii.gz", tmp_path / "c_scene.mrb"]
     with all_or_nothing(finals) as temporaries:
-        assert [t.name.split(".partial")[1] for t in temporaries] == [".seg.nrrd", ".nii.gz", ".csv"]
+        assert [t.name for t in temporaries] == ["a.seg.nrrd", "b.nii.gz", "c_scene.mrb"]
         for temp in temporaries:
             temp.write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.seg.nrrd", "b.nii.gz", "c_scene.mrb"]
 
 
 def test_all_or_nothing_leaves_no_file_when_the_block_raises(tmp_path):

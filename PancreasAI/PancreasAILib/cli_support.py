@@ -74,28 +74,26 @@ def refuse_existing(paths: list[Path], overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def all_or_nothing(paths: list[Path]) -> Iterator[list[Path]]:
-    """Yield temporary paths to write; on success rename them to `paths`, else delete them."""
-    temporary = [p.with_name(f".{p.name}.partial{_suffix(p)}") for p in paths]
+    """Yield temporary paths to write; on success move them to `paths`, else delete them.
+
+    The temporary files keep their final names, in a hidden folder beside them, so writers
+    that use the name (a .mrb names its inner folder after it) write what the user will see.
+    """
+    import shutil
+    import tempfile
+
+    staging = {folder: Path(tempfile.mkdtemp(prefix=".partial-", dir=folder)) for folder in {p.parent for p in paths}}
+    temporary = [staging[p.parent] / p.name for p in paths]
     try:
         yield temporary
         unwritten = [str(final) for temp, final in zip(temporary, paths) if not temp.exists()]
-        if unwritten:  # checked before any rename, so no output is replaced unless all are there
+        if unwritten:  # checked before any move, so no output is replaced unless all are there
             raise RuntimeError(f"The output {unwritten[0]} was not written; nothing was replaced.")
         for temp, final in zip(temporary, paths):
             os.replace(temp, final)
     finally:
-        for temp in temporary:
-            if temp.exists():
-                temp.unlink()
-
-
-def _suffix(path: Path) -> str:
-    """Keep the real extension last so writers pick the right format."""
-    name = path.name.lower()
-    for suffix in (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".csv", ".png", ".json", ".mrb"):
-        if name.endswith(suffix):
-            return suffix
-    return path.suffix
+        for folder in staging.values():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def print_models(registry) -> None:

@@ -167,6 +167,16 @@ def save_scene_bundle(scene, path) -> "Path":
         node = scene.GetNthNode(index)
         if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is None and node.GetSaveWithScene():
             node.CreateDefaultStorageNode()
-    if not scene.WriteToMRB(str(path)):
+    import vtk
+
+    # vtkArchive reports every file it zips; keep the console for what matters.
+    output_window = vtk.vtkOutputWindow.GetInstance()
+    mode = output_window.GetDisplayMode()
+    output_window.SetDisplayModeToNever()
+    try:
+        written = scene.WriteToMRB(str(path))
+    finally:
+        output_window.SetDisplayMode(mode)
+    if not written:
         raise OSError(f"Slicer could not write the scene to {path}.")
     return path

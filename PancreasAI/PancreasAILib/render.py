@@ -26,8 +26,8 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask)
 
 
-def _display_views(volume: Volume, mask: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
-    """Axial and coronal slices through the mask's centre: (name, image, mask, row/column aspect)."""
+def _display_views(volume: Volume, mask: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray, tuple[float, float]]]:
+    """Axial and coronal slices through the mask's centre: (name, image, mask, (row, column) mm)."""
     reorientation = axial_reorientation(volume)
     image = reorientation.apply(volume.array)
     labels = reorientation.apply(mask)
@@ -36,9 +36,9 @@ def _display_views(volume: Volume, mask: np.ndarray) -> list[tuple[str, np.ndarr
         k, j, _ = (int(round(c)) for c in np.argwhere(labels).mean(axis=0))
     else:
         k, j = image.shape[0] // 2, image.shape[1] // 2
-    axial = ("axial", image[k], labels[k], spacing[1] / spacing[0])
+    axial = ("axial", image[k], labels[k], (spacing[1], spacing[0]))
     # canonical k runs to superior: flip so superior is up
-    coronal = ("coronal", image[::-1, j, :], labels[::-1, j, :], spacing[2] / spacing[0])
+    coronal = ("coronal", image[::-1, j, :], labels[::-1, j, :], (spacing[2], spacing[0]))
     return [axial, coronal]
 
 
@@ -49,17 +49,23 @@ def overlay_png(volume: Volume, mask: np.ndarray, path: str | Path, window: Sequ
     from PIL import Image, ImageDraw
 
     panels = []
-    for name, image, labels, aspect in _display_views(volume, mask):
+    views = _display_views(volume, mask)
+    # One scale (pixels per mm) for all panels: the axial view gets `height` pixels.
+    axial_image, axial_mm = views[0][1], views[0][3]
+    pixels_per_mm = height / (axial_image.shape[0] * axial_mm[0])
+    for name, image, labels, (row_mm, column_mm) in views:
         grey = to_grey(image, *window)
         rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
         inside = labels > 0
         rgb[inside] = 0.75 * rgb[inside] + 0.25 * np.asarray(color, np.float32)
         rgb[outline(labels)] = color
         picture = Image.fromarray(rgb.astype(np.uint8))
-        width = max(1, int(round(height * picture.width / (picture.height * aspect))))
-        panels.append((name, picture.resize((width, height), Image.BILINEAR)))
+        size = (max(1, round(picture.width * column_mm * pixels_per_mm)),
+                max(1, round(picture.height * row_mm * pixels_per_mm)))
+        panels.append((name, picture.resize(size, Image.BILINEAR)))
     caption = 24
-    canvas = Image.new("RGB", (sum(p.width for _, p in panels) + 8 * (len(panels) - 1), height + caption))
+    canvas = Image.new("RGB", (sum(p.width for _, p in panels) + 8 * (len(panels) - 1),
+                               max(p.height for _, p in panels) + caption))
     draw = ImageDraw.Draw(canvas)
     x = 0
     for name, picture in panels:
