@@ -158,3 +158,8 @@ def test_largest_component_keeps_only_the_biggest_piece():
     mask[6:9, 6:9, 6:10] = 1
     kept = largest_component(mask)
     assert kept.sum() == 36 and kept[7, 7, 7] == 1 and kept[2, 2, 2] == 0
+
+
+def test_largest_component_of_an_empty_mask_is_empty():
+    mask = np.zeros((4, 5, 6), np.uint8)
+    assert not largest_component(mask).any()

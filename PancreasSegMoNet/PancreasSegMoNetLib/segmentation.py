@@ -130,10 +130,21 @@ def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optio
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest 26-connected component of a binary (K, J, I) mask."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    """Keep the largest 26-connected component of a binary (K, J, I) mask.
+
+    Labelling works inside the mask's bounding box: the int32 label image of a whole
+    512 x 512 x 600 CT alone would take 630 MB.
+    """
+    box = tuple(slice(int(np.flatnonzero(mask.any(axis=other))[0]),
+                      int(np.flatnonzero(mask.any(axis=other))[-1]) + 1)
+                for other in ((1, 2), (0, 2), (0, 1))) if mask.any() else None
+    if box is None:
+        return mask
+    labels, count = ndimage.label(mask[box], structure=np.ones((3, 3, 3), bool))
     if count <= 1:
         return mask
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    return (labels == sizes.argmax()).astype(np.uint8)
+    kept = np.zeros_like(mask, dtype=np.uint8)
+    kept[box] = labels == sizes.argmax()
+    return kept
