@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,8 +23,8 @@ from typing import Optional
 import numpy as np
 
 from PancreasAILib.cli_support import (ProgressPrinter, all_or_nothing, case_name, print_models,
-                                       refuse_existing)
-from PancreasAILib.errors import InputError, OperationCancelled, PancreasAIError
+                                       refuse_existing, run_command)
+from PancreasAILib.errors import InputError, PancreasAIError
 from PancreasAILib.progress import ProgressCallback
 
 from .grids import RegionBox
@@ -210,31 +209,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
-    try:
-        if args.command == "models":
-            from .models import model_registry
+    return run_command(lambda: _run(args))
 
-            print_models(model_registry())
-            return 0
-        if args.command == "assess":
-            if args.roi_mask is None and (args.roi_center is None or args.roi_size is None):
-                raise InputError("Give the region: --roi-center and --roi-size, or --roi-mask.")
-            try:
-                cases = [Case(args.case or case_name(args.t2), args.t1, args.t2, parse_triple(args.roi_center),
-                              parse_triple(args.roi_size), args.roi_mask)]
-            except ValueError as error:
-                raise InputError(str(error)) from error
-        else:
-            cases = read_cases_csv(args.csv)
-        rows = run_cases(cases, args.output, args.model, args.device, not args.no_tta, not args.no_scene,
-                         args.overwrite, args.progress_format)
-        if args.command == "batch":
-            path = write_results_csv(rows, args.output / "results.csv")
-            print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} cases assessed; table: {path}")
-        return 0 if all(r["status"] == "ok" for r in rows) else 1
-    except OperationCancelled:
-        print("Cancelled.", file=sys.stderr)
-        return 130
-    except PancreasAIError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+
+def _run(args) -> int:
+    if args.command == "models":
+        from .models import model_registry
+
+        print_models(model_registry())
+        return 0
+    if args.command == "assess":
+        if args.roi_mask is None and (args.roi_center is None or args.roi_size is None):
+            raise InputError("Give the region: --roi-center and --roi-size, or --roi-mask.")
+        try:
+            cases = [Case(args.case or case_name(args.t2), args.t1, args.t2, parse_triple(args.roi_center),
+                          parse_triple(args.roi_size), args.roi_mask)]
+        except ValueError as error:
+            raise InputError(str(error)) from error
+    else:
+        cases = read_cases_csv(args.csv)
+    rows = run_cases(cases, args.output, args.model, args.device, not args.no_tta, not args.no_scene,
+                     args.overwrite, args.progress_format)
+    if args.command == "batch":
+        path = write_results_csv(rows, args.output / "results.csv")
+        print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} cases assessed; table: {path}")
+    return 0 if all(r["status"] == "ok" for r in rows) else 1

@@ -102,3 +102,20 @@ def print_models(registry) -> None:
         state = "available" if registry.is_available(name) else "downloads on first use"
         print(f"{name}\t{registry.entries[name].title}\t({state})")
     print(f"cache: {registry.cache_dir}")
+
+
+def run_command(command) -> int:
+    """Run `command()` (returning an exit code) the way both command lines end: a cancel exits
+    130, a problem the user can act on prints `error: ...` and exits 2, never a traceback."""
+    import sys
+
+    from .errors import OperationCancelled, PancreasAIError
+
+    try:
+        return command()
+    except OperationCancelled:
+        print("Cancelled.", file=sys.stderr)
+        return 130
+    except PancreasAIError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

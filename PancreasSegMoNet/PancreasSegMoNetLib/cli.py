@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from PancreasAILib.cli_support import (ProgressPrinter, all_or_nothing, case_name, print_models,
-                                       refuse_existing)
-from PancreasAILib.errors import OperationCancelled, PancreasAIError
+                                       refuse_existing, run_command)
+from PancreasAILib.errors import PancreasAIError
 from PancreasAILib.segmentation_file import SegmentInfo, write_segmentation
 
 from .mrml import PANCREAS_TERMINOLOGY, SEGMENT_COLOR, SEGMENT_ID, SEGMENT_NAME
@@ -102,19 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
-    try:
-        if args.command == "models":
-            from .models import model_registry
+    return run_command(lambda: _run(args))
 
-            print_models(model_registry())
-            return 0
-        failures = segment_files(
-            expand_inputs(args.inputs), args.output, args.model, args.device, args.threshold,
-            not args.no_largest_component, args.overwrite, args.progress_format)
-        return 1 if failures else 0
-    except OperationCancelled:
-        print("Cancelled.", file=sys.stderr)
-        return 130
-    except PancreasAIError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+
+def _run(args) -> int:
+    if args.command == "models":
+        from .models import model_registry
+
+        print_models(model_registry())
+        return 0
+    failures = segment_files(
+        expand_inputs(args.inputs), args.output, args.model, args.device, args.threshold,
+        not args.no_largest_component, args.overwrite, args.progress_format)
+    return 1 if failures else 0
