@@ -34,7 +34,6 @@ import argparse
 import csv
 import json
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -49,7 +48,7 @@ for sub in ("PancreasAI", "IPMNRisk"):
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
-from PancreasAILib.errors import InputError, PancreasAIError  # noqa: E402
+from PancreasAILib.errors import InputError  # noqa: E402
 from IPMNRiskLib.model import CLASS_NAMES  # noqa: E402
 
 from ipmn_data import (card_preprocessing, central_samples, data_sha256, phantom_cases,  # noqa: E402
@@ -64,10 +63,11 @@ from ipmn_setup import (add_model_arguments, add_phantom_shape_arguments, add_pr
 from ipmn_training import (IPMNProtocol, TrainingRun, add_class_weights_argument, check_protocol,  # noqa: E402
                            full_protocol_record, predict_probabilities)
 from trainkit.checkpoint import to_json_value, write_json_atomically  # noqa: E402
-from trainkit.distributed import Distributed, distributed_session  # noqa: E402
+from trainkit.distributed import Distributed  # noqa: E402
 from trainkit.model_card import command_line, hardware_record, software_versions  # noqa: E402
 from trainkit.protocol import add_protocol_arguments, protocol_from_arguments  # noqa: E402
-from trainkit.runlog import Curves, run_logging  # noqa: E402
+from trainkit.script import run_script  # noqa: E402
+from trainkit.runlog import Curves  # noqa: E402
 from trainkit.seeding import derived_seed, seed_everything, use_deterministic_kernels  # noqa: E402
 
 logger = logging.getLogger("crossvalidate_ipmn")
@@ -269,22 +269,9 @@ class CrossValidation:
 
 def crossvalidate(args, argv: Optional[Sequence[str]] = None) -> int:
     """Run the cross-validation the arguments describe; returns the exit code (0 done, 2 refused)."""
-    output = Path(args.output)
-    rank = int(os.environ.get("RANK", "0"))
-    with run_logging(output / "cv.log" if rank == 0 else None, rank == 0, rank):
-        try:
-            with distributed_session(args.device) as dist:
-                if dist.is_main:
-                    logger.info("=== %s", command_line(SCRIPT, argv))
-                CrossValidation(args, argv, dist).run()
-                dist.barrier()
-        except PancreasAIError as error:
-            logger.error("error: %s", error)
-            return 2
-        except KeyboardInterrupt:
-            logger.error("Interrupted. Finished folds and validations are kept: run the same command with --resume.")
-            return 130
-    return 0
+    return run_script(SCRIPT, argv, log_file=Path(args.output) / "cv.log", device=args.device,
+                      body=lambda dist: CrossValidation(args, argv, dist).run(), logger=logger,
+                      on_interrupt="Finished folds and validations are kept: run the same command with --resume.")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -39,7 +38,7 @@ for sub in ("PancreasAI", "IPMNRisk"):
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
-from PancreasAILib.errors import InputError, PancreasAIError  # noqa: E402
+from PancreasAILib.errors import InputError  # noqa: E402
 from PancreasAILib.weights import save_model  # noqa: E402
 from IPMNRiskLib.model import CLASS_NAMES  # noqa: E402
 
@@ -54,11 +53,11 @@ from ipmn_setup import (add_model_arguments, add_phantom_shape_arguments, add_pr
 from ipmn_training import (IPMNProtocol, TrainingRun, add_class_weights_argument, check_protocol,  # noqa: E402
                            full_protocol_record, predict_probabilities)
 from trainkit.checkpoint import write_json_atomically  # noqa: E402
-from trainkit.distributed import distributed_session  # noqa: E402
 from trainkit.model_card import command_line, hardware_record, software_versions  # noqa: E402
 from trainkit.protocol import add_protocol_arguments, protocol_from_arguments  # noqa: E402
 from trainkit.run_files import RunFiles  # noqa: E402
-from trainkit.runlog import Curves, run_logging  # noqa: E402
+from trainkit.script import run_script  # noqa: E402
+from trainkit.runlog import Curves  # noqa: E402
 from trainkit.seeding import seed_everything, use_deterministic_kernels  # noqa: E402
 
 logger = logging.getLogger("train_ipmn")
@@ -255,22 +254,9 @@ def run_pretrained_text(pretrained) -> str:
 
 def train(args, argv: Optional[Sequence[str]] = None) -> int:
     """Run the training the arguments describe; returns the exit code (0 done, 2 refused)."""
-    files = RunFiles.for_output(args.output)
-    rank = int(os.environ.get("RANK", "0"))
-    with run_logging(files.log if rank == 0 else None, rank == 0, rank):
-        try:
-            with distributed_session(args.device) as dist:
-                if dist.is_main:
-                    logger.info("=== %s", command_line(SCRIPT, argv))
-                run_training(args, argv, dist)
-                dist.barrier()
-        except PancreasAIError as error:
-            logger.error("error: %s", error)
-            return 2
-        except KeyboardInterrupt:
-            logger.error("Interrupted. Finished validations are checkpointed: run the same command with --resume.")
-            return 130
-    return 0
+    return run_script(SCRIPT, argv, log_file=RunFiles.for_output(args.output).log, device=args.device,
+                      body=lambda dist: run_training(args, argv, dist), logger=logger,
+                      on_interrupt="Finished validations are checkpointed: run the same command with --resume.")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,13 +50,14 @@ from segmentation_networks import (ARCHITECTURES, NetworkSpec, build_network, ou
                                    parameter_counts)
 from trainkit.checkpoint import (load_latest_checkpoint, optimizer_parts, restore_optimizer,  # noqa: E402
                                  save_checkpoint, to_json_value, write_json_atomically)
-from trainkit.distributed import Distributed, distributed_session  # noqa: E402
+from trainkit.distributed import Distributed  # noqa: E402
 from trainkit.hashing import FileHashes  # noqa: E402
 from trainkit.model_card import command_line, hardware_record, software_versions  # noqa: E402
 from trainkit.protocol import (add_protocol_arguments, changed_fields, option,  # noqa: E402
                                protocol_from_arguments, protocol_record)
 from trainkit.run_files import RunFiles  # noqa: E402
-from trainkit.runlog import Curves, progress_bar, run_logging  # noqa: E402
+from trainkit.script import run_script  # noqa: E402
+from trainkit.runlog import Curves, progress_bar  # noqa: E402
 from trainkit.seeding import (derived_seed, generator_states, process_rng_state,  # noqa: E402
                               restore_generator_states, restore_process_rng_state, seed_everything,
                               use_deterministic_kernels)
@@ -728,24 +728,14 @@ def finish(run: Run) -> None:
 
 def train(args, argv: Optional[Sequence[str]] = None) -> int:
     """Run the training the arguments describe; returns the exit code (0 done, 2 refused)."""
-    files = RunFiles.for_output(args.output)
-    rank = int(os.environ.get("RANK", "0"))
-    with run_logging(files.log if rank == 0 else None, rank == 0, rank):
-        try:
-            with distributed_session(args.device) as dist:
-                if dist.is_main:
-                    logger.info("=== %s", command_line(SCRIPT, argv))
-                run = start_run(args, argv, dist)
-                train_epochs(run)
-                finish(run)
-                dist.barrier()
-        except PancreasAIError as error:
-            logger.error("error: %s", error)
-            return 2
-        except KeyboardInterrupt:
-            logger.error("Interrupted. Finished epochs are kept: run the same command with --resume to continue.")
-            return 130
-    return 0
+    def body(dist: Distributed) -> None:
+        run = start_run(args, argv, dist)
+        train_epochs(run)
+        finish(run)
+
+    return run_script(SCRIPT, argv, log_file=RunFiles.for_output(args.output).log, device=args.device,
+                      body=body, logger=logger,
+                      on_interrupt="Finished epochs are kept: run the same command with --resume to continue.")
 
 
 def build_parser() -> argparse.ArgumentParser:
