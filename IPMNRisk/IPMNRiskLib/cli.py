@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
-from PancreasAILib.cli_support import (ProgressPrinter, all_or_nothing, case_name, print_models,
-                                       refuse_existing, run_command)
+from PancreasAILib.cli_support import (ProgressPrinter, add_run_options, all_or_nothing, case_name, main_with,
+                                       refuse_existing)
 from PancreasAILib.errors import InputError, PancreasAIError
 from PancreasAILib.progress import ProgressCallback
 
@@ -196,28 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("csv", type=Path)
     for command in (one, batch):
         command.add_argument("--output", "-o", required=True, type=Path)
-        command.add_argument("--model", help="registry name or .safetensors path (default: first in registry)")
-        command.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
+        add_run_options(command)
         command.add_argument("--no-tta", action="store_true", help="no test-time augmentation (8x faster)")
         command.add_argument("--no-scene", action="store_true", help="do not write the .mrb review scene")
-        command.add_argument("--overwrite", action="store_true", help="replace existing result files")
-        command.add_argument("--progress-format", choices=["bar", "json"], default="bar")
     commands.add_parser("models", help="list the known models")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.ERROR, format="%(message)s")
-    return run_command(lambda: _run(args))
+    from .models import model_registry
+
+    return main_with(build_parser(), _run, model_registry, argv)
 
 
 def _run(args) -> int:
-    if args.command == "models":
-        from .models import model_registry
-
-        print_models(model_registry())
-        return 0
     if args.command == "assess":
         if args.roi_mask is None and (args.roi_center is None or args.roi_size is None):
             raise InputError("Give the region: --roi-center and --roi-size, or --roi-mask.")

@@ -104,6 +104,26 @@ def print_models(registry) -> None:
     print(f"cache: {registry.cache_dir}")
 
 
+def add_run_options(command) -> None:
+    """The options every command that runs a model shares: model, device, overwrite, progress."""
+    command.add_argument("--model", help="registry name or .safetensors path (default: first in registry)")
+    command.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
+    command.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    command.add_argument("--progress-format", choices=["bar", "json"], default="bar")
+
+
+def main_with(parser, run, registry, argv: list[str] | None = None) -> int:
+    """Parse `argv` and run: the `models` command prints `registry()`, any other goes to
+    `run(args)`; ends as `run_command` does."""
+    import logging
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")
+    if args.command == "models":
+        return run_command(lambda: print_models(registry()) or 0)
+    return run_command(lambda: run(args))
+
+
 def run_command(command) -> int:
     """Run `command()` (returning an exit code) the way both command lines end: a cancel exits
     130, a problem the user can act on prints `error: ...` and exits 2, never a traceback."""

@@ -10,11 +10,10 @@ terminology) and <case>_pancreas.nii.gz (label map, 1 = pancreas) on the input's
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
-from PancreasAILib.cli_support import (ProgressPrinter, all_or_nothing, case_name, print_models,
-                                       refuse_existing, run_command)
+from PancreasAILib.cli_support import (ProgressPrinter, add_run_options, all_or_nothing, case_name, main_with,
+                                       refuse_existing)
 from PancreasAILib.errors import PancreasAIError
 from PancreasAILib.segmentation_file import SegmentInfo, write_segmentation
 
@@ -87,29 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     segment = commands.add_parser("segment", help="segment the pancreas in CT volumes")
     segment.add_argument("inputs", nargs="+", help="NIfTI/NRRD files, folders of them, or DICOM series folders")
     segment.add_argument("--output", "-o", required=True, type=Path, help="folder for the results")
-    segment.add_argument("--model", help="registry name or .safetensors path (default: first in registry)")
-    segment.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
+    add_run_options(segment)
     segment.add_argument("--threshold", type=float, help="probability threshold (default: model card)")
     segment.add_argument("--no-largest-component", action="store_true",
                          help="keep every connected piece, not only the largest")
-    segment.add_argument("--overwrite", action="store_true", help="replace existing result files")
-    segment.add_argument("--progress-format", choices=["bar", "json"], default="bar")
     commands.add_parser("models", help="list the known models and where they are")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.ERROR, format="%(message)s")
-    return run_command(lambda: _run(args))
+    from .models import model_registry
+
+    return main_with(build_parser(), _run, model_registry, argv)
 
 
 def _run(args) -> int:
-    if args.command == "models":
-        from .models import model_registry
-
-        print_models(model_registry())
-        return 0
     failures = segment_files(
         expand_inputs(args.inputs), args.output, args.model, args.device, args.threshold,
         not args.no_largest_component, args.overwrite, args.progress_format)
