@@ -144,3 +144,23 @@ def use_model_for_default(monkeypatch, models_module, card) -> None:
             return card
 
     monkeypatch.setattr(models_module, "model_registry", lambda *args, **kwargs: Registry())
+
+
+def key_structure(value):
+    """The nested field names of a model card (values and list lengths left out)."""
+    if isinstance(value, dict):
+        return {key: key_structure(item) for key, item in value.items()}
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return [key_structure(value[0])]
+    return None
+
+
+def run_torchrun(script: Path, *arguments: str, processes: int = 2):
+    """`script` under torchrun with `processes` CPU processes of one thread each; its CompletedProcess."""
+    import os
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               str(script), *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -5,14 +5,12 @@ resumed run is the uninterrupted run, and torchrun with two CPU processes writes
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import key_structure, run_torchrun
 
 import crossvalidate_ipmn
 import train_ipmn
@@ -474,22 +472,10 @@ def test_t1_and_t2_that_do_not_overlap_are_refused_naming_the_case(cohort_csv, t
 
 # --- several processes --------------------------------------------------------------------------------
 
-def key_structure(value):
-    """The nested field names of a card (values and list lengths left out)."""
-    if isinstance(value, dict):
-        return {key: key_structure(item) for key, item in value.items()}
-    if isinstance(value, list) and value and isinstance(value[0], dict):
-        return [key_structure(value[0])]
-    return None
-
-
 @pytest.mark.slow
 def test_torchrun_with_two_cpu_processes_writes_a_card_with_the_same_fields(phantom_run, tmp_path):
     output = tmp_path / "ipmn-ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(TRAIN_SCRIPT), *TINY_TRAIN, "--steps", "2", "--output", str(output)]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    completed = run_torchrun(TRAIN_SCRIPT, *TINY_TRAIN, "--steps", "2", "--output", str(output))
     assert completed.returncode == 0, completed.stderr[-3000:]
     card = card_of(output)
     assert key_structure(card) == key_structure(card_of(phantom_run))

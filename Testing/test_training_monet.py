@@ -3,14 +3,12 @@ and runs, MSD folders and bad data are handled, a resumed run is the uninterrupt
 torchrun with two CPU processes writes a card with the same fields."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import key_structure, run_torchrun
 
 import train_monet
 from PancreasAILib.errors import InputError
@@ -350,22 +348,10 @@ def test_crops_hold_the_pancreas_when_the_slice_shows_it():
 
 # --- several processes -----------------------------------------------------------------------------
 
-def key_structure(value):
-    """The nested field names of a card (values and list lengths left out)."""
-    if isinstance(value, dict):
-        return {key: key_structure(item) for key, item in value.items()}
-    if isinstance(value, list) and value and isinstance(value[0], dict):
-        return [key_structure(value[0])]
-    return None
-
-
 @pytest.mark.slow
 def test_torchrun_with_two_cpu_processes_writes_a_card_with_the_same_fields(two_epoch_run, tmp_path):
     output = tmp_path / "monet-ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(SCRIPT), *TINY, "--epochs", "1", "--output", str(output)]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    completed = run_torchrun(SCRIPT, *TINY, "--epochs", "1", "--output", str(output))
     assert completed.returncode == 0, completed.stderr[-3000:]
     card = card_of(output)
     assert key_structure(card) == key_structure(card_of(two_epoch_run))
