@@ -130,6 +130,23 @@ def test_training_can_start_from_an_earlier_model(two_epoch_run, tmp_path):
     assert np.allclose(before[conv].numpy(), after[conv].numpy(), atol=1e-6)
 
 
+def test_bf16_mixed_precision_trains_close_to_fp32_and_is_recorded(tmp_path):
+    """--precision bf16: the same run with convolutions in bfloat16 moves the weights as fp32
+    does, not identically (so bfloat16 was really used), and the card says which it was."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        output = tmp_path / precision
+        assert run_training(*TINY, "--epochs", "1", "--precision", precision, "--output", output) == 0
+        assert card_of(output)["training"]["protocol"]["precision"] == precision
+        runs[precision] = load_file(str(output.with_suffix(".safetensors")))
+    conv = [key for key in runs["fp32"] if key.endswith("conv.weight")]
+    moved = [float((runs["bf16"][key] - runs["fp32"][key]).norm() / runs["fp32"][key].norm()) for key in conv]
+    assert max(moved) > 0
+    assert np.median(moved) < 0.05
+
+
 def test_initial_weights_of_another_architecture_are_refused(tmp_path, two_epoch_run):
     output = tmp_path / "unet"
     assert run_training(*TINY, "--epochs", "1", "--architecture", "unet16", "--output", output,

@@ -103,6 +103,10 @@ class MoNetProtocol:
                                            "are measured again before each validation")
     prior_init: bool = option(False, "start the output at the training slices' pancreas pixel fraction "
                                      "instead of 0.5 (not in the paper)")
+    precision: str = option("fp32", "arithmetic of the training steps: fp32 (the paper), or bf16 mixed precision "
+                                    "(torch.autocast: convolutions in bfloat16, weights, BatchNorm and loss in "
+                                    "float32; 2-3x faster on CPUs with AMX and on recent GPUs)",
+                            choices=("fp32", "bf16"))
 
 
 # Settings that may change when a run is resumed (to train longer, or stop earlier).
@@ -304,7 +308,7 @@ def validation_loss(network, slices: SliceSet, smooth: float, dist: Distributed)
     with torch.inference_mode():
         for start in range(0, len(mine), VALIDATION_BATCH):
             images, masks = slices.batch(mine[start:start + VALIDATION_BATCH])
-            probabilities = network(images.to(dist.device))
+            probabilities = network(images.to(dist.device).contiguous(memory_format=torch.channels_last))
             masks = masks.to(dist.device)
             intersection += float((probabilities * masks).sum())
             total += float(probabilities.sum() + masks.sum())
@@ -390,7 +394,7 @@ def recalibrated_batch_norm(network, slices: SliceSet, rng: np.random.Generator,
     with torch.no_grad():
         for start in range(0, len(pick), VALIDATION_BATCH):
             images, _ = slices.batch(pick[start:start + VALIDATION_BATCH])
-            calibrated(images.to(device))
+            calibrated(images.to(device).contiguous(memory_format=torch.channels_last))
     for bn, momentum in zip(batch_norms, momenta):
         bn.momentum = momentum
     for dropout, rate in zip(dropouts, rates):
@@ -489,7 +493,8 @@ def start_run(args, argv, dist: Distributed) -> Run:
         raise InputError("No slice is left for training or for validation: the label maps hold (almost) "
                          "no pancreas. Check that the label files belong to the CTs.")
 
-    network = build_network(spec).to(dist.device)
+    # Channels-last: the same arithmetic, laid out as oneDNN and cuDNN convolve fastest.
+    network = build_network(spec).to(dist.device, memory_format=torch.channels_last)
     if args.initial_weights:
         load_initial_weights(network, args.initial_weights, spec)
     elif protocol.prior_init:
@@ -587,7 +592,10 @@ def train_epoch(run: Run, epoch: int) -> float:
         if protocol.crop:
             corners = random_crop_corners(masks, protocol.crop, run.sampler)
             images, masks = crop_batch(images, masks, corners, protocol.crop)
-        loss = run.loss_function(run.model(images[shard]), masks[shard])
+        images = images[shard].contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=protocol.precision == "bf16"):
+            logits = run.model(images)
+        loss = run.loss_function(logits.float(), masks[shard])
         run.optimizer.zero_grad()
         loss.backward()
         run.optimizer.step()
