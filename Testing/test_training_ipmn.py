@@ -483,6 +483,22 @@ def test_torchrun_with_two_cpu_processes_writes_a_card_with_the_same_fields(phan
     assert card["training"]["hardware"]["backend"] == "gloo"
 
 
+def test_bf16_mixed_precision_trains_close_to_fp32_and_is_recorded(tmp_path):
+    """--precision bf16 moves the ViT's weights as fp32 does, not identically, and the card says so."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        output = tmp_path / precision
+        assert train(*TINY_TRAIN, "--steps", "3", "--precision", precision, "--output", output) == 0
+        assert card_of(output)["training"]["protocol"]["precision"] == precision
+        runs[precision] = load_file(str(output.with_suffix(".safetensors")))
+    weights = [key for key in runs["fp32"] if key.endswith("qkv.weight")]
+    moved = [float((runs["bf16"][key] - runs["fp32"][key]).norm() / runs["fp32"][key].norm()) for key in weights]
+    assert max(moved) > 0
+    assert np.median(moved) < 0.05
+
+
 def test_warmup_cosine_schedule_rises_then_decays_to_zero():
     from ipmn_training import learning_rate_factor
 
