@@ -110,9 +110,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
 
 
-@pytest.fixture(scope="session")
-def random_vit_card(tmp_path_factory):
-    """A randomly initialised depth-2 IPMN ViT saved with a complete card."""
+def save_random_vit(folder: Path, name: str, preprocessing: dict | None = None):
+    """A randomly initialised (seed 0) depth-2 IPMN ViT saved in `folder` with a complete card;
+    `preprocessing` adds to the card's input format (e.g. the paper's MRI options)."""
     import torch
 
     from IPMNRiskLib.grids import INPUT_FORMAT
@@ -122,10 +122,16 @@ def random_vit_card(tmp_path_factory):
     params = {"depth": 2, "embed_dim": 48, "num_heads": 3}
     torch.manual_seed(0)
     model = create_vit("vit_tiny_patch16_224", params)
-    path = tmp_path_factory.mktemp("ipmn_models") / "ipmn-random.safetensors"
-    return save_model(model.state_dict(), path, {
-        "name": "ipmn-random", "architecture": "vit_tiny_patch16_224", "architecture_params": params,
-        "classes": list(CLASS_NAMES), "preprocessing": dict(INPUT_FORMAT), "intended_use": "tests only"})
+    return save_model(model.state_dict(), folder / f"{name}.safetensors", {
+        "name": name, "architecture": "vit_tiny_patch16_224", "architecture_params": params,
+        "classes": list(CLASS_NAMES), "preprocessing": {**INPUT_FORMAT, **(preprocessing or {})},
+        "intended_use": "tests only"})
+
+
+@pytest.fixture(scope="session")
+def random_vit_card(tmp_path_factory):
+    """A randomly initialised depth-2 IPMN ViT saved with a complete card."""
+    return save_random_vit(tmp_path_factory.mktemp("ipmn_models"), "ipmn-random")
 
 
 @pytest.fixture(scope="session")

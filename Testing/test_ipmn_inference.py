@@ -4,52 +4,30 @@ that lands where the model looked, on T2's own grid in patient space."""
 import numpy as np
 import pytest
 
+from conftest import save_random_vit
 from PancreasAILib.errors import InputError, OperationCancelled
 from PancreasAILib.progress import CancelToken
 from PancreasAILib.resample import resample_like
 from PancreasAILib.volume import Volume, make_ijk_to_ras
-from PancreasAILib.weights import save_model
 from IPMNRiskLib import rollout as rollout_module
-from IPMNRiskLib.grids import INPUT_FORMAT
 from IPMNRiskLib.inference import RESEARCH_USE_NOTICE, RegionBox, assess, render_grid_png
-from IPMNRiskLib.phantom import make_mr_phantom
 
-TINY = {"depth": 2, "embed_dim": 48, "num_heads": 3}
 CLASSES = ["normal", "low-risk IPMN", "high-risk IPMN"]
 LPS = np.diag([-1.0, -1.0, 1.0])
 
 
-def save_tiny_vit(folder, name, preprocessing=None):
-    import torch
-
-    from IPMNRiskLib.model import create_vit
-
-    torch.manual_seed(0)
-    model = create_vit("vit_tiny_patch16_224", TINY)
-    return save_model(model.state_dict(), folder / f"{name}.safetensors", {
-        "name": name, "architecture": "vit_tiny_patch16_224", "architecture_params": TINY,
-        "classes": CLASSES, "preprocessing": {**INPUT_FORMAT, **(preprocessing or {})},
-        "intended_use": "tests only"})
-
-
 @pytest.fixture(scope="module")
-def tiny_card(tmp_path_factory):
-    """A randomly initialised depth-2 ViT saved as a model file with its card."""
-    return save_tiny_vit(tmp_path_factory.mktemp("ipmn_models"), "ipmn-random")
-
-
-@pytest.fixture(scope="module")
-def mr_case():
+def mr_case(small_mr_phantom):
     """Synthetic paired T1/T2 with a high-risk IPMN; (t1, t2, region around the pancreas)."""
-    phantom = make_mr_phantom(seed=5, risk_class=2, shape=(16, 112, 112), spacing=(2.0, 2.0, 4.0))
+    phantom = small_mr_phantom
     t1, t2 = Volume(phantom.t1, phantom.ijk_to_ras), Volume(phantom.t2, phantom.ijk_to_ras)
     return t1, t2, RegionBox(*phantom.pancreas_box_ras), phantom
 
 
 @pytest.fixture(scope="module")
-def assessment(mr_case, tiny_card):
+def assessment(mr_case, random_vit_card):
     t1, t2, region, _ = mr_case
-    return assess(t1, t2, region, tiny_card)
+    return assess(t1, t2, region, random_vit_card)
 
 
 # --- what comes out -------------------------------------------------------------------------------
@@ -102,24 +80,24 @@ def test_tiles_show_nine_consecutive_axial_slices_inside_the_region(mr_case, ass
     assert np.all(np.abs(centers - region.center_ras) <= np.asarray(region.size_mm) / 2)
 
 
-def test_without_rollout_there_is_no_heat_map(mr_case, tiny_card):
+def test_without_rollout_there_is_no_heat_map(mr_case, random_vit_card):
     t1, t2, region, _ = mr_case
-    result = assess(t1, t2, region, tiny_card, tta=False, rollout=False)
+    result = assess(t1, t2, region, random_vit_card, tta=False, rollout=False)
     assert result.heat_map is None and result.grid_heat is None
     assert np.all(result.spread == 0) and result.views == 1
 
 
-def test_a_segmentation_mask_can_give_the_region(mr_case, tiny_card):
+def test_a_segmentation_mask_can_give_the_region(mr_case, random_vit_card):
     t1, t2, _, phantom = mr_case
     region = RegionBox.from_mask(Volume(phantom.pancreas.astype(np.uint8), phantom.ijk_to_ras))
-    result = assess(t1, t2, region, tiny_card, tta=False)
+    result = assess(t1, t2, region, random_vit_card, tta=False)
     assert result.probabilities.sum() == pytest.approx(1.0)
 
 
-def test_pre_processing_named_in_the_card_is_applied(mr_case, tiny_card, tmp_path):
+def test_pre_processing_named_in_the_card_is_applied(mr_case, random_vit_card, tmp_path):
     t1, t2, region, _ = mr_case
-    smoothing_card = save_tiny_vit(tmp_path, "ipmn-smoothing", {"smoothing": {"iterations": 3}})
-    plain = assess(t1, t2, region, tiny_card, tta=False, rollout=False)
+    smoothing_card = save_random_vit(tmp_path, "ipmn-smoothing", {"smoothing": {"iterations": 3}})
+    plain = assess(t1, t2, region, random_vit_card, tta=False, rollout=False)
     smoothed = assess(t1, t2, region, smoothing_card, tta=False, rollout=False)
     def roughness(image):  # pixel-to-pixel change relative to the overall contrast
         return np.abs(np.diff(image, axis=1)).mean() / image.std()
@@ -127,15 +105,15 @@ def test_pre_processing_named_in_the_card_is_applied(mr_case, tiny_card, tmp_pat
     assert roughness(smoothed.grid_image[..., 1]) < 0.9 * roughness(plain.grid_image[..., 1])
 
 
-def test_progress_reaches_done_and_cancelling_stops_the_assessment(mr_case, tiny_card):
+def test_progress_reaches_done_and_cancelling_stops_the_assessment(mr_case, random_vit_card):
     t1, t2, region, _ = mr_case
     reports = []
-    assess(t1, t2, region, tiny_card, tta=False, progress=lambda f, s: reports.append(f))
+    assess(t1, t2, region, random_vit_card, tta=False, progress=lambda f, s: reports.append(f))
     assert reports[-1] == 1.0 and reports == sorted(reports)
     token = CancelToken()
     token.cancel()
     with pytest.raises(OperationCancelled):
-        assess(t1, t2, region, tiny_card, cancel=token)
+        assess(t1, t2, region, random_vit_card, cancel=token)
 
 
 def test_the_grid_picture_has_the_heat_map_in_colour_and_a_research_caption(assessment, tmp_path):
@@ -197,10 +175,10 @@ def bad_inputs(t1, t2, region, phantom):
 @pytest.mark.parametrize("message", ["do not overlap", "outside the T2 volume", "outside the T1 volume",
                                      "same image", "same image ", "2 dimension", "4 dimensions",
                                      "not numbers", "only 2 axial slice", "at least 8 x 8"])
-def test_unusable_inputs_are_refused_saying_why(mr_case, tiny_card, message):
+def test_unusable_inputs_are_refused_saying_why(mr_case, random_vit_card, message):
     t1, t2, region = bad_inputs(*mr_case)[message]
     with pytest.raises(InputError, match=message.strip()):
-        assess(t1, t2, region, tiny_card, tta=False)
+        assess(t1, t2, region, random_vit_card, tta=False)
 
 
 # --- geometry: T1 on another grid, heat map back in patient space --------------------------------------
@@ -243,36 +221,36 @@ T2_GRIDS = {
 }
 
 
-def test_t1_on_an_oblique_anisotropic_shifted_grid_is_resampled_onto_t2(tiny_card):
+def test_t1_on_an_oblique_anisotropic_shifted_grid_is_resampled_onto_t2(random_vit_card):
     grid = T2_GRIDS["axial"]
     t2 = volume_of(lambda ras: 100 + 900 * lesion_profile(ras), **grid)
     t1_same_grid = volume_of(smooth_t1, **grid)
     t1_elsewhere = volume_of(smooth_t1, shape=(40, 70, 70), spacing=(1.3, 0.9, 1.7),
                              direction=rotation_about_r(20) @ LPS, center=(3.0, -4.0, 5.0))
-    reference = assess(t1_same_grid, t2, REGION, tiny_card, tta=False, rollout=False)
-    result = assess(t1_elsewhere, t2, REGION, tiny_card, tta=False, rollout=False)
+    reference = assess(t1_same_grid, t2, REGION, random_vit_card, tta=False, rollout=False)
+    result = assess(t1_elsewhere, t2, REGION, random_vit_card, tta=False, rollout=False)
     np.testing.assert_array_equal(result.grid_image[..., 1], reference.grid_image[..., 1])
     np.testing.assert_allclose(result.grid_image[..., 0], reference.grid_image[..., 0], atol=0.02)
 
 
-def test_a_t1_covering_most_of_the_region_is_normalised_over_what_it_covers(tiny_card):
+def test_a_t1_covering_most_of_the_region_is_normalised_over_what_it_covers(random_vit_card):
     grid = T2_GRIDS["axial"]
     t2 = volume_of(lambda ras: 100 + 900 * lesion_profile(ras), **grid)
     # T1 spans R -12.5 .. 20.5 mm; the region spans -20 .. 20 mm: about 80 % covered
     t1 = volume_of(smooth_t1, shape=(30, 64, 34), spacing=(1.0, 1.0, 2.0), center=(4.0, 0.0, 0.0))
-    t1_channel = assess(t1, t2, REGION, tiny_card, tta=False, rollout=False).grid_image[..., 0]
+    t1_channel = assess(t1, t2, REGION, random_vit_card, tta=False, rollout=False).grid_image[..., 0]
     uncovered = t1_channel == 0
     assert 0.1 < uncovered.mean() < 0.3
     # had the empty margin counted as intensity 0, T1 itself would start near 0.5
     assert t1_channel[~uncovered].min() < 0.1
 
 
-def test_t1_given_on_t2_s_grid_is_used_without_interpolation(mr_case, tiny_card):
+def test_t1_given_on_t2_s_grid_is_used_without_interpolation(mr_case, random_vit_card):
     # T1 resampled onto T2 beforehand gives the very same input as T1 on its own grid copy
     t1, t2, region, _ = mr_case
     t1_copy = resample_like(t1, t2)
-    a = assess(t1_copy, t2, region, tiny_card, tta=False, rollout=False)
-    b = assess(t1, t2, region, tiny_card, tta=False, rollout=False)
+    a = assess(t1_copy, t2, region, random_vit_card, tta=False, rollout=False)
+    b = assess(t1, t2, region, random_vit_card, tta=False, rollout=False)
     np.testing.assert_array_equal(a.grid_image, b.grid_image)
 
 
@@ -287,12 +265,12 @@ def patch_masses_of_t2(model, batch, head_fusion="mean", discard_ratio=0.0):
 
 
 @pytest.mark.parametrize("grid_name", list(T2_GRIDS))
-def test_the_heat_map_lands_on_the_lesion_in_patient_space(grid_name, tiny_card, monkeypatch):
+def test_the_heat_map_lands_on_the_lesion_in_patient_space(grid_name, random_vit_card, monkeypatch):
     monkeypatch.setattr(rollout_module, "logits_and_rollout_maps", patch_masses_of_t2)
     grid = T2_GRIDS[grid_name]
     t2 = volume_of(lambda ras: 100 + 900 * lesion_profile(ras), **grid)
     t1 = volume_of(lambda ras: 300 - 100 * lesion_profile(ras), **grid)
-    heat = assess(t1, t2, REGION, tiny_card).heat_map
+    heat = assess(t1, t2, REGION, random_vit_card).heat_map
     k, j, i = np.indices(heat.shape)
     ras = heat.ijk_to_ras_points(np.stack([i.ravel(), j.ravel(), k.ravel()], 1))
     weights = heat.array.ravel().astype(float)
