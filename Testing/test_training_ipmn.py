@@ -483,6 +483,31 @@ def test_torchrun_with_two_cpu_processes_writes_a_card_with_the_same_fields(phan
     assert card["training"]["hardware"]["backend"] == "gloo"
 
 
+def test_training_can_start_from_an_earlier_model(phantom_run, tmp_path):
+    """--initial-weights: the run starts from the given model, and the card says which."""
+    from safetensors.torch import load_file
+
+    start = card_of(phantom_run)
+    output = tmp_path / "continued"
+    assert train(*TINY_TRAIN, "--steps", "1", "--lr", "1e-12", "--output", output,
+                 "--initial-weights", phantom_run.with_suffix(".safetensors")) == 0
+    assert card_of(output)["training"]["initial_weights"] == {"name": start["name"], "sha256": start["sha256"]}
+    before = load_file(str(phantom_run.with_suffix(".safetensors")))
+    after = load_file(str(output.with_suffix(".safetensors")))
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[key], after[key], atol=1e-6) for key in before)
+
+
+def test_initial_weights_of_another_size_or_with_pretrained_weights_are_refused(phantom_run, tmp_path, caplog):
+    other_size = ["--architecture-params", json.dumps({**TINY_VIT_PARAMS, "depth": 2})]
+    weights = str(phantom_run.with_suffix(".safetensors"))
+    assert train(*TINY_TRAIN, *other_size, "--steps", "1", "--output", tmp_path / "a", "--initial-weights", weights) == 2
+    assert "do not fit" in caplog.text, caplog.text
+    assert train(*TINY_TRAIN, "--steps", "1", "--output", tmp_path / "b", "--initial-weights", weights,
+                 "--pretrained-file", weights) == 2
+    assert "not both" in caplog.text
+
+
 def test_bf16_mixed_precision_trains_close_to_fp32_and_is_recorded(tmp_path):
     """--precision bf16 moves the ViT's weights as fp32 does, not identically, and the card says so."""
     from safetensors.torch import load_file

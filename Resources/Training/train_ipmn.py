@@ -53,6 +53,7 @@ from ipmn_setup import (add_model_arguments, add_phantom_shape_arguments, add_pr
 from ipmn_training import (IPMNProtocol, TrainingRun, add_class_weights_argument, check_protocol,  # noqa: E402
                            full_protocol_record, predict_probabilities)
 from trainkit.checkpoint import write_json_atomically  # noqa: E402
+from trainkit.initial_weights import add_initial_weights_argument, initial_weights_record, load_initial_weights  # noqa: E402,E501
 from trainkit.model_card import command_line, hardware_record, software_versions  # noqa: E402
 from trainkit.protocol import add_protocol_arguments, protocol_from_arguments  # noqa: E402
 from trainkit.run_files import RunFiles  # noqa: E402
@@ -156,6 +157,7 @@ def model_card(context: dict, state, metrics: dict) -> dict:
             "windows": {"training": len(context["train"]), "validation": len(context["val"])},
             "protocol": context["protocol_record"],
             "pretrained": context["pretrained"],
+            "initial_weights": context["initial_weights"],
             "steps_run": state.step,
             "best_step": state.best_step,
             "seed": args.seed,
@@ -192,6 +194,9 @@ def run_training(args, argv, dist) -> None:
     check_protocol(protocol, args.class_weights, dist)
     phantoms = not args.cohort
     architecture, params = architecture_of(args, phantoms)
+    if args.initial_weights and (args.pretrained_file or args.pretrained_hub):
+        raise InputError("Give --initial-weights (one of our models) or --pretrained-file/--pretrained-hub "
+                         "(natural-image weights), not both.")
     pretrained = pretrained_of(args, "early-fusion", architecture)
 
     # The order of random draws is that of the first version of this script, so that the
@@ -209,15 +214,20 @@ def run_training(args, argv, dist) -> None:
                 len(train), len(train_cases), len(val_cases), cache.folder or "none (phantoms are made again)")
 
     network = build_network("early-fusion", architecture, params, pretrained)
+    if args.initial_weights:
+        load_initial_weights(network, args.initial_weights, architecture)
     record = full_protocol_record(protocol, args.class_weights)
     fingerprint = {"data_sha256": data_hash, "architecture": architecture, "architecture_params": params,
                    "preprocessing": card_preprocessing(steps), "protocol": record,
                    "pretrained": pretrained_record(pretrained), "seed": args.seed}
+    if args.initial_weights:  # only then, so that runs without it keep their first fingerprint
+        fingerprint["initial_weights"] = initial_weights_record(args.initial_weights)
     context = {"args": args, "argv": argv, "files": files, "dist": dist, "architecture": architecture,
                "params": params, "parameters": parameter_count(network), "steps": steps,
                "description": description, "source": source, "data_sha256": data_hash,
                "train_cases": train_cases, "val_cases": val_cases, "train": train, "val": val,
                "protocol_record": record, "pretrained": fingerprint["pretrained"],
+               "initial_weights": fingerprint.get("initial_weights"),
                "cross_validation": cross_validation_record(args.cv_results, fingerprint)}
     curves = Curves(files.curves, files.tensorboard, enabled=dist.is_main)
 
@@ -281,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--intended-use", default="", help="intended use, written into the model card")
     run.add_argument("--cv-results", metavar="DIR",
                      help="output folder of crossvalidate_ipmn.py: its early-fusion estimate goes into the card")
+    add_initial_weights_argument(run)
     add_run_arguments(run)
     return parser
 

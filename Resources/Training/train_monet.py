@@ -52,6 +52,7 @@ from trainkit.checkpoint import (load_latest_checkpoint, optimizer_parts, restor
                                  save_checkpoint, to_json_value, write_json_atomically)
 from trainkit.distributed import Distributed  # noqa: E402
 from trainkit.hashing import FileHashes  # noqa: E402
+from trainkit.initial_weights import add_initial_weights_argument, initial_weights_record, load_initial_weights  # noqa: E402,E501
 from trainkit.model_card import command_line, hardware_record, software_versions  # noqa: E402
 from trainkit.protocol import (add_protocol_arguments, changed_fields, option,  # noqa: E402
                                protocol_from_arguments, protocol_record)
@@ -345,25 +346,6 @@ def pancreas_fraction(slices: SliceSet) -> float:
     return pancreas / (len(slices) * size * size)
 
 
-def initial_weights_record(path) -> Optional[dict]:
-    if not path:
-        return None
-    from PancreasAILib.weights import read_model_card
-
-    card = read_model_card(path)
-    return {"name": card.name, "sha256": card.sha256}
-
-
-def load_initial_weights(network, path: str, spec) -> None:
-    """Start from a model file of the same architecture (fine-tuning a published model on a
-    site's data, or training longer from an earlier run's result)."""
-    from PancreasAILib.weights import load_into, load_state_dict, read_model_card
-
-    card = read_model_card(path)
-    load_into(network, load_state_dict(card, spec.class_name), card)
-    logger.info("Starting from the weights of %s (SHA256 %s...)", card.name, card.sha256[:12])
-
-
 def set_output_prior(network, fraction: float) -> None:
     """Make the untrained network output `fraction` everywhere (a logit bias), not 0.5."""
     import torch
@@ -496,7 +478,7 @@ def start_run(args, argv, dist: Distributed) -> Run:
     # Channels-last: the same arithmetic, laid out as oneDNN and cuDNN convolve fastest.
     network = build_network(spec).to(dist.device, memory_format=torch.channels_last)
     if args.initial_weights:
-        load_initial_weights(network, args.initial_weights, spec)
+        load_initial_weights(network, args.initial_weights, spec.class_name)
     elif protocol.prior_init:
         fraction = float(np.clip(pancreas_fraction(train), 1e-4, 0.5))
         set_output_prior(network, fraction)
@@ -778,8 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                      help="auto: a GPU when there is one (under torchrun: one per process)")
     run.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-    run.add_argument("--initial-weights", metavar="MODEL",
-                     help="start from this model file (.safetensors with its card) instead of random weights")
+    add_initial_weights_argument(run)
     return parser
 
 
