@@ -12,10 +12,11 @@ from PancreasAILib.volume import Volume
 HELD_OUT_CT_SEEDS = (5000, 5001, 5002, 5003)
 HELD_OUT_MR_SEEDS = range(6000, 6010)
 
-# What issues #2 and #3 ask of the demo weights, and what the weights shipped now reach (their
-# training was cut short by the session's CPU time; see the cards' "held_out_phantoms").
-TARGET_DICE, SHIPPED_DICE_FLOOR = 0.9, 0.6
-TARGET_ACCURACY, SHIPPED_ACCURACY_FLOOR = 0.9, 0.75
+# What issues #2 and #3 ask of the demo weights. The shipped MoNet does not reach its target yet
+# (its training was cut short by the CPU time a session has; see its card's "held_out_phantoms"),
+# so it must at least keep what it reaches now.
+TARGET_DICE, SHIPPED_DICE_FLOOR = 0.9, 0.8
+TARGET_ACCURACY = 0.9
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def held_out_dice(demo_monet_card):
 
 
 @pytest.mark.slow
-def test_demo_monet_segments_held_out_phantoms_far_better_than_chance(held_out_dice):
+def test_demo_monet_keeps_the_dice_it_reaches_on_held_out_phantoms(held_out_dice):
     assert np.mean(held_out_dice) >= SHIPPED_DICE_FLOOR, held_out_dice
 
 
@@ -72,7 +73,7 @@ def held_out_assessments(demo_vit_card):
         for risk_class in range(3):
             phantom = make_mr_phantom(seed, risk_class)
             assessment = assess(Volume(phantom.t1, phantom.ijk_to_ras), Volume(phantom.t2, phantom.ijk_to_ras),
-                                RegionBox(*phantom.pancreas_box_ras), demo_vit_card, tta=False)
+                                RegionBox(*phantom.pancreas_box_ras), demo_vit_card)  # as IPMNRisk runs it: 8-view TTA
             cases.append((phantom, assessment))
     return cases
 
@@ -82,13 +83,6 @@ def accuracy(held_out_assessments) -> float:
 
 
 @pytest.mark.slow
-def test_demo_vit_classifies_held_out_phantoms_far_better_than_chance(held_out_assessments):
-    assert accuracy(held_out_assessments) >= SHIPPED_ACCURACY_FLOOR
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue #3 target not yet reached: the shipped demo ViT was trained "
-                                       "from random weights for too few steps on 2 CPU cores")
 def test_demo_vit_classifies_held_out_phantoms_with_accuracy_0_9(held_out_assessments):
     assert accuracy(held_out_assessments) >= TARGET_ACCURACY
 
