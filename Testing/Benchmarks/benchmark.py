@@ -41,7 +41,7 @@ for _module_dir in ("PancreasAI", "PancreasSegMoNet", "IPMNRisk"):
         sys.path.insert(0, str(ROOT / _module_dir))
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "RESULTS.md"
-DEMO_CARD = ROOT / "PancreasSegMoNet" / "Resources" / "Models" / "monet-demo-phantom-v1.json"
+DEMO_CARD = ROOT / "PancreasSegMoNet" / "Resources" / "Models" / "monet-demo-phantom-v2.json"
 
 # Section 1: the paper's protocol (150 slices, 5 repeats) and the pipeline's batch size.
 SLICES = 150
@@ -567,7 +567,7 @@ def render_segmentation_section(shape, spacing, model_note: str, runs: list[dict
 # --- section 3: IPMN -------------------------------------------------------------------------
 
 IPMN_REPEATS = 5
-IPMN_DEMO_CARD = ROOT / "IPMNRisk" / "Resources" / "Models" / "ipmn-vit-demo-phantom-v1.json"
+IPMN_DEMO_CARD = ROOT / "IPMNRisk" / "Resources" / "Models" / "ipmn-vit-demo-phantom-v2.json"
 
 
 def ipmn_models(workdir: Path) -> list[tuple[str, object]]:
