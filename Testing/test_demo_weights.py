@@ -15,7 +15,7 @@ HELD_OUT_MR_SEEDS = range(6000, 6010)
 # What issues #2 and #3 ask of the demo weights. The shipped MoNet does not reach its target yet
 # (its training was cut short by the CPU time a session has; see its card's "held_out_phantoms"),
 # so it must at least keep what it reaches now.
-TARGET_DICE, SHIPPED_DICE_FLOOR = 0.9, 0.8
+TARGET_DICE, SHIPPED_DICE_FLOOR = 0.9, 0.85
 TARGET_ACCURACY = 0.9
 
 
