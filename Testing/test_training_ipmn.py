@@ -508,6 +508,15 @@ def test_initial_weights_of_another_size_or_with_pretrained_weights_are_refused(
     assert "not both" in caplog.text
 
 
+def test_missing_initial_weights_file_is_refused_before_any_output(tmp_path, caplog):
+    output = tmp_path / "ipmn"
+    assert train(*TINY_TRAIN, "--steps", "1", "--output", output,
+                 "--initial-weights", tmp_path / "absent.safetensors") == 2
+    assert "absent" in caplog.text
+    assert not output.with_suffix(".safetensors").exists()
+    assert not (tmp_path / "ipmn.run" / "data.json").exists()
+
+
 def test_bf16_mixed_precision_trains_close_to_fp32_and_is_recorded(tmp_path):
     """--precision bf16 moves the ViT's weights as fp32 does, not identically, and the card says so."""
     from safetensors.torch import load_file

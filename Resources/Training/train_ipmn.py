@@ -197,6 +197,8 @@ def run_training(args, argv, dist) -> None:
     if args.initial_weights and (args.pretrained_file or args.pretrained_hub):
         raise InputError("Give --initial-weights (one of our models) or --pretrained-file/--pretrained-hub "
                          "(natural-image weights), not both.")
+    # Read its card before the data are made, so that a missing or broken file fails at once.
+    initial_weights = initial_weights_record(args.initial_weights)
     pretrained = pretrained_of(args, "early-fusion", architecture)
 
     # The order of random draws is that of the first version of this script, so that the
@@ -214,20 +216,19 @@ def run_training(args, argv, dist) -> None:
                 len(train), len(train_cases), len(val_cases), cache.folder or "none (phantoms are made again)")
 
     network = build_network("early-fusion", architecture, params, pretrained)
-    if args.initial_weights:
-        load_initial_weights(network, args.initial_weights, architecture)
     record = full_protocol_record(protocol, args.class_weights)
     fingerprint = {"data_sha256": data_hash, "architecture": architecture, "architecture_params": params,
                    "preprocessing": card_preprocessing(steps), "protocol": record,
                    "pretrained": pretrained_record(pretrained), "seed": args.seed}
-    if args.initial_weights:  # only then, so that runs without it keep their first fingerprint
-        fingerprint["initial_weights"] = initial_weights_record(args.initial_weights)
+    if initial_weights:  # only then, so that runs without it keep their first fingerprint
+        load_initial_weights(network, args.initial_weights, architecture)
+        fingerprint["initial_weights"] = initial_weights
     context = {"args": args, "argv": argv, "files": files, "dist": dist, "architecture": architecture,
                "params": params, "parameters": parameter_count(network), "steps": steps,
                "description": description, "source": source, "data_sha256": data_hash,
                "train_cases": train_cases, "val_cases": val_cases, "train": train, "val": val,
                "protocol_record": record, "pretrained": fingerprint["pretrained"],
-               "initial_weights": fingerprint.get("initial_weights"),
+               "initial_weights": initial_weights,
                "cross_validation": cross_validation_record(args.cv_results, fingerprint)}
     curves = Curves(files.curves, files.tensorboard, enabled=dist.is_main)
 

@@ -457,6 +457,7 @@ def start_run(args, argv, dist: Distributed) -> Run:
 
     protocol = protocol_from_arguments(MoNetProtocol, args)
     spec = ARCHITECTURES[args.architecture]
+    initial_weights_record(args.initial_weights)  # a missing or broken model file fails before the data are read
     preprocessing = {**DEFAULT_PREPROCESSING, "input_size": args.input_size}
     files = RunFiles.for_output(args.output)
     check_settings(protocol, spec, preprocessing, dist)
