@@ -147,6 +147,25 @@ def test_bf16_mixed_precision_trains_close_to_fp32_and_is_recorded(tmp_path):
     assert np.median(moved) < 0.05
 
 
+@pytest.mark.parametrize("recalibration", [0, 8])
+def test_crop_runs_save_the_batch_norm_statistics_they_validated_with(tmp_path, recalibration):
+    """--crop with --recalibration-slices 0 saves the network exactly as trained (its
+    BatchNorm statistics gathered on the crops); with N > 0 the saved statistics are
+    measured again on N whole slices, the weights unchanged."""
+    from safetensors.torch import load_file
+
+    output = tmp_path / "cropped"
+    assert run_training(*TINY, "--epochs", "1", "--crop", "32", "--recalibration-slices", recalibration,
+                        "--output", output) == 0
+    saved = load_file(str(output.with_suffix(".safetensors")))
+    trained = checkpoint_tensors(output, 1)
+    means = [key for key in saved if key.endswith("running_mean")]
+    conv = next(key for key in saved if key.endswith("conv.weight"))
+    assert torch.equal(saved[conv], trained[f"model.{conv}"])
+    same = all(torch.equal(saved[key], trained[f"model.{key}"]) for key in means)
+    assert same == (recalibration == 0)
+
+
 def test_initial_weights_of_another_architecture_are_refused(tmp_path, two_epoch_run):
     output = tmp_path / "unet"
     assert run_training(*TINY, "--epochs", "1", "--architecture", "unet16", "--output", output,
@@ -352,6 +371,19 @@ def test_recalibration_measures_batch_norm_on_whole_slices_and_keeps_weights():
     assert torch.allclose(calibrated[1].running_mean, features.mean(dim=(0, 2, 3)), atol=1e-5)
     assert torch.equal(calibrated[0].weight, network[0].weight)
     assert torch.equal(network[1].running_mean, torch.zeros(2))  # the original is untouched
+
+
+def test_augmented_masks_keep_their_edges_on_the_image_edges():
+    """A mask moved by a sub-pixel rotation, zoom and shift stays where its image moved: the
+    image of a disc cut at half its height gives back the transformed mask, pixel for pixel."""
+    yy, xx = np.mgrid[:64, :64]
+    disc = ((yy - 30.3) ** 2 + (xx - 33.7) ** 2 <= 14.2 ** 2).astype(np.float32)
+    images = torch.from_numpy(np.repeat(disc[None, None], 4, axis=0))
+    protocol = train_monet.MoNetProtocol(rotation_degrees=10, zoom=0.25, shift=0.2)
+    theta = train_monet.random_affine(4, torch.Generator().manual_seed(3), protocol)
+    moved_images, moved_masks = train_monet.apply_affine(images, images.clone(), theta)
+    assert set(torch.unique(moved_masks).tolist()) == {0.0, 1.0}
+    assert torch.equal(moved_masks, (moved_images >= 0.5).float())
 
 
 def test_crops_hold_the_pancreas_when_the_slice_shows_it():

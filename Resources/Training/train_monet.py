@@ -101,7 +101,8 @@ class MoNetProtocol:
     crop: int = option(0, "train on square crops of this many pixels near the pancreas, at the model's pixel "
                           "scale (faster; validation stays on whole slices); 0: whole slices, as the paper")
     recalibration_slices: int = option(64, "with --crop: whole training slices on which BatchNorm statistics "
-                                           "are measured again before each validation")
+                                           "are measured again before each validation; 0: validate and save "
+                                           "the network with the statistics it gathered on the crops")
     prior_init: bool = option(False, "start the output at the training slices' pancreas pixel fraction "
                                      "instead of 0.5 (not in the paper)")
     precision: str = option("fp32", "arithmetic of the training steps: fp32 (the paper), or bf16 mixed precision "
@@ -237,14 +238,19 @@ def random_affine(batch: int, generator, protocol: MoNetProtocol) -> "torch.Tens
 
 
 def apply_affine(images, masks, theta):
-    """The same transform for each slice (bilinear) and its mask (nearest). (B, 1, H, W)."""
+    """The same transform for each slice and its mask, both bilinear; the mask is then cut at 0.5,
+    as `label_slices` makes the masks in the first place. (B, 1, H, W).
+
+    A nearest-neighbour mask would move its edge by up to half a pixel against the image's,
+    at random from slice to slice: noise at the very scale of the boundary errors that are
+    left to learn."""
     import torch.nn.functional as F
 
     grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
     # Outside the slice is air: 0 after windowing.
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    masks = F.grid_sample(masks, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return images, masks
+    masks = F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return images, (masks >= 0.5).to(images.dtype)
 
 
 def random_crop_corners(masks, size: int, generator) -> list[tuple[int, int]]:
@@ -660,7 +666,7 @@ def train_epochs(run: Run) -> None:
             train_loss = train_epoch(run, epoch)
             dist.broadcast_buffers(run.network)
             evaluated = run.network
-            if protocol.crop:
+            if protocol.crop and protocol.recalibration_slices:
                 evaluated = recalibrated_batch_norm(run.network, run.train, run.rng,
                                                     protocol.recalibration_slices, dist.device)
             val_loss, val_dice = validation_loss(evaluated, run.val, protocol.dice_smooth, dist)
