@@ -139,4 +139,4 @@ def test_missing_model_file_is_a_clear_error(tmp_path, ct_file):
 def test_models_command_lists_the_bundled_demo():
     result = run_cli("models")
     assert result.returncode == 0
-    assert "monet-demo-phantom-v2" in result.stdout
+    assert "monet-demo-phantom-v3" in result.stdout

@@ -41,7 +41,7 @@ for _module_dir in ("PancreasAI", "PancreasSegMoNet", "IPMNRisk"):
         sys.path.insert(0, str(ROOT / _module_dir))
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "RESULTS.md"
-DEMO_CARD = ROOT / "PancreasSegMoNet" / "Resources" / "Models" / "monet-demo-phantom-v2.json"
+DEMO_CARD = ROOT / "PancreasSegMoNet" / "Resources" / "Models" / "monet-demo-phantom-v3.json"
 
 # Section 1: the paper's protocol (150 slices, 5 repeats) and the pipeline's batch size.
 SLICES = 150
