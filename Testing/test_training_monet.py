@@ -166,6 +166,15 @@ def test_crop_runs_save_the_batch_norm_statistics_they_validated_with(tmp_path, 
     assert same == (recalibration == 0)
 
 
+def test_negative_recalibration_count_is_refused_before_training(tmp_path):
+    output = tmp_path / "negative"
+    assert run_training(*TINY, "--epochs", "1", "--crop", "32", "--recalibration-slices", "-1",
+                        "--output", output) == 2
+    assert "--recalibration-slices must be 0" in log_of(output)
+    assert not output.with_suffix(".safetensors").exists()
+    assert not (output.with_suffix(".run") / "checkpoints").exists()
+
+
 def test_initial_weights_of_another_architecture_are_refused(tmp_path, two_epoch_run):
     output = tmp_path / "unet"
     assert run_training(*TINY, "--epochs", "1", "--architecture", "unet16", "--output", output,

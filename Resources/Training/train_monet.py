@@ -528,6 +528,9 @@ def check_settings(protocol: MoNetProtocol, spec: NetworkSpec, preprocessing: di
     if protocol.batch_size % dist.world_size:
         raise InputError(f"The batch size ({protocol.batch_size}) must be divisible by the number of "
                          f"processes ({dist.world_size}): each takes an equal part of every batch.")
+    if protocol.recalibration_slices < 0:
+        raise InputError(f"--recalibration-slices must be 0 (keep the statistics gathered on the crops) or a "
+                         f"number of slices; got {protocol.recalibration_slices}.")
     if not 0 < protocol.validation_fraction < 1:
         raise InputError(f"The validation fraction must lie between 0 and 1 (got {protocol.validation_fraction}).")
 
