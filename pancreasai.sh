@@ -4,6 +4,7 @@
 #   ./pancreasai.sh test     set up (if needed), then run the test suite
 #   ./pancreasai.sh bench    set up (if needed), then run the benchmarks
 #   ./pancreasai.sh setup    only create .venv and install the pinned requirements
+# Options after the command go to it: ./pancreasai.sh test -m "not slow", ./pancreasai.sh demo --help
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="${PANCREASAI_VENV:-$here/.venv}"
@@ -31,5 +32,6 @@ case "$cmd" in
   demo)  setup; exec "$py" "$here/Resources/demo.py" "$@" ;;
   test)  setup; cd "$here"; exec "$py" -m pytest Testing "$@" ;;
   bench) setup; exec "$py" "$here/Testing/Benchmarks/benchmark.py" "$@" ;;
-  *) sed -n '2,7p' "$0"; exit 2 ;;
+  help|-h|--help) sed -n '2,8p' "$0" ;;
+  *) sed -n '2,8p' "$0" >&2; exit 2 ;;
 esac

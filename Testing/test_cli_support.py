@@ -1,10 +1,11 @@
-"""Shared command-line pieces (case names, all-or-nothing outputs) and progress helpers."""
+"""Shared command-line pieces (case names, existing outputs) and progress helpers."""
 import json
 from pathlib import Path
 
 import pytest
 
-from PancreasAILib.cli_support import ProgressPrinter, all_or_nothing, case_name, refuse_existing
+from PancreasAILib.cli_support import ProgressPrinter, case_name
+from PancreasAILib.output_files import refuse_existing
 from PancreasAILib.errors import InputError, OperationCancelled
 from PancreasAILib.progress import CancelToken, ProgressSpan
 
@@ -25,55 +26,6 @@ def test_case_name_of_a_dicom_folder_is_the_folder_name(tmp_path):
     folder = tmp_path / "patient 7 CT"
     folder.mkdir()
     assert case_name(folder) == "patient 7 CT"
-
-
-def test_all_or_nothing_renames_every_output_on_success(tmp_path):
-    finals = [tmp_path / "case_pancreas.seg.nrrd", tmp_path / "case_pancreas.nii.gz"]
-    with all_or_nothing(finals) as temporaries:
-        assert all(t.parent.parent == tmp_path for t in temporaries)  # beside the outputs: same disk
-        assert all(not t.exists() and t not in finals for t in temporaries)
-        for temp, text in zip(temporaries, ("seg", "labels")):
-            temp.write_text(text)
-    assert [p.read_text() for p in finals] == ["seg", "labels"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in finals)
-
-
-def test_all_or_nothing_keeps_the_final_file_names(tmp_path):
-    """Writers choose the format from the name, and a .mrb names its inner folder after it."""
-    finals = [tmp_path / "a.seg.nrrd", tmp_path / "b.nii.gz", tmp_path / "c_scene.mrb"]
-    with all_or_nothing(finals) as temporaries:
-        assert [t.name for t in temporaries] == ["a.seg.nrrd", "b.nii.gz", "c_scene.mrb"]
-        for temp in temporaries:
-            temp.write_text("x")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.seg.nrrd", "b.nii.gz", "c_scene.mrb"]
-
-
-def test_all_or_nothing_leaves_no_file_when_the_block_raises(tmp_path):
-    finals = [tmp_path / "a.seg.nrrd", tmp_path / "b.nii.gz"]
-    with pytest.raises(OperationCancelled):
-        with all_or_nothing(finals) as temporaries:
-            temporaries[0].write_text("half")
-            raise OperationCancelled("Cancelled by the user.")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_all_or_nothing_keeps_old_outputs_when_the_block_raises(tmp_path):
-    final = tmp_path / "a.nii.gz"
-    final.write_text("old")
-    with pytest.raises(ValueError):
-        with all_or_nothing([final]) as (temp,):
-            temp.write_text("new")
-            raise ValueError("writer failed")
-    assert final.read_text() == "old"
-    assert list(tmp_path.iterdir()) == [final]
-
-
-def test_all_or_nothing_replaces_nothing_when_an_output_was_not_written(tmp_path):
-    finals = [tmp_path / "a.seg.nrrd", tmp_path / "b.nii.gz"]
-    with pytest.raises(RuntimeError, match="b.nii.gz was not written"):
-        with all_or_nothing(finals) as temporaries:
-            temporaries[0].write_text("seg only")
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_refuse_existing_names_the_file_and_the_way_out(tmp_path):

@@ -18,7 +18,7 @@ import numpy as np
 from PancreasAILib.errors import InputError, ModelFileError
 from PancreasAILib.progress import ProgressCallback, no_progress
 from PancreasAILib.resample import overlap_fraction, resample
-from PancreasAILib.volume import Volume, check_scalar_volume
+from PancreasAILib.volume import Volume, check_geometry, check_scalar_volume
 from PancreasAILib.weights import ModelCard
 
 from .colormap import apply_colormap
@@ -64,6 +64,8 @@ class Assessment:
 def _check_pair(t1: Volume, t2: Volume) -> None:
     check_scalar_volume(np.asarray(t1.array), "T1 volume", min_size=(1, 1, 1))
     check_scalar_volume(np.asarray(t2.array), "T2 volume", min_size=(1, 1, 1))
+    check_geometry(t1.ijk_to_ras, "T1 volume")
+    check_geometry(t2.ijk_to_ras, "T2 volume")
     same_data = np.shares_memory(t1.array, t2.array) or (
         t1.shape == t2.shape and np.allclose(t1.ijk_to_ras, t2.ijk_to_ras)
         and np.array_equal(t1.array, t2.array))

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Iterator
 
-from .errors import InputError
 from .volume_io import VOLUME_SUFFIXES
 
 
@@ -64,38 +62,6 @@ class ProgressPrinter:
             self._bar.close()
 
 
-def refuse_existing(paths: list[Path], overwrite: bool) -> None:
-    """Never replace a user's file unless asked to."""
-    existing = [str(p) for p in paths if p.exists()]
-    if existing and not overwrite:
-        raise InputError(f"{existing[0]} already exists; use --overwrite to replace it, or choose "
-                         "another --output folder.")
-
-
-@contextlib.contextmanager
-def all_or_nothing(paths: list[Path]) -> Iterator[list[Path]]:
-    """Yield temporary paths to write; on success move them to `paths`, else delete them.
-
-    The temporary files keep their final names, in a hidden folder beside them, so writers
-    that use the name (a .mrb names its inner folder after it) write what the user will see.
-    """
-    import shutil
-    import tempfile
-
-    staging = {folder: Path(tempfile.mkdtemp(prefix=".partial-", dir=folder)) for folder in {p.parent for p in paths}}
-    temporary = [staging[p.parent] / p.name for p in paths]
-    try:
-        yield temporary
-        unwritten = [str(final) for temp, final in zip(temporary, paths) if not temp.exists()]
-        if unwritten:  # checked before any move, so no output is replaced unless all are there
-            raise RuntimeError(f"The output {unwritten[0]} was not written; nothing was replaced.")
-        for temp, final in zip(temporary, paths):
-            os.replace(temp, final)
-    finally:
-        for folder in staging.values():
-            shutil.rmtree(folder, ignore_errors=True)
-
-
 def print_models(registry) -> None:
     """The `models` command: each known model, whether it is here, and the download cache."""
     for name in registry.names:
@@ -124,18 +90,50 @@ def main_with(parser, run, registry, argv: list[str] | None = None) -> int:
     return run_command(lambda: run(args))
 
 
-def run_command(command) -> int:
-    """Run `command()` (returning an exit code) the way both command lines end: a cancel exits
-    130, a problem the user can act on prints `error: ...` and exits 2, never a traceback."""
-    import sys
+class Terminated(BaseException):
+    """SIGTERM arrived (a BaseException, like KeyboardInterrupt, so no handler swallows it)."""
 
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def run_command(command) -> int:
+    """Run `command()` (returning an exit code) the way both command lines end, never with a
+    traceback: a problem the user can act on prints `error: ...` and exits 2; a cancel or
+    Ctrl-C exits 130 and SIGTERM 143, each with one line, after every partial file is removed
+    (results finished before are complete and kept)."""
     from .errors import OperationCancelled, PancreasAIError
 
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading_is_main():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return command()
-    except OperationCancelled:
-        print("Cancelled.", file=sys.stderr)
+    except (OperationCancelled, KeyboardInterrupt):
+        _say("Cancelled: nothing partial was left; results finished before are kept.")
         return 130
+    except Terminated:
+        _say("Stopped (SIGTERM): nothing partial was left; results finished before are kept.")
+        return 143
     except PancreasAIError as error:
-        print(f"error: {error}", file=sys.stderr)
+        _say(f"error: {error}")
         return 2
+    finally:
+        if threading_is_main():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _say(line: str) -> None:
+    """One line on stderr, on a line of its own even when a progress bar was drawing."""
+    try:
+        sys.stdout.flush()
+        print(("\n" if sys.stderr.isatty() else "") + line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # stderr closed: the exit code still says it

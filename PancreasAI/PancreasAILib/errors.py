@@ -19,3 +19,8 @@ class MissingDependencyError(PancreasAIError):
 
 class OperationCancelled(Exception):
     """The user cancelled; whatever was started has been undone."""
+
+
+class OutputError(PancreasAIError):
+    """The results could not be written completely (full disk, unwritable folder, a clash with
+    another run); nothing partial was left."""

@@ -86,6 +86,37 @@ class Volume:
         return self.ijk_to_ras_points(ijk)
 
 
+def check_geometry(ijk_to_ras: np.ndarray, what: str) -> None:
+    """Refuse a voxel grid that no output could keep exactly: non-finite numbers, a zero voxel
+    size, or axes that are not perpendicular (a sheared grid).
+
+    Sheared grids are refused rather than resampled: NIfTI's orientation fields and the
+    network's in-plane resampling both assume perpendicular axes, so any output of such a grid
+    would lie elsewhere than the input (tens of mm at the corners).
+    """
+    matrix = np.asarray(ijk_to_ras, dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
+        raise InputError(f"The {what} has an invalid position in space (its voxel-to-RAS matrix holds "
+                         "numbers that are not finite); re-export the image.")
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    if np.any(spacing < 1e-6):
+        axis = "IJK"[int(np.argmin(spacing))]
+        raise InputError(f"The {what} has a voxel size of 0 mm along its {axis} axis "
+                         f"(spacing {' x '.join(f'{s:g}' for s in spacing)} mm); set the spacing "
+                         "(Volumes module, Volume Information) or re-export the image.")
+    direction = matrix[:3, :3] / spacing
+    gram = direction.T @ direction
+    off = np.abs(gram - np.eye(3))
+    if off.max() > 1e-4:
+        cosine = np.abs(gram[~np.eye(3, dtype=bool)]).max()
+        angle = np.degrees(np.arcsin(min(1.0, cosine)))
+        raise InputError(
+            f"The {what}'s voxel axes are not perpendicular (sheared by {angle:.1f} degrees, as in a "
+            "gantry-tilted CT stored without correction); resample it onto a regular grid first "
+            "(Slicer: Resample Scalar/Vector/DWI Volume, or 'Harden transform'; or re-export with "
+            "gantry-tilt correction).")
+
+
 def check_scalar_volume(array: np.ndarray, what: str, min_size: tuple[int, int, int] = (1, 8, 8),
                         max_voxels: int = 2_000_000_000) -> None:
     """Refuse arrays no model here can use, with a message that names the problem.

@@ -5,13 +5,17 @@ SimpleITK works in LPS; our ijk_to_ras is RAS, as in Slicer. The conversion live
 
 from __future__ import annotations
 
+import gzip
+import os
+import struct
+import zlib
 from pathlib import Path
 from typing import Mapping, Optional
 
 import numpy as np
 
-from .errors import InputError, PancreasAIError
-from .volume import Volume
+from .errors import InputError, OutputError
+from .volume import Volume, check_geometry
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -42,12 +46,12 @@ def volume_from_sitk(image, name: str = "image") -> Volume:
             f"The {name} has {image.GetNumberOfComponentsPerPixel()} values per voxel (a colour or "
             "vector image); a grey-scale scan is needed.")
     sitk = _sitk()
-    array = sitk.GetArrayFromImage(image)
     direction = np.array(image.GetDirection(), float).reshape(3, 3)
     ijk_to_ras = np.eye(4)
     ijk_to_ras[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(image.GetSpacing())
     ijk_to_ras[:3, 3] = _LPS_TO_RAS @ np.array(image.GetOrigin(), float)
-    return Volume(array, ijk_to_ras)
+    check_geometry(ijk_to_ras, name)
+    return Volume(sitk.GetArrayFromImage(image), ijk_to_ras)
 
 
 def sitk_from_volume(volume: Volume):
@@ -67,13 +71,14 @@ def sitk_from_volume(volume: Volume):
 
 def read_volume(path: str | Path) -> Volume:
     """A NIfTI / NRRD / MetaImage file, or a folder holding one DICOM series."""
-    path = Path(path)
+    path = Path(os.path.expanduser(os.fspath(path)))
     if not path.exists():
         raise InputError(f"{path} does not exist.")
     sitk = _sitk()
     try:
         if path.is_dir():
             return volume_from_sitk(_read_dicom_series(path), f"DICOM series in {path}")
+        check_volume_file(path)
         return volume_from_sitk(sitk.ReadImage(str(path)), f"image {path}")
     except RuntimeError as error:
         raise InputError(f"{path} could not be read as an image ({_last_line(error)}).") from error
@@ -81,8 +86,116 @@ def read_volume(path: str | Path) -> Volume:
 
 def _last_line(error: Exception) -> str:
     """The informative part of an ITK error (its last line), or the error type."""
-    lines = str(error).strip().splitlines()
+    text = str(error)
+    if "not read completely" in text:  # MetaImage's own words, followed by an unrelated errno
+        return "the file is cut short: it holds fewer voxels than its header announces"
+    lines = text.strip().splitlines()
     return lines[-1] if lines else type(error).__name__
+
+
+def check_volume_file(path: Path) -> None:
+    """Refuse a NIfTI file that is cut short or damaged, naming it.
+
+    ITK reads a truncated .nii or .nii.gz as a full volume padded with zeros, without a word;
+    NRRD and MetaImage readers report it themselves.
+    """
+    name = path.name.lower()
+    if name.endswith((".mha", ".mhd")):
+        _check_metaimage_file(path)
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    problem = None
+    try:
+        if name.endswith(".gz"):
+            with gzip.open(path, "rb") as stream:
+                expected = _nifti_bytes(stream.read(544))
+                actual = 544 + _count_bytes(stream)
+        else:
+            with open(path, "rb") as stream:
+                expected = _nifti_bytes(stream.read(544))
+            actual = path.stat().st_size
+    except gzip.BadGzipFile as error:
+        if "Not a gzipped file" in str(error):
+            raise InputError(f"{path} could not be read as an image (it is not gzip-compressed, as a "
+                             "name ending in .gz says).") from error
+        problem = f"its compressed data are damaged: {error}"
+    except (EOFError, zlib.error) as error:
+        problem = f"its compressed data are damaged or cut short: {error}"
+    else:
+        if expected is None:
+            return  # not a header we know: let ITK judge it
+        if actual < expected:
+            problem = (f"it is cut short: it holds {actual:,} bytes of the {expected:,} its header "
+                       "announces")
+    if problem:
+        raise InputError(f"{path} is incomplete ({problem}); copy or export the file again.")
+
+
+_META_ELEMENT_BYTES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4,
+                      "MET_INT": 4, "MET_ULONG": 8, "MET_LONG": 8, "MET_ULONG_LONG": 8, "MET_LONG_LONG": 8,
+                      "MET_FLOAT": 4, "MET_DOUBLE": 8}
+
+
+def _check_metaimage_file(path: Path) -> None:
+    """MetaImage reports a short file only on the console, then fails with an unrelated errno:
+    compare the data's size with the header's here, so the message names the problem."""
+    fields, header_bytes = {}, 0
+    with open(path, "rb") as stream:
+        for raw_line in stream:
+            header_bytes += len(raw_line)
+            key, _, value = raw_line.decode("latin-1").partition("=")
+            fields[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile" or header_bytes > 65536:
+                break
+    try:
+        voxels = int(np.prod([int(v) for v in fields["DimSize"].split()], dtype=np.int64))
+        channels = int(fields.get("ElementNumberOfChannels", "1"))
+        element = _META_ELEMENT_BYTES[fields["ElementType"]]
+        data_file = fields["ElementDataFile"]
+    except (KeyError, ValueError):
+        return  # a header we do not understand: let ITK judge it
+    if data_file == "LOCAL":
+        available = path.stat().st_size - header_bytes
+    elif (path.parent / data_file).is_file():
+        available = (path.parent / data_file).stat().st_size
+    else:
+        return
+    compressed = fields.get("CompressedData", "False").lower() == "true"
+    expected = int(fields.get("CompressedDataSize", "0") or 0) if compressed else voxels * channels * element
+    if expected and available < expected:
+        raise InputError(f"{path} is incomplete (it is cut short: it holds {available:,} bytes of image "
+                         f"data of the {expected:,} its header announces); copy or export the file again.")
+
+
+def _count_bytes(stream) -> int:
+    total = 0
+    while True:
+        chunk = stream.read(1 << 22)
+        if not chunk:
+            return total
+        total += len(chunk)
+
+
+def _nifti_bytes(header: bytes) -> Optional[int]:
+    """Bytes a NIfTI-1 or NIfTI-2 single file (.nii) must hold, from its header; None if unknown."""
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            dims = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            offset = int(struct.unpack(order + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            dims = struct.unpack(order + "8q", header[16:80])
+            offset = struct.unpack(order + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    n_dims = dims[0]
+    if not 1 <= n_dims <= 7 or bitpix <= 0:
+        return None
+    voxels = int(np.prod([max(int(d), 1) for d in dims[1:n_dims + 1]], dtype=np.int64))
+    return offset + voxels * bitpix // 8
 
 
 def _read_dicom_series(folder: Path):
@@ -138,6 +251,8 @@ def write_volume(volume: Volume, path: str | Path, metadata: Optional[Mapping[st
     try:
         sitk.WriteImage(image, str(path), useCompression=compress)
     except RuntimeError as error:
-        raise PancreasAIError(f"Could not write {path} ({_last_line(error)}); check the file name "
-                              "ends in .nii.gz, .nrrd or .seg.nrrd and that the folder is writable.") from error
+        from .output_files import disk_hint
+
+        raise OutputError(f"Could not write {path} ({_last_line(error)}); check the file name ends in "
+                          f".nii.gz, .nrrd or .seg.nrrd and that the folder is writable. {disk_hint(path.parent)}".strip()) from error
     return path

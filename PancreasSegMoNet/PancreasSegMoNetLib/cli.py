@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from PancreasAILib.cli_support import (ProgressPrinter, add_run_options, all_or_nothing, case_name, main_with,
-                                       refuse_existing)
-from PancreasAILib.errors import PancreasAIError
+from PancreasAILib.cli_support import ProgressPrinter, add_run_options, case_name, main_with
+from PancreasAILib.errors import OutputError, PancreasAIError
+from PancreasAILib.output_files import all_or_nothing, prepare_output_folder, refuse_existing, user_path
 from PancreasAILib.segmentation_file import SegmentInfo, write_segmentation
 
 from .mrml import PANCREAS_TERMINOLOGY, SEGMENT_COLOR, SEGMENT_ID, SEGMENT_NAME
@@ -30,13 +30,14 @@ def output_paths(input_path: Path, output_dir: Path) -> tuple[Path, Path]:
 def segment_files(inputs: list[Path], output_dir: Path, model=None, device: str = "auto",
                   threshold=None, keep_largest_component: bool = True, overwrite: bool = False,
                   progress_format: str = "bar") -> int:
-    """Segment every input; returns the number of cases that failed."""
+    """Segment every input; returns the number of cases that failed. A result that cannot be
+    written (full disk, another run's file) stops the batch with `OutputError`."""
     from PancreasAILib.volume_io import read_volume, write_volume
 
     from .models import model_registry
     from .segmentation import segment_ct
 
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = prepare_output_folder(output_dir)
     printer = ProgressPrinter(len(inputs), progress_format)
     card = model_registry().resolve(model, progress=printer)
     printer.message(f"Model: {card.name}. {card.intended_use}".strip())
@@ -50,13 +51,16 @@ def segment_files(inputs: list[Path], output_dir: Path, model=None, device: str 
             ct = read_volume(path)
             result = segment_ct(ct, card, threshold=threshold, keep_largest_component=keep_largest_component,
                                 device=device, progress=printer)
-            with all_or_nothing([seg_path, label_path]) as (seg_temp, label_temp):
+            with all_or_nothing([seg_path, label_path], overwrite) as (seg_temp, label_temp):
                 write_segmentation(result.mask, seg_temp, [PANCREAS_SEGMENT])
                 write_volume(result.mask, label_temp)
             for warning in result.warnings:
                 printer.message(f"{name}: warning: {warning}")
             printer.message(f"{name}: pancreas {result.volume_ml:.1f} ml ({result.voxel_count} voxels), "
                             f"{result.seconds:.1f} s -> {seg_path}")
+        except OutputError:
+            printer.close()
+            raise
         except PancreasAIError as error:
             failures += 1
             printer.message(f"{name}: FAILED: {error}")
@@ -70,7 +74,7 @@ def expand_inputs(items: list[str]) -> list[Path]:
 
     paths = []
     for item in items:
-        path = Path(item)
+        path = user_path(item)
         if path.is_dir():
             volumes = sorted(p for p in path.iterdir() if is_volume_file(p))
             paths.extend(volumes if volumes else [path])

@@ -20,7 +20,7 @@ from PancreasAILib.errors import InputError
 from PancreasAILib.orientation import axial_reorientation, obliquity_degrees
 from PancreasAILib.progress import CancelToken, ProgressCallback, no_progress
 from PancreasAILib.resample import resample
-from PancreasAILib.volume import Volume, check_scalar_volume
+from PancreasAILib.volume import Volume, check_geometry, check_scalar_volume
 from PancreasAILib.weights import ModelCard
 
 from PancreasAILib.devices import resolve_device
@@ -57,6 +57,7 @@ class SegmentationResult:
 def check_ct(ct: Volume) -> list[str]:
     """Refuse what cannot be a CT; return warnings for what looks unlike one."""
     check_scalar_volume(ct.array, "CT volume", min_size=(1, 1, 1))
+    check_geometry(ct.ijk_to_ras, "CT volume")
     axial_shape = axial_reorientation(ct).apply(ct.array).shape
     if any(n < m for n, m in zip(axial_shape, MIN_SIZE_KJI)):
         raise InputError(

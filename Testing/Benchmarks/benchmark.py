@@ -1,9 +1,10 @@
 """CPU benchmarks of PancreasAI: MoNet against the paper's baselines, and end-to-end segmentation.
 
-    ./pancreasai.sh bench [--quick] [--only monet|ipmn] [--repeats N] [--output RESULTS.md]
+    ./pancreasai.sh bench [--quick] [--only monet|ipmn] [--repeats N] [--output FILE] [--update-results]
 
-Prints Markdown tables and writes them to Testing/Benchmarks/RESULTS.md (overwritten; with
---quick, to the temp folder unless --output is given):
+Prints Markdown tables and writes them to output/bench/RESULTS.md (with --quick, to the temp
+folder; --output FILE elsewhere); --update-results rewrites the committed
+Testing/Benchmarks/RESULTS.md that the README quotes:
 the machine, then
 1. CPU time of the networks for 150 slices of 256 x 256, measured interleaved (each repeat
    times every network once, so changes in machine load hit all of them alike);
@@ -40,7 +41,8 @@ for _module_dir in ("PancreasAI", "PancreasSegMoNet", "IPMNRisk"):
     if str(ROOT / _module_dir) not in sys.path:
         sys.path.insert(0, str(ROOT / _module_dir))
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parent / "RESULTS.md"
+COMMITTED_RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+DEFAULT_OUTPUT = ROOT / "output" / "bench" / "RESULTS.md"
 DEMO_CARD = ROOT / "PancreasSegMoNet" / "Resources" / "Models" / "monet-demo-phantom-v3.json"
 
 # Section 1: the paper's protocol (150 slices, 5 repeats) and the pipeline's batch size.
@@ -650,8 +652,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None,
                         help=f"repeats of section 1 (default {REPEATS}; 1 with --quick)")
     parser.add_argument("--output", type=Path, default=None,
-                        help=f"Markdown file to write, overwritten (default {DEFAULT_OUTPUT.name} "
-                             "beside this script; with --quick, a file in the temp folder)")
+                        help="Markdown file to write, overwritten (default output/bench/RESULTS.md; "
+                             "with --quick, a file in the temp folder)")
+    parser.add_argument("--update-results", action="store_true",
+                        help=f"write the committed {COMMITTED_RESULTS.relative_to(ROOT)} (what the README quotes)")
     # The measurements of section 2 run this script again in a fresh process.
     parser.add_argument("--worker", choices=("baseline", "segment"), help=argparse.SUPPRESS)
     parser.add_argument("--ct", type=Path, help=argparse.SUPPRESS)
@@ -662,10 +666,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.repeats = 1 if args.quick else REPEATS
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    if args.output is None:
-        # Quick numbers mean nothing: they must not replace the real results the README links.
+    if args.update_results and (args.quick or args.output is not None):
+        parser.error("--update-results writes the committed results: not with --quick or --output")
+    if args.update_results:
+        args.output = COMMITTED_RESULTS
+    elif args.output is None:
+        # Quick numbers mean nothing, and a run is not a release: neither replaces the results
+        # the README quotes unless asked to.
         args.output = (Path(tempfile.gettempdir()) / "pancreasai-RESULTS-quick.md" if args.quick
                        else DEFAULT_OUTPUT)
+    args.output = Path(os.path.abspath(os.path.expanduser(args.output)))
     return args
 
 

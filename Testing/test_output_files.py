@@ -1,0 +1,175 @@
+"""Result files that are what they claim: checked folder, read-back, all-or-nothing, exclusive names."""
+import json
+import os
+import signal
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from PancreasAILib.errors import InputError, OperationCancelled, OutputError
+from PancreasAILib.output_files import all_or_nothing, prepare_output_folder, signals_deferred, user_path
+from PancreasAILib.volume import Volume
+from PancreasAILib.volume_io import read_volume, write_volume
+
+
+def write_json(path: Path, tag: str) -> None:
+    path.write_text(json.dumps({"tag": tag}))
+
+
+def tag_of(path: Path) -> str:
+    return json.loads(path.read_text())["tag"]
+
+
+def write_label_volume(path: Path, value: int = 1) -> None:
+    write_volume(Volume(np.full((3, 4, 5), value, np.uint8), np.eye(4)), path)
+
+
+def test_all_or_nothing_renames_every_output_on_success(tmp_path):
+    finals = [tmp_path / "case_result.json", tmp_path / "case_summary.json"]
+    with all_or_nothing(finals) as temporaries:
+        assert all(t.parent.parent == tmp_path for t in temporaries)  # beside the outputs: same disk
+        assert all(not t.exists() and t not in finals for t in temporaries)
+        for temp, text in zip(temporaries, ("result", "summary")):
+            write_json(temp, text)
+    assert [tag_of(p) for p in finals] == ["result", "summary"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in finals)
+
+
+def test_all_or_nothing_keeps_the_final_file_names(tmp_path):
+    """Writers choose the format from the name, and a .mrb names its inner folder after it."""
+    finals = [tmp_path / "a.seg.nrrd", tmp_path / "b.nii.gz", tmp_path / "c_scene.mrb"]
+    with all_or_nothing(finals) as temporaries:
+        assert [t.name for t in temporaries] == ["a.seg.nrrd", "b.nii.gz", "c_scene.mrb"]
+        write_label_volume(temporaries[0])
+        write_label_volume(temporaries[1])
+        with zipfile.ZipFile(temporaries[2], "w") as archive:
+            archive.writestr("c_scene/c_scene.mrml", "<MRML/>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.seg.nrrd", "b.nii.gz", "c_scene.mrb"]
+    assert read_volume(finals[1]).array.sum() == 60
+
+
+def test_all_or_nothing_leaves_no_file_when_the_block_raises(tmp_path):
+    finals = [tmp_path / "a.json", tmp_path / "b.json"]
+    with pytest.raises(OperationCancelled):
+        with all_or_nothing(finals) as temporaries:
+            write_json(temporaries[0], "half")
+            raise OperationCancelled("Cancelled by the user.")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_all_or_nothing_keeps_old_outputs_when_the_block_raises(tmp_path):
+    final = tmp_path / "a.json"
+    write_json(final, "old")
+    with pytest.raises(ValueError):
+        with all_or_nothing([final], overwrite=True) as (temp,):
+            write_json(temp, "new")
+            raise ValueError("writer failed")
+    assert tag_of(final) == "old"
+    assert list(tmp_path.iterdir()) == [final]
+
+
+def test_all_or_nothing_replaces_nothing_when_an_output_was_not_written(tmp_path):
+    finals = [tmp_path / "a.json", tmp_path / "b.json"]
+    with pytest.raises(OutputError, match="b.json was not written"):
+        with all_or_nothing(finals) as temporaries:
+            write_json(temporaries[0], "seg only")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("case_pancreas.nii.gz", "empty"),
+    ("case_pancreas.nii.gz", "truncated"),
+    ("case_pancreas.seg.nrrd", "truncated"),
+    ("case_scene.mrb", "truncated"),
+    ("case_grid.png", "truncated"),
+    ("case_result.json", "truncated"),
+])
+def test_a_damaged_output_is_refused_and_replaces_nothing(tmp_path, name, damage):
+    """What a full disk leaves (an empty or cut-short file) never takes a result's name."""
+    final, companion = tmp_path / name, tmp_path / "companion.json"
+    with pytest.raises(OutputError, match=f"{name} could not be read back.*nothing was replaced"):
+        with all_or_nothing([companion, final]) as (companion_temp, temp):
+            write_json(companion_temp, "fine")
+            if name.endswith((".nii.gz", ".nrrd")):
+                write_label_volume(temp)
+            elif name.endswith(".mrb"):
+                with zipfile.ZipFile(temp, "w") as archive:
+                    archive.writestr("case_scene/case_scene.mrml", "<MRML>" + "x" * 5000 + "</MRML>")
+            elif name.endswith(".png"):
+                from PIL import Image
+
+                Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(temp)
+            else:
+                write_json(temp, "x" * 100)
+            data = temp.read_bytes()
+            temp.write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_result_written_meanwhile_by_another_run_is_kept(tmp_path):
+    """Two runs writing one case name: the second never silently replaces the first."""
+    finals = [tmp_path / "case_pancreas.seg.nrrd", tmp_path / "case_pancreas.nii.gz"]
+    with pytest.raises(OutputError, match="case_pancreas.nii.gz was written by another run"):
+        with all_or_nothing(finals) as temporaries:
+            write_label_volume(temporaries[0], 2)
+            write_label_volume(temporaries[1], 2)
+            write_label_volume(finals[1], 7)  # the other run finishes first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case_pancreas.nii.gz"]
+    assert read_volume(finals[1]).array.max() == 7
+
+
+def test_overwrite_replaces_and_restores_the_old_results_if_a_rename_fails(tmp_path, monkeypatch):
+    finals = [tmp_path / "a.json", tmp_path / "b.json"]
+    for final in finals:
+        write_json(final, "old")
+    with all_or_nothing(finals, overwrite=True) as temporaries:
+        for temp in temporaries:
+            write_json(temp, "new")
+    assert [tag_of(p) for p in finals] == ["new", "new"]
+
+    real_replace, calls = os.replace, []
+
+    def failing_second_replace(source, destination):
+        calls.append(destination)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", failing_second_replace)
+    with pytest.raises(OSError):
+        with all_or_nothing(finals, overwrite=True) as temporaries:
+            for temp in temporaries:
+                write_json(temp, "newer")
+    monkeypatch.undo()
+    assert [tag_of(p) for p in finals] == ["new", "new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+
+
+def test_output_folder_accepts_relative_home_spaces_and_any_script(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert prepare_output_folder("results") == tmp_path / "results"
+    assert prepare_output_folder("~/my results") == tmp_path / "home" / "my results"
+    assert prepare_output_folder("sub/../résultats ü 結果") == tmp_path / "résultats ü 結果"
+    assert all(folder.is_dir() for folder in (tmp_path / "results", tmp_path / "home" / "my results"))
+    assert user_path("a/../b.nii.gz") == tmp_path / "b.nii.gz"
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_anything_runs(tmp_path):
+    (tmp_path / "results").write_text("my notes")
+    with pytest.raises(InputError, match="results is a file, not a folder"):
+        prepare_output_folder(tmp_path / "results")
+    with pytest.raises(InputError, match="Cannot write in the output folder"):
+        prepare_output_folder(tmp_path / "results" / "inside")
+    assert (tmp_path / "results").read_text() == "my notes"
+
+
+def test_signals_wait_until_the_final_names_are_given():
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            seen.append("still running")
+    assert seen == ["still running"]
