@@ -79,6 +79,80 @@ def test_missing_model_file_is_named(tmp_path):
         read_model_card(tmp_path / "absent.safetensors")
 
 
+class CreatesFileWhenUnpickled:
+    """Unpickling this calls open(path, "w"): the code a malicious checkpoint would run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model file was unpickled")
+
+    for module, name in ((torch, "load"), (pickle, "load"), (pickle, "loads"), (pickle, "Unpickler")):
+        monkeypatch.setattr(module, name, forbidden)
+
+
+@pytest.mark.parametrize("file_name", ["model.pth", "model.PT", "model.ckpt", "model.bin", "model.pkl"])
+def test_pytorch_checkpoint_is_refused_unopened_naming_the_converter_with_the_file(tmp_path, file_name):
+    checkpoint, marker = tmp_path / file_name, tmp_path / "code-ran.txt"
+    torch.save({"state_dict": seeded_tiny_net().state_dict(), "payload": CreatesFileWhenUnpickled(marker)},
+               checkpoint)
+    for resolve in (read_model_card, ModelRegistry([]).resolve):
+        with pytest.raises(ModelFileError) as error:
+            resolve(checkpoint)
+        message = str(error.value)
+        assert message.startswith(f"{checkpoint} is a PyTorch pickle checkpoint, which PancreasAI does not load "
+                                  "because loading a pickle can run any code")
+        assert (f"python Resources/Training/convert_checkpoint.py {checkpoint} --architecture monet "
+                f"--output {tmp_path / 'model.safetensors'}") in message
+    assert not marker.exists()
+
+
+def test_pytorch_checkpoint_is_refused_without_unpickling(tmp_path, no_unpickling):
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"not read")
+    with pytest.raises(ModelFileError, match="PyTorch pickle checkpoint"):
+        read_model_card(checkpoint)
+
+
+def test_checkpoint_named_without_a_folder_is_not_taken_for_a_registry_name(tiny_card, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    registry = ModelRegistry([entry_for(tiny_card, "monet-demo")])
+    with pytest.raises(ModelFileError, match="^model.pth is a PyTorch pickle checkpoint.*convert_checkpoint.py "
+                                             "model.pth --architecture monet --output model.safetensors"):
+        registry.resolve("model.pth")
+
+
+def test_checkpoint_path_with_spaces_is_quoted_in_the_command(tmp_path):
+    checkpoint = tmp_path / "my models" / "best model.ckpt"
+    with pytest.raises(ModelFileError) as error:
+        read_model_card(checkpoint)
+    assert f"convert_checkpoint.py '{checkpoint}' --architecture monet" in str(error.value)
+
+
+def test_file_of_another_kind_is_refused_naming_that_file(tmp_path, no_unpickling):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"onnx")
+    for resolve in (read_model_card, ModelRegistry([]).resolve):
+        with pytest.raises(ModelFileError, match=f"^{model} is not a PancreasAI model file: give a .safetensors") \
+                as error:
+            resolve(model)
+        assert str(tmp_path / "model.safetensors") not in str(error.value)
+
+
+def test_existing_file_of_another_kind_named_without_a_folder_is_named(tiny_card, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    with pytest.raises(ModelFileError, match="^model.onnx is not a PancreasAI model file"):
+        ModelRegistry([entry_for(tiny_card, "monet-demo")]).resolve("model.onnx")
+
+
 def test_card_that_is_not_json_is_refused(tiny_card):
     tiny_card.card_path.write_text("{name: tiny,")
     with pytest.raises(ModelFileError, match="not valid JSON"):

@@ -86,6 +86,17 @@ class Volume:
         return self.ijk_to_ras_points(ijk)
 
 
+def check_spacing(spacing, what: str) -> None:
+    """Refuse a voxel size of 0 (or negative, or not a number) along any axis."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    bad = ~(np.isfinite(spacing) & (spacing >= 1e-6))
+    if bad.any():
+        axis = "IJK"[int(np.flatnonzero(bad)[0])]
+        raise InputError(f"The {what} has a voxel size of {spacing[bad][0]:g} mm along its {axis} axis "
+                         f"(spacing {' x '.join(f'{s:g}' for s in spacing)} mm); set the spacing "
+                         "(Volumes module, Volume Information) or re-export the image.")
+
+
 def check_geometry(ijk_to_ras: np.ndarray, what: str) -> None:
     """Refuse a voxel grid that no output could keep exactly: non-finite numbers, a zero voxel
     size, or axes that are not perpendicular (a sheared grid).
@@ -99,11 +110,7 @@ def check_geometry(ijk_to_ras: np.ndarray, what: str) -> None:
         raise InputError(f"The {what} has an invalid position in space (its voxel-to-RAS matrix holds "
                          "numbers that are not finite); re-export the image.")
     spacing = np.linalg.norm(matrix[:3, :3], axis=0)
-    if np.any(spacing < 1e-6):
-        axis = "IJK"[int(np.argmin(spacing))]
-        raise InputError(f"The {what} has a voxel size of 0 mm along its {axis} axis "
-                         f"(spacing {' x '.join(f'{s:g}' for s in spacing)} mm); set the spacing "
-                         "(Volumes module, Volume Information) or re-export the image.")
+    check_spacing(spacing, what)
     direction = matrix[:3, :3] / spacing
     gram = direction.T @ direction
     off = np.abs(gram - np.eye(3))

@@ -94,26 +94,37 @@ def _last_line(error: Exception) -> str:
 
 
 def check_volume_file(path: Path) -> None:
-    """Refuse a NIfTI file that is cut short or damaged, naming it.
+    """Refuse a file that ITK would read other than it is, naming it.
 
-    ITK reads a truncated .nii or .nii.gz as a full volume padded with zeros, without a word;
-    NRRD and MetaImage readers report it themselves.
+    ITK reads a truncated .nii or .nii.gz as a full volume padded with zeros, and NaN voxels of a
+    NIfTI file as zeros, without a word; MetaImage reports a short file only on the console.
     """
     name = path.name.lower()
     if name.endswith((".mha", ".mhd")):
         _check_metaimage_file(path)
-    if not name.endswith((".nii", ".nii.gz")):
-        return
+    if name.endswith((".nii", ".nii.gz")):
+        _check_nifti_file(path)
+
+
+def _check_nifti_file(path: Path) -> None:
     problem = None
     try:
-        if name.endswith(".gz"):
-            with gzip.open(path, "rb") as stream:
-                expected = _nifti_bytes(stream.read(544))
-                actual = 544 + _count_bytes(stream)
-        else:
-            with open(path, "rb") as stream:
-                expected = _nifti_bytes(stream.read(544))
-            actual = path.stat().st_size
+        with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as stream:
+            header = stream.read(544)
+            layout = _nifti_layout(header)
+            if layout is None:
+                return  # not a header we know: let ITK judge it
+            offset, expected, float_type = layout
+            stream.read(max(0, offset - len(header)))
+            actual, not_numbers = max(offset, len(header)), 0
+            while True:
+                chunk = stream.read(1 << 22)  # a multiple of every voxel size
+                if not chunk:
+                    break
+                actual += len(chunk)
+                if float_type is not None:
+                    usable = len(chunk) - len(chunk) % float_type.itemsize
+                    not_numbers += int(np.count_nonzero(~np.isfinite(np.frombuffer(chunk[:usable], float_type))))
     except gzip.BadGzipFile as error:
         if "Not a gzipped file" in str(error):
             raise InputError(f"{path} could not be read as an image (it is not gzip-compressed, as a "
@@ -122,11 +133,11 @@ def check_volume_file(path: Path) -> None:
     except (EOFError, zlib.error) as error:
         problem = f"its compressed data are damaged or cut short: {error}"
     else:
-        if expected is None:
-            return  # not a header we know: let ITK judge it
         if actual < expected:
-            problem = (f"it is cut short: it holds {actual:,} bytes of the {expected:,} its header "
-                       "announces")
+            problem = f"it is cut short: it holds {actual:,} bytes of the {expected:,} its header announces"
+        elif not_numbers:
+            raise InputError(f"{path} holds {not_numbers:,} voxels that are not numbers (NaN or infinite), "
+                             "which would be read as 0; fix or re-export the image.")
     if problem:
         raise InputError(f"{path} is incomplete ({problem}); copy or export the file again.")
 
@@ -167,25 +178,18 @@ def _check_metaimage_file(path: Path) -> None:
                          f"data of the {expected:,} its header announces); copy or export the file again.")
 
 
-def _count_bytes(stream) -> int:
-    total = 0
-    while True:
-        chunk = stream.read(1 << 22)
-        if not chunk:
-            return total
-        total += len(chunk)
-
-
-def _nifti_bytes(header: bytes) -> Optional[int]:
-    """Bytes a NIfTI-1 or NIfTI-2 single file (.nii) must hold, from its header; None if unknown."""
+def _nifti_layout(header: bytes) -> Optional[tuple[int, int, Optional[np.dtype]]]:
+    """(data offset, bytes the file must hold, float voxel type or None) of a NIfTI-1 or
+    NIfTI-2 single file (.nii) from its header; None if the header is not one we know."""
+    float_types = {16: "f4", 64: "f8"}
     for order in "<>":
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
             dims = struct.unpack(order + "8h", header[40:56])
-            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            datatype, bitpix = struct.unpack(order + "2h", header[70:74])
             offset = int(struct.unpack(order + "f", header[108:112])[0])
             break
         if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
-            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            datatype, bitpix = struct.unpack(order + "2h", header[12:16])
             dims = struct.unpack(order + "8q", header[16:80])
             offset = struct.unpack(order + "q", header[168:176])[0]
             break
@@ -195,7 +199,8 @@ def _nifti_bytes(header: bytes) -> Optional[int]:
     if not 1 <= n_dims <= 7 or bitpix <= 0:
         return None
     voxels = int(np.prod([max(int(d), 1) for d in dims[1:n_dims + 1]], dtype=np.int64))
-    return offset + voxels * bitpix // 8
+    float_type = np.dtype(order + float_types[datatype]) if datatype in float_types else None
+    return offset, offset + voxels * bitpix // 8, float_type
 
 
 def _read_dicom_series(folder: Path):

@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import json
 import os
+import shlex
 import shutil
 import tempfile
 import urllib.parse
@@ -23,6 +24,10 @@ from .errors import ModelFileError, MissingDependencyError
 from .progress import ProgressCallback, no_progress
 
 CARD_FORMAT_VERSION = 1
+MODEL_FILE_SUFFIXES = (".safetensors", ".json")
+#: PyTorch pickle checkpoints: refused by their name, never opened (unpickling can run code).
+PICKLE_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pkl")
+CONVERTER = "Resources/Training/convert_checkpoint.py"
 
 
 def sha256_of_file(path: Path) -> str:
@@ -79,8 +84,31 @@ def card_path_for(path: Path) -> Path:
     return path if path.suffix == ".json" else path.with_suffix(".json")
 
 
+def refuse_pickle_checkpoint(path: Path) -> None:
+    """Refuse a PyTorch pickle checkpoint by its name, saying how to convert it."""
+    if path.suffix.lower() in PICKLE_CHECKPOINT_SUFFIXES:
+        command = shlex.join(["python", CONVERTER, str(path), "--architecture", "monet",
+                              "--output", str(path.with_suffix(".safetensors"))])
+        raise ModelFileError(
+            f"{path} is a PyTorch pickle checkpoint, which PancreasAI does not load because loading "
+            f"a pickle can run any code hidden in it; convert it into a .safetensors model file with: "
+            f"{command} (for an IPMN risk model, give its ViT instead of monet, e.g. "
+            "--architecture vit_base_patch16_224).")
+
+
+def check_model_file_name(path: Path) -> None:
+    """Refuse, by its name alone, a file that is neither a `.safetensors` weights file nor a
+    `.json` card (a name without an ending stands for both)."""
+    refuse_pickle_checkpoint(path)
+    if path.suffix and path.suffix.lower() not in MODEL_FILE_SUFFIXES:
+        raise ModelFileError(
+            f"{path} is not a PancreasAI model file: give a .safetensors weights file, with its .json "
+            "model card beside it.")
+
+
 def read_model_card(path: str | Path) -> ModelCard:
     """Read the card for a `.safetensors` or `.json` path and check that it is complete."""
+    check_model_file_name(Path(path))
     card_path = card_path_for(Path(path))
     if not card_path.exists():
         weights = Path(path).with_suffix(".safetensors")
@@ -133,12 +161,9 @@ def load_state_dict(card: ModelCard, architectures: str | Iterable[str]) -> dict
         raise ModelFileError(f"{card.weights_path} is not a valid .safetensors file ({error}).") from error
 
 
-def load_into(model, state_dict: dict, card: ModelCard) -> None:
-    """Load strictly; a mismatch means the file is for another architecture or size.
-
-    Everything is checked before anything is copied, so a refused file leaves `model` as it was
-    (torch's own load raises a bare RuntimeError on a shape mismatch even when not strict).
-    """
+def state_dict_misfits(model, state_dict: dict) -> list[str]:
+    """What keeps `state_dict` from loading strictly into `model` (empty when it fits): missing
+    and unexpected tensor names, and wrong shapes, each with an example."""
     expected = model.state_dict()
     missing = [key for key in expected if key not in state_dict]
     unexpected = [key for key in state_dict if key not in expected]
@@ -146,17 +171,27 @@ def load_into(model, state_dict: dict, card: ModelCard) -> None:
         f"{key} {tuple(tensor.shape)} vs {tuple(expected[key].shape)}"
         for key, tensor in state_dict.items()
         if key in expected and tuple(expected[key].shape) != tuple(tensor.shape)]
-    if missing or unexpected or shape_errors:
-        details = []
-        if missing:
-            details.append(f"missing {len(missing)} tensors, e.g. {missing[0]}")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
-        if shape_errors:
-            details.append(f"wrong shapes, e.g. {shape_errors[0]}")
+    details = []
+    if missing:
+        details.append(f"missing {len(missing)} tensors, e.g. {missing[0]}")
+    if unexpected:
+        details.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    if shape_errors:
+        details.append(f"wrong shapes, e.g. {shape_errors[0]}")
+    return details
+
+
+def load_into(model, state_dict: dict, card: ModelCard) -> None:
+    """Load strictly; a mismatch means the file is for another architecture or size.
+
+    Everything is checked before anything is copied, so a refused file leaves `model` as it was
+    (torch's own load raises a bare RuntimeError on a shape mismatch even when not strict).
+    """
+    misfits = state_dict_misfits(model, state_dict)
+    if misfits:
         raise ModelFileError(
             f"The weights in {card.weights_path.name} do not fit the {card.architecture} architecture "
-            f"described by its card ({'; '.join(details)}).")
+            f"described by its card ({'; '.join(misfits)}).")
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -261,8 +296,10 @@ class ModelRegistry:
         """A registry name, a `.safetensors`/`.json` path, or None for the default -> its card."""
         name_or_path = name_or_path or self.default_name
         if str(name_or_path) not in self.entries:
-            path = Path(name_or_path)
-            looks_like_name = path.suffix not in (".json", ".safetensors") and len(path.parts) == 1
+            path = Path(os.path.expanduser(os.fspath(name_or_path)))
+            refuse_pickle_checkpoint(path)
+            looks_like_name = (path.suffix not in MODEL_FILE_SUFFIXES and len(path.parts) == 1
+                               and not path.is_file())
             if looks_like_name and not card_path_for(path).exists():
                 raise ModelFileError(
                     f"There is no model called '{name_or_path}'; the known models are "

@@ -1,0 +1,213 @@
+"""Convert a PyTorch checkpoint (.pth, .pt, .ckpt, .bin) into a PancreasAI model file: .safetensors + model card.
+
+PancreasAI never unpickles model files, because a pickle can run any code hidden in it. This
+script reads the checkpoint with torch.load(weights_only=True), which accepts only tensors and
+plain containers, so a checkpoint that needs code to load is refused. The tensors are then
+loaded strictly into the network the module would build (--architecture), and written with a
+model card: the architecture, the pre-processing the training scripts use by default, --title,
+--intended-use, the source file's name and SHA256, and a note that the metrics are unknown.
+
+MoNet, for PancreasSegMoNet:
+  python Resources/Training/convert_checkpoint.py monet.pth --architecture monet --output monet.safetensors
+The IPMN ViT-B/16, for IPMNRisk:
+  python Resources/Training/convert_checkpoint.py ipmn.pth --architecture vit_base_patch16_224 --output ipmn.safetensors
+
+The checkpoint holds a state_dict: plain (torch.save(model.state_dict(), ...)) or under
+"state_dict", "model_state_dict" or "model" (a "module." prefix from DistributedDataParallel
+is removed). If the model was trained with other pre-processing than the default (another
+slice size or window, or the IPMN paper's MRI pre-processing with its fitted landmarks),
+write it into the card's "preprocessing" before use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+HERE = Path(__file__).resolve()
+for sub in ("PancreasAI", "PancreasSegMoNet", "IPMNRisk"):
+    if str(HERE.parents[2] / sub) not in sys.path:
+        sys.path.insert(0, str(HERE.parents[2] / sub))
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))
+
+from PancreasAILib.cli_support import run_command  # noqa: E402
+from PancreasAILib.errors import InputError, ModelFileError  # noqa: E402
+from PancreasAILib.weights import save_model, sha256_of_file, state_dict_misfits  # noqa: E402
+from IPMNRiskLib.model import CLASS_NAMES, VIT_ARCHITECTURES  # noqa: E402
+
+from segmentation_networks import ARCHITECTURES  # noqa: E402
+from trainkit.model_card import command_line, software_versions  # noqa: E402
+
+SCRIPT = "Resources/Training/convert_checkpoint.py"
+#: Where trainers commonly keep the state_dict inside a checkpoint, in the order they are tried.
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+DDP_PREFIX = "module."
+METRICS_UNKNOWN = {"note": "unknown: converted from a PyTorch checkpoint, which records no evaluation; "
+                           "evaluate the model on your own data before relying on it"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """The network a checkpoint must fit, and what its card says about it."""
+
+    network: "torch.nn.Module"
+    title: str
+    card_fields: dict
+
+
+def segmentation_target(architecture: str) -> Target:
+    """MoNet or a baseline of the MoNet paper, as train_monet.py builds and describes it."""
+    from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING
+    from segmentation_networks import build_network, parameter_counts
+
+    spec = ARCHITECTURES[architecture]
+    network = build_network(spec)
+    return Target(network, spec.title, {
+        "architecture": spec.class_name, "architecture_params": spec.params,
+        "parameters": parameter_counts(network), "task": "pancreas segmentation on CT",
+        "classes": ["pancreas"], "preprocessing": dict(DEFAULT_PREPROCESSING),
+        "postprocessing": {"threshold": 0.5, "keep_largest_component": True}})
+
+
+def ipmn_target(args) -> Target:
+    """The IPMN ViT (early fusion), as train_ipmn.py builds and describes it."""
+    from ipmn_data import card_preprocessing, preprocessing_steps
+    from ipmn_networks import build_network, parameter_count
+    from ipmn_setup import architecture_of
+
+    architecture, params = architecture_of(args, phantoms=False)
+    network = build_network("early-fusion", architecture, params)
+    return Target(network, "IPMN ViT", {
+        "architecture": architecture, "architecture_params": params,
+        "parameters": parameter_count(network),
+        "task": "IPMN risk class from paired T1/T2 MRI (3 x 3 grids of 9 slices, early fusion)",
+        "classes": list(CLASS_NAMES),
+        # The paper's MRI pre-processing needs landmarks fitted on the training cohort, which a
+        # checkpoint does not hold: the card states the input format without it.
+        "preprocessing": card_preprocessing(preprocessing_steps("none"))})
+
+
+def target_for(args) -> Target:
+    if args.architecture in ARCHITECTURES:
+        if args.architecture_params:
+            raise InputError("--architecture-params is for the IPMN ViTs; the segmentation networks are "
+                             "fixed by --architecture.")
+        return segmentation_target(args.architecture)
+    return ipmn_target(args)
+
+
+def read_checkpoint(path: Path) -> object:
+    """What torch.load(weights_only=True) finds in `path`: tensors and plain containers only."""
+    import pickle
+
+    import torch
+
+    if not path.is_file():
+        raise InputError(f"No checkpoint file at {path}.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols it reads anyway
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        needed = re.search(r"GLOBAL ([\w.]+)", str(error))
+        raise ModelFileError(
+            f"{path.name} holds more than tensors{f' (it needs {needed.group(1)})' if needed else ''}, and "
+            "loading it would run code from the file, so it was not loaded; if you trust where it came "
+            "from, save only the model's weights where it was made (torch.save(model.state_dict(), "
+            "'weights.pth')) and convert that file.") from error
+    except Exception as error:  # torch reports unreadable files with many error types
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ModelFileError(f"{path.name} is not a PyTorch checkpoint: torch could not read it "
+                             f"({type(error).__name__}{': ' + detail if detail else ''}).") from error
+
+
+def is_tensor_mapping(value) -> bool:
+    import torch
+
+    return (isinstance(value, dict) and bool(value)
+            and all(isinstance(key, str) and isinstance(tensor, torch.Tensor) for key, tensor in value.items()))
+
+
+def state_dict_of(checkpoint, name: str) -> dict:
+    """The tensors of a checkpoint: the state_dict itself, or the one under STATE_DICT_KEYS,
+    without a DistributedDataParallel "module." prefix."""
+    if is_tensor_mapping(checkpoint):
+        state_dict = checkpoint
+    elif isinstance(checkpoint, dict) and any(is_tensor_mapping(checkpoint.get(key)) for key in STATE_DICT_KEYS):
+        state_dict = next(checkpoint[key] for key in STATE_DICT_KEYS if is_tensor_mapping(checkpoint.get(key)))
+    else:
+        found = (f"its top-level keys are {', '.join(map(str, list(checkpoint)[:8]))}"
+                 if isinstance(checkpoint, dict) and checkpoint else f"it holds a {type(checkpoint).__name__}")
+        raise ModelFileError(
+            f"{name} holds no state_dict (tensor names mapped to tensors) at its top level or under "
+            f"{', '.join(repr(key) for key in STATE_DICT_KEYS)}; {found}.")
+    if all(key.startswith(DDP_PREFIX) for key in state_dict):
+        state_dict = {key[len(DDP_PREFIX):]: tensor for key, tensor in state_dict.items()}
+    return state_dict
+
+
+def load_checked(target: Target, state_dict: dict, name: str, architecture: str) -> dict:
+    """`state_dict` loaded strictly into the target network; its tensors, as the network holds them."""
+    misfits = state_dict_misfits(target.network, state_dict)
+    if misfits:
+        hint = "--architecture" + ("" if architecture in ARCHITECTURES else " and --architecture-params")
+        raise ModelFileError(
+            f"{name} does not hold {architecture} weights ({'; '.join(misfits)}); check {hint}.")
+    target.network.load_state_dict(state_dict, strict=True)
+    return target.network.state_dict()
+
+
+def refuse_existing_output(weights: Path, overwrite: bool) -> None:
+    existing = [path for path in (weights, weights.with_suffix(".json")) if path.exists()]
+    if existing and not overwrite:
+        raise InputError(f"{existing[0]} already exists; use --overwrite to replace it, or choose another --output.")
+
+
+def convert(args, argv: Optional[Sequence[str]] = None) -> int:
+    """Read, check and write; returns the exit code (0 done; errors are raised)."""
+    checkpoint_path = Path(args.checkpoint)
+    weights = Path(args.output).with_suffix(".safetensors")
+    refuse_existing_output(weights, args.overwrite)
+    target = target_for(args)
+    state_dict = state_dict_of(read_checkpoint(checkpoint_path), checkpoint_path.name)
+    tensors = load_checked(target, state_dict, checkpoint_path.name, args.architecture)
+    card = save_model(tensors, weights, {
+        "name": weights.stem, "title": args.title or target.title, **target.card_fields,
+        "intended_use": args.intended_use,
+        "source": {"converted_from": checkpoint_path.name, "sha256": sha256_of_file(checkpoint_path)},
+        "metrics": METRICS_UNKNOWN,
+        "conversion": {"command": command_line(SCRIPT, argv), "software": software_versions()}})
+    print(f"Wrote {card.weights_path} and its model card {card.card_path} ({card.architecture}, "
+          f"{len(tensors)} tensors). Its metrics are unknown: evaluate it before use.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="the PyTorch checkpoint (.pth, .pt, .ckpt, .bin)")
+    parser.add_argument("--architecture", required=True, choices=[*sorted(ARCHITECTURES), *VIT_ARCHITECTURES],
+                        help="the network the checkpoint holds: monet (PancreasSegMoNet), a baseline of the "
+                             "MoNet paper, or the IPMN risk ViT (IPMNRisk)")
+    parser.add_argument("--architecture-params", metavar="JSON",
+                        help="timm arguments of an IPMN ViT as JSON, as given to train_ipmn.py (default: none; "
+                             "the demo ViT's for vit_tiny_patch16_224)")
+    parser.add_argument("--output", required=True, help="path of the .safetensors to write (its card goes beside it)")
+    parser.add_argument("--title", help="title in the model card (default: the architecture's name)")
+    parser.add_argument("--intended-use", default="", help="intended use, written into the model card")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing model file and card")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(lambda: convert(args, argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
