@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 for sub in ("PancreasAI", "PancreasSegMoNet", "IPMNRisk"):
     sys.path.insert(0, str(ROOT / sub))
 
+from PancreasAILib.errors import PancreasAIError  # noqa: E402
+
 SAMPLE_SEED = 4242  # a phantom the demo weights never saw in training
 
 
@@ -31,24 +33,21 @@ def sample_ct(folder: Path) -> Path:
 
 
 def demo_segmentation(ct_path: Path, output: Path) -> list[Path]:
-    from PancreasAILib.mrml import add_volume_node, create_scene, save_scene_bundle
+    from PancreasAILib.mrml import save_scene_bundle
     from PancreasAILib.render import overlay_png
     from PancreasAILib.volume_io import read_volume
     from PancreasSegMoNetLib.cli import output_paths, segment_files
-    from PancreasSegMoNetLib.mrml import import_mask_file
+    from PancreasSegMoNetLib.mrml import build_review_scene
 
     print(f"\n== PancreasSegMoNet: segmenting {ct_path.name} ==")
     failures = segment_files([ct_path], output, overwrite=True)
     if failures:
-        raise SystemExit("The demo segmentation failed; see the message above.")
+        raise PancreasAIError("The demo segmentation failed; see the message above.")
     seg_path, label_path = output_paths(ct_path, output)
     ct, mask = read_volume(ct_path), read_volume(label_path)
     png = overlay_png(ct, mask.array, output / f"{ct_path.name.split('.')[0]}_pancreas.png",
                       window=(-160, 240), title="PancreasSegMoNet demo weights - not for diagnosis")
-    scene = create_scene()
-    ct_node = add_volume_node(scene, ct, "sample CT")
-    segmentation = import_mask_file(ct_node, label_path)
-    segmentation.SetName("sample CT pancreas")
+    scene = build_review_scene(ct, label_path, "sample CT")
     mrb = save_scene_bundle(scene, output / f"{ct_path.name.split('.')[0]}_scene.mrb")
     return [ct_path, seg_path, label_path, png, mrb]
 
@@ -73,7 +72,7 @@ def demo_ipmn(output: Path) -> list[Path]:
     print("\n== IPMNRisk: assessing the sample T1/T2 pair (synthetic; the phantom has a high-risk IPMN) ==")
     rows = run_cases([Case("sample_mr_phantom", t1, t2, center, size)], output, overwrite=True)
     if rows[0]["status"] != "ok":
-        raise SystemExit("The demo IPMN assessment failed; see the message above.")
+        raise PancreasAIError("The demo IPMN assessment failed; see the message above.")
     paths = output_paths(output, "sample_mr_phantom")
     return [t1, t2, *paths.values()]
 
@@ -82,11 +81,30 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=ROOT / "output" / "demo")
     parser.add_argument("--ct", type=Path, help="a CT of your own instead of the synthetic sample")
+    parser.add_argument("--skip-ipmn", action="store_true",
+                        help="only segment; without it the IPMN part runs on the bundled MRI sample")
     args = parser.parse_args(argv)
-    args.output.mkdir(parents=True, exist_ok=True)
-    ct_path = args.ct or sample_ct(args.output)
-    written = demo_segmentation(ct_path, args.output)
-    written += demo_ipmn(args.output)
+
+    from PancreasAILib.cli_support import run_command
+
+    return run_command(lambda: run_demo(args.output, args.ct, args.skip_ipmn))
+
+
+def run_demo(output: Path, ct: Path | None, skip_ipmn: bool) -> int:
+    from PancreasAILib.errors import InputError
+    from PancreasAILib.output_files import prepare_output_folder, user_path
+
+    output = prepare_output_folder(output)
+    if ct is not None and not user_path(ct).exists():
+        raise InputError(f"The CT {user_path(ct)} does not exist.")
+    ct_path = user_path(ct) if ct is not None else sample_ct(output)
+    written = demo_segmentation(ct_path, output)
+    if ct is not None:
+        written.remove(ct_path)  # the user's own file: read, not written
+    if not skip_ipmn:
+        if ct is not None:
+            print("\n(The IPMN part runs on the bundled synthetic MRI sample; --skip-ipmn leaves it out.)")
+        written += demo_ipmn(output)
     print("\nWritten:")
     for path in written:
         print(f"  {path}")

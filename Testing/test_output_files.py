@@ -173,3 +173,21 @@ def test_signals_wait_until_the_final_names_are_given():
             os.kill(os.getpid(), signal.SIGINT)
             seen.append("still running")
     assert seen == ["still running"]
+
+
+def test_ctrl_c_while_the_final_names_are_given_leaves_the_whole_result(tmp_path, monkeypatch):
+    """The signal comes between two renames: it is held until every file has its name."""
+    finals = [tmp_path / "a.json", tmp_path / "b.json"]
+    real_link = os.link
+
+    def link_then_interrupt(source, destination):
+        real_link(source, destination)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(os, "link", link_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        with all_or_nothing(finals) as temporaries:
+            for temp in temporaries:
+                write_json(temp, "whole")
+    assert [tag_of(p) for p in finals] == ["whole", "whole"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 
-from PancreasAILib.cli_support import (ProgressPrinter, add_run_options, all_or_nothing, case_name, main_with,
-                                       refuse_existing)
-from PancreasAILib.errors import InputError, PancreasAIError
+from PancreasAILib.cli_support import ProgressPrinter, add_run_options, case_name, main_with
+from PancreasAILib.errors import InputError, OutputError, PancreasAIError
+from PancreasAILib.output_files import all_or_nothing, prepare_output_folder, refuse_existing, user_path
 from PancreasAILib.progress import ProgressCallback
 
 from .grids import RegionBox
@@ -74,7 +75,7 @@ def assess_case(case: Case, output_dir: Path, card, device: str = "cpu", tta: bo
     region = case.region()
     assessment = assess(t1, t2, region, card, tta=tta, device=device, progress=progress)
     summary = assessment_summary(assessment, region, case.name)
-    with all_or_nothing(list(paths.values())) as temporary:
+    with all_or_nothing(list(paths.values()), overwrite) as temporary:
         temp = dict(zip(paths, temporary))
         write_volume(assessment.heat_map, temp["heat_map"])
         render_grid_png(assessment, temp["grid_png"])
@@ -86,26 +87,24 @@ def assess_case(case: Case, output_dir: Path, card, device: str = "cpu", tta: bo
 
 def write_review_scene(t1, t2, heat_map, summary: dict, path: Path) -> Path:
     """A Slicer scene for review: T1, T2, the heat map over T2, the region as an ROI, the table."""
-    from PancreasAILib.mrml import add_volume_node, create_scene, save_scene_bundle
+    from PancreasAILib.mrml import save_scene_bundle
 
-    from .mrml import add_assessment_to_scene
+    from .mrml import build_review_scene
 
-    scene = create_scene()
-    add_volume_node(scene, t1, "T1")
-    t2_node = add_volume_node(scene, t2, "T2")
-    add_assessment_to_scene(t2_node, heat_map, summary, None)
-    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "IPMN region")
-    roi.SetCenter(*summary["region"]["center_ras"])
-    roi.SetSize(*summary["region"]["size_mm"])
-    roi.CreateDefaultDisplayNodes()
-    return save_scene_bundle(scene, path)
+    return save_scene_bundle(build_review_scene(t1, t2, heat_map, summary), path)
 
 
 def read_cases_csv(path: Path) -> list[Case]:
     """Cases from a CSV; relative paths are taken relative to the CSV's folder."""
+    path = user_path(path)
     base = path.parent
-    with open(path, newline="", encoding="utf-8-sig") as stream:
-        rows = list(csv.DictReader(stream))
+    if not path.is_file():
+        raise InputError(f"The case list {path} does not exist.")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as stream:
+            rows = list(csv.DictReader(stream))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"The case list {path} could not be read as a CSV table ({error}).") from error
     if not rows:
         raise InputError(f"{path} has no cases.")
     missing = {"t1", "t2"} - set(rows[0])
@@ -116,7 +115,7 @@ def read_cases_csv(path: Path) -> list[Case]:
     for number, row in enumerate(rows, start=2):
         def path_of(key: str) -> Optional[Path]:
             value = (row.get(key) or "").strip()
-            return (base / value) if value else None
+            return (base / os.path.expanduser(value)) if value else None
 
         name = (row.get("case") or "").strip() or case_name(path_of("t2") or Path(f"case{number}"))
         try:
@@ -139,12 +138,14 @@ def parse_triple(text: Optional[str]) -> Optional[tuple[float, float, float]]:
 
 def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "auto", tta: bool = True,
               write_scene: bool = True, overwrite: bool = False, progress_format: str = "bar") -> list[dict]:
-    """Assess every case; one failing case does not stop the others. Returns one row per case."""
+    """Assess every case; one failing case does not stop the others, but a result that cannot be
+    written (full disk, another run's file) stops the batch with `OutputError`. Returns one row
+    per case."""
     from PancreasAILib.devices import resolve_device
 
     from .models import model_registry
 
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = prepare_output_folder(output_dir)
     printer = ProgressPrinter(len(cases), progress_format)
     card = model_registry().resolve(model, progress=printer)
     device = resolve_device(device)
@@ -164,6 +165,9 @@ def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "au
             printer.message(f"{case.name}: {result['class_name']} (p = {max(probabilities):.2f}; "
                             + ", ".join(f"{n} {p:.2f}+-{s:.2f}" for n, p, s in
                                         zip(result["class_names"], probabilities, spread)) + ")")
+        except OutputError:
+            printer.close()
+            raise
         except PancreasAIError as error:
             rows.append({"case": case.name, "status": "failed", "message": str(error)})
             printer.message(f"{case.name}: FAILED: {error}")
@@ -171,11 +175,14 @@ def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "au
     return rows
 
 
-def write_results_csv(rows: list[dict], path: Path) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.DictWriter(stream, fieldnames=RESULT_COLUMNS, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+def write_results_csv(rows: list[dict], path: Path, overwrite: bool = False) -> Path:
+    """The batch's table, written whole or not at all (an earlier table is kept unless overwrite)."""
+    path = user_path(path)
+    with all_or_nothing([path], overwrite) as (temporary,):
+        with open(temporary, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.DictWriter(stream, fieldnames=RESULT_COLUMNS, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
     return path
 
 
@@ -218,9 +225,10 @@ def _run(args) -> int:
             raise InputError(str(error)) from error
     else:
         cases = read_cases_csv(args.csv)
+        refuse_existing([user_path(args.output) / "results.csv"], args.overwrite)
     rows = run_cases(cases, args.output, args.model, args.device, not args.no_tta, not args.no_scene,
                      args.overwrite, args.progress_format)
     if args.command == "batch":
-        path = write_results_csv(rows, args.output / "results.csv")
+        path = write_results_csv(rows, user_path(args.output) / "results.csv", args.overwrite)
         print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} cases assessed; table: {path}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1

@@ -21,6 +21,8 @@ from .grids import RegionBox
 
 COLOR_TABLE_NAME = "PancreasAI Inferno"
 RESEARCH_LABEL = "For research use only"
+# The heat map over T2 in the slice views: enough to see both.
+HEAT_MAP_OPACITY = 0.5
 
 
 @dataclass
@@ -180,13 +182,38 @@ def _result_table(scene, summary: dict, t2_name: str):
     rows += [("Test-time views", str(summary["test_time_views"])), ("Model", summary["model"]),
              ("Region centre RAS (mm)", " ".join(f"{v:.1f}" for v in summary["region"]["center_ras"])),
              ("Region size (mm)", " ".join(f"{v:.1f}" for v in summary["region"]["size_mm"])),
-             ("Note", RESEARCH_LABEL + ": " + summary["research_use_notice"])]
+             ("Note", _research_note(summary["research_use_notice"]))]
     for quantity, value in rows:
         row = table.InsertNextBlankRow()
         table.SetValue(row, 0, vtk.vtkVariant(quantity))
         table.SetValue(row, 1, vtk.vtkVariant(value))
     table_node.Modified()
     return table_node
+
+
+def _research_note(notice: str) -> str:
+    """The notice, labelled "For research use only" once (the notice may already say it)."""
+    if notice.lower().startswith(RESEARCH_LABEL.lower()):
+        return notice
+    return f"{RESEARCH_LABEL}: {notice}"
+
+
+def build_review_scene(t1: Volume, t2: Volume, heat_map: Volume, summary: dict):
+    """A new scene for review (what `ipmn-risk` saves as .mrb): T1, T2, the heat map over T2 in
+    the slice views centred on the region, the region as an ROI, the result table."""
+    from PancreasAILib.mrml import add_volume_node, create_scene, show_in_slice_views
+
+    scene = create_scene()
+    add_volume_node(scene, t1, "T1")
+    t2_node = add_volume_node(scene, t2, "T2")
+    result = add_assessment_to_scene(t2_node, heat_map, summary, None)
+    center, size = summary["region"]["center_ras"], summary["region"]["size_mm"]
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "IPMN region")
+    roi.SetCenter(*center)
+    roi.SetSize(*size)
+    roi.CreateDefaultDisplayNodes()
+    show_in_slice_views(scene, t2_node, result.heat_map_node, HEAT_MAP_OPACITY, center, size)
+    return scene
 
 
 def inferno_color_node(scene):

@@ -1,4 +1,5 @@
-"""What both modules need from an MRML scene: volumes in and out, study placement, undo.
+"""What both modules need from an MRML scene: volumes in and out, study placement, undo,
+slice views, scene files.
 
 The only shared file that knows about nodes. It uses the MRML classes and the module logics'
 static methods directly (not `slicer.modules`), so the same code runs in the Slicer
@@ -13,7 +14,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from .errors import InputError
-from .volume import Volume
+from .volume import Volume, check_geometry, check_spacing
 
 
 def _slicer():
@@ -68,7 +69,11 @@ def volume_from_node(node, what: str = "volume") -> Volume:
 
     dims = image.GetDimensions()
     array = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1])
-    return Volume(array, world_ijk_to_ras(node))
+    # A zero spacing makes the node's own matrix NaN: name the cause before using it.
+    check_spacing(node.GetSpacing(), f"{what} '{node.GetName()}'")
+    ijk_to_ras = world_ijk_to_ras(node)
+    check_geometry(ijk_to_ras, f"{what} '{node.GetName()}'")
+    return Volume(array, ijk_to_ras)
 
 
 def add_volume_node(scene, volume: Volume, name: str, node_class: str = "vtkMRMLScalarVolumeNode"):
@@ -152,16 +157,80 @@ def create_scene():
         logic.SetMRMLScene(scene)
         logic.SetMRMLApplicationLogic(application_logic)
         logics.append(logic)
-    # Keep the logics alive as long as the scene.
+    # The markups logic registers the markups storage nodes; without them an ROI is saved with
+    # its centre only (in the .mrml) and reopens with size 0 x 0 x 0.
+    markups_logic = slicer.vtkSlicerMarkupsLogic()
+    markups_logic.SetMRMLApplicationLogic(application_logic)
+    markups_logic.SetMRMLScene(scene)
+    application_logic.SetModuleLogic("Markups", markups_logic)
+    # Keep the logics alive as long as the scene (the application logic holds weak references).
     scene._pancreasai_logics = (application_logic, *logics)
+    scene._pancreasai_markups_logic = markups_logic
     return scene
 
 
-def save_scene_bundle(scene, path) -> "Path":
-    """Write the whole scene, data included, as one Slicer `.mrb` file."""
-    from pathlib import Path
+# Slicer's three standard slice views as its layout logic makes them: layout name (also the
+# singleton tag), orientation, label.
+SLICE_VIEWS = (("Red", "Axial", "R"), ("Yellow", "Sagittal", "Y"), ("Green", "Coronal", "G"))
+# Field of view around a region of interest: the region and some of its surroundings.
+REGION_CONTEXT = 1.5
 
-    path = Path(path)
+
+def show_in_slice_views(scene, background_node, foreground_node=None, foreground_opacity: float = 0.5,
+                        center_ras=None, size_mm=None) -> None:
+    """Show `background_node`, with `foreground_node` over it at `foreground_opacity`, in the Red,
+    Yellow and Green slice views, centred on the box `center_ras` + `size_mm` (default: the
+    background volume), and keep this set-up in the scene so a saved scene opens with it.
+
+    The slice and slice composite nodes are singletons tagged with the layout name, as Slicer
+    makes them: opening the scene in Slicer copies their settings into its own views.
+    """
+    slicer = _slicer()
+    if center_ras is None or size_mm is None:
+        bounds = np.zeros(6)
+        background_node.GetRASBounds(bounds)
+        center_ras, size_mm = (bounds[0::2] + bounds[1::2]) / 2, bounds[1::2] - bounds[0::2]
+    field_of_view = REGION_CONTEXT * float(np.max(size_mm))
+    # The slab of one voxel of the background, as Slicer's "fit to volume" sets it.
+    thickness = float(min(background_node.GetSpacing()))
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+    for layout_name, orientation, label in SLICE_VIEWS:
+        slice_node = scene.GetSingletonNode(layout_name, "vtkMRMLSliceNode")
+        if slice_node is None:
+            slice_node = _new_view_node(scene, "vtkMRMLSliceNode", layout_name)
+            slice_node.SetName(layout_name)
+            slice_node.SetDefaultOrientation(orientation)
+            slice_node.SetOrientation(orientation)
+            slice_node.SetLayoutLabel(label)
+            slice_node.SetLayoutColor(getattr(slicer.vtkMRMLAbstractViewNode, f"Get{layout_name}Color")())
+            scene.AddNode(slice_node)
+        slice_node.SetFieldOfView(field_of_view, field_of_view, thickness)
+        slice_node.JumpSliceByCentering(*(float(v) for v in center_ras))
+
+        composite = scene.GetSingletonNode(layout_name, "vtkMRMLSliceCompositeNode")
+        if composite is None:
+            composite = _new_view_node(scene, "vtkMRMLSliceCompositeNode", layout_name)
+            scene.AddNode(composite)
+        composite.SetBackgroundVolumeID(background_node.GetID())
+        composite.SetForegroundVolumeID(foreground_node.GetID() if foreground_node is not None else None)
+        composite.SetForegroundOpacity(foreground_opacity if foreground_node is not None else 0.0)
+
+
+def _new_view_node(scene, class_name: str, layout_name: str):
+    """A node of `class_name` with the scene's defaults, tagged with `layout_name`."""
+    node = scene.CreateNodeByClass(class_name)
+    node.UnRegister(None)  # CreateNodeByClass hands over a reference that Python also takes
+    node.SetLayoutName(layout_name)
+    return node
+
+
+def save_scene_bundle(scene, path) -> "Path":
+    """Write the whole scene, data included, as one Slicer `.mrb` file; `path` may be relative or
+    start with `~`. Returns the absolute path written."""
+    from .output_files import user_path
+
+    # Slicer's writer refuses a relative path ("given directory is not a full path").
+    path = user_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for index in range(scene.GetNumberOfNodes()):
         node = scene.GetNthNode(index)

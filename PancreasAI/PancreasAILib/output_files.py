@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, PancreasAIError
 
 
 def user_path(path: str | Path) -> Path:
@@ -69,6 +69,11 @@ def all_or_nothing(paths: list[Path], overwrite: bool = False) -> Iterator[list[
             yield temporary
         except OSError as error:
             raise OutputError(_write_failure(error, paths[0].parent)) from error
+        except PancreasAIError as error:  # a writer's message names our hidden folder: name the user's
+            message = str(error)
+            for folder, hidden in staging.items():
+                message = message.replace(str(hidden), str(folder))
+            raise type(error)(message) from error
         for temp, final in zip(temporary, paths):
             verify_written_file(temp, final)
     except BaseException:

@@ -15,6 +15,7 @@ import numpy as np
 from PancreasAILib.errors import InputError
 from PancreasAILib.mrml import oriented_image, place_beside, volume_from_node, world_ijk_to_ras
 from PancreasAILib.progress import CancelToken, ProgressCallback, no_progress
+from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import read_volume
 
 SEGMENT_ID = "PancreasSegMoNet_pancreas"
@@ -57,6 +58,22 @@ def import_mask_file(volume_node, labelmap_path: str | Path, segmentation_node=N
     if mask.shape != tuple(dims) or not np.allclose(mask.ijk_to_ras, expected, atol=1e-3):
         raise InputError(f"{labelmap_path} is not on the grid of '{volume_node.GetName()}'.")
     return apply_pancreas_mask(volume_node, mask.array > 0, segmentation_node)
+
+
+def build_review_scene(ct: Volume, labelmap_path: str | Path, ct_name: str = "CT"):
+    """A new scene for review (what the demo saves as .mrb): the CT in the slice views, centred
+    on the pancreas, and the mask written by the command line as its "Pancreas" segment."""
+    from PancreasAILib.mrml import add_volume_node, create_scene, show_in_slice_views
+
+    scene = create_scene()
+    ct_node = add_volume_node(scene, ct, ct_name)
+    segmentation_node = import_mask_file(ct_node, labelmap_path)
+    # The segment's extent; an empty segment keeps the CT's, so then the views show the whole CT.
+    bounds = np.zeros(6)
+    segmentation_node.GetRASBounds(bounds)
+    show_in_slice_views(scene, ct_node, center_ras=(bounds[0::2] + bounds[1::2]) / 2,
+                        size_mm=bounds[1::2] - bounds[0::2])
+    return scene
 
 
 def apply_pancreas_mask(volume_node, mask: np.ndarray, segmentation_node=None):
