@@ -250,7 +250,14 @@ def damaged_copies(folder: Path) -> list:
     sheared[:3, 1] += 0.3 * sheared[:3, 0]  # the j axis leans towards i
     write_nrrd_with_matrix(volume.array, sheared, folder / "sheared.nrrd")
     write_volume(volume.with_array(np.full(volume.shape, np.nan, np.float32)), folder / "nan.nii.gz")
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(folder / "ct.nii.gz"))
+    sitk.WriteImage(sitk.JoinSeries([image, image]), str(folder / "series4d.nii.gz"))
+    sitk.WriteImage(image[:, :, 0], str(folder / "slice2d.nii.gz"))
     return [
+        ("series4d.nii.gz", r"has 4 dimensions .*choose a single 3D volume"),
+        ("slice2d.nii.gz", r"has 2 dimensions .*a 3D volume is needed"),
         ("truncated.nii.gz", r"truncated.nii.gz is incomplete .*cut short"),
         ("bitflip.nii.gz", r"bitflip.nii.gz is incomplete .*damaged"),
         ("truncated_raw.nii", r"truncated_raw.nii is incomplete .*holds .* bytes of the"),
@@ -410,3 +417,13 @@ def test_a_model_under_the_home_folder_is_found_with_a_tilde(workdir, tmp_path):
                      env_extra={"HOME": str(home)})
     assert result.returncode == 0, result.stderr
     assert (workdir / "out" / "ct_pancreas.nii.gz").exists()
+
+
+def test_without_pytorch_the_message_says_how_to_get_it(workdir):
+    """`sys.modules["torch"] = None` makes every `import torch` fail, as on a machine without it."""
+    (workdir / "no_torch").mkdir()
+    (workdir / "no_torch" / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")
+    pythonpath = os.pathsep.join([str(workdir / "no_torch"), *(str(ROOT / d) for d in MODULE_DIRS)])
+    result = segment("ct.nii.gz", "-o", "out", "--model", MONET, cwd=workdir, env_extra={"PYTHONPATH": pythonpath})
+    assert_one_line_error(result, 2, r"^error: PyTorch is not installed.*pip install torch")
+    assert list((workdir / "out").iterdir()) == []

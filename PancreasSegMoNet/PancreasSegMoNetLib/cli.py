@@ -37,7 +37,10 @@ def segment_files(inputs: list[Path], output_dir: Path, model=None, device: str 
     from .models import model_registry
     from .segmentation import segment_ct
 
+    from PancreasAILib.devices import resolve_device
+
     output_dir = prepare_output_folder(output_dir)
+    device = resolve_device(device)  # no PyTorch, or no GPU: say so once, not per case
     printer = ProgressPrinter(len(inputs), progress_format)
     card = model_registry().resolve(model, progress=printer)
     printer.message(f"Model: {card.name}. {card.intended_use}".strip())
