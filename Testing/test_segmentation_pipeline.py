@@ -1,5 +1,7 @@
 """The CT-to-mask pipeline keeps geometry: same physical CT in any storage -> same physical mask."""
 
+import json
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -8,8 +10,10 @@ from conftest import dice
 from PancreasAILib.errors import InputError, OperationCancelled
 from PancreasAILib.progress import CancelToken
 from PancreasAILib.resample import resample
-from PancreasAILib.volume import Volume
-from PancreasSegMoNetLib.segmentation import largest_component, segment_ct
+from PancreasAILib.volume import Volume, make_ijk_to_ras
+from PancreasAILib.weights import read_model_card
+from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING, inplane_grid, model_slices
+from PancreasSegMoNetLib.segmentation import SegmentationResult, largest_component, segment_ct
 
 
 def as_volume(phantom) -> Volume:
@@ -139,6 +143,24 @@ def test_threshold_outside_zero_one_is_refused(small_ct_phantom, random_monet_ca
         segment_ct(as_volume(small_ct_phantom), random_monet_card, threshold=1.5)
 
 
+def test_threshold_comes_from_the_model_card(small_ct_phantom, random_monet_card, tmp_path):
+    """A card whose post-processing threshold is 0.7 gives the mask of threshold 0.7, not of 0.5."""
+    weights = tmp_path / "monet-tuned.safetensors"
+    weights.write_bytes(random_monet_card.weights_path.read_bytes())
+    card_data = {**random_monet_card.data, "name": "monet-tuned", "weights_file": weights.name,
+                 "postprocessing": {"threshold": 0.7}}
+    (tmp_path / "monet-tuned.json").write_text(json.dumps(card_data))
+    tuned_card = read_model_card(weights)
+    one_slice = as_volume(small_ct_phantom).slab(7, 8)
+
+    tuned = segment_ct(one_slice, tuned_card, keep_largest_component=False)
+    at_0_7 = segment_ct(one_slice, random_monet_card, threshold=0.7, keep_largest_component=False).mask.array
+    at_0_5 = segment_ct(one_slice, random_monet_card, keep_largest_component=False).mask.array
+    assert tuned.threshold == 0.7
+    np.testing.assert_array_equal(tuned.mask.array, at_0_7)
+    assert 0 < at_0_7.sum() < at_0_5.sum()  # the two thresholds give demonstrably different masks
+
+
 def test_cancel_stops_the_work(small_ct_phantom, random_monet_card):
     token = CancelToken()
     token.cancel()
@@ -163,3 +185,74 @@ def test_largest_component_keeps_only_the_biggest_piece():
 def test_largest_component_of_an_empty_mask_is_empty():
     mask = np.zeros((4, 5, 6), np.uint8)
     assert not largest_component(mask).any()
+
+
+def test_largest_component_keeps_pieces_touching_only_at_a_corner():
+    """Diagonal neighbours belong to one gland: 26-connectivity joins cubes sharing one vertex."""
+    mask = np.zeros((10, 10, 10), np.uint8)
+    mask[1:4, 1:4, 1:4] = 1  # 27 voxels
+    mask[4:6, 4:6, 4:6] = 1  # 8 voxels; (3, 3, 3) and (4, 4, 4) share only a corner
+    mask[8, 8, 0] = 1  # a far single voxel: the only piece to drop
+    kept = largest_component(mask)
+    assert kept.sum() == 35 and kept[5, 5, 5] == 1 and kept[2, 2, 2] == 1 and kept[8, 8, 0] == 0
+
+
+def test_volume_in_ml_is_voxel_count_times_voxel_size():
+    """50 voxels of 2 x 2.5 x 4 mm = 50 x 20 mm^3 = 1000 mm^3 = 1 ml (directions flipped as in LPS)."""
+    array = np.zeros((6, 10, 10), np.uint8)
+    array[1:3, 2:7, 3:8] = 1  # 2 x 5 x 5 = 50 voxels
+    ijk_to_ras = make_ijk_to_ras((2.0, 2.5, 4.0), origin=(10, -20, 30), direction=np.diag([-1.0, -1.0, 1.0]))
+    result = SegmentationResult(Volume(array, ijk_to_ras), "test", 0.5)
+    assert result.voxel_count == 50
+    assert result.volume_ml == pytest.approx(1.0)
+
+
+def one_slice_ct(hu: np.ndarray, spacing=(0.7, 0.7, 2.5)) -> Volume:
+    """A (1, J, I) canonical axial CT slab, LPS-oriented like the canonical volumes."""
+    return Volume(hu[None].astype(np.float32),
+                  make_ijk_to_ras(spacing, origin=(-3.0, 5.0, 12.0), direction=np.diag([-1.0, -1.0, 1.0])))
+
+
+def test_inplane_grid_samples_the_papers_2x_down_sampling_at_half_pixel_offsets():
+    """8 x 8 pixels to 4 x 4: output pixel m lies between source pixels 2m and 2m + 1."""
+    canonical = one_slice_ct(np.zeros((8, 8)))
+    grid = inplane_grid(canonical, 4)
+    centres = np.array([[m, m, 0.0] for m in range(4)])
+    ras = centres @ grid[:3, :3].T + grid[:3, 3]
+    source_ijk = canonical.ras_to_ijk_points(ras)
+    np.testing.assert_allclose(source_ijk[:, 0], [0.5, 2.5, 4.5, 6.5], atol=1e-9)
+    np.testing.assert_allclose(source_ijk[:, 1], [0.5, 2.5, 4.5, 6.5], atol=1e-9)
+    np.testing.assert_allclose(source_ijk[:, 2], 0.0, atol=1e-9)
+
+
+def test_model_slices_of_a_2x_larger_slice_are_the_means_of_2_x_2_pixel_blocks():
+    """Bilinear sampling half-way between four pixel centres is their mean."""
+    hu = np.random.default_rng(3).uniform(-150, 230, (8, 8)).astype(np.float32)
+    slices, _ = model_slices(one_slice_ct(hu), {**DEFAULT_PREPROCESSING, "input_size": 4})
+    block_means = hu.reshape(4, 2, 4, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(slices[0], (block_means + 160) / 400, atol=1e-6)
+
+
+def test_default_window_is_the_one_the_bundled_weights_were_trained_with():
+    """-160..240 HU, as README documents and the bundled MoNet card records; a new model trained
+    with defaults must see the same window."""
+    from PancreasSegMoNetLib.models import model_registry
+
+    assert list(DEFAULT_PREPROCESSING["window_hu"]) == [-160, 240]
+    bundled = model_registry().resolve(None, download=False)
+    assert list(bundled.preprocessing["window_hu"]) == list(DEFAULT_PREPROCESSING["window_hu"])
+
+
+def test_default_window_maps_minus_160_hu_to_0_and_240_hu_to_1():
+    hu = np.full((8, 8), -130.0)
+    hu[:, 2:4], hu[:, 4:6], hu[:, 6:] = -160.0, 40.0, 240.0
+    slices, _ = model_slices(one_slice_ct(hu), {**DEFAULT_PREPROCESSING, "input_size": 4})
+    np.testing.assert_allclose(slices[0], np.tile([30 / 400, 0.0, 0.5, 1.0], (4, 1)), atol=1e-6)
+
+
+def test_hu_outside_the_window_is_clipped_to_0_and_1():
+    """Air (-1000 HU) is as black as -160 HU and bone (1500 HU) as white as 240 HU."""
+    hu = np.full((8, 8), -1000.0)
+    hu[:, 4:] = 1500.0
+    slices, _ = model_slices(one_slice_ct(hu), {**DEFAULT_PREPROCESSING, "input_size": 4})
+    np.testing.assert_array_equal(slices[0], np.tile([0.0, 0.0, 1.0, 1.0], (4, 1)))

@@ -188,6 +188,18 @@ def test_one_corrupted_byte_is_detected(tiny_card):
         verify_weights_file(tiny_card)
 
 
+def test_loading_refuses_weights_with_one_corrupted_byte(tiny_card):
+    """A flipped bit inside a tensor leaves a readable .safetensors file: only the SHA256 tells."""
+    from safetensors.torch import load_file
+
+    data = bytearray(tiny_card.weights_path.read_bytes())
+    data[-5] ^= 0x01  # the last bytes are tensor values, not the header
+    tiny_card.weights_path.write_bytes(bytes(data))
+    assert load_file(str(tiny_card.weights_path)).keys() == seeded_tiny_net().state_dict().keys()
+    with pytest.raises(ModelFileError, match="tiny.safetensors is damaged or incomplete"):
+        load_state_dict(tiny_card, "TinyNet")
+
+
 def test_missing_weights_named_by_the_card_are_reported(tiny_card):
     tiny_card.weights_path.unlink()
     with pytest.raises(ModelFileError, match="tiny.safetensors named by tiny.json is missing"):
@@ -353,6 +365,18 @@ def test_downloaded_card_for_other_weights_is_not_kept(tiny_card, cache, tmp_pat
     assert files_in(cache) == []
 
 
+def test_cached_model_of_other_weights_than_the_registered_ones_is_refused(tiny_card, cache):
+    """A cache left by an earlier version of the registry entry, complete and intact in itself,
+    is not used in place of the registered weights."""
+    stale = save_model(seeded_tiny_net(width=2).state_dict(), cache / "tiny" / "tiny.safetensors", CARD_FIELDS)
+    verify_weights_file(stale)
+    registry = ModelRegistry([entry_for(tiny_card)])
+    assert registry.is_available("tiny")
+    with pytest.raises(ModelFileError, match="cached model card .*tiny.json does not describe the registered "
+                                             "'tiny' weights"):
+        registry.resolve("tiny")
+
+
 def test_deleting_the_cache_removes_the_model(tiny_card, cache):
     registry = ModelRegistry([entry_for(tiny_card)])
     registry.resolve("tiny")
@@ -440,3 +464,12 @@ def test_intact_weights_in_the_cache_are_not_downloaded_again(tiny_card, cache):
                           weights_url="http://127.0.0.1:9/tiny.safetensors",  # would fail if used
                           sha256=tiny_card.sha256, bundled_card=None)
     assert ModelRegistry([entry]).resolve("tiny").card_path == cache / "tiny" / "tiny.json"
+
+
+def test_damaged_weights_in_the_cache_are_downloaded_again(tiny_card, cache):
+    """Weights cut short in the cache (and no card yet) are fetched anew, not kept because they exist."""
+    (cache / "tiny").mkdir(parents=True)
+    (cache / "tiny" / "tiny.safetensors").write_bytes(tiny_card.weights_path.read_bytes()[:-100])
+    card = ModelRegistry([entry_for(tiny_card)]).resolve("tiny")
+    assert card.weights_path == cache / "tiny" / "tiny.safetensors"
+    assert sha256(card.weights_path) == tiny_card.sha256
