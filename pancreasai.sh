@@ -4,6 +4,7 @@
 #   ./pancreasai.sh test     set up (if needed), then run the test suite
 #   ./pancreasai.sh bench    set up (if needed), then run the benchmarks
 #   ./pancreasai.sh setup    only create .venv and install the pinned requirements
+#   ./pancreasai.sh mutation set up, then mutation-test the core (output/mutation/REPORT.md; long)
 # Options after the command go to it: ./pancreasai.sh test -m "not slow", ./pancreasai.sh demo --help
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,6 +33,7 @@ case "$cmd" in
   demo)  setup; exec "$py" "$here/Resources/demo.py" "$@" ;;
   test)  setup; cd "$here"; exec "$py" -m pytest Testing "$@" ;;
   bench) setup; exec "$py" "$here/Testing/Benchmarks/benchmark.py" "$@" ;;
-  help|-h|--help) sed -n '2,8p' "$0" ;;
-  *) sed -n '2,8p' "$0" >&2; exit 2 ;;
+  mutation) setup; exec "$py" "$here/Testing/Mutation/mutation.py" "$@" ;;
+  help|-h|--help) sed -n '2,9p' "$0" ;;
+  *) sed -n '2,9p' "$0" >&2; exit 2 ;;
 esac

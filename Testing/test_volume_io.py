@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
 from PancreasAILib.errors import InputError, PancreasAIError
-from PancreasAILib.volume import Volume, check_scalar_volume, make_ijk_to_ras
+from PancreasAILib.volume import Volume, check_geometry, check_scalar_volume, check_spacing, make_ijk_to_ras
 from PancreasAILib.volume_io import is_volume_file, read_volume, sitk_from_volume, volume_from_sitk, write_volume
 
 OBLIQUE = make_ijk_to_ras((0.7, 0.9, 2.5), (10.5, -20.25, 33.0),
@@ -274,3 +274,108 @@ def test_too_small_message_gives_sizes_as_columns_rows_slices():
 def test_too_many_voxels_are_refused_with_advice_to_crop():
     with pytest.raises(InputError, match="Crop Volume"):
         check_scalar_volume(np.arange(3 * 16 * 16).reshape(3, 16, 16), "CT volume", max_voxels=100)
+
+
+# --- files that are not what they claim ------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix, cut, message", [
+    (".nii.gz", 2 / 3, r"is incomplete \(its compressed data are damaged or cut short"),
+    (".nii", 2 / 3, r"is incomplete \(it is cut short: it holds [\d,]+ bytes of the [\d,]+ its header"),
+    (".nii", 1 - 1e-4, r"is incomplete \(it is cut short"),
+    (".mha", 2 / 3, r"is incomplete \(it is cut short: it holds [\d,]+ bytes of image data"),
+    (".nrrd", 2 / 3, r"could not be read as an image"),
+])
+def test_a_cut_short_file_is_refused_naming_it(tmp_path, suffix, cut, message):
+    """ITK would read a short NIfTI file as a volume padded with zeros, without a word."""
+    whole = write_volume(oblique_volume(np.float32), tmp_path / f"whole{suffix}", compress=suffix != ".nii")
+    data = whole.read_bytes()
+    cut_path = tmp_path / f"cut{suffix}"
+    cut_path.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(InputError, match=message) as error:
+        read_volume(cut_path)
+    assert str(cut_path) in str(error.value)
+    assert read_volume(whole).shape == SHAPE  # the whole file is fine
+
+
+def test_a_damaged_compressed_file_is_refused(tmp_path):
+    whole = write_volume(oblique_volume(), tmp_path / "whole.nii.gz")
+    data = bytearray(whole.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "damaged.nii.gz").write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"damaged.nii.gz is incomplete \(its compressed data are damaged"):
+        read_volume(tmp_path / "damaged.nii.gz")
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nan_voxels_in_a_nifti_file_are_refused_not_read_as_zero(tmp_path, suffix):
+    values = oblique_volume(np.float32).array.copy()
+    values[2, 3, 4] = np.nan
+    values[0, 0, 0] = np.inf
+    path = write_volume(Volume(values, OBLIQUE), tmp_path / f"nan{suffix}", compress=suffix.endswith(".gz"))
+    with pytest.raises(InputError, match=r"holds 2 voxels that are not numbers"):
+        read_volume(path)
+
+
+def test_a_file_named_gz_that_is_not_compressed_is_refused(tmp_path):
+    raw = write_volume(oblique_volume(), tmp_path / "raw.nii", compress=False)
+    (tmp_path / "raw.nii.gz").write_bytes(raw.read_bytes())
+    with pytest.raises(InputError, match="could not be read as an image .*not gzip-compressed"):
+        read_volume(tmp_path / "raw.nii.gz")
+
+
+
+# --- geometry checks -------------------------------------------------------------------------
+
+
+def test_perpendicular_axes_pass_even_with_rounding_noise():
+    check_geometry(OBLIQUE, "CT volume")
+    noisy = OBLIQUE.copy()
+    noisy[:3, :3] += 1e-7
+    check_geometry(noisy, "CT volume")
+
+
+@pytest.mark.parametrize("lean_degrees", [20.0, 3.0, -7.5])
+def test_sheared_axes_are_refused_with_their_angle(lean_degrees):
+    """The j axis leans `lean_degrees` towards i: the angle between them is 90 - lean."""
+    lean = np.radians(lean_degrees)
+    direction = np.array([[1.0, np.sin(lean), 0.0], [0.0, np.cos(lean), 0.0], [0.0, 0.0, 1.0]])
+    with pytest.raises(InputError, match=rf"CT volume's voxel axes are not perpendicular \(sheared by "
+                                         rf"{abs(lean_degrees):.1f} degrees"):
+        check_geometry(make_ijk_to_ras((0.8, 0.8, 2.0), (0, 0, 0), direction), "CT volume")
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_zero_voxel_size_is_refused_naming_its_axis(axis):
+    spacing = [0.8, 0.9, 2.0]
+    spacing[axis] = 0.0
+    name = "IJK"[axis]
+    with pytest.raises(InputError, match=rf"has a voxel size of 0 mm along its {name} axis \(spacing "):
+        check_geometry(make_ijk_to_ras(spacing), "T2 volume")
+    with pytest.raises(InputError, match=rf"along its {name} axis"):
+        check_spacing(spacing, "T2 volume")
+    check_spacing([1e-3, 1.0, 1.0], "T2 volume")  # small is fine
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0])
+def test_spacing_that_is_not_a_positive_number_is_refused(bad):
+    with pytest.raises(InputError, match="voxel size of .* along its J axis"):
+        check_spacing([1.0, bad, 1.0], "CT volume")
+
+
+def test_a_matrix_with_non_finite_numbers_is_refused():
+    matrix = OBLIQUE.copy()
+    matrix[1, 3] = np.nan
+    with pytest.raises(InputError, match="invalid position in space"):
+        check_geometry(matrix, "CT volume")
+
+
+def test_a_sheared_file_is_refused_when_read(tmp_path):
+    image = sitk_from_volume(oblique_volume())
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    direction[:, 1] = direction[:, 1] + 0.3 * direction[:, 0]
+    direction[:, 1] /= np.linalg.norm(direction[:, 1])
+    image.SetDirection(direction.flatten().tolist())
+    sitk.WriteImage(image, str(tmp_path / "sheared.nrrd"))
+    with pytest.raises(InputError, match=r"sheared.nrrd's voxel axes are not perpendicular"):
+        read_volume(tmp_path / "sheared.nrrd")

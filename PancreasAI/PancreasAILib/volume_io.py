@@ -115,16 +115,19 @@ def _check_nifti_file(path: Path) -> None:
             if layout is None:
                 return  # not a header we know: let ITK judge it
             offset, expected, float_type = layout
-            stream.read(max(0, offset - len(header)))
-            actual, not_numbers = max(offset, len(header)), 0
+            if offset > len(header):
+                header += stream.read(offset - len(header))
+            actual, not_numbers, pending = len(header), 0, header[offset:]
             while True:
-                chunk = stream.read(1 << 22)  # a multiple of every voxel size
-                if not chunk:
-                    break
+                chunk = stream.read(1 << 22)
                 actual += len(chunk)
                 if float_type is not None:
-                    usable = len(chunk) - len(chunk) % float_type.itemsize
-                    not_numbers += int(np.count_nonzero(~np.isfinite(np.frombuffer(chunk[:usable], float_type))))
+                    data = pending + chunk
+                    usable = len(data) - len(data) % float_type.itemsize
+                    not_numbers += int(np.count_nonzero(~np.isfinite(np.frombuffer(data[:usable], float_type))))
+                    pending = data[usable:]
+                if not chunk:
+                    break
     except gzip.BadGzipFile as error:
         if "Not a gzipped file" in str(error):
             raise InputError(f"{path} could not be read as an image (it is not gzip-compressed, as a "
