@@ -166,7 +166,15 @@ def test_an_output_folder_that_is_a_file_is_refused_before_anything_runs(tmp_pat
     assert (tmp_path / "results").read_text() == "my notes"
 
 
-def test_signals_wait_until_the_final_names_are_given():
+@pytest.fixture
+def default_ctrl_c():
+    """SIGINT raises KeyboardInterrupt, as in a plain Python process (a test runner may differ)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_signals_wait_until_the_final_names_are_given(default_ctrl_c):
     seen = []
     with pytest.raises(KeyboardInterrupt):
         with signals_deferred():
@@ -175,7 +183,7 @@ def test_signals_wait_until_the_final_names_are_given():
     assert seen == ["still running"]
 
 
-def test_ctrl_c_while_the_final_names_are_given_leaves_the_whole_result(tmp_path, monkeypatch):
+def test_ctrl_c_while_the_final_names_are_given_leaves_the_whole_result(tmp_path, monkeypatch, default_ctrl_c):
     """The signal comes between two renames: it is held until every file has its name."""
     finals = [tmp_path / "a.json", tmp_path / "b.json"]
     real_link = os.link

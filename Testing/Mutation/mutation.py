@@ -105,8 +105,10 @@ def run_group(group: str, mutmut: str) -> tuple[Counter, dict, float]:
     started = time.perf_counter()
     log = copy / "mutmut.log"
     with open(log, "w") as stream:
-        subprocess.run([mutmut, "run"], cwd=copy, stdout=stream, stderr=subprocess.STDOUT, check=False)
+        finished = subprocess.run([mutmut, "run"], cwd=copy, stdout=stream, stderr=subprocess.STDOUT, check=False)
     seconds = time.perf_counter() - started
+    if finished.returncode != 0:  # e.g. a test that fails without any mutant: no score to give
+        raise RuntimeError(f"mutmut could not run the {group} group (exit {finished.returncode}); see {log}")
     listing = subprocess.run([mutmut, "results", "--all", "true"], cwd=copy, capture_output=True, text=True)
     module_of = {src_path(f)[len("src/"):-len(".py")].replace("/", "."): f for f in files}
     counts: dict[str, Counter] = {f: Counter() for f in files}
@@ -171,19 +173,24 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
     mutmut = ensure_mutmut()
-    results = {}
+    results, failed = {}, []
     for group in args.groups or list(GROUPS):
         print(f"mutation testing: {group} ...", flush=True)
-        results[group] = run_group(group, mutmut)
+        try:
+            results[group] = run_group(group, mutmut)
+        except RuntimeError as error:
+            print(f"  {error}", flush=True)
+            failed.append(str(error))
+            continue
         counts = results[group][0]
         for path, counter in counts.items():
             print(f"  {path}: {counter['killed']}/{sum(counter.values())} killed ({score(counter):.1%})", flush=True)
-    text = report(results)
+    text = report(results) + "".join(f"\n**Not measured**: {line}\n" for line in failed)
     OUTPUT.mkdir(parents=True, exist_ok=True)
     (OUTPUT / "REPORT.md").write_text(text, encoding="utf-8")
     print(text)
     print(f"Written to {OUTPUT / 'REPORT.md'}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
