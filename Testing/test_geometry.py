@@ -341,3 +341,40 @@ def test_overlap_is_the_covered_fraction_of_the_reference():
     small = box_volume((0, 0, 0), (5, 5, 10))
     assert overlap_fraction(small, reference) == pytest.approx(0.25)
     assert overlap_fraction(reference, small) == pytest.approx(1.0)
+
+
+def one_voxel_box(low, high) -> Volume:
+    """A single voxel exactly filling the RAS box [low, high]."""
+    low, high = np.asarray(low, float), np.asarray(high, float)
+    return Volume(np.zeros((1, 1, 1)), make_ijk_to_ras(high - low, (low + high) / 2))
+
+
+def test_overlap_uses_each_patient_axis_extent_of_a_permuted_anisotropic_grid():
+    # i runs along S (2 mm), j along R (0.5 mm), k along A (1 mm): 15 x 20 x 20 voxels fill
+    # exactly the RAS box [0, 10] x [0, 20] x [0, 30]
+    direction = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    permuted = Volume(np.zeros((20, 20, 15)), make_ijk_to_ras((2.0, 0.5, 1.0), (0.25, 0.5, 1.0), direction))
+    same_box = box_volume((0, 0, 0), (10, 20, 30))
+    assert overlap_fraction(same_box, permuted) == pytest.approx(1.0)
+    assert overlap_fraction(permuted, same_box) == pytest.approx(1.0)
+    right_half = one_voxel_box((5, -50, -50), (50, 50, 50))
+    assert overlap_fraction(right_half, permuted) == pytest.approx(0.5)
+    lower_third = one_voxel_box((-50, -50, -50), (50, 50, 10))
+    assert overlap_fraction(lower_third, permuted) == pytest.approx(1 / 3)
+
+
+def test_overlap_of_an_oblique_grid_is_taken_over_its_whole_bounding_box():
+    # 8 x 4 x 5 voxels of 0.5 x 2 x 1 mm (a 4 x 8 x 5 mm block) turned 30 degrees about S,
+    # centred on the origin: its RAS bounding box is 4 cos 30 + 8 sin 30 mm wide along R,
+    # 4 sin 30 + 8 cos 30 mm along A and 5 mm along S
+    c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+    matrix = make_ijk_to_ras((0.5, 2.0, 1.0), (0, 0, 0), rotation("z", 30))
+    matrix[:3, 3] = -matrix[:3, :3] @ ((np.array([8, 4, 5]) - 1) / 2)
+    oblique = Volume(np.zeros((5, 4, 8)), matrix)
+    half_width = np.array([4 * c + 8 * s, 4 * s + 8 * c, 5.0]) / 2
+    assert overlap_fraction(one_voxel_box(-half_width, half_width), oblique) == pytest.approx(1.0)
+    # cut off the first quarter of the width along R, then along A
+    for axis in (0, 1):
+        low = np.full(3, -100.0)
+        low[axis] = -half_width[axis] / 2
+        assert overlap_fraction(one_voxel_box(low, np.full(3, 100.0)), oblique) == pytest.approx(0.75)

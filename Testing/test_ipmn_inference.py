@@ -277,3 +277,139 @@ def test_the_heat_map_lands_on_the_lesion_in_patient_space(grid_name, random_vit
     centroid = weights @ ras / weights.sum()
     error_voxels = np.linalg.solve(heat.ijk_to_ras[:3, :3], centroid - LESION_RAS)
     assert np.all(np.abs(error_voxels) <= 1.0), f"heat centre off by {error_voxels} voxels"
+
+
+# --- the heat map and the tiles in patient space, whatever T2's storage order -----------------------
+#
+# One physical scan stored in several voxel orders. On its canonical grid (i to the left, j to
+# posterior, k to superior) the region covers voxels i 4..67, j 3..66, k 1..11: 64 x 64 voxels in
+# plane, so every voxel of the box is exactly one 64 x 64 tile pixel, and 11 slices, whose
+# central 9 (box slices 1..9, canonical k 2..10) become the tiles.
+
+CANONICAL_SHAPE = (13, 70, 72)  # (K, J, I)
+CANONICAL_IJK_TO_RAS = make_ijk_to_ras((0.8, 0.9, 2.5), (31.0, 22.0, -14.0), LPS)
+BOX_LOWER, BOX_UPPER = (4, 3, 1), (68, 67, 12)  # canonical (i, j, k), upper exclusive
+TILE_SLICES_K = np.arange(2, 11)  # canonical k of tiles 0..8
+
+#: storage axis b (i, j, k) holds canonical axis PERMUTATION[b], reversed where FLIPS[b]
+STORAGE_ORDERS = {
+    "axial": ((0, 1, 2), (False, False, False)),
+    "axial reversed": ((0, 1, 2), (True, True, True)),
+    "coronal": ((0, 2, 1), (False, True, False)),
+    "sagittal": ((1, 2, 0), (False, True, True)),
+    "cyclic permutation": ((2, 0, 1), (True, False, True)),
+}
+
+
+def region_of_canonical_box() -> RegionBox:
+    low = CANONICAL_IJK_TO_RAS[:3, :3] @ (np.array(BOX_LOWER) - 0.3) + CANONICAL_IJK_TO_RAS[:3, 3]
+    high = CANONICAL_IJK_TO_RAS[:3, :3] @ (np.array(BOX_UPPER) - 1 + 0.3) + CANONICAL_IJK_TO_RAS[:3, 3]
+    return RegionBox(tuple((low + high) / 2), tuple(np.abs(high - low)))
+
+
+def storage_to_canonical(order: str) -> np.ndarray:
+    """4 x 4 taking storage voxel indices (i, j, k, 1) to canonical ones."""
+    permutation, flips = STORAGE_ORDERS[order]
+    canonical_dims = CANONICAL_SHAPE[::-1]
+    matrix = np.zeros((4, 4))
+    matrix[3, 3] = 1.0
+    for axis, (canonical_axis, flip) in enumerate(zip(permutation, flips)):
+        matrix[canonical_axis, axis] = -1.0 if flip else 1.0
+        matrix[canonical_axis, 3] = canonical_dims[canonical_axis] - 1 if flip else 0.0
+    return matrix
+
+
+def canonical_index_of_storage_voxels(order: str) -> tuple[tuple[int, ...], tuple[np.ndarray, ...]]:
+    """The storage shape (K, J, I), and for every storage voxel its canonical (k, j, i) index arrays."""
+    permutation, _ = STORAGE_ORDERS[order]
+    canonical_dims = CANONICAL_SHAPE[::-1]
+    shape = tuple(canonical_dims[permutation[axis]] for axis in (2, 1, 0))
+    k, j, i = np.indices(shape)
+    ijk = np.stack([i, j, k, np.ones_like(i)], -1) @ storage_to_canonical(order).T
+    ijk = np.rint(ijk).astype(int)
+    return shape, (ijk[..., 2], ijk[..., 1], ijk[..., 0])
+
+
+def stored(canonical_array: np.ndarray, order: str) -> Volume:
+    """The canonical scan stored in `order` (same voxels, same physical places)."""
+    shape, index = canonical_index_of_storage_voxels(order)
+    array = canonical_array[index]
+    assert array.shape == shape
+    return Volume(np.ascontiguousarray(array), CANONICAL_IJK_TO_RAS @ storage_to_canonical(order))
+
+
+def to_canonical(volume: Volume, order: str) -> np.ndarray:
+    _, index = canonical_index_of_storage_voxels(order)
+    canonical = np.zeros(CANONICAL_SHAPE, volume.array.dtype)
+    canonical[index] = volume.array
+    return canonical
+
+
+@pytest.fixture(scope="module")
+def canonical_pair():
+    rng = np.random.default_rng(11)
+    t1 = rng.uniform(100, 400, CANONICAL_SHAPE).astype(np.float32)
+    t2 = rng.uniform(50, 900, CANONICAL_SHAPE).astype(np.float32)
+    return t1, t2
+
+
+def expected_heat_on_canonical_grid(patch_map: np.ndarray) -> np.ndarray:
+    """Where each patch's value belongs: tile n (row n // 3, column n % 3) is canonical slice
+    TILE_SLICES_K[n]; its pixel (row q, column p) is voxel (i0 + p, j0 + q); each 16 x 16 pixel
+    block carries one patch. Scaled to max 1, zero elsewhere."""
+    heat = np.zeros(CANONICAL_SHAPE)
+    (i0, j0, _), block = BOX_LOWER, np.arange(64) // 16
+    for n, k in enumerate(TILE_SLICES_K):
+        rows, cols = 4 * (n // 3) + block, 4 * (n % 3) + block
+        heat[k, j0:j0 + 64, i0:i0 + 64] = patch_map[np.ix_(rows, cols)]
+    return heat / heat.max()
+
+
+@pytest.mark.parametrize("order", list(STORAGE_ORDERS))
+def test_each_patch_s_attention_lands_on_the_voxels_of_its_tile_pixels(order, canonical_pair, random_vit_card,
+                                                                          monkeypatch):
+    import torch
+
+    patch_map = np.random.default_rng(3).uniform(0.1, 1.0, (12, 12))  # every patch different
+
+    def rollout_of_known_patches(model, batch, head_fusion="mean", discard_ratio=0.0):
+        with torch.no_grad():
+            logits = model(batch)
+        return logits, np.repeat(patch_map[None], len(batch), 0)
+
+    monkeypatch.setattr(rollout_module, "logits_and_rollout_maps", rollout_of_known_patches)
+    t1, t2 = (stored(array, order) for array in canonical_pair)
+    heat = assess(t1, t2, region_of_canonical_box(), random_vit_card, tta=False).heat_map
+    assert heat.shape == t2.shape
+    np.testing.assert_array_equal(heat.ijk_to_ras, t2.ijk_to_ras)
+    np.testing.assert_allclose(to_canonical(heat, order), expected_heat_on_canonical_grid(patch_map),
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("order", list(STORAGE_ORDERS))
+def test_tile_centres_are_the_middle_of_the_region_on_each_tile_slice(order, canonical_pair, random_vit_card):
+    t1, t2 = (stored(array, order) for array in canonical_pair)
+    result = assess(t1, t2, region_of_canonical_box(), random_vit_card, tta=False, rollout=False)
+    # voxels i 4..67 and j 3..66: the middle is i 35.5, j 34.5
+    ijk = np.array([[35.5, 34.5, k] for k in TILE_SLICES_K])
+    expected = ijk @ CANONICAL_IJK_TO_RAS[:3, :3].T + CANONICAL_IJK_TO_RAS[:3, 3]
+    np.testing.assert_allclose(result.tile_centers_ras, expected, atol=1e-6)
+
+
+def test_the_real_rollout_heat_map_is_the_same_in_patient_space_whatever_t2_s_storage_order(
+        canonical_pair, random_vit_card):
+    from IPMNRiskLib.model import load_vit
+    from IPMNRiskLib.tta import predict
+
+    heat_maps, inputs = {}, {}
+    for order in STORAGE_ORDERS:
+        t1, t2 = (stored(array, order) for array in canonical_pair)
+        result = assess(t1, t2, region_of_canonical_box(), random_vit_card)
+        heat_maps[order], inputs[order] = to_canonical(result.heat_map, order), result.grid_image
+    for order, grid_image in inputs.items():  # the model sees one input whatever the storage
+        np.testing.assert_allclose(grid_image, inputs["axial"], atol=1e-5, err_msg=order)
+    # the model's own rollout of its input, put where its patches belong
+    patch_map = predict(load_vit(random_vit_card), np.moveaxis(result.grid_image, -1, 0)).patch_map
+    expected = expected_heat_on_canonical_grid(patch_map)
+    for order, heat in heat_maps.items():
+        np.testing.assert_allclose(heat, expected, atol=1e-4, err_msg=order)

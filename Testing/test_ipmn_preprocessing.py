@@ -76,6 +76,25 @@ def test_preprocessing_runs_the_enabled_steps_with_the_modality_s_landmarks():
                                    "t2_landmarks": [0, 500, 1000]}}
     out = preprocess_volume(volume, options, "t2")
     assert out.array.max() > 900  # the T2 scale, not T1's
+    out = preprocess_volume(volume, options, "t1")
+    assert 10 < out.array.max() < 100  # the T1 scale (0 .. 20, a little beyond), not T2's
+
+
+def test_t1_and_t2_are_each_standardised_onto_their_own_landmarks():
+    # intensities 0 .. 999: the foreground (above the mean 499.5) is 500 .. 999, so its 0th,
+    # 50th and 100th percentiles are 500, 749.5 and 999
+    volume = Volume(np.arange(1000, dtype=np.float32).reshape(10, 10, 10), GEOMETRY)
+    options = {"standardisation": {"percentiles": [0, 50, 100], "t1_landmarks": [0, 10, 20],
+                                   "t2_landmarks": [100, 400, 1000]}}
+    values = volume.array.astype(float)
+    t1 = preprocess_volume(volume, options, "t1").array
+    # T1: 500 -> 0, 749.5 -> 10, 999 -> 20, both segments of slope 10 / 249.5 (and beyond)
+    np.testing.assert_allclose(t1, (values - 500) * 10 / 249.5, atol=1e-3)
+    t2 = preprocess_volume(volume, options, "t2").array
+    # T2: 500 -> 100, 749.5 -> 400, 999 -> 1000; slope 300 / 249.5 below 749.5, 600 / 249.5 above
+    expected_t2 = np.where(values <= 749.5, 100 + (values - 500) * 300 / 249.5,
+                           400 + (values - 749.5) * 600 / 249.5)
+    np.testing.assert_allclose(t2, expected_t2, atol=1e-2)
 
 
 def test_a_card_with_incomplete_standardisation_is_refused():

@@ -305,6 +305,16 @@ def test_too_few_patients_of_a_class_for_the_folds_is_refused_naming_the_class()
         nested_folds(labels, patients, 3, 2)
 
 
+def test_class_sizes_count_patients_not_their_scans():
+    # 2 high-risk patients with 2 scans each: 4 scans, but only 2 patients for 3 folds
+    labels = [0] * 6 + [1] * 6 + [2] * 4
+    patients = [f"p{i}" for i in range(12)] + ["h1", "h1", "h2", "h2"]
+    with pytest.raises(InputError, match="3 patients with high-risk IPMN.*there are 2"):
+        nested_folds(labels, patients, 3, 2)
+    with pytest.raises(InputError, match="3 patients with high-risk IPMN.*there are 2"):
+        holdout_split(labels, patients, 3)
+
+
 def test_a_class_missing_inside_an_outer_fold_is_refused_naming_the_fold():
     patients = ["A"] * 5 + ["B"] * 5 + ["C", "D", "E", "E"]
     labels = [0, 0, 0, 0, 2, 1, 1, 1, 1, 2, 0, 1, 0, 1]
@@ -352,22 +362,25 @@ def test_finished_folds_drop_their_checkpoints(cv_run):
 # --- networks -----------------------------------------------------------------------------------------
 
 def one_training_step(network) -> tuple:
+    """(logits shape, names of the parameters one Adam step left unchanged)."""
     torch.manual_seed(0)
     grids = torch.rand(2, 2, 192, 192)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
-    before = [p.detach().clone() for p in network.parameters()]
+    before = {name: p.detach().clone() for name, p in network.named_parameters()}
     logits = network(grids)
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
     optimizer.step()
-    changed = sum(not torch.equal(a, p) for a, p in zip(before, network.parameters()))
-    return logits.shape, changed
+    unchanged = [name for name, p in network.named_parameters() if torch.equal(before[name], p)]
+    return logits.shape, unchanged
 
 
 @pytest.mark.parametrize("method", ["t1-only", "t2-only", "late-fusion"])
-def test_ablation_builds_and_trains_a_step(method):
+def test_ablation_builds_and_trains_every_parameter_in_a_step(method):
+    # Adam moves every parameter that has a gradient by about lr: one left unchanged is a part
+    # of the network (e.g. late fusion's T2 encoder) that the loss never reaches
     network = build_network(method, "vit_tiny_patch16_224", TINY_VIT_PARAMS)
-    shape, changed = one_training_step(network)
-    assert shape == (2, 3) and changed > 0
+    shape, unchanged = one_training_step(network)
+    assert shape == (2, 3) and unchanged == []
 
 
 @pytest.mark.parametrize("method, ignored_channel", [("t1-only", 1), ("t2-only", 0)])
@@ -389,8 +402,47 @@ def test_late_fusion_joins_both_class_tokens_in_one_linear_head():
 @pytest.mark.parametrize("method", BASELINES)
 def test_cnn_baseline_takes_two_channels_and_gives_three_classes(method):
     network = build_network(method).eval()
+    torch.manual_seed(0)
+    grids = torch.rand(1, 2, 192, 192).repeat(3, 1, 1, 1)
+    grids[1, 0] = torch.rand(192, 192)  # another T1
+    grids[2, 1] = torch.rand(192, 192)  # another T2
     with torch.no_grad():
-        assert network(torch.rand(1, 2, 192, 192)).shape == (1, 3)
+        logits = network(grids)
+    assert logits.shape == (3, 3)
+    # both sequences reach the decision
+    assert not torch.allclose(logits[1], logits[0]) and not torch.allclose(logits[2], logits[0])
+
+
+def resnet18_explaining_class_0_by_its_evidence():
+    """ResNet18 whose class 0 logit is the mean of all its last-layer features, class 1 their
+    negative, class 2 zero. On a zero background (no biases before the head, BatchNorm at its
+    initial identity statistics) the features are non-zero only near bright input."""
+    torch.manual_seed(1)
+    network = build_network("resnet18")
+    head = network.get_classifier()
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[0] = 1.0
+        head.weight[1] = -1.0
+    return network
+
+
+def test_gradcam_peaks_where_the_evidence_for_the_class_is():
+    network = resnet18_explaining_class_0_by_its_evidence()
+    grids = np.zeros((2, 2, 192, 192), np.float32)
+    centres = [(144, 48), (48, 112)]  # (row, column) of a bright 32 x 32 square, away from the diagonal
+    for grid, (row, column) in zip(grids, centres):
+        grid[:, row - 16:row + 16, column - 16:column + 16] = 1.0
+    maps = gradcam_maps(network, "resnet18", grids)  # the predicted class: 0
+    for cam, centre in zip(maps, centres):
+        peak = np.unravel_index(np.argmax(cam), cam.shape)
+        # layer4 has one feature per 32 x 32 pixels: the peak is on the square's cell or next to it
+        assert np.max(np.abs(np.subtract(peak, centre))) <= 32, f"peak {peak}, evidence at {centre}"
+        near = cam[centre[0] - 32:centre[0] + 32, centre[1] - 32:centre[1] + 32].sum() / cam.sum()
+        assert near > 0.3  # a ninth of the grid holds well over a ninth of the map
+    # class 1 counts these features against itself: no evidence for it anywhere
+    assert np.all(gradcam_maps(network, "resnet18", grids, classes=[1, 1]) == 0)
 
 
 def test_gradcam_maps_cover_the_grid_in_unit_range():

@@ -101,6 +101,31 @@ def test_checkpoint_with_damaged_tensors_is_not_used(tmp_path):
     assert load_latest_checkpoint(tmp_path) is None
 
 
+def two_complete_checkpoints(folder, epochs=(9, 10)):
+    """What a crash between completing the newer pair and removing the older one leaves."""
+    older, newer = epochs
+    save_checkpoint(folder, older, {"x": torch.full((2,), float(older))}, {"epoch": older})
+    kept = {path.name: path.read_bytes() for path in folder.iterdir()}
+    save_checkpoint(folder, newer, {"x": torch.full((2,), float(newer))}, {"epoch": newer})
+    for name, data in kept.items():
+        (folder / name).write_bytes(data)
+    assert len(list(folder.glob("epoch-*.json"))) == 2
+
+
+def test_resuming_after_a_crash_takes_the_newest_of_two_complete_checkpoints(tmp_path):
+    two_complete_checkpoints(tmp_path)  # epochs 9 and 10: the number, not the text, is newest
+    checkpoint = load_latest_checkpoint(tmp_path)
+    assert checkpoint.epoch == 10 and checkpoint.state == {"epoch": 10}
+    assert torch.equal(checkpoint.tensors["x"], torch.full((2,), 10.0))
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    two_complete_checkpoints(tmp_path)
+    (tmp_path / "epoch-0010.safetensors").write_bytes(b"cut short")
+    checkpoint = load_latest_checkpoint(tmp_path)
+    assert checkpoint.epoch == 9 and torch.equal(checkpoint.tensors["x"], torch.full((2,), 9.0))
+
+
 def test_checkpoint_files_hold_no_pickle(tmp_path):
     save_checkpoint(tmp_path, 1, {"x": torch.zeros(2)}, {"note": "plain"})
     json.loads((tmp_path / "epoch-0001.json").read_text())
