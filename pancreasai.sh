@@ -7,7 +7,7 @@
 #   ./pancreasai.sh mutation set up, then mutation-test the core (output/mutation/REPORT.md; long)
 # Options after the command go to it: ./pancreasai.sh test -m "not slow", ./pancreasai.sh demo --help
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+here="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)"
 venv="${PANCREASAI_VENV:-$here/.venv}"
 py="$venv/bin/python"
 

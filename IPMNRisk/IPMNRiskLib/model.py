@@ -83,7 +83,7 @@ def load_pretrained_natural_image(architecture: str, file_path: Optional[str | P
         except Exception as error:  # hub and network errors come in many types
             raise ModelFileError(
                 f"Could not fetch the pretrained {architecture} weights ({error}). Offline, download "
-                "its model.safetensors elsewhere and pass the file.") from error
+                "its model.safetensors on a connected machine and give it with --pretrained-file.") from error
     file_path = Path(file_path)
     if not file_path.is_file():
         raise ModelFileError(f"No pretrained weights file at {file_path}.")
