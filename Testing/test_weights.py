@@ -1,15 +1,21 @@
 """Model files: safetensors weights with a JSON card, verified loading, registry and download."""
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import http.server
+import io
 import json
+import math
 import pickle
+import shutil
 import socket
 import threading
+import tracemalloc
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,6 +63,38 @@ def test_save_model_writes_weights_and_a_card_with_their_sha256(tmp_path):
     assert data["weights_file"] == "tiny.safetensors"
     assert data["format_version"] == weights.CARD_FORMAT_VERSION
     assert {key: data[key] for key in CARD_FIELDS} == CARD_FIELDS
+
+
+def test_weights_file_records_its_architecture_in_its_own_header(tiny_card):
+    """Tools that see the .safetensors file alone can still tell what it is."""
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_card.weights_path), framework="pt") as weights_file:
+        assert weights_file.metadata() == {"architecture": "TinyNet"}
+
+
+def test_card_is_written_one_field_per_line_for_people_to_read(tiny_card):
+    text = tiny_card.card_path.read_text()
+    assert text.startswith('{\n  "format_version": 1,\n  "name": "tiny",\n  "architecture": "TinyNet",\n')
+    assert '\n  "architecture_params": {\n    "width": 3\n  },\n' in text
+    assert text.endswith('"\n}\n')
+
+
+@pytest.fixture
+def windows_code_page(monkeypatch, tmp_path):
+    """Text files opened without an explicit encoding decode as cp1252, as on a Western-European
+    Windows, where the locale's code page is Python's default."""
+    monkeypatch.setattr(io, "text_encoding", lambda encoding, stacklevel=2: encoding or "cp1252")
+    probe = tmp_path / "probe.txt"
+    probe.write_bytes("für".encode("utf-8"))
+    assert probe.read_text() == "fÃ¼r"  # the simulation takes effect
+
+
+def test_card_written_in_utf8_reads_the_same_under_a_windows_code_page(tiny_card, windows_code_page):
+    data = json.loads(tiny_card.card_path.read_text(encoding="utf-8"))
+    data["intended_use"] = "Forschung, nicht für die Diagnose"
+    tiny_card.card_path.write_bytes(json.dumps(data, ensure_ascii=False).encode("utf-8"))
+    assert read_model_card(tiny_card.card_path).intended_use == "Forschung, nicht für die Diagnose"
 
 
 def test_card_is_read_from_the_weights_path_or_the_card_path(tiny_card):
@@ -176,6 +214,21 @@ def test_card_lacking_required_fields_names_them(tiny_card):
 # --- verifying and loading -------------------------------------------------------------------
 
 
+def test_hashing_a_large_file_holds_only_a_block_of_it_in_memory(tmp_path):
+    """Weights files run to hundreds of MB; hashing must not read one whole into memory."""
+    large_file = tmp_path / "large.safetensors"
+    large_file.write_bytes(bytes(range(256)) * (32 << 10))  # 8 MiB
+    expected = hashlib.sha256(large_file.read_bytes()).hexdigest()
+    tracemalloc.start()
+    try:
+        digest = weights.sha256_of_file(large_file)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert digest == expected
+    assert peak < 4 << 20
+
+
 def test_intact_weights_verify(tiny_card):
     verify_weights_file(tiny_card)
 
@@ -257,6 +310,13 @@ def test_weights_with_wrong_shapes_are_refused_naming_the_tensor(tiny_card):
     assert torch.equal(model.conv.weight, before)  # nothing half-loaded
 
 
+def test_single_tensor_of_a_wrong_shape_is_named(tiny_card):
+    state_dict = load_state_dict(tiny_card, "TinyNet")
+    state_dict["conv.bias"] = torch.zeros(5)
+    with pytest.raises(ModelFileError, match=r"\(wrong shapes, e\.g\. conv\.bias \(5,\) vs \(3,\)\)\.$"):
+        load_into(TinyNet(), state_dict, tiny_card)
+
+
 def test_weights_with_missing_and_unexpected_tensors_are_refused(tiny_card):
     state_dict = load_state_dict(tiny_card, "TinyNet")
     state_dict["head.weight"] = state_dict.pop("conv.weight")
@@ -305,6 +365,44 @@ def test_registry_loads_its_list_from_json(tmp_path, tiny_card, cache):
     assert registry.resolve().card_path == tiny_card.card_path
     assert registry.cache_dir == cache
     assert not registry.is_available("remote")
+
+
+def test_registry_list_entries_keep_their_titles_addresses_and_checksum(tmp_path, cache):
+    listing = tmp_path / "models.json"
+    listing.write_text(json.dumps([
+        {"name": "remote", "title": "Remote MoNet", "card_url": "https://example.org/r.json",
+         "weights_url": "https://example.org/r.safetensors", "sha256": "0" * 64},
+        {"name": "untitled", "card": "untitled.json"}]))
+    registry = ModelRegistry.from_json(listing)
+    assert registry.entries == {
+        "remote": RegistryEntry("remote", "Remote MoNet", "https://example.org/r.json",
+                                "https://example.org/r.safetensors", "0" * 64, None),
+        "untitled": RegistryEntry("untitled", "untitled", None, None, None, tmp_path / "untitled.json")}
+
+
+def test_registry_list_written_in_utf8_reads_the_same_under_a_windows_code_page(tmp_path, windows_code_page):
+    listing = tmp_path / "models.json"
+    listing.write_bytes(json.dumps([{"name": "monet", "title": "MoNet (Universitätsspital)", "card": "monet.json"}],
+                                   ensure_ascii=False).encode("utf-8"))
+    assert ModelRegistry.from_json(listing).entries["monet"].title == "MoNet (Universitätsspital)"
+
+
+def test_models_are_cached_in_the_home_folder_unless_configured(tmp_path, monkeypatch):
+    monkeypatch.delenv("PANCREASAI_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert weights.default_cache_dir() == tmp_path / ".cache" / "pancreasai" / "models"
+    assert ModelRegistry([]).cache_dir == tmp_path / ".cache" / "pancreasai" / "models"
+
+
+def test_registry_given_a_cache_folder_downloads_there(tiny_card, cache, tmp_path):
+    own_cache = tmp_path / "own-cache"
+    card = ModelRegistry([entry_for(tiny_card)], cache_dir=own_cache).resolve("tiny")
+    assert card.card_path == own_cache / "tiny" / "tiny.json"
+    verify_weights_file(card)
+    assert files_in(cache) == []
+    listing = tmp_path / "models.json"
+    listing.write_text("[]")
+    assert ModelRegistry.from_json(listing, cache_dir=own_cache).cache_dir == own_cache
 
 
 def test_a_path_resolves_to_its_card(tiny_card, cache):
@@ -356,6 +454,15 @@ def test_download_with_wrong_sha256_keeps_nothing(tiny_card, cache):
     assert not registry.is_available("tiny")
 
 
+def test_failed_download_into_an_existing_folder_says_why_and_keeps_what_was_there(tiny_card, cache):
+    (cache / "tiny").mkdir(parents=True)
+    notes = cache / "tiny" / "notes.txt"
+    notes.write_text("placed here by the user")
+    with pytest.raises(ModelFileError, match="does not have the expected SHA256"):
+        ModelRegistry([entry_for(tiny_card, sha="0" * 64)]).resolve("tiny")
+    assert files_in(cache) == [notes]
+
+
 def test_downloaded_card_for_other_weights_is_not_kept(tiny_card, cache, tmp_path):
     other = save_model(seeded_tiny_net(width=2).state_dict(), tmp_path / "other" / "tiny.safetensors", CARD_FIELDS)
     entry = RegistryEntry("tiny", "Tiny", card_url=other.card_path.as_uri(),
@@ -375,6 +482,29 @@ def test_cached_model_of_other_weights_than_the_registered_ones_is_refused(tiny_
     with pytest.raises(ModelFileError, match="cached model card .*tiny.json does not describe the registered "
                                              "'tiny' weights"):
         registry.resolve("tiny")
+
+
+@pytest.mark.parametrize("missing", ["card_url", "weights_url"])
+def test_model_with_only_one_download_address_is_not_downloaded(tiny_card, cache, missing):
+    entry = dataclasses.replace(entry_for(tiny_card), **{missing: None})
+    with pytest.raises(ModelFileError, match="'tiny' has no download address; place its files in .*tiny by hand"):
+        ModelRegistry([entry]).resolve("tiny")
+    assert files_in(cache) == []
+
+
+def test_cache_that_cannot_be_written_is_reported_with_what_to_do(tiny_card, tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("PANCREASAI_CACHE", str(not_a_folder))
+    with pytest.raises(ModelFileError, match="Cannot write .*tiny.safetensors .*set PANCREASAI_CACHE"):
+        ModelRegistry([entry_for(tiny_card)]).resolve("tiny")
+    assert not_a_folder.read_text() == "a file where the cache folder should be"
+
+
+def test_deleting_a_model_that_is_not_cached_does_nothing(tiny_card, cache):
+    registry = ModelRegistry([entry_for(tiny_card)])
+    registry.delete_cached("tiny")
+    assert not registry.is_available("tiny")
 
 
 def test_deleting_the_cache_removes_the_model(tiny_card, cache):
@@ -406,15 +536,29 @@ def test_unreachable_server_says_how_to_install_by_hand(tiny_card, cache):
     assert files_in(cache) == []
 
 
-@contextlib.contextmanager
-def http_server(folder: Path):
-    """Serve `folder` on 127.0.0.1 from a thread; always shut down when the block ends."""
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
 
+
+class WithoutLengthHandler(QuietHandler):
+    """Sends each file without a Content-Length: its end is where the connection closes."""
+
+    def do_GET(self) -> None:
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(path.read_bytes())
+
+
+@contextlib.contextmanager
+def http_server(folder: Path, handler: type = QuietHandler):
+    """Serve `folder` on 127.0.0.1 from a thread; always shut down when the block ends."""
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -473,3 +617,93 @@ def test_damaged_weights_in_the_cache_are_downloaded_again(tiny_card, cache):
     card = ModelRegistry([entry_for(tiny_card)]).resolve("tiny")
     assert card.weights_path == cache / "tiny" / "tiny.safetensors"
     assert sha256(card.weights_path) == tiny_card.sha256
+
+
+@pytest.fixture
+def large_card(tmp_path):
+    """A model file of about 2.7 MiB, downloaded in several blocks."""
+    # Made by numpy: a large torch op would start torch's thread pool, which hangs in the forked
+    # processes mutation testing runs tests in.
+    values = {"values": torch.from_numpy(np.arange(700_000, dtype=np.float32))}
+    return save_model(values, tmp_path / "large" / "large.safetensors", {"name": "large", "architecture": "Values"})
+
+
+def test_download_progress_rises_block_by_block_to_one_naming_each_file(large_card, cache):
+    reports = []
+    ModelRegistry([entry_for(large_card, "large")]).resolve(
+        "large", progress=lambda f, status: reports.append((f, status)))
+    weights_steps = [f for f, status in reports if status == "Downloading large.safetensors"]
+    card_steps = [f for f, status in reports if status == "Downloading large.json"]
+    assert len(weights_steps) + len(card_steps) == len(reports)
+    blocks = math.ceil(large_card.weights_path.stat().st_size / weights.READ_BLOCK_BYTES)
+    assert blocks >= 3
+    assert len(set(weights_steps)) == blocks and weights_steps == sorted(weights_steps)
+    assert weights_steps[-1] == 1.0 and card_steps and card_steps[-1] == 1.0
+    assert all(0 < f <= 1 for f, _ in reports)
+
+
+def test_download_without_a_length_from_the_server_ends_progress_at_one(large_card, cache, no_proxy):
+    fractions = []
+    with http_server(large_card.card_path.parent, WithoutLengthHandler) as base_url:
+        card = ModelRegistry([entry_for(large_card, "large", base_url=base_url)]).resolve(
+            "large", progress=lambda f, status: fractions.append(f) if status.endswith(".safetensors") else None)
+    verify_weights_file(card)
+    assert len(fractions) >= 2 and fractions[-1] == 1.0
+    assert all(0 <= f < 1 for f in fractions[:-1])  # never complete before the file is
+
+
+def test_download_in_progress_is_a_part_file_beside_its_destination(tiny_card, cache):
+    """On the same disk, so the finished file is moved in place at once; and named as partial,
+    so a file left by a killed download is never taken for the model."""
+    seen = []
+
+    def look_into_the_cache(fraction, status):
+        if status == "Downloading tiny.safetensors":
+            seen.append([path.name for path in (cache / "tiny").iterdir()])
+
+    ModelRegistry([entry_for(tiny_card)]).resolve("tiny", progress=look_into_the_cache)
+    assert seen
+    for names in seen:
+        assert len(names) == 1 and names[0].startswith("tiny.safetensors") and names[0].endswith(".part"), names
+
+
+def test_server_that_stops_sending_is_given_up_and_nothing_is_kept(large_card, cache, no_proxy, monkeypatch):
+    monkeypatch.setattr(weights, "DOWNLOAD_TIMEOUT_S", 0.2)
+    release = threading.Event()
+
+    class StallingHandler(QuietHandler):
+        def do_GET(self) -> None:
+            data = Path(self.translate_path(self.path)).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:len(data) // 2])
+            self.wfile.flush()
+            release.wait(timeout=5)
+
+    with http_server(large_card.card_path.parent, StallingHandler) as base_url:
+        try:
+            with pytest.raises(ModelFileError, match=r"Could not download .*large.safetensors \(timed out\)"):
+                ModelRegistry([entry_for(large_card, "large", base_url=base_url)]).resolve("large")
+        finally:
+            release.set()
+    assert files_in(cache) == []
+
+
+def test_mirror_address_is_joined_to_the_file_name_with_one_slash(tiny_card, cache, no_proxy, monkeypatch, tmp_path):
+    mirror_folder = tmp_path / "site" / "hospital" / "SANDBOX"
+    mirror_folder.mkdir(parents=True)
+    for path in (tiny_card.weights_path, tiny_card.card_path):
+        shutil.copy(path, mirror_folder)
+    requested = []
+
+    class RecordingHandler(QuietHandler):
+        def do_GET(self) -> None:
+            requested.append(self.path)
+            super().do_GET()
+
+    entry = entry_for(tiny_card, base_url="https://models.invalid/pancreasai")
+    with http_server(tmp_path / "site", RecordingHandler) as base_url:
+        monkeypatch.setenv("PANCREASAI_MODEL_MIRROR", base_url + "/hospital/SANDBOX/")
+        ModelRegistry([entry]).resolve("tiny")
+    assert requested == ["/hospital/SANDBOX/tiny.safetensors", "/hospital/SANDBOX/tiny.json"]

@@ -28,12 +28,18 @@ MODEL_FILE_SUFFIXES = (".safetensors", ".json")
 #: PyTorch pickle checkpoints: refused by their name, never opened (unpickling can run code).
 PICKLE_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pkl")
 CONVERTER = "Resources/Training/convert_checkpoint.py"
+#: Cards and registry lists are UTF-8 on every platform (Windows would default to its code page).
+TEXT_ENCODING = "utf-8"
+#: Files are hashed and downloaded a block at a time, so a large model never sits whole in memory.
+READ_BLOCK_BYTES = 1 << 20
+#: A download that receives nothing for this long is given up rather than left hanging.
+DOWNLOAD_TIMEOUT_S = 60
 
 
 def sha256_of_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
+        while block := stream.read(READ_BLOCK_BYTES):
             digest.update(block)
     return digest.hexdigest()
 
@@ -80,8 +86,7 @@ class ModelCard:
 
 def card_path_for(path: Path) -> Path:
     """`x.safetensors` or `x.json` -> `x.json`."""
-    path = Path(path)
-    return path if path.suffix == ".json" else path.with_suffix(".json")
+    return Path(path).with_suffix(".json")
 
 
 def refuse_pickle_checkpoint(path: Path) -> None:
@@ -118,7 +123,7 @@ def read_model_card(path: str | Path) -> ModelCard:
                 "model was trained and how to use it, so the file cannot be used without it.")
         raise ModelFileError(f"No model file at {card_path.with_suffix('.safetensors')}.")
     try:
-        data = json.loads(card_path.read_text(encoding="utf-8"))
+        data = json.loads(card_path.read_text(encoding=TEXT_ENCODING))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelFileError(f"The model card {card_path} is not valid JSON ({error}).") from error
     if not isinstance(data, dict):
@@ -192,7 +197,7 @@ def load_into(model, state_dict: dict, card: ModelCard) -> None:
         raise ModelFileError(
             f"The weights in {card.weights_path.name} do not fit the {card.architecture} architecture "
             f"described by its card ({'; '.join(misfits)}).")
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict)  # strict, torch's default; checked above with a clearer message
 
 
 def save_model(state_dict: dict, weights_path: str | Path, card_fields: dict) -> ModelCard:
@@ -206,7 +211,9 @@ def save_model(state_dict: dict, weights_path: str | Path, card_fields: dict) ->
     data = {"format_version": CARD_FORMAT_VERSION, **card_fields,
             "weights_file": weights_path.name, "sha256": sha256_of_file(weights_path)}
     card_path = card_path_for(weights_path)
-    card_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    card_text = json.dumps(data, indent=2) + "\n"
+    # json.dumps escapes every non-ASCII character: the text is the same in any encoding.
+    card_path.write_text(card_text, encoding=TEXT_ENCODING)  # pragma: no mutate (see above)
     return ModelCard(card_path, data)
 
 
@@ -221,16 +228,25 @@ def default_cache_dir() -> Path:
 def download_file(url: str, destination: Path, sha256: Optional[str] = None,
                   progress: ProgressCallback = no_progress) -> Path:
     """Fetch `url` (http, https or file) to `destination`, atomically, checking SHA256."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=destination.parent, prefix=destination.name, suffix=".part")
     try:
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            total = int(response.headers.get("Content-Length") or 0)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(dir=destination.parent, prefix=destination.name, suffix=".part")
+    except OSError as error:
+        raise ModelFileError(
+            f"Cannot write {destination} ({error}). Choose a folder you can write to; for downloaded "
+            "models, set PANCREASAI_CACHE to one.") from error
+    status = f"Downloading {destination.name}"
+    try:
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            length = response.headers.get("Content-Length")  # pragma: no mutate (header names ignore case)
+            total = int(length or 0)
             done = 0
-            for block in iter(lambda: response.read(1 << 20), b""):
+            while block := response.read(READ_BLOCK_BYTES):
                 out.write(block)
                 done += len(block)
-                progress(done / total if total else 0.0, f"Downloading {destination.name}")
+                progress(done / total if total else 0.0, status)
+        # Also when the server gave no length, so progress always ends at 1.
+        progress(1.0, status)
         if sha256 and sha256_of_file(Path(partial)) != sha256:
             raise ModelFileError(
                 f"The file downloaded from {url} does not have the expected SHA256; the download was "
@@ -267,7 +283,7 @@ class ModelRegistry:
     @classmethod
     def from_json(cls, path: Path, cache_dir: Optional[Path] = None) -> "ModelRegistry":
         """Read `models.json`: a list of {name, title, card | card_url + weights_url + sha256}."""
-        items = json.loads(Path(path).read_text(encoding="utf-8"))
+        items = json.loads(Path(path).read_text(encoding=TEXT_ENCODING))
         entries = [RegistryEntry(
             name=item["name"], title=item.get("title", item["name"]),
             card_url=item.get("card_url"), weights_url=item.get("weights_url"),
@@ -343,9 +359,10 @@ class ModelRegistry:
                     "registered ones; the server holds a different version. Nothing was kept.")
         except BaseException:
             # Leave no half download behind: remove what this call put in the cache.
-            card_path.unlink(missing_ok=True)
             if created_folder:
                 shutil.rmtree(folder, ignore_errors=True)
+            else:
+                card_path.unlink(missing_ok=True)
             raise
 
     def delete_cached(self, name: str) -> None:

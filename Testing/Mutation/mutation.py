@@ -21,6 +21,7 @@ is never changed. Writes `output/mutation/REPORT.md`: the score per file and the
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -105,7 +106,11 @@ def run_group(group: str, mutmut: str) -> tuple[Counter, dict, float]:
     started = time.perf_counter()
     log = copy / "mutmut.log"
     with open(log, "w") as stream:
-        finished = subprocess.run([mutmut, "run"], cwd=copy, stdout=stream, stderr=subprocess.STDOUT, check=False)
+        # One thread: mutmut forks a worker per mutant, and a forked child waits forever on
+        # the parent's OpenMP thread pool once torch has started one.
+        environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        finished = subprocess.run([mutmut, "run"], cwd=copy, stdout=stream, stderr=subprocess.STDOUT, check=False,
+                                  env=environment)
     seconds = time.perf_counter() - started
     if finished.returncode != 0:  # e.g. a test that fails without any mutant: no score to give
         raise RuntimeError(f"mutmut could not run the {group} group (exit {finished.returncode}); see {log}")
