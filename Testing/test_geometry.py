@@ -116,10 +116,20 @@ def test_slab_keeps_the_physical_position_of_its_slices():
 
 def test_with_array_keeps_the_grid_and_refuses_another_shape():
     volume = numbered_volume(np.eye(3))
-    other = volume.with_array(np.ones(SHAPE, np.float32))
+    values = np.ones(SHAPE, np.float32)
+    other = volume.with_array(values)
+    assert other.array is values
     np.testing.assert_array_equal(other.ijk_to_ras, volume.ijk_to_ras)
     with pytest.raises(ValueError, match="does not match"):
         volume.with_array(np.ones((1, 2, 3)))
+
+
+def test_with_array_accepts_per_voxel_vectors_on_the_same_grid():
+    volume = numbered_volume(np.eye(3))
+    probabilities = volume.with_array(np.zeros((*SHAPE, 3)))
+    assert probabilities.shape == (*SHAPE, 3)
+    labels = probabilities.with_array(np.zeros(SHAPE, np.uint8))
+    assert labels.shape == SHAPE
 
 
 def test_corners_are_the_outer_voxel_centres():
@@ -128,6 +138,12 @@ def test_corners_are_the_outer_voxel_centres():
     assert corners.shape == (8, 3)
     np.testing.assert_allclose(corners.min(0), ORIGIN)
     np.testing.assert_allclose(corners.max(0), np.array(ORIGIN) + np.array(SPACING) * [5, 4, 3])
+
+
+def test_corners_of_a_vector_volume_are_those_of_its_grid():
+    grid = numbered_volume(rotation("z", 30))
+    vectors = grid.with_array(np.zeros((*SHAPE, 3)))
+    np.testing.assert_array_equal(vectors.corners_ras(), grid.corners_ras())
 
 
 def test_volumes_compare_by_identity_and_can_be_hashed():
@@ -192,11 +208,28 @@ def test_oblique_volume_goes_to_the_nearest_canonical_axes(axis, index):
         np.testing.assert_array_equal(canonical.array, source_values_at_same_ras(source, canonical))
 
 
+def test_reorientation_of_a_vector_volume_is_that_of_its_grid():
+    grid = numbered_volume(SIGNED_PERMUTATIONS[29])
+    vectors = grid.with_array(np.zeros((*SHAPE, 2)))
+    assert axial_reorientation(vectors) == axial_reorientation(grid)
+
+
 @pytest.mark.parametrize("axis", ["x", "y", "z"])
 def test_obliquity_is_the_rotation_angle(axis):
     for degrees in (0, 15, -30):
         volume = numbered_volume(rotation(axis, degrees) @ SIGNED_PERMUTATIONS[21])
         assert obliquity_degrees(volume) == pytest.approx(abs(degrees), abs=1e-6)
+
+
+def test_obliquity_is_that_of_the_most_tilted_voxel_axis():
+    """Turned 45 degrees about S, then tilted 35 degrees: the i axis ends furthest from any
+    patient axis, at arccos(cos 35 cos 45) (about 54.7 degrees); j stays 45 degrees from R."""
+    c35, s35, c45, s45 = np.cos(np.radians(35)), np.sin(np.radians(35)), np.cos(np.radians(45)), np.sin(np.radians(45))
+    direction = np.array([[c35 * c45, s45, s35 * c45],
+                          [-c35 * s45, c45, -s35 * s45],
+                          [-s35, 0.0, c35]])
+    volume = Volume(np.zeros(SHAPE), make_ijk_to_ras(SPACING, ORIGIN, direction))
+    assert obliquity_degrees(volume) == pytest.approx(np.degrees(np.arccos(c35 * c45)))
 
 
 # --- resampling --------------------------------------------------------------------------
@@ -225,6 +258,26 @@ def ramp_source() -> Volume:
 def test_resampling_onto_the_own_grid_returns_the_input(ramp_source):
     out = resample(ramp_source, ramp_source.shape, ramp_source.ijk_to_ras, order=1, dtype=np.float64)
     np.testing.assert_allclose(out, ramp_source.array, rtol=0, atol=1e-9)
+
+
+def test_centres_outside_the_source_get_zero_unless_told_otherwise(ramp_source):
+    shifted = ramp_source.ijk_to_ras.copy()
+    shifted[:3, 3] = ramp_source.ijk_to_ras_points([[0.0, 0.0, -1.0]])[0]  # one slice below the source
+    out = resample(ramp_source, ramp_source.shape, shifted)
+    assert np.all(out[0] == 0.0) and np.all(out[1:] != 0.0)
+    reference = Volume(np.zeros(ramp_source.shape), shifted)
+    out_like = resample_like(ramp_source, reference)
+    assert np.all(out_like.array[0] == 0.0) and np.all(out_like.array[1:] != 0.0)
+
+
+def test_resample_like_gives_the_asked_voxel_type(ramp_source):
+    assert resample_like(ramp_source, ramp_source).array.dtype == np.float32
+    assert resample_like(ramp_source, ramp_source, dtype=np.int16).array.dtype == np.int16
+
+
+def test_resample_like_onto_a_vector_volume_uses_its_grid(ramp_source):
+    reference = Volume(np.zeros((3, 4, 5, 2)), make_ijk_to_ras((2, 2, 2), ramp_source.origin))
+    assert resample_like(ramp_source, reference).shape == (3, 4, 5)
 
 
 def test_resample_like_puts_the_result_on_the_reference_grid(ramp_source):
@@ -286,6 +339,74 @@ def test_one_slice_source_covers_its_slice_thickness():
     assert np.all(resample(source, (1, 8, 8), outside, fill_value=-1) == -1)
 
 
+def test_centres_less_than_a_voxel_beyond_the_first_slice_get_the_fill_value():
+    source = Volume(np.full((1, 8, 8), 3.0), make_ijk_to_ras((1, 1, 5)))
+    below = make_ijk_to_ras((1, 1, 1), (0, 0, -2.6))  # 0.52 slice below the centre
+    assert np.all(resample(source, (1, 8, 8), below, fill_value=-1) == -1)
+
+
+LINE_OF_FOUR = np.arange(1.0, 5.0).reshape(1, 1, 4)  # four voxels along i, identity geometry
+
+
+def test_centres_exactly_on_the_outer_faces_take_the_edge_values():
+    target = make_ijk_to_ras((4.0, 1.0, 1.0), (-0.5, 0.0, 0.0))  # centres at i = -0.5 and 3.5
+    out = resample(Volume(LINE_OF_FOUR, np.eye(4)), (1, 1, 2), target, order=0, fill_value=-1.0)
+    np.testing.assert_array_equal(out[0, 0], [1.0, 4.0])
+
+
+def test_the_outer_faces_are_closed_up_to_the_edge_tolerance():
+    """Rounding noise of up to _EDGE_TOLERANCE voxel beyond a face still counts as inside,
+    also when other centres of the same target lie far outside."""
+    tolerance = resample_module._EDGE_TOLERANCE
+    low_face = -0.5 - tolerance
+    high_face = np.float64(4) - 0.5 + tolerance
+    source = Volume(LINE_OF_FOUR, np.eye(4))
+    # centres at the low face (with noise) and 20 voxels beyond the high face
+    low = resample(source, (1, 1, 2), make_ijk_to_ras((24.0, 1.0, 1.0), (low_face, 0.0, 0.0)),
+                   order=0, fill_value=-1.0)
+    np.testing.assert_array_equal(low[0, 0], [1.0, -1.0])
+    # centres at the high face (with noise) and 20 voxels beyond the low face
+    high = resample(source, (1, 1, 2), make_ijk_to_ras((20.0, 1.0, 1.0), (high_face, 0.0, 0.0), np.diag([-1.0, 1, 1])),
+                    order=0, fill_value=-1.0)
+    np.testing.assert_array_equal(high[0, 0], [4.0, -1.0])
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("side", ["first", "last"])
+def test_a_single_plane_beyond_the_source_gets_the_fill_value(axis, side):
+    """A (6, 5, 4) target inside an (8, 7, 6) source except for its first or last plane along
+    one array axis: exactly that plane, and nothing else, gets the fill value."""
+    source = Volume(np.arange(1.0, 8 * 7 * 6 + 1).reshape(8, 7, 6), np.eye(4))
+    target_shape = (6, 5, 4)
+    shift_kji = np.zeros(3)
+    # first plane at source index -1; or last plane at source index n (one past the end)
+    shift_kji[axis] = -1 if side == "first" else source.shape[axis] - target_shape[axis] + 1
+    target = make_ijk_to_ras((1, 1, 1), shift_kji[::-1])
+    out = resample(source, target_shape, target, order=0, fill_value=-1.0)
+
+    plane = [slice(None)] * 3
+    plane[axis] = 0 if side == "first" else -1
+    expected_outside = np.zeros(target_shape, bool)
+    expected_outside[tuple(plane)] = True
+    np.testing.assert_array_equal(out == -1.0, expected_outside)
+    k, j, i = (np.arange(n) + int(s) for n, s in zip(target_shape, shift_kji))
+    inside = source.array[np.ix_(np.clip(k, 0, 7), np.clip(j, 0, 6), np.clip(i, 0, 5))]
+    np.testing.assert_array_equal(out[~expected_outside], inside[~expected_outside])
+
+
+def test_no_mask_is_computed_for_a_target_inside_the_source():
+    """_outside_source answers None, not an all-False mask, when every centre is inside:
+    the own grid, and a grid whose outer centres lie exactly on the source's outer faces."""
+    identity = np.eye(3)
+    assert resample_module._outside_source(identity, np.zeros(3), (8, 7, 6), (8, 7, 6)) is None
+    faces = np.diag([8.0 / 6, 7.0 / 5, 6.0 / 4])  # 7 centres from -0.5 to 7.5 along k, and so on
+    assert resample_module._outside_source(faces, np.full(3, -0.5), (7, 6, 5), (8, 7, 6)) is None
+    tolerance = resample_module._EDGE_TOLERANCE
+    assert resample_module._outside_source(identity, np.full(3, -0.5 - tolerance), (2, 2, 2), (8, 7, 6)) is None
+    high = np.asarray((8, 7, 6)) - 0.5 + tolerance
+    assert resample_module._outside_source(-identity, high, (2, 2, 2), (8, 7, 6)) is None
+
+
 def test_nearest_neighbour_keeps_label_values():
     labels = np.random.default_rng(1).choice([0, 3, 7, 250], size=(10, 11, 12)).astype(np.uint8)
     source = Volume(labels, make_ijk_to_ras((1.0, 1.0, 2.0)))
@@ -317,6 +438,25 @@ def test_chunked_resampling_equals_one_chunk(monkeypatch, ramp_source, order):
     chunked = resample(ramp_source, shape, target, order=order, fill_value=-5)
     assert np.any(whole == -5) and np.any(whole != -5)
     np.testing.assert_array_equal(chunked, whole)
+
+
+@pytest.mark.parametrize("shape, chunk_voxels, slabs", [
+    ((5, 4, 3), 2 * 4 * 3 + 1, [2, 2, 1]),  # two slices fit in a chunk
+    ((5, 4, 3), 1, [1, 1, 1, 1, 1]),  # a slice larger than a chunk: one slice at a time
+    ((5, 1, 1), 3, [3, 2]),  # one-voxel slices: three per chunk
+])
+def test_each_scipy_call_computes_at_most_a_chunk_of_slices(monkeypatch, ramp_source, shape, chunk_voxels, slabs):
+    calls = []
+    affine_transform = resample_module.ndimage.affine_transform
+
+    def counting(*args, output, **kwargs):
+        calls.append(output.shape[0])
+        return affine_transform(*args, output=output, **kwargs)
+
+    monkeypatch.setattr(resample_module, "_CHUNK_VOXELS", chunk_voxels)
+    monkeypatch.setattr(resample_module.ndimage, "affine_transform", counting)
+    resample(ramp_source, shape, ramp_source.ijk_to_ras)
+    assert calls == slabs
 
 
 def box_volume(origin, size_mm, spacing=1.0) -> Volume:

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from PancreasAILib.errors import InputError, OperationCancelled, OutputError
-from PancreasAILib.output_files import all_or_nothing, prepare_output_folder, signals_deferred, user_path
+import errno
+from types import SimpleNamespace
+
+from PancreasAILib import output_files
+from PancreasAILib.output_files import (all_or_nothing, disk_hint, prepare_output_folder, refuse_existing,
+                                        signals_deferred, user_path)
 from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import read_volume, write_volume
 
@@ -199,3 +204,137 @@ def test_ctrl_c_while_the_final_names_are_given_leaves_the_whole_result(tmp_path
                 write_json(temp, "whole")
     assert [tag_of(p) for p in finals] == ["whole", "whole"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+
+
+def test_an_existing_output_folder_is_accepted(tmp_path):
+    assert prepare_output_folder(tmp_path) == tmp_path
+    assert prepare_output_folder(tmp_path) == tmp_path
+    assert list(tmp_path.iterdir()) == []  # the write test leaves nothing behind
+
+
+def test_existing_results_are_refused_unless_overwrite(tmp_path):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    write_json(old, "old")
+    with pytest.raises(InputError, match=f"{old} already exists; use --overwrite"):
+        refuse_existing([new, old], overwrite=False)
+    refuse_existing([new, old], overwrite=True)
+    refuse_existing([new], overwrite=False)
+
+
+def test_without_hard_links_the_final_name_is_still_claimed_exclusively(tmp_path, monkeypatch):
+    """On disks without hard links (FAT, some shares) the name is created with O_EXCL first."""
+    def no_links(source, destination):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    final = tmp_path / "a.json"
+    with all_or_nothing([final]) as (temp,):
+        write_json(temp, "ours")
+    assert tag_of(final) == "ours"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+    other = tmp_path / "b.json"
+    with pytest.raises(OutputError, match="b.json was written by another run"):
+        with all_or_nothing([other]) as (temp,):
+            write_json(temp, "ours")
+            write_json(other, "theirs")
+    assert tag_of(other) == "theirs"
+
+
+@pytest.mark.parametrize("content, accepted", [(b"", False), (b"x", True), (b"id,volume_ml\n1,42.5\n", True),
+                                               (b"\xff\xfe not text", False)],
+                         ids=["empty", "one_byte", "table", "not_utf8"])
+def test_a_csv_output_is_read_back_as_utf8_text(tmp_path, content, accepted):
+    final = tmp_path / "volumes.csv"
+    if accepted:
+        with all_or_nothing([final]) as (temp,):
+            temp.write_bytes(content)
+        assert final.read_bytes() == content
+    else:
+        with pytest.raises(OutputError, match="volumes.csv could not be read back"):
+            with all_or_nothing([final]) as (temp,):
+                temp.write_bytes(content)
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_output_is_called_empty(tmp_path):
+    with pytest.raises(OutputError, match=r"volumes.csv could not be read back \(it is empty\)"):
+        with all_or_nothing([tmp_path / "volumes.csv"]) as (temp,):
+            temp.write_bytes(b"")
+
+
+def test_a_damaged_output_is_named_by_its_final_name_and_problem(tmp_path):
+    final = tmp_path / "case_pancreas.nii.gz"
+    with pytest.raises(OutputError) as error:
+        with all_or_nothing([final]) as (temp,):
+            write_label_volume(temp)
+            temp.write_bytes(temp.read_bytes()[:40])
+    message = str(error.value)
+    assert "case_pancreas.nii.gz could not be read back (case_pancreas.nii.gz is incomplete" in message
+    assert ".partial-" not in message
+
+
+@pytest.mark.parametrize("name", ["case.nii", "case.mha", "case.mhd", "case.nhdr"])
+def test_volume_outputs_of_every_format_are_read_back(tmp_path, name):
+    final = tmp_path / name
+    with pytest.raises(OutputError, match=f"{name} could not be read back"):
+        with all_or_nothing([final]) as (temp,):
+            write_volume(Volume(np.full((3, 4, 5), 1.5, np.float32), np.eye(4)), temp, compress=False)
+            data_file = next((p for p in temp.parent.iterdir() if p != temp), temp)  # .raw beside a header
+            data_file.write_bytes(data_file.read_bytes()[:-20])
+
+
+def test_a_zip_with_a_damaged_member_is_refused(tmp_path):
+    final = tmp_path / "case_scene.zip"
+    with pytest.raises(OutputError, match="its member case_scene/case_scene.mrml is damaged"):
+        with all_or_nothing([final]) as (temp,):
+            with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED) as archive:
+                archive.writestr("case_scene/case_scene.mrml", "<MRML>" + "x" * 500 + "</MRML>")
+            data = bytearray(temp.read_bytes())
+            data[data.index(b"xxxx")] = ord("y")  # the stored text changes; its checksum does not
+            temp.write_bytes(bytes(data))
+
+
+def test_a_good_png_output_is_accepted(tmp_path):
+    from PIL import Image
+
+    final = tmp_path / "case_grid.png"
+    with all_or_nothing([final]) as (temp,):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(temp)
+    assert final.exists()
+
+
+@pytest.mark.parametrize("number, reason", [
+    (errno.ENOSPC, "the disk is full"),
+    (errno.EDQUOT, "the disk is full"),
+    (errno.EFBIG, "the file is larger than this disk or account allows"),
+    (errno.EACCES, "Permission denied"),
+    (None, "OSError"),
+])
+def test_a_write_failure_is_explained(tmp_path, number, reason):
+    error = OSError(number, os.strerror(number)) if number else OSError()
+    with pytest.raises(OutputError, match=rf"Could not write the results in {tmp_path} \({reason}\); nothing was replaced"):
+        with all_or_nothing([tmp_path / "a.json"]):
+            raise error
+    assert list(tmp_path.iterdir()) == []
+
+
+MIB = 2 ** 20
+
+
+@pytest.mark.parametrize("free, hint", [
+    (10 * MIB, "is full (10.0 MB free)"),
+    (64 * MIB - 1, "is full (64.0 MB free)"),
+    (64 * MIB, ""),
+    (10 ** 12, ""),
+])
+def test_the_disk_hint_speaks_only_below_64_mb_free(tmp_path, monkeypatch, free, hint):
+    monkeypatch.setattr(output_files.shutil, "disk_usage", lambda folder: SimpleNamespace(free=free))
+    if hint:
+        assert disk_hint(tmp_path) == f"The disk holding {tmp_path} {hint}: free space or choose another folder."
+    else:
+        assert disk_hint(tmp_path) == ""
+
+
+def test_the_disk_hint_is_silent_when_the_folder_cannot_be_asked(tmp_path):
+    assert disk_hint(tmp_path / "missing") == ""

@@ -12,14 +12,18 @@ from PancreasAILib.errors import InputError, PancreasAIError
 from PancreasAILib.volume import Volume, check_geometry, check_scalar_volume, check_spacing, make_ijk_to_ras
 from PancreasAILib.volume_io import is_volume_file, read_volume, sitk_from_volume, volume_from_sitk, write_volume
 
-OBLIQUE = make_ijk_to_ras((0.7, 0.9, 2.5), (10.5, -20.25, 33.0),
-                          Rotation.from_euler("xyz", [12, -8, 20], degrees=True).as_matrix())
+def oblique() -> np.ndarray:
+    """An oblique IJK-to-RAS, built inside each test (so a planted bug in make_ijk_to_ras shows)."""
+    return make_ijk_to_ras((0.7, 0.9, 2.5), (10.5, -20.25, 33.0),
+                           Rotation.from_euler("xyz", [12, -8, 20], degrees=True).as_matrix())
+
+
 SHAPE = (5, 6, 7)
 
 
 def oblique_volume(dtype=np.int16) -> Volume:
     values = np.arange(np.prod(SHAPE)).reshape(SHAPE) - 50
-    return Volume(values.astype(dtype), OBLIQUE)
+    return Volume(values.astype(dtype), oblique())
 
 
 # --- files --------------------------------------------------------------------------------
@@ -50,7 +54,7 @@ def nifti_sform(path: Path) -> np.ndarray:
 def test_written_nifti_sform_is_our_ras_matrix(tmp_path):
     """NIfTI's sform maps (i, j, k) to RAS mm: it must equal ijk_to_ras, not an LPS one."""
     path = write_volume(oblique_volume(), tmp_path / "case.nii.gz")
-    np.testing.assert_allclose(nifti_sform(path), OBLIQUE[:3], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(nifti_sform(path), oblique()[:3], rtol=0, atol=1e-5)
 
 
 def hand_made_nifti(path: Path, array: np.ndarray, sform: np.ndarray) -> None:
@@ -70,8 +74,57 @@ def hand_made_nifti(path: Path, array: np.ndarray, sform: np.ndarray) -> None:
     path.write_bytes(bytes(header) + array.astype("<i2").tobytes())
 
 
+def hand_made_nifti2(path: Path, shape, datatype: int, bitpix: int, data: bytes, order: str = "<") -> None:
+    """A minimal NIfTI-2 file (offsets from nifti2.h): 540-byte header, 4 extension bytes, data."""
+    k, j, i = shape
+    header = bytearray(544)
+    struct.pack_into(order + "i", header, 0, 540)
+    header[4:12] = b"n+2\x00\r\n\x1a\n"
+    struct.pack_into(order + "2h", header, 12, datatype, bitpix)
+    struct.pack_into(order + "8q", header, 16, 3, i, j, k, 1, 1, 1, 1)
+    struct.pack_into(order + "8d", header, 104, 1.0, 1.0, 1.0, 1.0, 1, 1, 1, 1)
+    struct.pack_into(order + "q", header, 168, 544)  # voxel data offset
+    struct.pack_into(order + "i", header, 348, 1)  # sform "scanner"
+    struct.pack_into(order + "12d", header, 400, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0)
+    path.write_bytes(bytes(header) + data)
+
+
+@pytest.mark.parametrize("order", ["<", ">"], ids=["little_endian", "big_endian"])
+def test_a_cut_short_nifti2_file_is_refused(tmp_path, order):
+    shape = (5, 6, 7)
+    whole = np.arange(np.prod(shape)).astype(order + "i2").tobytes()  # 420 bytes of int16
+    hand_made_nifti2(tmp_path / "cut.nii", shape, 4, 16, whole[:300], order)
+    with pytest.raises(InputError, match=r"cut short: it holds 844 bytes of the 964 its header announces"):
+        read_volume(tmp_path / "cut.nii")
+
+
+def test_nan_voxels_in_a_float64_nifti2_file_are_refused(tmp_path):
+    values = np.ones((5, 6, 7))
+    values[1, 2, 3] = np.nan
+    hand_made_nifti2(tmp_path / "nan.nii", values.shape, 64, 64, values.astype("<f8").tobytes())
+    with pytest.raises(InputError, match=r"holds 1 voxels that are not numbers"):
+        read_volume(tmp_path / "nan.nii")
+
+
+def test_a_nifti_file_of_only_its_header_is_refused_as_cut_short(tmp_path):
+    hand_made_nifti(tmp_path / "hand.nii", oblique_volume().array, oblique()[:3])
+    (tmp_path / "header.nii").write_bytes((tmp_path / "hand.nii").read_bytes()[:348])
+    with pytest.raises(InputError, match=r"cut short: it holds 348 bytes of the 772"):
+        read_volume(tmp_path / "header.nii")
+    hand_made_nifti2(tmp_path / "header2.nii", (5, 6, 7), 4, 16, b"")
+    (tmp_path / "header2.nii").write_bytes((tmp_path / "header2.nii").read_bytes()[:540])
+    with pytest.raises(InputError, match=r"cut short: it holds 540 bytes of the 964"):
+        read_volume(tmp_path / "header2.nii")
+
+
+def test_a_single_slice_nifti_file_reads_whole(tmp_path):
+    array = np.arange(6 * 7, dtype=np.int16).reshape(1, 6, 7)
+    hand_made_nifti(tmp_path / "slice.nii", array, np.eye(4)[:3])
+    np.testing.assert_array_equal(read_volume(tmp_path / "slice.nii").array, array)
+
+
 def test_reading_a_hand_made_nifti_gives_its_sform_as_ijk_to_ras(tmp_path):
-    sform = OBLIQUE[:3].astype(np.float32).astype(np.float64)
+    sform = oblique()[:3].astype(np.float32).astype(np.float64)
     array = oblique_volume().array
     hand_made_nifti(tmp_path / "hand.nii", array, sform)
     volume = read_volume(tmp_path / "hand.nii")
@@ -84,7 +137,7 @@ def test_nrrd_header_says_lps_with_negated_x_and_y(tmp_path):
     header = path.read_bytes().split(b"\n\n")[0].decode()
     assert "space: left-posterior-superior" in header
     origin = header.split("space origin: (")[1].split(")")[0]
-    np.testing.assert_allclose([float(v) for v in origin.split(",")], OBLIQUE[:3, 3] * [-1, -1, 1])
+    np.testing.assert_allclose([float(v) for v in origin.split(",")], oblique()[:3, 3] * [-1, -1, 1])
 
 
 def test_metadata_is_written_into_the_nrrd_header(tmp_path):
@@ -97,7 +150,7 @@ def test_metadata_is_written_into_the_nrrd_header(tmp_path):
 
 
 def test_boolean_masks_are_written_as_uint8(tmp_path):
-    mask = Volume(oblique_volume().array > 0, OBLIQUE)
+    mask = Volume(oblique_volume().array > 0, oblique())
     back = read_volume(write_volume(mask, tmp_path / "mask.nii.gz"))
     assert back.array.dtype == np.uint8
     np.testing.assert_array_equal(back.array, mask.array)
@@ -112,9 +165,39 @@ def test_sitk_conversion_round_trips_geometry_exactly():
 
 def test_sitk_image_is_in_lps():
     image = sitk_from_volume(oblique_volume())
-    np.testing.assert_allclose(image.GetOrigin(), OBLIQUE[:3, 3] * [-1, -1, 1])
+    np.testing.assert_allclose(image.GetOrigin(), oblique()[:3, 3] * [-1, -1, 1])
     np.testing.assert_allclose(image.TransformIndexToPhysicalPoint((1, 2, 3)),
-                               (OBLIQUE @ [1, 2, 3, 1])[:3] * [-1, -1, 1])
+                               (oblique() @ [1, 2, 3, 1])[:3] * [-1, -1, 1])
+
+
+def test_files_are_compressed_unless_told_otherwise(tmp_path):
+    def encoding(path):
+        return path.read_bytes().split(b"\n\n")[0].decode().split("encoding: ")[1].splitlines()[0]
+
+    assert encoding(write_volume(oblique_volume(), tmp_path / "default.nrrd")) == "gzip"
+    assert encoding(write_volume(oblique_volume(), tmp_path / "asked.nrrd", compress=True)) == "gzip"
+    assert encoding(write_volume(oblique_volume(), tmp_path / "raw.nrrd", compress=False)) == "raw"
+
+
+def test_writing_creates_missing_folders(tmp_path):
+    path = write_volume(oblique_volume(), tmp_path / "a" / "b" / "case.nrrd")
+    assert read_volume(path).shape == SHAPE
+
+
+def test_a_two_dimensional_sitk_image_is_named_with_its_size():
+    with pytest.raises(InputError, match=r"The image has 2 dimensions \(12 x 10\)"):
+        volume_from_sitk(sitk.GetImageFromArray(np.zeros((10, 12), np.int16)))
+
+
+@pytest.mark.parametrize("text, line", [
+    ("ITK ERROR: MetaImage: File not read completely\nerrno 2: No such file", "the file is cut short"),
+    ("ITK ERROR: one\nthe informative line\n", "the informative line"),
+    ("", "RuntimeError"),
+])
+def test_an_itk_error_is_reduced_to_its_informative_line(text, line):
+    from PancreasAILib.volume_io import _last_line
+
+    assert _last_line(RuntimeError(text)).startswith(line)
 
 
 def test_writing_to_an_unknown_file_type_is_a_clear_error(tmp_path):
@@ -271,6 +354,39 @@ def test_too_small_message_gives_sizes_as_columns_rows_slices():
         check_scalar_volume(np.arange(3 * 4 * 16).reshape(3, 4, 16), "CT volume")
 
 
+def test_a_colour_image_with_an_alpha_channel_is_called_colour():
+    with pytest.raises(InputError, match="colour"):
+        check_scalar_volume(np.zeros((3, 16, 16, 4), np.uint8), "CT volume")
+
+
+def test_an_array_of_exactly_the_minimum_size_passes():
+    check_scalar_volume(np.arange(8 * 8).reshape(1, 8, 8), "CT volume")
+    check_scalar_volume(np.arange(2 * 3 * 4).reshape(2, 3, 4), "CT volume", min_size=(2, 3, 4))
+
+
+def test_complex_voxels_are_refused():
+    with pytest.raises(InputError, match="voxel type complex"):
+        check_scalar_volume(np.arange(3 * 16 * 16).reshape(3, 16, 16) * (1 + 1j), "CT volume")
+
+
+def test_the_message_counts_the_voxels_that_are_not_numbers():
+    array = np.ones((3, 16, 16), np.float32)
+    array[0, 0, 0], array[2, 5, 7] = np.nan, -np.inf
+    with pytest.raises(InputError, match=r"contains 2 voxels that are not numbers"):
+        check_scalar_volume(array, "CT volume")
+
+
+def test_exactly_the_largest_accepted_number_of_voxels_passes():
+    check_scalar_volume(np.arange(3 * 16 * 16).reshape(3, 16, 16), "CT volume", max_voxels=3 * 16 * 16)
+
+
+def test_the_default_limit_is_two_billion_voxels():
+    # a broadcast view: the size is checked before any voxel is read, so nothing is allocated
+    huge = np.broadcast_to(np.zeros(1, np.int16), (2_000_000_001, 1, 1))
+    with pytest.raises(InputError, match="more than the 2,000,000,000 this tool accepts"):
+        check_scalar_volume(huge, "CT volume")
+
+
 def test_too_many_voxels_are_refused_with_advice_to_crop():
     with pytest.raises(InputError, match="Crop Volume"):
         check_scalar_volume(np.arange(3 * 16 * 16).reshape(3, 16, 16), "CT volume", max_voxels=100)
@@ -298,6 +414,26 @@ def test_a_cut_short_file_is_refused_naming_it(tmp_path, suffix, cut, message):
     assert read_volume(whole).shape == SHAPE  # the whole file is fine
 
 
+@pytest.mark.parametrize("suffix", [".mha", ".mhd"])
+def test_a_cut_short_uncompressed_metaimage_is_refused(tmp_path, suffix):
+    header = write_volume(oblique_volume(np.float32), tmp_path / f"case{suffix}", compress=False)
+    data = header if suffix == ".mha" else tmp_path / "case.raw"
+    data.write_bytes(data.read_bytes()[:-4])  # one float32 voxel short
+    with pytest.raises(InputError, match=rf"case{suffix} is incomplete \(it is cut short: it holds [\d,]+ bytes of image "
+                                         r"data of the 840 its header announces"):
+        read_volume(header)
+
+
+def test_a_cut_short_vector_metaimage_is_refused(tmp_path):
+    """Three values per voxel: the data must hold three times the voxels."""
+    image = sitk.GetImageFromArray(np.ones((*SHAPE, 3), np.float32), isVector=True)
+    sitk.WriteImage(image, str(tmp_path / "vector.mha"), useCompression=False)
+    data = (tmp_path / "vector.mha").read_bytes()
+    (tmp_path / "vector.mha").write_bytes(data[:-4 * np.prod(SHAPE)])  # a third of the data missing
+    with pytest.raises(InputError, match=r"of the 2,520 its header announces"):
+        read_volume(tmp_path / "vector.mha")
+
+
 def test_a_damaged_compressed_file_is_refused(tmp_path):
     whole = write_volume(oblique_volume(), tmp_path / "whole.nii.gz")
     data = bytearray(whole.read_bytes())
@@ -312,7 +448,7 @@ def test_nan_voxels_in_a_nifti_file_are_refused_not_read_as_zero(tmp_path, suffi
     values = oblique_volume(np.float32).array.copy()
     values[2, 3, 4] = np.nan
     values[0, 0, 0] = np.inf
-    path = write_volume(Volume(values, OBLIQUE), tmp_path / f"nan{suffix}", compress=suffix.endswith(".gz"))
+    path = write_volume(Volume(values, oblique()), tmp_path / f"nan{suffix}", compress=suffix.endswith(".gz"))
     with pytest.raises(InputError, match=r"holds 2 voxels that are not numbers"):
         read_volume(path)
 
@@ -329,8 +465,8 @@ def test_a_file_named_gz_that_is_not_compressed_is_refused(tmp_path):
 
 
 def test_perpendicular_axes_pass_even_with_rounding_noise():
-    check_geometry(OBLIQUE, "CT volume")
-    noisy = OBLIQUE.copy()
+    check_geometry(oblique(), "CT volume")
+    noisy = oblique().copy()
     noisy[:3, :3] += 1e-7
     check_geometry(noisy, "CT volume")
 
@@ -350,21 +486,41 @@ def test_a_zero_voxel_size_is_refused_naming_its_axis(axis):
     spacing = [0.8, 0.9, 2.0]
     spacing[axis] = 0.0
     name = "IJK"[axis]
-    with pytest.raises(InputError, match=rf"has a voxel size of 0 mm along its {name} axis \(spacing "):
+    with pytest.raises(InputError, match=rf"T2 volume has a voxel size of 0 mm along its {name} axis \(spacing "):
         check_geometry(make_ijk_to_ras(spacing), "T2 volume")
     with pytest.raises(InputError, match=rf"along its {name} axis"):
         check_spacing(spacing, "T2 volume")
     check_spacing([1e-3, 1.0, 1.0], "T2 volume")  # small is fine
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0, None])
 def test_spacing_that_is_not_a_positive_number_is_refused(bad):
     with pytest.raises(InputError, match="voxel size of .* along its J axis"):
         check_spacing([1.0, bad, 1.0], "CT volume")
 
 
+def test_voxel_sizes_down_to_a_millionth_of_a_mm_are_accepted():
+    check_spacing([1e-6, 1.0, 1.0], "CT volume")
+    with pytest.raises(InputError, match="along its I axis"):
+        check_spacing([0.9e-6, 1.0, 1.0], "CT volume")
+
+
+def test_parallel_voxel_axes_are_refused_as_sheared_by_90_degrees():
+    matrix = np.eye(4)
+    matrix[:3, 0] = matrix[:3, 1] = [1.0, 1.0, 1.0]  # i and j both along the same diagonal
+    with pytest.raises(InputError, match=r"sheared by 90.0 degrees"):
+        check_geometry(matrix, "CT volume")
+
+
+def test_a_matrix_with_a_missing_number_is_refused():
+    matrix = oblique().tolist()
+    matrix[1][3] = None
+    with pytest.raises(InputError, match="invalid position in space"):
+        check_geometry(matrix, "CT volume")
+
+
 def test_a_matrix_with_non_finite_numbers_is_refused():
-    matrix = OBLIQUE.copy()
+    matrix = oblique().copy()
     matrix[1, 3] = np.nan
     with pytest.raises(InputError, match="invalid position in space"):
         check_geometry(matrix, "CT volume")

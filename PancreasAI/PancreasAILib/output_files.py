@@ -94,7 +94,7 @@ def _give_final_names(temporary: list[Path], finals: list[Path], overwrite: bool
         for temp, final in zip(temporary, finals):
             if overwrite:
                 if final.exists():  # kept until every new file is in place
-                    backup = temp.with_name(temp.name + ".previous")
+                    backup = temp.with_name(temp.name + ".previous")  # pragma: no mutate (any name in the hidden folder)
                     os.link(final, backup)
                     backups.append((backup, final))
                 os.replace(temp, final)
@@ -169,7 +169,7 @@ def _read_back(path: Path) -> None:
     elif name.endswith(".json"):
         import json
 
-        json.loads(path.read_text(encoding="utf-8"))
+        json.loads(path.read_text(encoding="utf-8"))  # pragma: no mutate (codec names ignore case)
     elif name.endswith(".csv"):
         path.read_text(encoding="utf-8")
 

@@ -27,7 +27,7 @@ def resample(source: Volume, target_shape: tuple[int, int, int], target_ijk_to_r
     if order not in (0, 1):
         raise ValueError("order must be 0 (nearest) or 1 (linear)")
     target_shape = tuple(int(n) for n in target_shape)
-    target_to_source = np.linalg.inv(source.ijk_to_ras) @ np.asarray(target_ijk_to_ras, float)
+    target_to_source = np.linalg.inv(source.ijk_to_ras) @ np.asarray(target_ijk_to_ras)
     # scipy indexes arrays (K, J, I): reverse the (i, j, k) axes of the index transform.
     reverse = np.eye(3)[::-1]
     matrix = reverse @ target_to_source[:3, :3] @ reverse
@@ -41,9 +41,8 @@ def resample(source: Volume, target_shape: tuple[int, int, int], target_ijk_to_r
         # mode "nearest" repeats the edge voxels, which is what the outer half voxel holds
         # ("constant" would give it fill_value); centres further out get fill_value below.
         ndimage.affine_transform(
-            source.array, matrix, offset=slab_offset, output_shape=slab_shape,
-            output=output[k0:k1], order=order, mode="nearest", prefilter=False)
-        outside = _outside_source(matrix, slab_offset, slab_shape, source.shape[:3])
+            source.array, matrix, offset=slab_offset, output=output[k0:k1], order=order, mode="nearest")
+        outside = _outside_source(matrix, slab_offset, slab_shape, source.shape)
         if outside is not None:
             output[k0:k1][outside] = fill_value
     return output
@@ -53,14 +52,14 @@ def _outside_source(matrix: np.ndarray, offset: np.ndarray, shape: tuple[int, in
                     source_shape: tuple[int, ...]) -> np.ndarray | None:
     """(K, J, I) bool of the target voxels whose source (k, j, i) index lies beyond the source
     voxels' extent [-0.5, n - 0.5] on some axis; None when there are none."""
-    limit = np.asarray(source_shape, float) - 0.5 + _EDGE_TOLERANCE
+    limit = np.asarray(source_shape) - 0.5 + _EDGE_TOLERANCE
     corners = np.array([[k, j, i] for k in (0, shape[0] - 1) for j in (0, shape[1] - 1)
-                        for i in (0, shape[2] - 1)], float)
+                        for i in (0, shape[2] - 1)])
     mapped = corners @ matrix.T + offset
     # The source box is convex and the map affine: all corners inside means all voxels inside.
     if np.all(mapped >= -0.5 - _EDGE_TOLERANCE) and np.all(mapped <= limit):
         return None
-    k, j, i = (np.arange(n, dtype=float) for n in shape)
+    k, j, i = (np.arange(n) for n in shape)
     outside = np.zeros(shape, dtype=bool)
     for axis in range(3):
         coordinate = ((matrix[axis, 0] * k)[:, None, None] + (matrix[axis, 1] * j)[None, :, None]

@@ -55,10 +55,11 @@ def write_segmentation(labelmap: Volume, path: str | Path, segments: list[Segmen
 
 def _label_array(array: np.ndarray, segments: list[SegmentInfo]) -> np.ndarray:
     """The label map in the smallest unsigned type that holds every label without wrapping."""
-    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
-        raise ValueError("A label map holds whole numbers; round or threshold the array first.")
+    if array.dtype.kind == "f":  # integer types hold whole numbers already
+        if not np.array_equal(array, np.round(array)):
+            raise ValueError("A label map holds whole numbers; round or threshold the array first.")
     present = [int(array.min()), int(array.max())] if array.size else []
-    labels = present + [segment.label for segment in segments] or [0]
+    labels = present + [segment.label for segment in segments] or [0]  # pragma: no mutate ([1] fits uint8 too)
     if min(labels) < 0 or max(labels) > np.iinfo(np.uint16).max:
         raise ValueError(f"Label values must lie in 0..65535 (got {min(labels)}..{max(labels)}).")
     return array.astype(np.uint8 if max(labels) <= np.iinfo(np.uint8).max else np.uint16)

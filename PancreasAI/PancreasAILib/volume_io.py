@@ -46,10 +46,10 @@ def volume_from_sitk(image, name: str = "image") -> Volume:
             f"The {name} has {image.GetNumberOfComponentsPerPixel()} values per voxel (a colour or "
             "vector image); a grey-scale scan is needed.")
     sitk = _sitk()
-    direction = np.array(image.GetDirection(), float).reshape(3, 3)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
     ijk_to_ras = np.eye(4)
     ijk_to_ras[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(image.GetSpacing())
-    ijk_to_ras[:3, 3] = _LPS_TO_RAS @ np.array(image.GetOrigin(), float)
+    ijk_to_ras[:3, 3] = _LPS_TO_RAS @ np.array(image.GetOrigin())
     check_geometry(ijk_to_ras, name)
     return Volume(sitk.GetArrayFromImage(image), ijk_to_ras)
 
@@ -60,7 +60,7 @@ def sitk_from_volume(volume: Volume):
     array = np.ascontiguousarray(volume.array)
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)  # SimpleITK has no bool pixel type
-    image = sitk.GetImageFromArray(array, isVector=False)
+    image = sitk.GetImageFromArray(array)  # one value per voxel (isVector defaults to False)
     lps = _LPS_TO_RAS @ volume.ijk_to_ras[:3, :3]
     spacing = np.linalg.norm(lps, axis=0)
     image.SetSpacing(spacing.tolist())
@@ -174,7 +174,7 @@ def _check_metaimage_file(path: Path) -> None:
         available = (path.parent / data_file).stat().st_size
     else:
         return
-    compressed = fields.get("CompressedData", "False").lower() == "true"
+    compressed = fields.get("CompressedData", "False").lower() == "true"  # pragma: no mutate (any default but "true")
     expected = int(fields.get("CompressedDataSize", "0") or 0) if compressed else voxels * channels * element
     if expected and available < expected:
         raise InputError(f"{path} is incomplete (it is cut short: it holds {available:,} bytes of image "
@@ -230,7 +230,7 @@ def _check_even_slice_spacing(reader, image, folder: Path) -> None:
     n_slices = len(reader.GetFileNames())
     if n_slices < 3 or not all(reader.HasMetaDataKey(n, "0020|0032") for n in range(n_slices)):
         return
-    normal = np.array(image.GetDirection(), float).reshape(3, 3)[:, 2]
+    normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]
     try:
         positions = np.array([[float(v) for v in reader.GetMetaData(n, "0020|0032").split("\\")]
                               for n in range(n_slices)])
