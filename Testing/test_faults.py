@@ -335,7 +335,10 @@ def interrupt_at(workdir: Path, signal_number: int, delay: float, n_cases: int =
         shutil.copy(workdir / "ct.nii.gz", workdir / f"case{n}.nii.gz")
         inputs.append(f"case{n}.nii.gz")
     out = workdir / f"out-{signal_number}-{delay:.2f}"
-    process = start("PancreasSegMoNetLib", "segment", *inputs, "-o", out.name, "--model", MONET, cwd=workdir)
+    # A shell starts background jobs with Ctrl-C ignored, and a child inherits that: give the
+    # command line the default a user's terminal gives it.
+    process = start("PancreasSegMoNetLib", "segment", *inputs, "-o", out.name, "--model", MONET, cwd=workdir,
+                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not out.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
