@@ -190,25 +190,11 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
 # --- data sources -----------------------------------------------------------------------------
 
 def write_msd_folder(root: Path, count: int = 3) -> Path:
-    """Task07_Pancreas layout from tiny phantoms: label 2 (tumour) in the upper half of each
-    pancreas, dataset.json, and macOS '._' companions that must be ignored."""
-    task = root / "Task07_Pancreas"
-    entries = []
-    for index in range(1, count + 1):
-        phantom = make_ct_phantom(index, shape=(12, 64, 64))
-        labels = phantom.pancreas.astype(np.uint8)
-        labels[6:][labels[6:] > 0] = 2
-        name = f"pancreas_{index:03d}.nii.gz"
-        write_volume(Volume(phantom.hu, phantom.ijk_to_ras), task / "imagesTr" / name)
-        write_volume(Volume(labels, phantom.ijk_to_ras), task / "labelsTr" / name)
-        for folder in ("imagesTr", "labelsTr"):
-            (task / folder / f"._{name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
-        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    (task / "dataset.json").write_text(json.dumps({
-        "name": "Pancreas", "modality": {"0": "CT"},
-        "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
-        "numTraining": count, "training": entries, "test": []}))
-    return task
+    """Task07_Pancreas layout from tiny phantoms (label 2, tumour, in the upper half of each
+    pancreas; dataset.json; macOS '._' companions that must be ignored), as the README tests make it."""
+    from readme_examples import write_msd_folder as write_task_folder
+
+    return write_task_folder(root / "Task07_Pancreas", count, shape=(12, 64, 64))
 
 
 def test_msd_folder_trains_end_to_end(tmp_path):
