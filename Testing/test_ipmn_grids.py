@@ -5,10 +5,10 @@ import pytest
 
 from PancreasAILib.errors import InputError
 from PancreasAILib.volume import Volume, make_ijk_to_ras
-from IPMNRiskLib.grids import (DIHEDRAL_VIEWS, CropBox, RegionBox, central_window, crop_box_for_region,
-                               crop_box_stack, heat_stack, make_input, normalise_volume,
-                               patch_map_to_slices, slice_window_starts, tile_grid, transform_tiles,
-                               undo_transform_tiles, untile_grid)
+from IPMNRiskLib.grids import (DIHEDRAL_VIEWS, CropBox, RegionBox, _box_with_margin, central_window,
+                               crop_box_for_region, crop_box_stack, heat_stack, make_input, normalise_volume,
+                               patch_map_to_slices, crop_stacks, plan_crop, same_grid, slice_window_starts, tile_grid,
+                               transform_tiles, undo_transform_tiles, untile_grid)
 
 
 def numbered_slices(n=9, size=64):
@@ -38,6 +38,20 @@ def test_untile_is_the_inverse_of_tile():
     np.testing.assert_array_equal(untile_grid(tile_grid(slices)), slices)
 
 
+def test_tiles_must_be_nine_square_slices():
+    with pytest.raises(ValueError, match="expected"):
+        tile_grid(np.zeros((9, 4, 5)))
+    with pytest.raises(ValueError, match="expected"):
+        tile_grid(np.zeros((8, 4, 4)))
+
+
+def test_only_a_square_grid_of_three_by_three_tiles_can_be_untiled():
+    with pytest.raises(ValueError, match="square grid"):
+        untile_grid(np.zeros((6, 9)))
+    with pytest.raises(ValueError, match="square grid"):
+        untile_grid(np.zeros((10, 10)))
+
+
 def test_central_window_starts_at_half_the_slices_minus_four():
     np.testing.assert_array_equal(central_window(20), np.arange(6, 15))
     np.testing.assert_array_equal(central_window(9), np.arange(9))
@@ -53,6 +67,15 @@ def test_sliding_windows_start_at_every_slice_that_leaves_nine():
     assert slice_window_starts(12) == [0, 1, 2, 3]
     assert slice_window_starts(9) == [0]
     assert slice_window_starts(4) == [0]
+
+
+def test_a_single_slice_stack_gives_one_window():
+    assert slice_window_starts(1) == [0]
+
+
+def test_central_window_of_another_length_is_centred_the_same_way():
+    # start = 10 // 2 - 3 // 2 = 4
+    np.testing.assert_array_equal(central_window(10, k=3), [4, 5, 6])
 
 
 # --- intensities ----------------------------------------------------------------------------------
@@ -79,6 +102,35 @@ def test_normalisation_can_ignore_pixels_outside_the_scan():
 
 def test_normalising_a_constant_volume_gives_zeros():
     assert np.all(normalise_volume(np.full((3, 8, 8), 7.0)) == 0)
+
+
+def test_normalisation_is_computed_in_double_precision_and_rounded_once():
+    array = (np.random.default_rng(7).random(200) * 1000 + 100).astype(np.float32)
+    exact = array.astype(np.float64)
+    expected = ((exact - exact.min()) / (exact.max() - exact.min())).astype(np.float32)
+    np.testing.assert_array_equal(normalise_volume(array), expected)
+
+
+def test_normalisation_accepts_a_zero_one_mask_as_valid_pixels():
+    array = np.array([[[0.0, 50.0, 150.0, 250.0]]])
+    valid = np.array([[[0, 1, 1, 1]]], np.uint8)
+    np.testing.assert_allclose(normalise_volume(array, valid), [[[0.0, 0.0, 0.5, 1.0]]])
+
+
+def test_a_stack_without_valid_pixels_normalises_to_float32_zeros():
+    normalised = normalise_volume(np.arange(12.0).reshape(1, 3, 4), np.zeros((1, 3, 4), bool))
+    assert normalised.shape == (1, 3, 4) and normalised.dtype == np.float32
+    assert np.all(normalised == 0)
+
+
+def test_a_constant_stack_normalises_to_float32_zeros_of_its_shape():
+    normalised = normalise_volume(np.full((3, 8, 5), 7.0))
+    assert normalised.shape == (3, 8, 5) and normalised.dtype == np.float32
+
+
+def test_input_refuses_a_t2_stack_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="expected two"):
+        make_input(numbered_slices(), numbered_slices(size=32))
 
 
 def test_input_stacks_t1_grid_then_t2_grid():
@@ -110,6 +162,51 @@ def test_a_region_outside_the_volume_is_refused():
         crop_box_for_region(volume, RegionBox((200.0, 0.0, 0.0), (20.0, 20.0, 20.0)), "T2 volume")
 
 
+def test_region_edges_on_voxel_centres_include_those_voxels():
+    volume = Volume(np.zeros((10, 40, 40)), make_ijk_to_ras((1.0, 1.0, 2.0)))
+    # x 5..15 mm, y 10..20 mm, z 4..12 mm: the edges are the centres of i 5 and 15, j 10 and 20, k 2 and 6
+    box = crop_box_for_region(volume, RegionBox((10.0, 15.0, 8.0), (10.0, 10.0, 8.0)))
+    assert box == CropBox((5, 10, 2), (16, 21, 7))
+
+
+def test_a_region_outside_says_where_it_is_and_names_the_t2_volume_by_default():
+    volume = Volume(np.zeros((10, 40, 40)), make_ijk_to_ras((1.0, 1.0, 1.0)))
+    with pytest.raises(InputError, match=r"centre RAS 200\.0, 0\.0, -5\.0 mm.* outside the T2 volume"):
+        crop_box_for_region(volume, RegionBox((200.0, 0.0, -5.0), (20.0, 20.0, 20.0)))
+
+
+def test_a_region_between_two_slices_holds_no_voxel_and_is_refused():
+    volume = Volume(np.zeros((10, 40, 40)), make_ijk_to_ras((1.0, 1.0, 2.0)))
+    with pytest.raises(InputError, match="outside the T2 volume"):
+        crop_box_for_region(volume, RegionBox((10.0, 10.0, 5.0), (10.0, 10.0, 1.0)))  # z 4.5..5.5 mm
+
+
+def test_region_coordinates_become_tuples_of_floats():
+    region = RegionBox(np.array([[1, 2, 3]]), np.array([[4], [5], [6]]))
+    assert type(region.center_ras) is tuple and type(region.size_mm) is tuple
+    assert region.center_ras == (1.0, 2.0, 3.0) and region.size_mm == (4.0, 5.0, 6.0)
+    assert all(type(v) is float for v in region.center_ras + region.size_mm)
+
+
+@pytest.mark.parametrize("center, size", [((np.nan, 0.0, 0.0), (10.0, 10.0, 10.0)),
+                                          ((0.0, 0.0, 0.0), (10.0, np.nan, 10.0)),
+                                          ((0.0, 0.0, 0.0), (10.0, 10.0, np.inf)),
+                                          ((None, 0.0, 0.0), (10.0, 10.0, 10.0)),
+                                          ((0.0, 0.0, 0.0), (10.0, None, 10.0))])
+def test_a_region_with_a_coordinate_that_is_not_a_number_is_refused(center, size):
+    with pytest.raises(InputError, match="not a number"):
+        RegionBox(center, size)
+
+
+def test_a_region_without_extent_is_refused():
+    with pytest.raises(InputError, match="no extent"):
+        RegionBox((0.0, 0.0, 0.0), (10.0, 0.0, 10.0))
+
+
+def test_a_region_thinner_than_a_millimetre_is_accepted():
+    assert RegionBox((0.0, 0.0, 0.0), (10.0, 10.0, 0.5)).size_mm == (10.0, 10.0, 0.5)
+
+
 def test_region_from_a_mask_bounds_its_voxels_in_patient_space():
     mask = np.zeros((10, 30, 30), np.uint8)
     mask[2:5, 10:20, 4:8] = 1
@@ -123,12 +220,21 @@ def test_an_empty_mask_is_refused_as_region():
         RegionBox.from_mask(Volume(np.zeros((4, 8, 8)), np.eye(4)))
 
 
-def linear_ramp_volume(shape, ijk_to_ras):
+def linear_ramp_volume(shape, ijk_to_ras, weights=(0.5, -0.25, 2.0)):
     """Voxel value = a fixed linear function of the voxel's RAS position."""
     volume = Volume(np.zeros(shape, np.float64), ijk_to_ras)
-    k, j, i = np.indices(shape)
+    return volume.with_array(ramp_at_voxels(volume, weights)), list(weights)
+
+
+def ramp_at_voxels(volume, weights):
+    """(K, J, I) values of ras . weights + 1000 at the voxel centres of `volume`."""
+    k, j, i = np.indices(volume.shape)
     ras = volume.ijk_to_ras_points(np.stack([i.ravel(), j.ravel(), k.ravel()], 1))
-    return volume.with_array((ras @ [0.5, -0.25, 2.0] + 1000.0).reshape(shape)), [0.5, -0.25, 2.0]
+    return (ras @ np.asarray(weights) + 1000.0).reshape(volume.shape)
+
+
+def min_max(values):
+    return (values - values.min()) / (values.max() - values.min())
 
 
 def test_every_stack_pixel_holds_the_scan_value_at_its_physical_position():
@@ -143,6 +249,16 @@ def test_every_stack_pixel_holds_the_scan_value_at_its_physical_position():
     np.testing.assert_allclose(stack.array, expected, rtol=0, atol=2e-3)
 
 
+def test_a_box_as_a_grid_of_its_own_starts_at_its_first_voxel():
+    volume = Volume(np.zeros((12, 50, 40)), make_ijk_to_ras((0.8, 1.3, 2.5), origin=(30, -20, 5),
+                                                            direction=oblique_direction(15)))
+    shape, ijk_to_ras = CropBox((5, 7, 2), (35, 30, 11)).sub_grid(volume)
+    assert shape == (9, 23, 30)
+    np.testing.assert_allclose(ijk_to_ras[:3, :3], volume.ijk_to_ras[:3, :3])
+    np.testing.assert_allclose(Volume(np.zeros(shape), ijk_to_ras).ijk_to_ras_points([[0, 0, 0], [29, 22, 8]]),
+                               volume.ijk_to_ras_points([[5, 7, 2], [34, 29, 10]]))
+
+
 def test_stack_corner_pixels_sit_on_the_box_corner_voxel_centres():
     volume = Volume(np.zeros((12, 50, 40)), make_ijk_to_ras((0.8, 1.3, 2.5), origin=(30, -20, 5)))
     box = CropBox((5, 7, 2), (35, 30, 11))
@@ -152,11 +268,122 @@ def test_stack_corner_pixels_sit_on_the_box_corner_voxel_centres():
                                volume.ijk_to_ras_points([[34, 29, 10]]))
 
 
+def test_a_box_two_voxels_wide_is_enough_for_a_stack():
+    volume, weights = linear_ramp_volume((4, 10, 10), make_ijk_to_ras((1.0, 1.5, 2.0), origin=(3, 4, 5)))
+    stack = crop_box_stack(volume, CropBox((3, 4, 1), (5, 6, 3)))
+    assert stack.shape == (2, 64, 64)
+    # pixel 0 and 63 sit on the centres of the two voxels, pixels between them in between
+    np.testing.assert_allclose(stack.ijk_to_ras_points([[63, 63, 1]]), volume.ijk_to_ras_points([[4, 5, 2]]))
+    np.testing.assert_allclose(stack.array[1, 0, 0], volume.array[2, 4, 3], atol=1e-3)
+    np.testing.assert_allclose(stack.array[1, 63, 63], volume.array[2, 5, 4], atol=1e-3)
+
+
+def test_a_box_one_voxel_wide_is_refused():
+    volume = Volume(np.zeros((4, 10, 10)), make_ijk_to_ras((1.0, 1.0, 1.0)))
+    with pytest.raises(InputError, match="covers only 1 x 2 voxels"):
+        crop_box_stack(volume, CropBox((3, 4, 1), (4, 6, 3)))
+
+
+def test_a_stack_can_have_another_tile_size():
+    volume = Volume(np.zeros((6, 30, 25)), make_ijk_to_ras((1.0, 1.0, 1.0)))
+    stack = crop_box_stack(volume, CropBox((2, 3, 1), (12, 13, 5)), tile_size=10)
+    assert stack.shape == (4, 10, 10)
+    np.testing.assert_allclose(stack.ijk_to_ras_points([[9, 9, 3]]), volume.ijk_to_ras_points([[11, 12, 4]]))
+
+
+def test_box_margin_is_one_voxel_all_round_with_edge_values_repeated_at_the_volume_border():
+    shape = (5, 6, 7)  # (K, J, I)
+    volume = Volume(np.arange(np.prod(shape), dtype=float).reshape(shape),
+                    make_ijk_to_ras((0.5, 1.0, 2.0), origin=(10, 20, 30)))
+    box = CropBox((0, 2, 3), (4, 6, 5))  # i starts at the border, j ends at it, k is inside
+    margin = _box_with_margin(volume, box)
+    assert margin.shape == (4, 6, 6)
+    k, j, i = np.indices(margin.shape)
+    # margin voxel n along an axis is volume voxel lower - 1 + n, clamped into the volume
+    source = (np.clip(k + 3 - 1, 0, 4), np.clip(j + 2 - 1, 0, 5), np.clip(i + 0 - 1, 0, 6))
+    np.testing.assert_array_equal(margin.array, volume.array[source])
+    np.testing.assert_allclose(margin.ijk_to_ras_points([[1, 1, 1]]), volume.ijk_to_ras_points([[0, 2, 3]]))
+
+
 def test_a_box_on_the_volume_border_gives_real_values_on_every_pixel():
     geometry = make_ijk_to_ras((0.7, 0.9, 3.0), direction=oblique_direction(10))
     volume = Volume(np.full((6, 30, 25), 5.0), geometry)
     stack = crop_box_stack(volume, CropBox((0, 0, 0), (25, 30, 6)))
     np.testing.assert_allclose(stack.array, 5.0, atol=1e-5)
+
+
+# --- the T1/T2 pair: plan the crop -------------------------------------------------------------------
+
+LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def test_volumes_on_one_grid_up_to_header_rounding_are_on_the_same_grid():
+    a = Volume(np.zeros((4, 5, 6)), make_ijk_to_ras((1.0, 1.0, 2.0), origin=(0.0, 10.0, 20.0)))
+    assert same_grid(a, Volume(np.ones((4, 5, 6)), a.ijk_to_ras))
+    assert same_grid(a, Volume(np.zeros((4, 5, 6)), make_ijk_to_ras((1.0, 1.0, 2.0), origin=(5e-5, 10.0, 20.0))))
+
+
+def test_volumes_half_a_millimetre_apart_or_of_another_size_are_not_on_the_same_grid():
+    a = Volume(np.zeros((4, 5, 6)), make_ijk_to_ras((1.0, 1.0, 2.0)))
+    assert not same_grid(a, Volume(np.zeros((4, 5, 6)), make_ijk_to_ras((1.0, 1.0, 2.0), origin=(0.5, 0, 0))))
+    assert not same_grid(a, Volume(np.zeros((4, 5, 7)), a.ijk_to_ras))
+
+
+def test_a_t2_of_three_axial_slices_with_a_region_of_eight_by_eight_voxels_is_enough():
+    t2 = Volume(np.zeros((3, 20, 20)), make_ijk_to_ras((1.0, 1.0, 1.0), direction=LPS))
+    # voxel centres i = 2..9 lie at x = -2..-9 mm, j = 2..9 at y = -2..-9 mm
+    plan = plan_crop(t2, t2, RegionBox((-5.5, -5.5, 1.0), (8.0, 8.0, 3.0)))
+    assert plan.box.size == (8, 8, 3) and plan.stack_shape == (3, 64, 64)
+    assert plan.t1_inside is None
+
+
+def test_a_t2_of_two_axial_slices_is_refused():
+    t2 = Volume(np.zeros((2, 20, 20)), make_ijk_to_ras((1.0, 1.0, 1.0), direction=LPS))
+    with pytest.raises(InputError, match="only 2 axial slice"):
+        plan_crop(t2, t2, RegionBox((-9.5, -9.5, 0.5), (20.0, 20.0, 2.0)))
+
+
+def test_a_t1_covering_three_quarters_of_the_crop_stack_is_enough():
+    geometry = make_ijk_to_ras((1.0, 1.0, 1.0), direction=LPS)
+    t2 = Volume(np.zeros((4, 20, 20)), geometry)
+    t1 = Volume(np.zeros((3, 20, 20)), geometry)  # covers T2's slices 0-2 (up to z = 2.5 mm), not 3
+    plan = plan_crop(t1, t2, RegionBox((-9.5, -9.5, 1.5), (20.0, 20.0, 4.0)))
+    assert plan.t1_inside.dtype == bool and plan.t1_inside.shape == (4, 64, 64)
+    assert plan.t1_inside.mean() == 0.75
+
+
+def test_a_t1_covering_half_of_the_crop_stack_is_refused():
+    geometry = make_ijk_to_ras((1.0, 1.0, 1.0), direction=LPS)
+    t2 = Volume(np.zeros((4, 20, 20)), geometry)
+    with pytest.raises(InputError, match="partly outside the T1 volume"):
+        plan_crop(Volume(np.zeros((2, 20, 20)), geometry), t2, RegionBox((-9.5, -9.5, 1.5), (20.0, 20.0, 4.0)))
+
+
+def test_t1_on_the_t2_grid_is_cut_like_t2_and_each_stack_is_normalised():
+    # RAS-ordered axes: T2 is flipped to canonical order before cutting, and T1 with it
+    geometry = make_ijk_to_ras((0.8, 0.9, 2.0), origin=(-10, -12, 0))
+    t2, t2_weights = linear_ramp_volume((6, 30, 28), geometry)
+    t1, t1_weights = linear_ramp_volume((6, 30, 28), geometry, weights=(-1.0, 0.3, 0.7))
+    plan = plan_crop(t1, t2, RegionBox((3.0, 2.0, 5.0), (12.0, 14.0, 6.0)))
+    t1_stack, t2_stack = crop_stacks(plan, t1, t2)
+    grid = Volume(np.zeros(plan.stack_shape), plan.stack_ijk_to_ras)
+    assert t1_stack.dtype == np.float32 and t2_stack.array.dtype == np.float32
+    np.testing.assert_allclose(t2_stack.ijk_to_ras, plan.stack_ijk_to_ras)
+    np.testing.assert_allclose(t2_stack.array, min_max(ramp_at_voxels(grid, t2_weights)), atol=1e-4)
+    np.testing.assert_allclose(t1_stack, min_max(ramp_at_voxels(grid, t1_weights)), atol=1e-4)
+
+
+def test_t1_on_another_grid_is_sampled_at_the_t2_pixels_and_normalised_where_it_covers():
+    geometry = make_ijk_to_ras((1.0, 1.0, 1.0), direction=LPS)
+    t2, _ = linear_ramp_volume((4, 20, 20), geometry)
+    # T1 has half of T2's voxel width along x, is shifted 2 mm in-plane, and has no slice at T2's slice 3
+    t1_geometry = make_ijk_to_ras((0.5, 1.0, 1.0), origin=(2, 2, 0), direction=LPS)
+    t1, t1_weights = linear_ramp_volume((3, 24, 48), t1_geometry, weights=(-1.0, 0.3, 0.7))
+    plan = plan_crop(t1, t2, RegionBox((-9.5, -9.5, 1.5), (20.0, 20.0, 4.0)))
+    t1_stack, _ = crop_stacks(plan, t1, t2)
+    covered = ramp_at_voxels(Volume(np.zeros(plan.stack_shape), plan.stack_ijk_to_ras), t1_weights)[:3]
+    np.testing.assert_allclose(t1_stack[:3], min_max(covered), atol=1e-4)
+    assert np.all(t1_stack[3] == 0)
 
 
 # --- augmentation ----------------------------------------------------------------------------------
@@ -205,6 +432,12 @@ def test_a_patch_value_fills_its_sixteen_pixel_block_of_its_slice():
     expected = np.zeros((9, 64, 64))
     expected[5, 16:32, 32:48] = 1.0
     np.testing.assert_array_equal(slices, expected)
+
+
+def test_a_patch_map_must_be_square_and_divide_the_grid():
+    for shape in [(12, 6), (12, 12, 12), (10, 10)]:
+        with pytest.raises(ValueError, match="square patch map"):
+            patch_map_to_slices(np.zeros(shape))
 
 
 def test_heat_stack_averages_a_repeated_slice_and_leaves_unshown_slices_empty():

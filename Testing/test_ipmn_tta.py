@@ -74,6 +74,39 @@ def test_without_tta_one_view_and_zero_spread(x):
     assert np.all(prediction.spread == 0)
 
 
+def test_a_double_precision_input_reaches_the_model_as_float32(x):
+    import torch
+
+    model = make_module(channel_means)
+    predict(model, x.astype(np.float64), rollout=False)
+    assert model.seen[0].dtype == torch.float32
+
+
+def test_the_views_are_sent_to_the_device_of_the_model(x):
+    import torch
+
+    model = make_module(lambda batch: torch.zeros(batch.shape[0], 3)).to("meta")
+    prediction = predict(model, x, rollout=False)
+    assert model.seen[0].device.type == "meta"
+    np.testing.assert_allclose(prediction.probabilities, 1 / 3)
+
+
+def test_without_rollout_there_is_no_patch_map(x):
+    assert predict(make_module(channel_means), x, rollout=False).patch_map is None
+
+
+def test_head_fusion_and_discard_ratio_reach_the_rollout(x, monkeypatch):
+    requested = []
+
+    def recording_maps(model, batch, head_fusion, discard_ratio):
+        requested.append((head_fusion, discard_ratio))
+        return pooled_t2_maps(model, batch)
+
+    monkeypatch.setattr(rollout_module, "logits_and_rollout_maps", recording_maps)
+    predict(make_module(channel_means), x, tta=False, head_fusion="max", discard_ratio=0.3)
+    assert requested == [("max", 0.3)]
+
+
 def pooled_t2_maps(model, batch, head_fusion="mean", discard_ratio=0.0):
     """A stand-in rollout that follows the image: each patch's mean T2 intensity."""
     import torch

@@ -1,10 +1,13 @@
 """Attention rollout: closed forms on hand-built attention, and a real timm ViT checked
 against attention recomputed independently from its weights."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
-from IPMNRiskLib.rollout import attention_rollout, capture_attentions, rollout_map
+from IPMNRiskLib.rollout import (attention_rollout, capture_attentions, class_token_maps, logits_and_rollout_maps,
+                                 rollout_map)
 
 
 def as_layer(matrix, batch=1, heads=1):
@@ -91,6 +94,80 @@ def test_unknown_head_fusion_is_refused():
         attention_rollout([as_layer(np.eye(2))], head_fusion="median")
 
 
+def one_layer_rollout(fused):
+    """Â = (A + I) with rows renormalised, for a single fused (N, N) layer."""
+    with_identity = fused + np.eye(len(fused))
+    return with_identity / with_identity.sum(axis=1, keepdims=True)
+
+
+def test_half_precision_attention_is_rolled_out_in_double_precision():
+    heads = np.array([[[0.1, 0.3, 0.6], [0.7, 0.2, 0.1], [0.3, 0.3, 0.4]],
+                      [[0.2, 0.2, 0.6], [0.1, 0.1, 0.8], [0.35, 0.25, 0.4]]], np.float16)
+    exact = heads.astype(np.float64).mean(axis=0)
+    rollout = attention_rollout([heads[None]])
+    assert rollout.dtype == np.float64
+    np.testing.assert_allclose(rollout[0], one_layer_rollout(exact), rtol=1e-12)
+
+
+def test_attention_tensors_that_carry_gradients_are_accepted():
+    import torch
+
+    attention = np.array([[0.5, 0.5], [0.25, 0.75]])
+    tensor = torch.tensor(attention[None, None], requires_grad=True)
+    np.testing.assert_allclose(attention_rollout([tensor])[0], one_layer_rollout(attention), rtol=1e-6)
+
+
+def test_discarding_a_sixth_of_six_weights_zeroes_exactly_the_lowest():
+    attention = np.array([[0.01, 0.59, 0.40],
+                          [0.02, 0.18, 0.80],
+                          [0.03, 0.27, 0.70]])
+    kept = attention.copy()
+    kept[1, 1] = 0.0  # int(6 x 0.2) = 1 weight outside column 0: the lowest is .18
+    np.testing.assert_allclose(attention_rollout([as_layer(attention)], discard_ratio=0.2)[0],
+                               one_layer_rollout(kept))
+
+
+def test_equal_weights_are_discarded_in_token_order():
+    levels = np.random.default_rng(5).integers(1, 4, (5, 5)) / 10.0  # many ties among 20 weights
+    # the 10 lowest of the 20 weights outside column 0, ties broken by (row, column)
+    ranked = sorted(((levels[r, c], r, c) for r in range(5) for c in range(1, 5)))
+    kept = levels.copy()
+    for _, r, c in ranked[:10]:
+        kept[r, c] = 0.0
+    np.testing.assert_allclose(attention_rollout([as_layer(levels)], discard_ratio=0.5)[0], one_layer_rollout(kept))
+
+
+@pytest.mark.parametrize("ratio", [1.0, 1.5, -0.1])
+def test_a_discard_ratio_outside_zero_to_one_is_refused(ratio):
+    with pytest.raises(ValueError, match="discard_ratio"):
+        attention_rollout([as_layer(np.eye(3))], discard_ratio=ratio)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 3), (1, 1, 3, 4), (1, 1, 4, 3)])
+def test_attention_that_is_not_batch_heads_square_is_refused(shape):
+    with pytest.raises(ValueError, match="expected"):
+        attention_rollout([np.full(shape, 1.0 / 3)])
+
+
+@pytest.mark.parametrize("model", [SimpleNamespace(),
+                                   SimpleNamespace(blocks=[]),
+                                   SimpleNamespace(blocks=[SimpleNamespace()]),
+                                   SimpleNamespace(blocks=[SimpleNamespace(attn=SimpleNamespace())])])
+def test_a_model_without_timm_attention_blocks_is_refused(model):
+    with pytest.raises(TypeError, match="timm VisionTransformer"):
+        with capture_attentions(model):
+            pass
+
+
+def test_the_map_skips_every_prefix_token_after_the_class_token():
+    # 2 prefix tokens (class + 1 register token) and a 2 x 2 patch grid: N = 6
+    rollout = np.arange(2 * 6 * 6, dtype=float).reshape(2, 6, 6)
+    model = SimpleNamespace(num_prefix_tokens=2, patch_embed=SimpleNamespace(grid_size=(2, 2)))
+    maps = class_token_maps(model, rollout)
+    np.testing.assert_array_equal(maps[0], [[2, 3], [4, 5]])
+    np.testing.assert_array_equal(maps[1], [[38, 39], [40, 41]])
+
+
 # --- a real timm ViT ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -168,6 +245,16 @@ def test_rollout_of_an_unfused_vit_equals_the_product_formula(small_vit, images,
 def test_a_vit_built_with_fused_attention_still_gives_the_true_maps(small_vit, images, expected_maps):
     assert all(block.attn.fused_attn for block in small_vit.blocks)
     np.testing.assert_allclose(rollout_map(small_vit, images), expected_maps, rtol=1e-4, atol=1e-7)
+
+
+def test_logits_and_maps_by_default_are_the_model_output_and_the_mean_fusion_rollout(small_vit, images,
+                                                                                     expected_maps):
+    import torch
+
+    logits, maps = logits_and_rollout_maps(small_vit, images)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, small_vit(images), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(maps, expected_maps, rtol=1e-4, atol=1e-7)
 
 
 def test_capturing_attention_restores_fused_attention_and_removes_its_hooks(small_vit, images):

@@ -146,7 +146,7 @@ class CropBox:
 
 def _box_corners(low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1])
-                     for z in (low[2], high[2])], float)
+                     for z in (low[2], high[2])])
 
 
 def crop_box_for_region(volume_canonical: Volume, region: RegionBox, what: str = "T2 volume") -> CropBox:
@@ -156,10 +156,10 @@ def crop_box_for_region(volume_canonical: Volume, region: RegionBox, what: str =
     box is used. Raises InputError when no voxel is inside.
     """
     ijk = volume_canonical.ras_to_ijk_points(region.corners_ras())
-    lower = np.ceil(ijk.min(0) - _BOUNDARY_TOLERANCE).astype(int)
-    upper = np.floor(ijk.max(0) + _BOUNDARY_TOLERANCE).astype(int) + 1
-    dims = np.array(volume_canonical.shape[:3][::-1])
-    lower, upper = np.clip(lower, 0, dims), np.clip(upper, 0, dims)
+    lower = np.ceil(ijk.min(0) - _BOUNDARY_TOLERANCE)
+    upper = np.floor(ijk.max(0) + _BOUNDARY_TOLERANCE) + 1
+    # a lower corner past the volume's end (or an upper one before its start) leaves the box empty
+    lower, upper = np.maximum(lower, 0), np.minimum(upper, volume_canonical.shape[::-1])
     if np.any(upper <= lower):
         center = ", ".join(f"{v:.1f}" for v in region.center_ras)
         raise InputError(
@@ -191,7 +191,7 @@ def _box_with_margin(volume: Volume, box: CropBox) -> Volume:
     Sampling exactly at the box's outer voxel centres can land a rounding error outside the
     array, where the resampler returns the fill value; the margin makes those points interior.
     """
-    dims = volume.shape[:3][::-1]
+    dims = volume.shape[::-1]
     take, pad = [], []
     for axis in (2, 1, 0):
         first, stop = box.lower[axis] - 1, box.upper[axis] + 1
@@ -211,7 +211,7 @@ def crop_box_stack(volume_canonical: Volume, box: CropBox, tile_size: int = TILE
     """
     shape, stack_ijk_to_ras = stack_grid(volume_canonical, box, tile_size)
     source = _box_with_margin(volume_canonical, box)
-    return Volume(resample(source, shape, stack_ijk_to_ras, order=1), stack_ijk_to_ras)
+    return Volume(resample(source, shape, stack_ijk_to_ras), stack_ijk_to_ras)
 
 
 # --- intensities -------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ class CropPlan:
 
 
 def same_grid(a: Volume, b: Volume) -> bool:
-    return a.shape[:3] == b.shape[:3] and np.allclose(a.ijk_to_ras, b.ijk_to_ras, atol=1e-4)
+    return a.shape == b.shape and np.allclose(a.ijk_to_ras, b.ijk_to_ras, atol=1e-4)
 
 
 def plan_crop(t1: Volume, t2: Volume, region: RegionBox) -> CropPlan:
@@ -268,7 +268,7 @@ def plan_crop(t1: Volume, t2: Volume, region: RegionBox) -> CropPlan:
     if t2_canonical.shape[0] < MIN_AXIAL_SLICES:
         raise InputError(f"The T2 volume has only {t2_canonical.shape[0]} axial slice(s); an axial "
                          f"stack of at least {MIN_AXIAL_SLICES} slices is needed.")
-    box = crop_box_for_region(t2_canonical, region, "T2 volume")
+    box = crop_box_for_region(t2_canonical, region)
     n_i, n_j, _ = box.size
     if min(n_i, n_j) < MIN_REGION_VOXELS_IN_PLANE:
         raise InputError(
@@ -279,8 +279,9 @@ def plan_crop(t1: Volume, t2: Volume, region: RegionBox) -> CropPlan:
     stack_shape, stack_ijk_to_ras = stack_grid(t2_canonical, box)
     t1_inside = None
     if not same_grid(t1, t2):
-        t1_inside = resample(Volume(np.ones(t1.shape, np.uint8), t1.ijk_to_ras), stack_shape,
-                             stack_ijk_to_ras, order=0, dtype=np.uint8).astype(bool)
+        # interpolating ones gives 1 wherever T1 has voxels and the fill value 0 elsewhere
+        ones = Volume(np.ones(t1.shape, np.uint8), t1.ijk_to_ras)  # pragma: no mutate (uint8 only saves memory)
+        t1_inside = resample(ones, stack_shape, stack_ijk_to_ras) > 0
         coverage = float(t1_inside.mean())
         if coverage < MIN_T1_COVERAGE:
             raise InputError(
@@ -301,7 +302,7 @@ def crop_stacks(plan: CropPlan, t1: Volume, t2: Volume) -> tuple[np.ndarray, Vol
     if plan.t1_inside is None:
         t1_values = crop_box_stack(plan.reorientation.apply_volume(t1), plan.box).array
     else:
-        t1_values = resample(t1, plan.stack_shape, plan.stack_ijk_to_ras, order=1)
+        t1_values = resample(t1, plan.stack_shape, plan.stack_ijk_to_ras)
     return (normalise_volume(t1_values, plan.t1_inside),
             t2_stack.with_array(normalise_volume(t2_stack.array)))
 
@@ -374,11 +375,11 @@ def patch_map_to_slices(patch_map: np.ndarray) -> np.ndarray:
     Blocks, not interpolation: one value per patch is all the attention says, and tiles
     (different slices) must not bleed into each other.
     """
-    patch_map = np.asarray(patch_map, float)
-    if patch_map.ndim != 2 or patch_map.shape[0] != patch_map.shape[1] or GRID_SIZE % patch_map.shape[0]:
+    patch_map = np.asarray(patch_map)
+    if patch_map.ndim != 2 or patch_map.shape[0] != patch_map.shape[1] or GRID_SIZE % len(patch_map):
         raise ValueError(f"expected a square patch map dividing {GRID_SIZE}, got {patch_map.shape}")
-    factor = GRID_SIZE // patch_map.shape[0]
-    return untile_grid(np.repeat(np.repeat(patch_map, factor, 0), factor, 1))
+    factor = GRID_SIZE // len(patch_map)
+    return untile_grid(np.kron(patch_map, np.ones((factor, factor))))
 
 
 def heat_stack(slice_maps: np.ndarray, window: np.ndarray, n_stack_slices: int) -> np.ndarray:
@@ -386,11 +387,9 @@ def heat_stack(slice_maps: np.ndarray, window: np.ndarray, n_stack_slices: int) 
 
     A slice that appears several times (short stacks repeat the last slice) gets the mean.
     """
-    slice_maps = np.asarray(slice_maps, float)
+    slice_maps = np.asarray(slice_maps)
     total = np.zeros((n_stack_slices, *slice_maps.shape[1:]))
     count = np.zeros(n_stack_slices)
     np.add.at(total, window, slice_maps)
     np.add.at(count, window, 1)
-    shown = count > 0
-    total[shown] /= count[shown, None, None]
-    return total
+    return total / np.maximum(count, 1)[:, None, None]

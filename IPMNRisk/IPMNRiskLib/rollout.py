@@ -41,11 +41,12 @@ def _discard_lowest(fused: np.ndarray, discard_ratio: float) -> np.ndarray:
     """Zero the lowest `discard_ratio` of each (N, N) matrix's weights, never the column of
     attention paid to the class token (it carries the classification)."""
     batch, n, _ = fused.shape
-    candidates = fused[:, :, 1:].reshape(batch, -1)
+    candidates = fused[:, :, 1:].reshape(batch, n * (n - 1))
     count = int(candidates.shape[1] * discard_ratio)
     if count == 0:
         return fused
-    lowest = np.argsort(candidates, axis=1, kind="stable")[:, :count]
+    # stable: equal weights are discarded in token order, the same on every machine
+    lowest = np.argsort(candidates, kind="stable")[:, :count]  # pragma: no mutate (numpy reads "STABLE" as "stable")
     np.put_along_axis(candidates, lowest, 0.0, axis=1)
     out = fused.copy()
     out[:, :, 1:] = candidates.reshape(batch, n, n - 1)
@@ -67,10 +68,10 @@ def attention_rollout(attentions: Sequence, head_fusion: str = "mean",
     rollout = None
     for attention in attentions:
         attention = _as_numpy(attention)
-        if attention.ndim != 4 or attention.shape[-1] != attention.shape[-2]:
+        if attention.ndim != 4 or attention.shape[2] != attention.shape[3]:
             raise ValueError(f"expected (B, H, N, N) attention, got {attention.shape}")
         fused = _discard_lowest(_fuse_heads(attention, head_fusion), discard_ratio)
-        with_residual = fused + np.eye(fused.shape[-1])
+        with_residual = fused + np.eye(attention.shape[3])
         with_residual /= with_residual.sum(axis=-1, keepdims=True)
         rollout = with_residual if rollout is None else with_residual @ rollout
     return rollout
@@ -119,9 +120,8 @@ def logits_and_attentions(model, x) -> tuple:
 
 def class_token_maps(model, rollout: np.ndarray) -> np.ndarray:
     """(B, N, N) rollout -> (B, rows, cols) class-token row over the patch grid (12 x 12)."""
-    prefix = int(getattr(model, "num_prefix_tokens", 1))
     rows, cols = model.patch_embed.grid_size
-    return rollout[:, 0, prefix:].reshape(rollout.shape[0], rows, cols)
+    return rollout[:, 0, model.num_prefix_tokens:].reshape(rollout.shape[0], rows, cols)
 
 
 def logits_and_rollout_maps(model, x, head_fusion: str = "mean",
