@@ -9,8 +9,10 @@ from PancreasAILib.errors import InputError, OperationCancelled
 from PancreasAILib.progress import CancelToken
 from PancreasAILib.resample import resample_like
 from PancreasAILib.volume import Volume, make_ijk_to_ras
+from PancreasAILib.weights import ModelCard
+from IPMNRiskLib import inference as inference_module
 from IPMNRiskLib import rollout as rollout_module
-from IPMNRiskLib.inference import RESEARCH_USE_NOTICE, RegionBox, assess, render_grid_png
+from IPMNRiskLib.inference import RESEARCH_USE_NOTICE, Assessment, RegionBox, assess, render_grid_png
 
 CLASSES = ["normal", "low-risk IPMN", "high-risk IPMN"]
 LPS = np.diag([-1.0, -1.0, 1.0])
@@ -24,7 +26,7 @@ def mr_case(small_mr_phantom):
     return t1, t2, RegionBox(*phantom.pancreas_box_ras), phantom
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: mutation testing credits only the tests that run assess() themselves
 def assessment(mr_case, random_vit_card):
     t1, t2, region, _ = mr_case
     return assess(t1, t2, region, random_vit_card)
@@ -42,6 +44,7 @@ def test_the_class_is_the_most_probable_and_named_by_the_model_card(assessment):
     assert assessment.risk_class == int(np.argmax(assessment.probabilities))
     assert assessment.class_name == CLASSES[assessment.risk_class]
     assert assessment.model_name == "ipmn-random"
+    assert assessment.class_names == tuple(CLASSES)
     assert assessment.research_use_notice == RESEARCH_USE_NOTICE
     assert "research use only" in RESEARCH_USE_NOTICE.lower()
 
@@ -129,6 +132,149 @@ def test_the_grid_picture_has_the_heat_map_in_colour_and_a_research_caption(asse
     assert caption.max() > 200  # the caption text is drawn
 
 
+def fixed_rollout(logits, patch_map, calls=None):
+    """Injected rollout: the model's answer is `logits` (3,) for every view, its attention
+    `patch_map` (12, 12); `calls` collects the (head_fusion, discard_ratio) it was asked for."""
+    import torch
+
+    def rollout(model, batch, head_fusion="mean", discard_ratio=0.0):
+        if calls is not None:
+            calls.append((head_fusion, discard_ratio))
+        return (torch.tensor(np.tile(logits, (len(batch), 1)), dtype=torch.float32),
+                np.repeat(np.asarray(patch_map, float)[None], len(batch), 0))
+    return rollout
+
+
+def test_the_class_and_probabilities_are_the_softmax_of_the_model_s_answer(mr_case, random_vit_card,
+                                                                            monkeypatch):
+    monkeypatch.setattr(rollout_module, "logits_and_rollout_maps", fixed_rollout([0.0, 1.0, 3.0], np.ones((12, 12))))
+    t1, t2, region, _ = mr_case
+    result = assess(t1, t2, region, random_vit_card)
+    # softmax of (0, 1, 3): e^0, e^1, e^3 over their sum 1 + 2.718 + 20.09
+    expected = np.exp([0.0, 1.0, 3.0]) / np.exp([0.0, 1.0, 3.0]).sum()
+    np.testing.assert_allclose(result.probabilities, expected, rtol=1e-6)
+    np.testing.assert_allclose(result.spread, 0.0, atol=1e-7)  # every view said the same
+    assert result.risk_class == 2 and result.class_name == "high-risk IPMN" and result.views == 8
+
+
+def test_class_names_come_from_the_model_card(mr_case, random_vit_card, monkeypatch):
+    monkeypatch.setattr(rollout_module, "logits_and_rollout_maps", fixed_rollout([2.0, 0.0, 0.0], np.ones((12, 12))))
+    names = ["no IPMN", "IPMN, low grade", "IPMN, high grade"]
+    card = ModelCard(random_vit_card.card_path, {**random_vit_card.data, "classes": names})
+    t1, t2, region, _ = mr_case
+    result = assess(t1, t2, region, card, tta=False)
+    assert result.class_names == tuple(names) and result.class_name == "no IPMN"
+
+
+def test_the_grid_heat_is_the_patch_map_in_16_pixel_blocks_scaled_to_one(mr_case, random_vit_card, monkeypatch):
+    patch_map = np.random.default_rng(4).uniform(0.05, 0.5, (12, 12))  # peak below 1
+    monkeypatch.setattr(rollout_module, "logits_and_rollout_maps", fixed_rollout([0.0, 0.0, 0.0], patch_map))
+    t1, t2, region, _ = mr_case
+    result = assess(t1, t2, region, random_vit_card, tta=False)
+    expected = np.kron(patch_map, np.ones((16, 16))) / patch_map.max()
+    np.testing.assert_allclose(result.grid_heat, expected, rtol=1e-6)
+
+
+def test_attention_nowhere_gives_empty_heat_maps_not_undefined_ones(mr_case, random_vit_card, monkeypatch):
+    monkeypatch.setattr(rollout_module, "logits_and_rollout_maps", fixed_rollout([0.0, 0.0, 0.0], np.zeros((12, 12))))
+    t1, t2, region, _ = mr_case
+    result = assess(t1, t2, region, random_vit_card, tta=False)
+    assert np.all(result.heat_map.array == 0) and np.all(result.grid_heat == 0)
+
+
+def test_the_rollout_options_reach_the_rollout_and_without_rollout_none_is_computed(mr_case, random_vit_card,
+                                                                                      monkeypatch):
+    calls = []
+    monkeypatch.setattr(rollout_module, "logits_and_rollout_maps",
+                        fixed_rollout([0.0, 0.0, 0.0], np.ones((12, 12)), calls))
+    t1, t2, region, _ = mr_case
+    assess(t1, t2, region, random_vit_card, tta=False, head_fusion="max", discard_ratio=0.5)
+    assert calls == [("max", 0.5)]
+    calls.clear()
+    assess(t1, t2, region, random_vit_card, tta=False, rollout=False)
+    assert calls == []
+
+
+@pytest.mark.parametrize("discard_ratio", [-0.1, 1.0])
+def test_a_discard_ratio_outside_0_to_1_is_refused_even_without_rollout(mr_case, random_vit_card, discard_ratio):
+    t1, t2, region, _ = mr_case
+    with pytest.raises(ValueError, match="discard_ratio"):
+        assess(t1, t2, region, random_vit_card, tta=False, rollout=False, discard_ratio=discard_ratio)
+
+
+def test_the_model_runs_on_the_requested_device(mr_case, random_vit_card, monkeypatch):
+    devices = []
+    load_vit = inference_module.load_vit
+
+    def load_and_watch(card):
+        model = load_vit(card)
+        move = model.to
+        model.to = lambda device: (devices.append(device), move(device))[1]
+        return model
+
+    monkeypatch.setattr(inference_module, "load_vit", load_and_watch)
+    t1, t2, region, _ = mr_case
+    assess(t1, t2, region, random_vit_card, tta=False, rollout=False, device="cpu")
+    assert devices == ["cpu"]
+
+
+@pytest.mark.parametrize("tta, classifying", [(True, "Classifying (8 test-time views)"), (False, "Classifying")])
+def test_progress_names_each_stage_in_order(mr_case, random_vit_card, tta, classifying):
+    t1, t2, region, _ = mr_case
+    reports = []
+    assess(t1, t2, region, random_vit_card, tta=tta, rollout=False, progress=lambda f, s: reports.append((f, s)))
+    assert reports == [(0.0, "Checking the T1 and T2 volumes and the region"), (0.05, "Pre-processing T1"),
+                       (0.25, "Pre-processing T2"), (0.45, "Cropping the region"), (0.55, "Loading the model"),
+                       (0.65, classifying), (0.9, "Mapping attention back onto T2"), (1.0, "Done")]
+
+
+def test_standardisation_maps_each_modality_onto_its_own_landmarks(mr_case, random_vit_card, tmp_path):
+    from IPMNRiskLib.preprocessing import standardise_intensities
+
+    percentiles = [1, 50, 99]
+    # deliberately non-linear scales, so that a wrong modality's landmarks change the picture
+    t1_landmarks, t2_landmarks = [0.0, 80.0, 100.0], [0.0, 10.0, 100.0]
+    card = save_random_vit(tmp_path, "ipmn-standardised", {"standardisation": {
+        "percentiles": percentiles, "t1_landmarks": t1_landmarks, "t2_landmarks": t2_landmarks}})
+    t1, t2, region, _ = mr_case
+    result = assess(t1, t2, region, card, tta=False, rollout=False)
+    by_hand = assess(standardise_intensities(t1, percentiles, t1_landmarks),
+                     standardise_intensities(t2, percentiles, t2_landmarks), region, random_vit_card,
+                     tta=False, rollout=False)
+    np.testing.assert_allclose(result.grid_image, by_hand.grid_image, atol=1e-6)
+
+
+def test_the_grid_picture_is_the_t2_grid_with_the_heat_blended_in_tile_borders_and_a_caption(tmp_path):
+    from PIL import Image, ImageDraw
+
+    from IPMNRiskLib.colormap import apply_colormap
+
+    rng = np.random.default_rng(8)
+    t2_grid = rng.uniform(-0.2, 1.2, (192, 192))  # beyond 0 .. 1 too: shown as black / white
+    grid_heat = rng.uniform(-0.1, 1.1, (192, 192))
+    assessment = Assessment(
+        risk_class=2, class_name="high-risk IPMN", probabilities=np.array([0.1, 0.2, 0.7]),
+        spread=np.zeros(3), heat_map=None, grid_image=np.stack([np.zeros((192, 192)), t2_grid], -1),
+        grid_heat=grid_heat, model_name="ipmn-test", research_use_notice=RESEARCH_USE_NOTICE,
+        class_names=tuple(CLASSES), tile_centers_ras=np.zeros((9, 3)), views=8)
+    path = render_grid_png(assessment, tmp_path / "reports" / "case 1" / "grid")  # folders made, PNG anyway
+    image = np.asarray(Image.open(path, formats=["PNG"]).convert("RGB"))
+    assert image.shape == (384 + 36, 384, 3)
+    # each grid pixel a 2 x 2 block: grey T2 under inferno heat of opacity 0.6 x heat (both clipped to 0 .. 1)
+    alpha = 0.6 * np.clip(grid_heat, 0, 1)[..., None]
+    grey = np.clip(t2_grid, 0, 1)[..., None] * 255.0
+    expected = np.round((1.0 - alpha) * grey + alpha * apply_colormap(grid_heat)).astype(np.uint8)
+    expected = np.repeat(np.repeat(expected, 2, 0), 2, 1)
+    expected[[128, 256], :] = 90  # one grey line between tiles (different slices)
+    expected[:, [128, 256]] = 90
+    np.testing.assert_array_equal(image[:384], expected)
+    caption = Image.new("RGB", (384, 36))
+    draw = ImageDraw.Draw(caption)
+    draw.text((4, 3), "high-risk IPMN (p = 0.70), ipmn-test", fill=(255, 255, 255))
+    draw.text((4, 19), "For research use only", fill=(255, 200, 0))
+    np.testing.assert_array_equal(image[384:], np.asarray(caption))
+
+
 def test_the_heat_colours_brighten_steadily_from_black_to_yellow():
     from IPMNRiskLib.colormap import colormap_table
 
@@ -179,6 +325,47 @@ def test_unusable_inputs_are_refused_saying_why(mr_case, random_vit_card, messag
     t1, t2, region = bad_inputs(*mr_case)[message]
     with pytest.raises(InputError, match=message.strip()):
         assess(t1, t2, region, random_vit_card, tta=False)
+
+
+@pytest.mark.parametrize("modality", ["T1", "T2"])
+@pytest.mark.parametrize("fault", ["a pixel that is not a number", "no position in space"])
+def test_refusals_name_the_volume_at_fault(mr_case, random_vit_card, modality, fault):
+    t1, t2, region, _ = mr_case
+    volume = t1 if modality == "T1" else t2
+    array, matrix = volume.array.copy(), volume.ijk_to_ras.copy()
+    if fault == "a pixel that is not a number":
+        array[3, 10, 10] = np.nan
+    else:
+        matrix[0, 3] = np.inf
+    pair = (Volume(array, matrix), t2) if modality == "T1" else (t1, Volume(array, matrix))
+    with pytest.raises(InputError, match=f"The {modality} volume"):
+        assess(*pair, region, random_vit_card, tta=False)
+
+
+def test_the_same_pixels_placed_elsewhere_are_still_the_same_image(mr_case, random_vit_card):
+    t1, t2, region, _ = mr_case
+    with pytest.raises(InputError, match="same image"):
+        assess(shifted(t2, (1.0, 0, 0)), t2, region, random_vit_card, tta=False)
+
+
+@pytest.mark.parametrize("modality, axis, message", [
+    ("T1", 0, "outside the T1 volume"), ("T1", 1, "outside the T1 volume"), ("T1", 2, "outside the T1 volume"),
+    ("T2", 0, "only 1 axial slice"), ("T2", 1, "voxels of the T2 volume in the axial plane"),
+    ("T2", 2, "voxels of the T2 volume in the axial plane")])
+def test_a_volume_one_voxel_thick_is_judged_by_what_it_covers_of_the_region(mr_case, random_vit_card,
+                                                                            modality, axis, message):
+    t1, t2, region, _ = mr_case
+    volume = t1 if modality == "T1" else t2
+    middle = [slice(None)] * 3
+    middle[axis] = slice(volume.shape[axis] // 2, volume.shape[axis] // 2 + 1)
+    ijk = [0.0, 0.0, 0.0]
+    ijk[2 - axis] = volume.shape[axis] // 2  # the slab's first voxel, in (i, j, k)
+    matrix = volume.ijk_to_ras.copy()
+    matrix[:3, 3] = volume.ijk_to_ras_points(np.array([ijk]))[0]
+    thin = Volume(np.ascontiguousarray(volume.array[tuple(middle)]), matrix)
+    pair = (thin, t2) if modality == "T1" else (t1, thin)
+    with pytest.raises(InputError, match=message):
+        assess(*pair, region, random_vit_card, tta=False)
 
 
 # --- geometry: T1 on another grid, heat map back in patient space --------------------------------------

@@ -112,3 +112,40 @@ def test_a_card_built_with_another_input_format_is_refused():
 def test_a_card_recording_this_input_format_is_accepted():
     volume, _, _ = disc_phantom()
     assert preprocess_volume(volume, dict(INPUT_FORMAT), "t1") is volume
+
+
+def test_preprocessing_runs_n4_when_the_card_asks_for_it():
+    volume, inside, x = disc_phantom(shading_strength=0.4)
+    corrected = preprocess_volume(volume, {"n4_bias_correction": {"shrink_factor": 2, "iterations": [20, 20]}}, "t1")
+    assert abs(right_to_left_ratio(corrected.array, inside, x) - 1.0) < 0.05
+
+
+def test_intensities_beyond_the_outer_landmarks_continue_along_the_outer_segments():
+    # intensities 0 .. 999: the foreground is 500 .. 999; its 10th, 50th and 90th percentiles
+    # are 549.9, 749.5 and 949.1
+    volume = Volume(np.arange(1000, dtype=np.float32).reshape(10, 10, 10), GEOMETRY)
+    values = volume.array.astype(float)
+    mapped = standardise_intensities(volume, [10, 50, 90], [0.0, 100.0, 400.0]).array
+    low_slope, high_slope = 100.0 / (749.5 - 549.9), 300.0 / (949.1 - 749.5)
+    expected = np.where(values < 749.5, (values - 549.9) * low_slope, 100.0 + (values - 749.5) * high_slope)
+    np.testing.assert_allclose(mapped, expected, rtol=1e-5, atol=1e-3)
+
+
+def test_a_flat_image_is_standardised_without_failing():
+    volume = Volume(np.full((4, 8, 8), 7.0, np.float32), GEOMETRY)
+    mapped = standardise_intensities(volume, [1, 50, 99], [0.0, 50.0, 100.0]).array
+    assert np.all(np.isfinite(mapped))
+
+
+def test_the_standard_scale_runs_between_the_given_ends():
+    rng = np.random.default_rng(2)
+    landmarks = fit_standard_scale([rng.gamma(3.0, 100.0, (8, 16, 16)) for _ in range(2)], scale=(10.0, 20.0))
+    assert landmarks[0] == pytest.approx(10.0) and landmarks[-1] == pytest.approx(20.0)
+    assert np.all(np.diff(landmarks) > 0)
+
+
+@pytest.mark.parametrize("step", ["n4_bias_correction", "smoothing", "standardisation"])
+def test_a_card_whose_step_is_neither_an_object_nor_false_is_refused(step):
+    volume, _, _ = disc_phantom()
+    with pytest.raises(ModelFileError, match=step):
+        preprocess_volume(volume, {step: "yes"}, "t1")
