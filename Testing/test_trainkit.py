@@ -175,3 +175,51 @@ def test_shards_of_a_batch_cover_it_once():
     shards = [Distributed(rank, rank, 4, torch.device("cpu")).shard(8) for rank in range(4)]
     covered = sorted(i for shard in shards for i in range(8)[shard])
     assert covered == list(range(8))
+
+
+def run_example_script(tmp_path, body):
+    import logging
+
+    from trainkit.script import run_script
+
+    log_file = tmp_path / "train.log"
+    code = run_script("train_example.py", [], log_file=log_file, device="cpu", body=body,
+                      logger=logging.getLogger("train_example"), on_interrupt="Run it again with --resume.")
+    return code, log_file.read_text()
+
+
+def test_a_training_script_stopped_by_sigterm_says_how_to_continue(tmp_path):
+    import signal
+    import time
+
+    steps = []
+
+    def body(dist):
+        signal.raise_signal(signal.SIGTERM)
+        for _ in range(200):
+            steps.append(1)
+            time.sleep(0.005)
+
+    code, log = run_example_script(tmp_path, body)
+    assert code == 143
+    assert "Stopped (SIGTERM). Run it again with --resume." in log
+    assert len(steps) < 200
+
+
+def test_ctrl_c_inside_a_pytorch_call_lands_after_it(tmp_path):
+    import signal
+    import time
+
+    layers = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(4)])
+    visited = []
+
+    def body(dist):
+        layers.apply(lambda module: visited.append(module) or (len(visited) == 1 and signal.raise_signal(signal.SIGINT)))
+        visited.append("ours")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pass
+
+    code, log = run_example_script(tmp_path, body)
+    assert code == 130 and "Interrupted. Run it again with --resume." in log
+    assert len(visited) == 6

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -90,26 +89,17 @@ def main_with(parser, run, registry, argv: list[str] | None = None) -> int:
     return run_command(lambda: run(args))
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived (a BaseException, like KeyboardInterrupt, so no handler swallows it)."""
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
-
-
 def run_command(command) -> int:
     """Run `command()` (returning an exit code) the way both command lines end, never with a
     traceback: a problem the user can act on prints `error: ...` and exits 2; a cancel or
     Ctrl-C exits 130 and SIGTERM 143, each with one line, after every partial file is removed
     (results finished before are complete and kept)."""
     from .errors import OperationCancelled, PancreasAIError
+    from .interrupts import Terminated, interrupts_at_safe_points
 
-    previous = signal.getsignal(signal.SIGTERM)
-    if threading_is_main():
-        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return command()
+        with interrupts_at_safe_points():
+            return command()
     except (OperationCancelled, KeyboardInterrupt):
         _say("Cancelled: nothing partial was left; results finished before are kept.")
         return 130
@@ -119,15 +109,6 @@ def run_command(command) -> int:
     except PancreasAIError as error:
         _say(f"error: {error}")
         return 2
-    finally:
-        if threading_is_main():
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
-def threading_is_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _say(line: str) -> None:

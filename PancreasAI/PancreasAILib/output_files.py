@@ -9,13 +9,12 @@ import contextlib
 import errno
 import os
 import shutil
-import signal
 import tempfile
-import threading
 from pathlib import Path
 from typing import Iterator
 
 from .errors import InputError, OutputError, PancreasAIError
+from .interrupts import signals_deferred
 
 
 def user_path(path: str | Path) -> Path:
@@ -204,25 +203,3 @@ def _reason(error: OSError) -> str:
 def _remove_folders(folders) -> None:
     for folder in folders:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block is done; they are raised again after it.
-
-    Python handlers, not a signal mask: torch's and tqdm's threads would take a masked signal
-    and Python would still interrupt the main thread.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = {number: signal.signal(number, lambda signum, frame: caught.append(signum))
-                for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, signal.SIG_DFL if handler is None else handler)
-        if caught:
-            signal.raise_signal(caught[0])
