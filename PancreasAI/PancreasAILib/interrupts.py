@@ -36,7 +36,10 @@ class Terminated(BaseException):
 
 
 class _State:
-    entry: Optional[FrameType] = None  # the frame that entered interrupts_at_safe_points()
+    installed = False
+    # The frames under the `with` statement, by id (held, so that no id is reused): an
+    # exception raised above them is caught by the block before it reaches them.
+    outer: dict[int, FrameType] = {}
     held = 0  # depth of signals_deferred()
     pending: Optional[int] = None  # the first signal not raised yet
 
@@ -54,7 +57,7 @@ def _on_retry(signum: int, frame: Optional[FrameType]) -> None:
 def _deliver_if_safe(frame: Optional[FrameType]) -> None:
     if _State.pending is None or _State.held:
         return  # the end of signals_deferred() delivers it
-    if fragile(frame, _State.entry):
+    if fragile(frame, _State.outer):
         signal.setitimer(signal.ITIMER_REAL, RETRY_S)
         return
     _raise_pending()
@@ -65,10 +68,11 @@ def _raise_pending() -> None:
     raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
-def fragile(frame: Optional[FrameType], entry: Optional[FrameType] = None) -> bool:
-    """Whether an exception raised at `frame` would pass, on its way up to `entry`, through a
-    module being imported, exec'd source, or a package that native code calls back into."""
-    while frame is not None and frame is not entry:
+def fragile(frame: Optional[FrameType], outer=()) -> bool:
+    """Whether an exception raised at `frame` would pass, before it reaches a frame whose id
+    is in `outer`, through a module being imported, exec'd source, or a package that native
+    code calls back into."""
+    while frame is not None and id(frame) not in outer:
         code = frame.f_code.co_filename
         if code.startswith("<frozen importlib") or code == "<string>":
             return True
@@ -77,6 +81,12 @@ def fragile(frame: Optional[FrameType], entry: Optional[FrameType] = None) -> bo
             return True
         frame = frame.f_back
     return False
+
+
+def _stack(frame: Optional[FrameType]) -> Iterator[FrameType]:
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
 
 
 def on_main_thread() -> bool:
@@ -89,17 +99,19 @@ class interrupts_at_safe_points:  # noqa: N801 (used like a function: `with inte
     nothing."""
 
     def __enter__(self) -> None:
-        self.installs = on_main_thread() and _State.entry is None
+        self.installs = on_main_thread() and not _State.installed
         if not self.installs:
             return
         self.previous = {number: signal.signal(number, _on_signal) for number in SIGNALS}
         self.previous_retry = signal.signal(signal.SIGALRM, _on_retry)
-        _State.entry, _State.pending = sys._getframe(1), None
+        _State.installed, _State.pending = True, None
+        _State.outer = {id(frame): frame for frame in _stack(sys._getframe())}
 
     def __exit__(self, kind, error, trace) -> None:
         if not self.installs:
             return
-        pending, _State.entry, _State.pending = _State.pending, None, None
+        pending, _State.pending = _State.pending, None
+        _State.installed, _State.outer = False, {}
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self.previous_retry)
         for number, handler in self.previous.items():
