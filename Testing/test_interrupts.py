@@ -59,6 +59,56 @@ def test_a_signal_during_an_import_comes_after_the_module_is_whole(tmp_path, mon
     assert len(sys.modules.pop("slow_module").LOADED) == 1000
 
 
+def test_a_signal_during_a_long_import_still_waits_for_its_end(tmp_path, monkeypatch):
+    """The retries every 20 ms look at the running code again; none lands inside the import."""
+    (tmp_path / "slower_module.py").write_text(textwrap.dedent("""
+        import signal, time
+        signal.raise_signal(signal.SIGINT)
+        until = time.monotonic() + 0.2
+        while time.monotonic() < until:
+            pass
+        LOADED = True
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(KeyboardInterrupt) as caught:
+        with interrupts_at_safe_points():
+            import slower_module  # noqa: F401
+            wait_for_it()
+    assert sys.modules.pop("slower_module").LOADED
+    assert caught.value.__context__ is None  # one clean interruption, nothing went wrong first
+
+
+def test_nested_blocks_keep_the_outer_one_working(tmp_path, monkeypatch):
+    (tmp_path / "late_module.py").write_text("import signal\nsignal.raise_signal(signal.SIGINT)\nLOADED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_at_safe_points():
+            with interrupts_at_safe_points():
+                pass
+            import late_module  # noqa: F401
+            wait_for_it()
+    assert sys.modules.pop("late_module").LOADED
+
+
+def test_on_another_thread_the_blocks_do_nothing():
+    import threading
+
+    errors = []
+
+    def work():
+        try:
+            with interrupts_at_safe_points(), signals_deferred():
+                pass
+        except BaseException as error:  # noqa: B036 (reported below)
+            errors.append(error)
+
+    before = signal.getsignal(signal.SIGINT)
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert errors == [] and signal.getsignal(signal.SIGINT) is before
+
+
 def test_a_signal_in_execd_code_comes_after_exec_returns():
     namespace: dict = {}
     with pytest.raises(KeyboardInterrupt):
@@ -89,19 +139,24 @@ def test_a_signal_inside_pytorch_waits_until_pytorch_returns():
 
 def test_our_own_code_is_interrupted_at_once():
     reached = []
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as caught:
         with interrupts_at_safe_points():
             send()
             for _ in range(10**6):  # a retry would let this run on
                 reached.append(1)
     assert len(reached) < 10
+    assert caught.value.__context__ is None
 
 
 def test_a_caller_in_execd_code_does_not_hold_the_signal_back():
     """`python -c`, Slicer's console and `exec` run our commands from exec'd code: only frames
     above the block count."""
     with pytest.raises(KeyboardInterrupt):
-        exec("with interrupts_at_safe_points():\n    send()\n    wait_for_it()", globals())
+        exec("with interrupts_at_safe_points():\n"
+             "    with interrupts_at_safe_points():\n"  # an inner block changes nothing
+             "        pass\n"
+             "    send()\n"
+             "    wait_for_it()", globals())
 
 
 def test_fragile_recognises_the_three_places():
@@ -180,3 +235,17 @@ def test_sigterm_during_an_import_exits_143_in_one_line(tmp_path):
     """)
     assert result.returncode == 143, result.stderr
     assert result.stderr.strip().startswith("Stopped (SIGTERM)")
+
+
+def test_a_finished_block_leaves_no_timer_behind():
+    """A retry timer left running would end the process with SIGALRM after our command."""
+    result = run_python("""
+        import signal, time
+        from PancreasAILib.interrupts import interrupts_at_safe_points
+
+        with interrupts_at_safe_points():
+            pass
+        time.sleep(1.3)
+        print("still here")
+    """)
+    assert result.returncode == 0 and result.stdout.strip() == "still here", result

@@ -76,7 +76,7 @@ def fragile(frame: Optional[FrameType], outer=()) -> bool:
         code = frame.f_code.co_filename
         if code.startswith("<frozen importlib") or code == "<string>":
             return True
-        package = str(frame.f_globals.get("__name__", "")).partition(".")[0]
+        package = str(frame.f_globals.get("__name__")).partition(".")[0]
         if package in CALLED_BACK_PACKAGES:
             return True
         frame = frame.f_back
@@ -115,7 +115,8 @@ class interrupts_at_safe_points:  # noqa: N801 (used like a function: `with inte
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self.previous_retry)
         for number, handler in self.previous.items():
-            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+            # None: a handler not set from Python (an embedding application's); pragma: no mutate
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)  # pragma: no mutate
         if pending is not None:  # it came during the block's last fragile step, or as it failed
             raise KeyboardInterrupt() if pending == signal.SIGINT else Terminated()
 
