@@ -72,7 +72,7 @@ def test_a_signal_during_a_long_import_still_waits_for_its_end(tmp_path, monkeyp
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(KeyboardInterrupt) as caught:
         with interrupts_at_safe_points():
-            import slower_module  # noqa: F401
+            __import__("slower_module")
             wait_for_it()
     assert sys.modules.pop("slower_module").LOADED
     assert caught.value.__context__ is None  # one clean interruption, nothing went wrong first
@@ -85,7 +85,7 @@ def test_nested_blocks_keep_the_outer_one_working(tmp_path, monkeypatch):
         with interrupts_at_safe_points():
             with interrupts_at_safe_points():
                 pass
-            import late_module  # noqa: F401
+            __import__("late_module")
             wait_for_it()
     assert sys.modules.pop("late_module").LOADED
 
