@@ -436,14 +436,15 @@ def heatMapCenter(heatMapNode) -> Optional[tuple[float, float, float]]:
 
 def assessmentArguments(t1Path: str, t2Path: str, centerRas, sizeMm, outputDir: str, model: Optional[str],
                         device: str, testTimeAugmentation: bool) -> list[str]:
-    """Command-line arguments of `python -m IPMNRiskLib` for one T1/T2 pair and a box."""
+    """Command-line arguments of `PythonSlicer -m IPMNRiskLib` for one T1/T2 pair and a box
+    (PythonSlicer cannot write a scene file: no module logics outside the application)."""
     def triple(values) -> str:
         return ",".join(f"{float(value):.3f}" for value in values)
 
     # "--option=value": a centre such as "-12.5,40,7" would otherwise be read as an option.
     arguments = ["assess", "--t1", t1Path, "--t2", t2Path, f"--roi-center={triple(centerRas)}",
                  f"--roi-size={triple(sizeMm)}", "--output", outputDir, "--device", device,
-                 "--progress-format", "json"]
+                 "--progress-format", "json", "--no-scene"]  # the GUI puts the result in its own scene
     if model:
         arguments += ["--model", model]
     if not testTimeAugmentation:

@@ -150,6 +150,13 @@ def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "au
     card = model_registry().resolve(model, progress=printer)
     device = resolve_device(device)
     printer.message(f"Model: {card.name}. For research use only.")
+    if write_scene:
+        from PancreasAILib.mrml import scenes_unavailable
+
+        reason = scenes_unavailable()
+        if reason:  # the other files are complete without it
+            printer.message(f"No review scenes (.mrb): {reason}.")
+            write_scene = False
     rows = []
     for index, case in enumerate(cases):
         printer.start_case(index, case.name)

@@ -140,6 +140,25 @@ def removing_new_nodes_on_error(scene) -> Iterator[None]:
         raise
 
 
+# The module logics create_scene() needs: the Slicer application and slicer-core have them;
+# PythonSlicer (Slicer's Python outside the application) does not.
+SCENE_LOGICS = ("vtkSlicerApplicationLogic", "vtkSlicerVolumesLogic", "vtkSlicerSegmentationsModuleLogic",
+                "vtkSlicerMarkupsLogic")
+
+
+def scenes_unavailable() -> Optional[str]:
+    """Why this Python cannot build scenes outside the application (None if it can)."""
+    try:
+        slicer = _slicer()
+    except ImportError:
+        return "slicer-core is not installed (pip install slicer-core)"
+    missing = [name for name in SCENE_LOGICS if not hasattr(slicer, name)]
+    if missing:
+        return (f"this Python's 'slicer' has no {', '.join(missing)} (PythonSlicer loads no module "
+                "logics); run in Slicer's Python console, or in a Python with slicer-core")
+    return None
+
+
 def create_scene():
     """A scene with the logics our adapters use, for work outside the Slicer application
     (batch scripts, tests). Inside Slicer use `slicer.mrmlScene`."""
