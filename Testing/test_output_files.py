@@ -338,3 +338,96 @@ def test_the_disk_hint_speaks_only_below_64_mb_free(tmp_path, monkeypatch, free,
 
 def test_the_disk_hint_is_silent_when_the_folder_cannot_be_asked(tmp_path):
     assert disk_hint(tmp_path / "missing") == ""
+
+
+def refuse_writes_in(monkeypatch, folder: Path) -> None:
+    """Make creating a file in `folder` fail as in a folder without write permission (which this
+    test cannot rely on: root may write anywhere)."""
+    real_open = os.open
+
+    def guarded_open(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT or flags & getattr(os, "O_TMPFILE", 0):
+            target = Path(os.fsdecode(path))
+            if target == folder or target.parent == folder:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(target))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded_open)
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    refuse_writes_in(monkeypatch, folder)
+    with pytest.raises(InputError, match=rf"Cannot write in the output folder {folder} \(Permission denied\): "
+                                         "choose a folder you can write to"):
+        prepare_output_folder(folder)
+    monkeypatch.undo()
+    assert list(folder.iterdir()) == []
+
+
+def test_old_results_are_restored_even_if_a_new_one_vanished_meanwhile(tmp_path, monkeypatch):
+    """A rename fails (disk full) after another program removed a result just put in place: the
+    old results still come back, and the error reported is the disk's."""
+    finals = [tmp_path / "a.json", tmp_path / "b.json"]
+    for final in finals:
+        write_json(final, "old")
+    real_replace, calls = os.replace, []
+
+    def second_replace_fails(source, destination):
+        calls.append(destination)
+        if len(calls) == 2:
+            finals[0].unlink()  # the other program
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", second_replace_fails)
+    with pytest.raises(OSError) as error:
+        with all_or_nothing(finals, overwrite=True) as temporaries:
+            for temp in temporaries:
+                write_json(temp, "new")
+    monkeypatch.undo()
+    assert error.value.errno == errno.ENOSPC
+    assert [tag_of(p) for p in finals] == ["old", "old"]
+
+
+def test_a_leftover_that_cannot_be_removed_changes_no_outcome(tmp_path, monkeypatch):
+    """A writer's scratch file that cannot be deleted (held open by a virus scanner, say) neither
+    turns a finished result into an error nor hides the error of a failed one."""
+    real_unlink = os.unlink
+
+    def scanner_holds_scratch(path, *args, **kwargs):
+        if os.fsdecode(path).endswith("scratch.tmp"):
+            raise PermissionError(errno.EACCES, "The file is used by another process", os.fsdecode(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", scanner_holds_scratch)
+    final = tmp_path / "a.json"
+    with all_or_nothing([final]) as (temp,):
+        write_json(temp, "done")
+        (temp.parent / "scratch.tmp").write_text("writer's scratch")
+    assert tag_of(final) == "done"
+    with pytest.raises(ValueError, match="writer failed"):
+        with all_or_nothing([tmp_path / "b.json"]) as (temp,):
+            (temp.parent / "scratch.tmp").write_text("writer's scratch")
+            raise ValueError("writer failed")
+    monkeypatch.undo()
+    assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.parametrize("name", ["volumes.csv", "result.json"])
+def test_text_outputs_are_read_back_as_utf8_whatever_the_locale(tmp_path, name):
+    """A UTF-8 table with a patient name in any script is accepted under an ASCII (C) or Windows locale."""
+    import locale
+
+    final = tmp_path / name
+    text = "name,volume_ml\nMüller 結果,42.5\n" if name.endswith(".csv") else json.dumps({"name": "Müller 結果"},
+                                                                                         ensure_ascii=False)
+    previous = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        with all_or_nothing([final]) as (temp,):
+            temp.write_bytes(text.encode("utf-8"))
+    finally:
+        locale.setlocale(locale.LC_CTYPE, previous)
+    assert final.read_text(encoding="utf-8") == text

@@ -192,6 +192,7 @@ def test_a_two_dimensional_sitk_image_is_named_with_its_size():
 @pytest.mark.parametrize("text, line", [
     ("ITK ERROR: MetaImage: File not read completely\nerrno 2: No such file", "the file is cut short"),
     ("ITK ERROR: one\nthe informative line\n", "the informative line"),
+    ("ITK ERROR: Exception thrown\nitkImageFileReader.hxx:135:\nthe informative line", "the informative line"),
     ("", "RuntimeError"),
 ])
 def test_an_itk_error_is_reduced_to_its_informative_line(text, line):
@@ -535,3 +536,211 @@ def test_a_sheared_file_is_refused_when_read(tmp_path):
     sitk.WriteImage(image, str(tmp_path / "sheared.nrrd"))
     with pytest.raises(InputError, match=r"sheared.nrrd's voxel axes are not perpendicular"):
         read_volume(tmp_path / "sheared.nrrd")
+
+
+# --- NIfTI headers: the size check reads them as the NIfTI library does -------------------------
+
+
+def raw_nifti1(path: Path, dims, datatype: int, bitpix: int, data: bytes) -> None:
+    """A NIfTI-1 file with the given dim[0..7], datatype and bitpix fields (identity sform)."""
+    header = bytearray(352)
+    struct.pack_into("<i", header, 0, 348)
+    struct.pack_into("<8h", header, 40, *dims)
+    struct.pack_into("<hh", header, 70, datatype, bitpix)
+    struct.pack_into("<8f", header, 76, 1.0, 1, 1, 1, 1, 1, 1, 1)
+    struct.pack_into("<f", header, 108, 352.0)
+    struct.pack_into("<hh", header, 252, 0, 1)
+    struct.pack_into("<12f", header, 280, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0)
+    header[344:348] = b"n+1\x00"
+    path.write_bytes(bytes(header) + data)
+
+
+NIFTI_VOXEL_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
+                     1792: 16, 2304: 4}  # from nifti1.h
+
+
+@pytest.mark.parametrize("datatype", NIFTI_VOXEL_BYTES)
+def test_the_size_a_nifti_file_must_have_follows_its_datatype(tmp_path, datatype):
+    size = NIFTI_VOXEL_BYTES[datatype]
+    raw_nifti1(tmp_path / "whole.nii", (3, 7, 6, 5, 1, 1, 1, 1), datatype, 8 * size, bytes(210 * size))
+    try:
+        read_volume(tmp_path / "whole.nii")
+    except InputError as error:  # colour types are refused, for what they are
+        assert "incomplete" not in str(error)
+    raw_nifti1(tmp_path / "short.nii", (3, 7, 6, 5, 1, 1, 1, 1), datatype, 8 * size, bytes(210 * size - 1))
+    with pytest.raises(InputError, match=rf"cut short: it holds {352 + 210 * size - 1:,} bytes of the {352 + 210 * size:,}"):
+        read_volume(tmp_path / "short.nii")
+
+
+@pytest.mark.parametrize("bitpix", [0, 1, 8, -16])
+def test_a_wrong_bitpix_does_not_hide_a_cut_short_nifti_file(tmp_path, bitpix):
+    """ITK takes the voxel size from the datatype and ignores bitpix: so must the check."""
+    whole = np.arange(210, dtype="<i2").tobytes()
+    raw_nifti1(tmp_path / "cut.nii", (3, 7, 6, 5, 1, 1, 1, 1), 4, bitpix, whole[:300])
+    with pytest.raises(InputError, match=r"cut short: it holds 652 bytes of the 772"):
+        read_volume(tmp_path / "cut.nii")
+    raw_nifti1(tmp_path / "whole.nii", (3, 7, 6, 5, 1, 1, 1, 1), 4, bitpix, whole)
+    np.testing.assert_array_equal(read_volume(tmp_path / "whole.nii").array.ravel(), np.arange(210))
+
+
+def test_nan_voxels_are_found_whatever_the_bitpix_says(tmp_path):
+    values = np.ones(210, "<f4")
+    values[17] = np.nan
+    raw_nifti1(tmp_path / "nan.nii", (3, 7, 6, 5, 1, 1, 1, 1), 16, 0, values.tobytes())
+    with pytest.raises(InputError, match=r"holds 1 voxels that are not numbers"):
+        read_volume(tmp_path / "nan.nii")
+
+
+@pytest.mark.parametrize("n_dims, dims, data_bytes, announced", [
+    (1, (7,), 8, 366), (7, (7, 6, 5, 1, 1, 1), 100, 772)], ids=["1d", "7d"])
+def test_a_cut_short_nifti_file_of_one_to_seven_dimensions_is_refused(tmp_path, n_dims, dims, data_bytes, announced):
+    raw_nifti1(tmp_path / "cut.nii", (n_dims, *dims, *[1] * (7 - len(dims))), 4, 16, bytes(data_bytes))
+    with pytest.raises(InputError, match=rf"cut short: it holds {352 + data_bytes} bytes of the {announced}"):
+        read_volume(tmp_path / "cut.nii")
+
+
+def test_sizes_beyond_the_number_of_dimensions_are_ignored(tmp_path):
+    """dim[0] = 3: a stray dim[4] of 5 is not a fourth dimension (nor is dim[1] the count)."""
+    array = np.arange(210, dtype=np.int16).reshape(5, 6, 7)
+    raw_nifti1(tmp_path / "stray.nii", (3, 7, 6, 5, 5, 1, 1, 1), 4, 16, array.astype("<i2").tobytes())
+    np.testing.assert_array_equal(read_volume(tmp_path / "stray.nii").array, array)
+
+
+def test_a_size_of_zero_or_less_counts_as_one_as_the_nifti_library_reads_it(tmp_path):
+    raw_nifti1(tmp_path / "flat.nii", (3, 7, 6, -5, 1, 1, 1, 1), 4, 16, np.arange(42, dtype="<i2").tobytes())
+    assert read_volume(tmp_path / "flat.nii").shape == (1, 6, 7)
+
+
+@pytest.mark.parametrize("n_dims", [0, 8])
+def test_a_nifti_header_with_an_impossible_dimension_count_is_unreadable_not_cut_short(tmp_path, n_dims):
+    """Copying such a file again would not help: it must not be called incomplete."""
+    raw_nifti1(tmp_path / "odd.nii", (n_dims, 7, 6, 5, 1, 1, 1, 1), 4, 16, b"")
+    with pytest.raises(InputError, match="could not be read as an image") as error:
+        read_volume(tmp_path / "odd.nii")
+    assert "incomplete" not in str(error.value)
+
+
+@pytest.mark.parametrize("field", ["negative_size", "negative_offset"])
+def test_a_corrupt_nifti2_header_is_unreadable_not_cut_short(tmp_path, field):
+    path = tmp_path / "odd.nii"
+    hand_made_nifti2(path, (-5, 6, 7) if field == "negative_size" else (5, 6, 7), 4, 16, bytes(420))
+    if field == "negative_offset":
+        data = bytearray(path.read_bytes())
+        struct.pack_into("<q", data, 168, -16)
+        path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="could not be read as an image") as error:
+        read_volume(path)
+    assert "incomplete" not in str(error.value)
+
+
+def test_a_nan_voxel_far_into_a_large_nifti_file_is_found(tmp_path):
+    """The data are read in chunks of a few MB: a NaN after the first one still counts."""
+    values = np.ones((24, 256, 256), np.float32)  # 6 MB
+    values[-1, -1, -1] = np.nan
+    path = write_volume(Volume(values, np.eye(4)), tmp_path / "large.nii", compress=False)
+    with pytest.raises(InputError, match=r"holds 1 voxels that are not numbers"):
+        read_volume(path)
+
+
+# --- MetaImage headers ---------------------------------------------------------------------------
+
+
+def test_a_metaimage_data_file_with_an_equals_sign_in_its_name_is_checked(tmp_path):
+    header = write_volume(oblique_volume(np.float32), tmp_path / "phase=arterial.mhd", compress=False)
+    assert "ElementDataFile = phase=arterial.raw" in header.read_text()
+    data = tmp_path / "phase=arterial.raw"
+    data.write_bytes(data.read_bytes()[:-4])
+    with pytest.raises(InputError, match=r"is incomplete \(it is cut short: it holds 836 bytes of image data of the 840"):
+        read_volume(header)
+
+
+def test_a_metaimage_header_of_the_full_scanned_length_is_still_checked(tmp_path):
+    from PancreasAILib.volume_io import _META_HEADER_LIMIT
+
+    path = write_volume(oblique_volume(np.float32), tmp_path / "case.mha", compress=False)
+    head, data = path.read_bytes().split(b"ElementDataFile = LOCAL\n")
+    comment = b"Comment = " + b"x" * (_META_HEADER_LIMIT - len(head) - len(b"Comment = \n")) + b"\n"
+    head += comment
+    assert len(head) == _META_HEADER_LIMIT
+    path.write_bytes(head + b"ElementDataFile = LOCAL\n" + data[:-4])
+    with pytest.raises(InputError, match=r"is incomplete \(it is cut short: it holds 836 bytes"):
+        read_volume(path)
+
+
+def test_a_compressed_metaimage_with_an_unreadable_size_is_refused_not_crashed_on(tmp_path):
+    path = write_volume(oblique_volume(), tmp_path / "case.mha")
+    head, data = path.read_bytes().split(b"ElementDataFile = LOCAL\n")
+    head = b"".join(line if not line.startswith(b"CompressedDataSize") else b"CompressedDataSize = unknown\n"
+                    for line in head.splitlines(keepends=True))
+    path.write_bytes(head + b"ElementDataFile = LOCAL\n" + data)
+    with pytest.raises(InputError, match="could not be read as an image"):
+        read_volume(path)
+
+
+# --- DICOM series: spacing checks ----------------------------------------------------------------
+
+
+def write_axial_series(folder: Path, z_positions, series_uid: str, rgb: bool = False,
+                       without_position: int | None = None) -> None:
+    """8 x 8 axial slices (0.5 mm pixels) at the given heights in mm; slice n holds n + 1."""
+    folder.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for n, z in enumerate(z_positions):
+        slice_image = sitk.GetImageFromArray(np.full((8, 8, 3) if rgb else (8, 8), n + 1, np.uint8 if rgb else np.int16),
+                                             isVector=rgb)
+        tags = {"0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0008|0018": f"{series_uid}.{n + 1}", "0008|0060": "CT",
+                "0010|0020": "PHANTOM", "0020|000d": STUDY_UID, "0020|000e": series_uid, "0020|0013": str(n + 1),
+                "0020|0032": f"0\\0\\{z!r}", "0020|0037": "1\\0\\0\\0\\1\\0", "0028|0030": "0.5\\0.5"}
+        for tag, value in tags.items():
+            slice_image.SetMetaData(tag, value)
+        path = folder / f"IM{n:04d}.dcm"
+        writer.SetFileName(str(path))
+        writer.Execute(slice_image)
+        if n == without_position:  # rename the tag (0020,0032) to an unknown one, (0020,0031)
+            data = path.read_bytes()
+            at = data.index(b"\x20\x00\x32\x00")
+            path.write_bytes(data[:at] + b"\x20\x00\x31\x00" + data[at + 4:])
+
+
+@pytest.mark.parametrize("z_positions, apart, most", [
+    ([0, 2, 6], "2.00", "3.00"),  # three slices, the middle one of four missing
+    ([0, 0.5, 1.0, 2.0, 2.5], "1.00", "0.50"),  # a thin-slice series with a gap
+    ([0, 2, 4, 6.5, 8.5], "2.50", "2.00"),  # a quarter more than the others
+], ids=["three_slices", "thin_slices", "quarter_more"])
+def test_unevenly_spaced_slices_are_refused_naming_the_folder(tmp_path, z_positions, apart, most):
+    write_axial_series(tmp_path / "series", z_positions, "1.2.826.0.1.3680043.8.498.20")
+    with pytest.raises(InputError, match=rf"The DICOM series in {tmp_path / 'series'} has unevenly spaced slices "
+                                         rf"\(slices \d and \d are {apart} mm apart, most are {most} mm\)"):
+        read_volume(tmp_path / "series")
+
+
+@pytest.mark.parametrize("z_positions", [[0, 2, 4.05, 6.05, 8.05], [0, 5, 10, 15, 20.25, 25.25]],
+                         ids=["2.5_percent", "exactly_5_percent"])
+def test_slice_spacing_within_5_percent_is_accepted(tmp_path, z_positions):
+    write_axial_series(tmp_path / "series", z_positions, "1.2.826.0.1.3680043.8.498.21")
+    volume = read_volume(tmp_path / "series")
+    np.testing.assert_array_equal(volume.array[:, 0, 0], np.arange(1, len(z_positions) + 1))
+
+
+def test_a_series_with_a_slice_without_its_position_is_read(tmp_path):
+    """The spacing check needs every slice's position; without one there is nothing to compare."""
+    write_axial_series(tmp_path / "series", [0, 2, 4, 6], "1.2.826.0.1.3680043.8.498.22", without_position=2)
+    assert read_volume(tmp_path / "series").shape == (4, 8, 8)
+
+
+def test_folder_with_two_dicom_series_lists_each_with_its_number_of_files(tmp_path):
+    first, second = "1.2.826.0.1.3680043.8.498.23", "1.2.826.0.1.3680043.8.498.24"
+    write_axial_series(tmp_path / "mixed", [0, 2, 4, 6, 8], first)
+    write_axial_series(tmp_path / "other", [0, 2, 4], second)
+    for path in (tmp_path / "other").iterdir():
+        path.rename(tmp_path / "mixed" / f"B{path.name}")
+    with pytest.raises(InputError, match=rf"2 DICOM series \(({first} \(5 files\), {second} \(3 files\)|"
+                                         rf"{second} \(3 files\), {first} \(5 files\))\)"):
+        read_volume(tmp_path / "mixed")
+
+
+def test_a_colour_dicom_series_is_refused_naming_its_folder(tmp_path):
+    write_axial_series(tmp_path / "colour", [0, 2, 4], "1.2.826.0.1.3680043.8.498.25", rgb=True)
+    with pytest.raises(InputError, match=rf"The DICOM series in {tmp_path / 'colour'} has 3 values per voxel"):
+        read_volume(tmp_path / "colour")

@@ -33,7 +33,10 @@ def prepare_output_folder(folder: str | Path) -> Path:
         raise InputError(f"The output {folder} is a file, not a folder: choose a folder for the results.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder, prefix=".pancreasai-write-test-"):
+        with tempfile.TemporaryFile(
+                dir=folder,
+                prefix=".pancreasai-write-test-",  # pragma: no mutate (a name only some systems show, and only while it exists)
+        ):
             pass
     except OSError as error:
         raise InputError(f"Cannot write in the output folder {folder} ({_reason(error)}): choose a "
@@ -133,7 +136,7 @@ def verify_written_file(temp: Path, final: Path) -> None:
     if not temp.exists():
         raise OutputError(f"The output {final} was not written; nothing was replaced.")
     try:
-        with open(temp, "rb+") as stream:
+        with open(temp, "rb+") as stream:  # pragma: no mutate (writable: Windows syncs no read-only file; elsewhere any mode)
             os.fsync(stream.fileno())  # a full disk may only say so now
         size = temp.stat().st_size
     except OSError as error:
@@ -145,6 +148,9 @@ def verify_written_file(temp: Path, final: Path) -> None:
     except Exception as error:  # any reader's error: the file is not what its name says
         why = str(error).strip().replace(str(temp), final.name)
         raise OutputError(_incomplete(final, why.splitlines()[-1] if why else type(error).__name__)) from error
+
+
+_UTF8 = "utf-8"  # pragma: no mutate (codec names ignore case); what our text files are, whatever the locale
 
 
 def _read_back(path: Path) -> None:
@@ -168,9 +174,9 @@ def _read_back(path: Path) -> None:
     elif name.endswith(".json"):
         import json
 
-        json.loads(path.read_text(encoding="utf-8"))  # pragma: no mutate (codec names ignore case)
+        json.loads(path.read_text(encoding=_UTF8))
     elif name.endswith(".csv"):
-        path.read_text(encoding="utf-8")
+        path.read_text(encoding=_UTF8)
 
 
 def _incomplete(final: Path, why: str) -> str:

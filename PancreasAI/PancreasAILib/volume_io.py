@@ -6,6 +6,7 @@ SimpleITK works in LPS; our ijk_to_ras is RAS, as in Slicer. The conversion live
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -107,19 +108,19 @@ def check_volume_file(path: Path) -> None:
 
 
 def _check_nifti_file(path: Path) -> None:
-    problem = None
+    problem = None  # pragma: no mutate (only its truth is read: None and "" alike)
     try:
-        with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as stream:
-            header = stream.read(544)
+        with (gzip.open(path) if path.name.lower().endswith(".gz") else open(path, "rb")) as stream:
+            header = stream.read(544)  # pragma: no mutate (any size from 540 up reads the same: the rest is read below)
             layout = _nifti_layout(header)
             if layout is None:
                 return  # not a header we know: let ITK judge it
             offset, expected, float_type = layout
-            if offset > len(header):
-                header += stream.read(offset - len(header))
+            # the extensions between header and data; reading more would only cost memory
+            header += stream.read(max(0, offset - len(header)))  # pragma: no mutate
             actual, not_numbers, pending = len(header), 0, header[offset:]
             while True:
-                chunk = stream.read(1 << 22)
+                chunk = stream.read(1 << 22)  # pragma: no mutate (the chunk size only sets memory use)
                 actual += len(chunk)
                 if float_type is not None:
                     data = pending + chunk
@@ -148,6 +149,7 @@ def _check_nifti_file(path: Path) -> None:
 _META_ELEMENT_BYTES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4,
                       "MET_INT": 4, "MET_ULONG": 8, "MET_LONG": 8, "MET_ULONG_LONG": 8, "MET_LONG_LONG": 8,
                       "MET_FLOAT": 4, "MET_DOUBLE": 8}
+_META_HEADER_LIMIT = 1 << 16  # pragma: no mutate (bounds the header scan; the exact bound is arbitrary)
 
 
 def _check_metaimage_file(path: Path) -> None:
@@ -157,53 +159,62 @@ def _check_metaimage_file(path: Path) -> None:
     with open(path, "rb") as stream:
         for raw_line in stream:
             header_bytes += len(raw_line)
-            key, _, value = raw_line.decode("latin-1").partition("=")
+            line = raw_line.decode("latin-1")  # pragma: no mutate (codec names ignore case)
+            key, _, value = line.partition("=")
             fields[key.strip()] = value.strip()
-            if key.strip() == "ElementDataFile" or header_bytes > 65536:
+            if key.strip() == "ElementDataFile" or header_bytes > _META_HEADER_LIMIT:
                 break
     try:
-        voxels = int(np.prod([int(v) for v in fields["DimSize"].split()], dtype=np.int64))
+        voxels = math.prod(int(v) for v in fields["DimSize"].split())
         channels = int(fields.get("ElementNumberOfChannels", "1"))
         element = _META_ELEMENT_BYTES[fields["ElementType"]]
         data_file = fields["ElementDataFile"]
+        compressed = fields.get("CompressedData", "False").lower() == "true"  # pragma: no mutate (any default but "true")
+        expected = int(fields["CompressedDataSize"]) if compressed else voxels * channels * element
     except (KeyError, ValueError):
-        return  # a header we do not understand: let ITK judge it
+        return  # a header we do not understand, or a compressed size it does not give: let ITK judge it
     if data_file == "LOCAL":
         available = path.stat().st_size - header_bytes
     elif (path.parent / data_file).is_file():
         available = (path.parent / data_file).stat().st_size
     else:
         return
-    compressed = fields.get("CompressedData", "False").lower() == "true"  # pragma: no mutate (any default but "true")
-    expected = int(fields.get("CompressedDataSize", "0") or 0) if compressed else voxels * channels * element
-    if expected and available < expected:
+    if available < expected:
         raise InputError(f"{path} is incomplete (it is cut short: it holds {available:,} bytes of image "
                          f"data of the {expected:,} its header announces); copy or export the file again.")
+
+
+# Bytes per voxel of each NIfTI datatype code (nifti1.h). The size comes from the datatype, as
+# ITK reads it, not from the header's bitpix, which ITK ignores. Types ITK cannot read (1-bit, float128,
+# complex256) are left to it.
+_NIFTI_VOXEL_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
+                      1792: 16, 2304: 4}
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
 
 
 def _nifti_layout(header: bytes) -> Optional[tuple[int, int, Optional[np.dtype]]]:
     """(data offset, bytes the file must hold, float voxel type or None) of a NIfTI-1 or
     NIfTI-2 single file (.nii) from its header; None if the header is not one we know."""
-    float_types = {16: "f4", 64: "f8"}
-    for order in "<>":
-        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+    for order, byteorder in (("<", "little"), (">", "big")):
+        sizeof_hdr = int.from_bytes(header[:4], byteorder)
+        if sizeof_hdr == 348 and len(header) >= 348:
             dims = struct.unpack(order + "8h", header[40:56])
-            datatype, bitpix = struct.unpack(order + "2h", header[70:74])
+            datatype = int.from_bytes(header[70:72], byteorder)
             offset = int(struct.unpack(order + "f", header[108:112])[0])
             break
-        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
-            datatype, bitpix = struct.unpack(order + "2h", header[12:16])
+        if sizeof_hdr == 540 and len(header) >= 540:
+            datatype = int.from_bytes(header[12:14], byteorder)
             dims = struct.unpack(order + "8q", header[16:80])
             offset = struct.unpack(order + "q", header[168:176])[0]
             break
     else:
         return None
     n_dims = dims[0]
-    if not 1 <= n_dims <= 7 or bitpix <= 0:
+    if not 1 <= n_dims <= 7 or datatype not in _NIFTI_VOXEL_BYTES:
         return None
-    voxels = int(np.prod([max(int(d), 1) for d in dims[1:n_dims + 1]], dtype=np.int64))
-    float_type = np.dtype(order + float_types[datatype]) if datatype in float_types else None
-    return offset, offset + voxels * bitpix // 8, float_type
+    voxels = math.prod(max(int(d), 1) for d in dims[1:n_dims + 1])  # 0 or less counts as 1, as in nifti1_io
+    float_type = np.dtype(order + _NIFTI_FLOAT_TYPES[datatype]) if datatype in _NIFTI_FLOAT_TYPES else None
+    return offset, offset + voxels * _NIFTI_VOXEL_BYTES[datatype], float_type
 
 
 def _read_dicom_series(folder: Path):
