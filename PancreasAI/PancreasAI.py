@@ -73,13 +73,21 @@ class PancreasAI(ScriptedLoadableModule):
 #
 
 
-def requirementLines(path: Path = REQUIREMENTS_FILE) -> list[str]:
-    """The pinned requirement lines of `requirements.txt`, without comments or blank lines."""
+def requirementLines(path: Path = REQUIREMENTS_FILE, environment: Optional[dict] = None) -> list[str]:
+    """The requirement lines of `requirements.txt` that apply to this Python (or to the marker
+    `environment` given, e.g. {"python_version": "3.9"}), without comments or markers."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # Slicer always has pip, which carries its own copy
+        from pip._vendor.packaging.requirements import Requirement
     lines = []
     for raw in path.read_text(encoding="utf-8").splitlines():
         line = raw.split("#", 1)[0].strip()
-        if line:
-            lines.append(line)
+        if not line:
+            continue
+        requirement = Requirement(line)
+        if requirement.marker is None or requirement.marker.evaluate(environment):
+            lines.append(line.split(";", 1)[0].strip())
     return lines
 
 

@@ -1,0 +1,126 @@
+"""Both Slicer Pythons: Slicer 5.8.x ships Python 3.9, 5.10 ships 3.12. What the extension installs
+on first use must exist for each, on Linux, Windows and macOS, and the code it ships must be
+3.9 code (pinning timm 1.0.31 and safetensors 0.8.0, which need 3.10, broke every 5.8 install)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_slicer_extension_static import module_files  # noqa: F401  (the module files over app stand-ins)
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIREMENTS = ROOT / "PancreasAI" / "Resources" / "requirements.txt"
+SLICER_PYTHONS = {"5.8": "3.9", "5.10": "3.12"}
+PLATFORMS = ("manylinux2014_x86_64", "win_amd64", "macosx_11_0_arm64")
+# What the PyTorch extension and Slicer itself provide: never installed by us.
+PROVIDED = {"torch", "torchvision", "simpleitk", "numpy"}
+SHIPPED_FOLDERS = ("PancreasAI", "PancreasSegMoNet", "IPMNRisk")
+
+
+def shipped_python_files() -> list[Path]:
+    files = [p for folder in SHIPPED_FOLDERS for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts]
+    assert len(files) > 20
+    return files
+
+
+def test_every_shipped_file_is_python_3_9_grammar():
+    refused = []
+    for path in shipped_python_files():
+        try:
+            ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
+        except SyntaxError as error:
+            refused.append(f"{path.relative_to(ROOT)}:{error.lineno}: {error.msg}")
+    assert refused == []
+
+
+def python_3_9() -> str | None:
+    """A working Python 3.9 (a pyenv shim on PATH may name one that is not activated)."""
+    candidates = [*sorted(Path.home().glob(".pyenv/versions/3.9*/bin/python3.9")), shutil.which("python3.9")]
+    for candidate in filter(None, candidates):
+        try:
+            result = subprocess.run([str(candidate), "-c", "import sys; print(sys.version_info[:2])"],
+                                    capture_output=True, text=True, timeout=30)
+        except OSError:
+            continue
+        if result.stdout.strip() == "(3, 9)":
+            return str(candidate)
+    return None
+
+
+PYTHON_3_9 = python_3_9()
+
+
+@pytest.mark.skipif(PYTHON_3_9 is None, reason="no Python 3.9 on this machine")
+def test_python_3_9_itself_compiles_every_shipped_file(tmp_path):
+    probe = ("import sys\n"
+             "for path in sys.argv[1:]:\n"
+             "    compile(open(path, encoding='utf-8').read(), path, 'exec')\n"
+             "print(sys.version_info[:2])")
+    result = subprocess.run([PYTHON_3_9, "-c", probe, *map(str, shipped_python_files())], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "(3, 9)", result.stderr
+
+
+@pytest.mark.parametrize("python", sorted(SLICER_PYTHONS.values()))
+def test_the_module_installs_the_pins_for_its_slicer_python(module_files, python):  # noqa: F811
+    lines = module_files["PancreasAI"].requirementLines(environment={"python_version": python})
+    names = [module_files["PancreasAI"].requirementName(line) for line in lines]
+    assert sorted(names) == ["safetensors", "timm"], lines  # one pin each, markers evaluated
+    assert all(";" not in line and "==" in line for line in lines)
+
+
+def pypi_reachable() -> bool:
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=10).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve(requirements: list[str], python: str, platform: str, folder: Path, deps: bool) -> list[dict]:
+    """What pip would install for that Python and platform (wheels only; metadata, no install)."""
+    env = dict(os.environ, PIP_CONFIG_FILE=os.devnull)  # this machine's local indexes and caps aside
+    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--only-binary", ":all:",
+               "--python-version", python, "--platform", platform, "--target", str(folder), "--quiet",
+               "--report", str(folder / "report.json"), *([] if deps else ["--no-deps"]), *requirements]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"Python {python} on {platform}: {result.stderr[-1500:]}"
+    return json.loads((folder / "report.json").read_text())["install"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not pypi_reachable(), reason="pypi.org cannot be reached")
+@pytest.mark.parametrize("platform", PLATFORMS)
+@pytest.mark.parametrize("slicer_version", sorted(SLICER_PYTHONS))
+def test_requirements_resolve_for_each_slicer_python_and_platform(module_files, tmp_path, slicer_version,  # noqa: F811
+                                                                  platform):
+    from packaging.requirements import Requirement
+
+    python = SLICER_PYTHONS[slicer_version]
+    environment = {"python_version": python, "python_full_version": f"{python}.0",
+                   "sys_platform": {"manylinux2014_x86_64": "linux", "win_amd64": "win32"}.get(platform, "darwin"),
+                   "platform_system": {"manylinux2014_x86_64": "Linux", "win_amd64": "Windows"}.get(platform, "Darwin"),
+                   "extra": ""}
+    pins = module_files["PancreasAI"].requirementLines(environment={"python_version": python})
+    ours = resolve(pins, python, platform, tmp_path, deps=False)
+    assert sorted(f"{i['metadata']['name']}=={i['metadata']['version']}" for i in ours) == sorted(pins)
+    # ... and what they need, but for what Slicer and the PyTorch extension already provide.
+    needed = set()
+    for item in ours:
+        for text in item["metadata"].get("requires_dist", []):
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate(environment):
+                if requirement.name.lower() not in PROVIDED:
+                    needed.add(str(requirement).split(";")[0])
+    assert needed, "timm needs more than torch"
+    (tmp_path / "deps").mkdir()
+    resolve(sorted(needed), python, platform, tmp_path / "deps", deps=True)
