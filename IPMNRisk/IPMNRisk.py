@@ -34,6 +34,7 @@ from PancreasAI import (
     BackgroundRunPanel,
     BackgroundTask,
     ModelChooser,
+    connectParameterNodeGui,
     exportVolume,
     missingPackages,
     newWorkDir,
@@ -198,7 +199,7 @@ class IPMNRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = connectParameterNodeGui(self._parameterNode, self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
 

@@ -545,3 +545,68 @@ def test_cancelled_background_task_finishes_as_cancelled(scripted_task):
     process.exit(9, ScriptedProcess.CrashExit)
 
     assert (task.cancelled, process.killed, calls["finished"]) == (True, True, [(False, "Cancelled.")])
+
+
+# --- parameter-node GUI connections on Slicer 5.8 and 5.10 -----------------------------------------
+
+class _Widget:
+    def __init__(self, parameter=None):
+        self._parameter = parameter
+
+    def property(self, name):
+        return self._parameter if name == "SlicerParameterName" else None
+
+
+class _ParameterNodeWrapperStandIn:
+    """slicer.parameterNodeWrapper's GUI bookkeeping (Base/Python/slicer/parameterNodeWrapper/
+    wrapper.py): every connection is kept under a tag until disconnectGui(tag). On 5.8
+    connectGui returns None; 5.10 returns the tag. connectParametersToGui returns it on both."""
+
+    def __init__(self, connect_gui_returns_tag: bool):
+        self._parameterGUIs = {}
+        self._nextParameterGUIsTag = 0
+        self.returns_tag = connect_gui_returns_tag
+
+    def connectParametersToGui(self, mapping):
+        tag = self._nextParameterGUIsTag
+        self._nextParameterGUIsTag += 1
+        self._parameterGUIs[tag] = dict(mapping)
+        return tag
+
+    def connectGui(self, gui):
+        mapping = {w.property("SlicerParameterName"): w for w in vars(gui).values()
+                   if w.property("SlicerParameterName")}
+        tag = self.connectParametersToGui(mapping)
+        return tag if self.returns_tag else None
+
+    def disconnectGui(self, tag):
+        self._parameterGUIs.pop(tag, None)
+
+
+@pytest.mark.parametrize("slicer_version, returns_tag", [("5.8", False), ("5.10", True)])
+def test_leaving_and_entering_the_module_keeps_one_connection_on_each_slicer(module_files, slicer_version,
+                                                                            returns_tag):
+    connect = module_files["PancreasAI"].connectParameterNodeGui
+    ui = types.SimpleNamespace(deviceComboBox=_Widget("device"), regionModeComboBox=_Widget("regionMode"),
+                               applyButton=_Widget())
+    node = _ParameterNodeWrapperStandIn(returns_tag)
+    for _ in range(3):  # enter, exit, enter, exit, ...
+        tag = connect(node, ui)
+        assert list(node._parameterGUIs.values()) == [{"device": ui.deviceComboBox,
+                                                       "regionMode": ui.regionModeComboBox}]
+        node.disconnectGui(tag)
+        assert node._parameterGUIs == {}
+
+
+def test_the_58_stand_in_shows_why_connect_gui_cannot_be_used(module_files):
+    ui = types.SimpleNamespace(deviceComboBox=_Widget("device"))
+    node = _ParameterNodeWrapperStandIn(connect_gui_returns_tag=False)
+    node.disconnectGui(node.connectGui(ui))
+    assert len(node._parameterGUIs) == 1  # the stale connector a 5.8 user suffered from
+
+
+def test_both_modules_connect_their_gui_through_the_version_proof_helper():
+    for module in ("PancreasSegMoNet", "IPMNRisk"):
+        source = module_source(module)
+        assert ".connectGui(" not in source
+        assert "connectParameterNodeGui(self._parameterNode, self.ui)" in source
