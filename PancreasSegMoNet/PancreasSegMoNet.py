@@ -37,6 +37,7 @@ from PancreasAI import (
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEVICES = ("auto", "cpu", "cuda")
+THRESHOLD_RANGE = (0.01, 0.99)  # the core refuses 0 and 1 (every voxel, or none)
 
 
 #
@@ -88,7 +89,9 @@ class PancreasSegMoNetParameterNode:
     outputSegmentation - receives the "Pancreas" segment; a new segmentation when empty.
     model - a model registry name, or the path of a .safetensors model file.
     device - "auto" uses a CUDA GPU when PyTorch finds one, else the CPU.
-    threshold - probability (0 to 1) above which a voxel counts as pancreas.
+    useModelThreshold - use the threshold of the model's card (its post-processing setting).
+    threshold - otherwise, the probability above which a voxel counts as pancreas (strictly
+      between 0 and 1, as the core requires).
     keepLargestComponent - drop small pieces disconnected from the main pancreas.
     """
 
@@ -96,7 +99,8 @@ class PancreasSegMoNetParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     model: str
     device: Annotated[str, Choice(DEVICES)] = "auto"
-    threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    useModelThreshold: bool = True
+    threshold: Annotated[float, WithinRange(THRESHOLD_RANGE[0], THRESHOLD_RANGE[1])] = 0.5
     keepLargestComponent: bool = True
 
 
@@ -186,6 +190,7 @@ class PancreasSegMoNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         self._modelChooser.showModel()
+        self.ui.thresholdSliderWidget.enabled = not self._parameterNode.useModelThreshold
         self._runPanel.updateButtons()
 
     def _missingInput(self) -> str:
@@ -203,7 +208,8 @@ class PancreasSegMoNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         return self.logic.startSegmentation(
             parameters.inputVolume, parameters.outputSegmentation, model=parameters.model,
-            device=parameters.device, threshold=parameters.threshold,
+            device=parameters.device,
+            threshold=chosenThreshold(parameters.useModelThreshold, parameters.threshold),
             keepLargestComponent=parameters.keepLargestComponent,
             onProgress=self._runPanel.showProgress, onFinished=self._onSegmentationFinished)
 
@@ -301,6 +307,11 @@ class PancreasSegMoNetLogic(ScriptedLoadableModuleLogic):
         from PancreasSegMoNetLib.mrml import import_mask_file
 
         return import_mask_file(volumeNode, labelmapPath, segmentationNode)
+
+
+def chosenThreshold(useModelThreshold: bool, threshold: float) -> Optional[float]:
+    """The threshold to ask for: None lets the model card's apply."""
+    return None if useModelThreshold else float(threshold)
 
 
 def segmentationArguments(inputPath: str, outputDir: str, model: Optional[str], device: str,

@@ -610,3 +610,31 @@ def test_both_modules_connect_their_gui_through_the_version_proof_helper():
         source = module_source(module)
         assert ".connectGui(" not in source
         assert "connectParameterNodeGui(self._parameterNode, self.ui)" in source
+
+
+# --- the segmentation threshold ----------------------------------------------------------------------
+
+def test_the_threshold_slider_offers_only_what_the_core_accepts(module_files):
+    low, high = module_files["PancreasSegMoNet"].THRESHOLD_RANGE
+    slider = next(w for w in ui_root("PancreasSegMoNet").iter("widget") if w.get("name") == "thresholdSliderWidget")
+    bounds = {p.get("name"): float(p.findtext("double")) for p in slider.findall("property")
+              if p.get("name") in ("minimum", "maximum")}
+    assert bounds == {"minimum": low, "maximum": high}
+    assert 0.0 < low < high < 1.0  # segment_ct refuses 0 and 1
+    assert "WithinRange(THRESHOLD_RANGE[0], THRESHOLD_RANGE[1])" in parameter_node_fields("PancreasSegMoNet")["threshold"]
+
+
+def test_the_model_cards_threshold_is_used_unless_the_user_sets_one(module_files):
+    gui = module_files["PancreasSegMoNet"]
+    fields = parameter_node_fields("PancreasSegMoNet")
+    assert fields["useModelThreshold"] == "bool" and "useModelThreshold: bool = True" in module_source("PancreasSegMoNet")
+    assert "useModelThreshold" in ui_parameter_bindings("PancreasSegMoNet").values()
+
+    def arguments(use_model, value):
+        return gui.segmentationArguments("in.nrrd", "out", None, "cpu", gui.chosenThreshold(use_model, value), True)
+
+    assert "--threshold" not in arguments(True, 0.35)  # the command line then reads the card's
+    chosen = arguments(False, 0.35)
+    assert chosen[chosen.index("--threshold") + 1] == "0.35"
+    assert "threshold=chosenThreshold(parameters.useModelThreshold, parameters.threshold)" in module_source(
+        "PancreasSegMoNet")
