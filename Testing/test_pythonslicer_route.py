@@ -7,6 +7,7 @@ assessment from the GUI failed."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,7 +72,10 @@ def test_the_ipmn_gui_route_runs_in_python_slicer(module_files, mr_files, random
     t2_node = add_volume_node(mrml_scene, t2, "T2")
     imported = import_assessment_files(t2_node, output)
     assert imported.heat_map_node.GetScene() is mrml_scene
-    assert Path(imported.grid_png_path).is_file()
+    picture = (output / "t2_ipmn_grid.png").read_bytes()
+    shutil.rmtree(folder)  # the GUI's work folder goes once the result is in the scene; the grid stays
+    assert Path(imported.grid_png_path).read_bytes() == picture
+    assert imported.table_node.GetAttribute("IPMNRisk.GridPNG") == str(imported.grid_png_path)
 
 
 def test_the_readme_ipmn_command_in_python_slicer_writes_everything_but_the_scene(mr_files, random_vit_card):

@@ -4,6 +4,7 @@ while changing it removes whatever was added."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,8 @@ def import_assessment_files(t2_node, output_dir: str | Path) -> AssessmentNodes:
     if heat_map.shape != tuple(dims) or not np.allclose(heat_map.ijk_to_ras, world_ijk_to_ras(t2_node), atol=1e-3):
         raise InputError(f"The heat map in {output_dir} is not on the grid of '{t2_node.GetName()}'.")
     png = output_dir / f"{stem}_ipmn_grid.png"
+    if png.exists():  # the GUI removes its work folder afterwards: keep the picture where assess_nodes keeps it
+        png = Path(shutil.copy2(png, Path(tempfile.mkdtemp(prefix="IPMNRisk-")) / png.name))
     return add_assessment_to_scene(t2_node, heat_map, read_summary(results[0]), png if png.exists() else None)
 
 
@@ -147,6 +150,8 @@ def add_assessment_to_scene(t2_node, heat_map: Volume, summary: dict, grid_png: 
         display.SetWindowLevelMinMax(0.0, 1.0)
         heat_node.SetAttribute("IPMNRisk.ResearchUseOnly", "true")
         table_node = _result_table(scene, summary, t2_node.GetName())
+        if grid_png is not None:
+            table_node.SetAttribute("IPMNRisk.GridPNG", str(grid_png))
         for node in (heat_node, table_node):
             place_beside(scene, node, t2_node)
     return AssessmentNodes(
