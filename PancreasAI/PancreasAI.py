@@ -595,6 +595,8 @@ class BackgroundRunPanel:
         self.startFailedMessage = startFailedMessage
         self.failedMessage = failedMessage
         self.task: Optional[BackgroundTask] = None  # the running task, if any
+        self.preparing = False  # installing packages before the task (pip lets clicks through)
+        self._cancelledWhilePreparing = False
         cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.showProgress(0.0, _("Ready."))
 
@@ -607,27 +609,49 @@ class BackgroundRunPanel:
         self.statusLabel.text = status
 
     def updateButtons(self) -> None:
-        """Enable cancel while running, apply when not running and no input is missing; the
-        apply button's tool tip says why it is disabled."""
-        running = self.isRunning()
-        self.cancelButton.enabled = running
-        reason = self.runningToolTip if running else self.missingInput()
+        """Enable cancel while running, apply when nothing runs or installs and no input is
+        missing; the apply button's tool tip says why it is disabled."""
+        self.cancelButton.enabled = self.isRunning()
+        busy = self.isRunning() or self.preparing
+        reason = self.runningToolTip if busy else self.missingInput()
         self.applyButton.enabled = not reason
         self.applyButton.toolTip = reason or self.applyToolTip
 
     def run(self, startTask: Callable[[], BackgroundTask]) -> None:
         """Offer to install missing packages, then follow the task `startTask()` starts. The
         task's onFinished must call `taskFinished`. An error while starting is shown to the
-        user, then raised on (as `slicer.util.tryWithErrorDisplay` does)."""
-        if not ensureDependencies(slicer.util.mainWindow()):
+        user, then raised on (as `slicer.util.tryWithErrorDisplay` does).
+
+        pip's progress lets Qt events through: a second click while installing is ignored, and
+        a scene closed meanwhile (`cancel()`) means the task is not started at all."""
+        if self.isRunning() or self.preparing:
+            return
+        self.preparing, self._cancelledWhilePreparing = True, False
+        self.updateButtons()
+        try:
+            ready = ensureDependencies(slicer.util.mainWindow())
+        finally:
+            self.preparing = False
+            self.updateButtons()
+        if not ready:
+            return
+        if self._cancelledWhilePreparing:
+            self.showProgress(0.0, _("Cancelled; the scene was not changed."))
             return
         with slicer.util.tryWithErrorDisplay(self.startFailedMessage, waitCursor=True):
-            self.task = startTask()
-            self.showProgress(0.0, _("Starting..."))
+            task = startTask()
+            # A process that cannot start (on Windows) has already ended, and taskFinished
+            # has shown why: only a task still running is followed.
+            if task.isRunning():
+                self.task = task
+                self.showProgress(0.0, _("Starting..."))
         self.updateButtons()
 
     def cancel(self) -> None:
-        """Stop the running task, if any, without a word (for closing scenes and modules)."""
+        """Stop the running task, if any, without a word (for closing scenes and modules); while
+        packages install, the task will not start."""
+        if self.preparing:
+            self._cancelledWhilePreparing = True
         if self.task is not None:
             self.task.cancel()
 

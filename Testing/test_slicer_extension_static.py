@@ -638,3 +638,90 @@ def test_the_model_cards_threshold_is_used_unless_the_user_sets_one(module_files
     assert chosen[chosen.index("--threshold") + 1] == "0.35"
     assert "threshold=chosenThreshold(parameters.useModelThreshold, parameters.threshold)" in module_source(
         "PancreasSegMoNet")
+
+
+# --- the run panel: installs, second clicks, processes that never start ------------------------------
+
+class _Button:
+    def __init__(self):
+        self.enabled, self.toolTip, self.value, self.text = True, "", 0, ""
+
+    def connect(self, signal, slot):
+        self.slot = slot
+
+
+class _Task:
+    def __init__(self, running: bool):
+        self.running, self.cancelled = running, False
+
+    def isRunning(self):
+        return self.running
+
+    def cancel(self):
+        self.cancelled = True
+
+
+@pytest.fixture
+def run_panel(module_files, monkeypatch):
+    import slicer.util
+
+    monkeypatch.setattr(slicer.util, "mainWindow", lambda: None, raising=False)
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda *args, **kwargs: None, raising=False)
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay",
+                        lambda *args, **kwargs: __import__("contextlib").nullcontext(), raising=False)
+    gui = module_files["PancreasAI"]
+    panel = gui.BackgroundRunPanel(_Button(), _Button(), _Button(), _Button(), missingInput=lambda: "",
+                                   applyToolTip="Segment", runningToolTip="Running",
+                                   startFailedMessage="Could not start", failedMessage="Failed: {reason}")
+    return gui, panel
+
+
+def test_a_second_click_while_packages_install_starts_nothing_more(run_panel, monkeypatch):
+    gui, panel = run_panel
+    started, states = [], []
+
+    def start():
+        started.append(1)
+        return _Task(running=True)
+
+    def installing(parent):  # pip's output loop lets the user click Apply again
+        states.append((panel.applyButton.enabled, panel.applyButton.toolTip))
+        panel.run(start)
+        return True
+
+    monkeypatch.setattr(gui, "ensureDependencies", installing)
+    panel.run(start)
+    assert started == [1] and panel.isRunning()
+    assert states == [(False, "Running")]  # Apply was disabled during the install
+
+
+def test_a_scene_closed_while_packages_install_starts_no_task(run_panel, monkeypatch):
+    gui, panel = run_panel
+    started = []
+
+    def installing(parent):
+        panel.cancel()  # onSceneStartClose
+        return True
+
+    monkeypatch.setattr(gui, "ensureDependencies", installing)
+    panel.run(lambda: started.append(1) or _Task(running=True))
+    assert started == [] and not panel.isRunning() and panel.applyButton.enabled
+    assert "Cancelled" in panel.statusLabel.text
+
+
+def test_a_process_that_fails_to_start_does_not_leave_the_panel_running(run_panel, monkeypatch):
+    """On Windows QProcess reports FailedToStart inside start(): the task has ended, and
+    taskFinished was called, before startTask() returns."""
+    gui, panel = run_panel
+    monkeypatch.setattr(gui, "ensureDependencies", lambda parent: True)
+
+    def start_and_fail():
+        task = _Task(running=False)
+        panel.taskFinished(False, "Could not start PythonSlicer")
+        return task
+
+    panel.run(start_and_fail)
+    assert not panel.isRunning() and panel.applyButton.enabled and not panel.cancelButton.enabled
+    assert panel.statusLabel.text == "Failed."
+    panel.run(lambda: _Task(running=True))  # and the user can try again
+    assert panel.isRunning()
