@@ -38,6 +38,7 @@ from PancreasAI import (
     exportVolume,
     missingPackages,
     newWorkDir,
+    runSelfTests,
     startTaskThenImport,
 )
 
@@ -465,10 +466,8 @@ class IPMNRiskTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_assess_rates_a_high_risk_phantom_above_normal()
-        self.setUp()
-        self.test_show_result_overlays_the_heat_map_on_t2()
+        runSelfTests(self, [self.test_assess_rates_a_high_risk_phantom_above_normal,
+                            self.test_show_result_overlays_the_heat_map_on_t2])
 
     def test_assess_rates_a_high_risk_phantom_above_normal(self):
         import numpy as np
@@ -500,8 +499,10 @@ class IPMNRiskTest(ScriptedLoadableModuleTest):
         self.assertAlmostEqual(compositeNode.GetForegroundOpacity(), 0.3)
 
     def _requireDependencies(self):
+        """Skip (not fail) where PyTorch or timm is not installed, as on extension build servers."""
         missing = missingPackages()
-        self.assertFalse(missing, f"install {', '.join(missing)} (PyTorch extension) before this test")
+        if missing:
+            self.skipTest(f"needs {', '.join(missing)} (install the PyTorch extension, then click Apply once)")
 
     @staticmethod
     def _phantomScene():

@@ -32,6 +32,7 @@ from PancreasAI import (
     exportVolume,
     missingPackages,
     newWorkDir,
+    runSelfTests,
     startTaskThenImport,
 )
 
@@ -349,10 +350,8 @@ class PancreasSegMoNetTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_segment_finds_the_pancreas_of_a_ct_phantom()
-        self.setUp()
-        self.test_background_segmentation_finds_the_pancreas_of_a_ct_phantom()
+        runSelfTests(self, [self.test_segment_finds_the_pancreas_of_a_ct_phantom,
+                            self.test_background_segmentation_finds_the_pancreas_of_a_ct_phantom])
 
     def test_segment_finds_the_pancreas_of_a_ct_phantom(self):
         self._requireDependencies()
@@ -377,8 +376,10 @@ class PancreasSegMoNetTest(ScriptedLoadableModuleTest):
         self.assertGreater(self._dice(segmentationNode, volumeNode, phantom.pancreas), 0.5)
 
     def _requireDependencies(self):
+        """Skip (not fail) where PyTorch or timm is not installed, as on extension build servers."""
         missing = missingPackages()
-        self.assertFalse(missing, f"install {', '.join(missing)} (PyTorch extension) before this test")
+        if missing:
+            self.skipTest(f"needs {', '.join(missing)} (install the PyTorch extension, then click Apply once)")
 
     @staticmethod
     def _phantomVolume():

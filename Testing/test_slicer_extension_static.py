@@ -725,3 +725,45 @@ def test_a_process_that_fails_to_start_does_not_leave_the_panel_running(run_pane
     assert panel.statusLabel.text == "Failed."
     panel.run(lambda: _Task(running=True))  # and the user can try again
     assert panel.isRunning()
+
+
+# --- the modules' self-tests ("Reload and Test", ctest) -------------------------------------------------
+
+def test_a_self_test_that_skips_itself_lets_the_others_run(module_files):
+    run_self_tests = module_files["PancreasAI"].runSelfTests
+    ran = []
+
+    class Case(unittest.TestCase):
+        def setUp(self):
+            ran.append("setUp")
+
+        @unittest.skipIf(True, "not on this platform")
+        def test_posix_only(self):
+            ran.append("posix")
+
+        def test_everywhere(self):
+            ran.append("everywhere")
+
+    case = Case()
+    run_self_tests(case, [case.test_posix_only, case.test_everywhere])  # "Reload and Test" calls it directly
+    assert ran == ["setUp", "setUp", "everywhere"]
+    with pytest.raises(unittest.SkipTest, match="not on this platform"):
+        run_self_tests(case, [case.test_posix_only])  # all skipped: a runner reports a skip
+
+
+@pytest.mark.parametrize("module, test_class", [("PancreasSegMoNet", "PancreasSegMoNetTest"), ("IPMNRisk", "IPMNRiskTest")])
+def test_self_tests_skip_without_pytorch_instead_of_failing(module_files, monkeypatch, module, test_class):
+    gui = module_files[module]
+    monkeypatch.setattr(gui, "missingPackages", lambda: ["torch", "timm"])
+    case = getattr(gui, test_class)()
+    with pytest.raises(unittest.SkipTest, match="torch, timm"):
+        case._requireDependencies()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_run_test_goes_through_run_self_tests(module):
+    tree = ast.parse(module_source(module))
+    run_tests = [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name == "runTest"]
+    assert len(run_tests) == 1
+    calls = [ast.unparse(call.func) for call in ast.walk(run_tests[0]) if isinstance(call, ast.Call)]
+    assert calls == ["runSelfTests"]
