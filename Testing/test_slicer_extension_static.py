@@ -767,3 +767,13 @@ def test_every_run_test_goes_through_run_self_tests(module):
     assert len(run_tests) == 1
     calls = [ast.unparse(call.func) for call in ast.walk(run_tests[0]) if isinstance(call, ast.Call)]
     assert calls == ["runSelfTests"]
+
+
+def test_the_extension_pictures_are_files_of_this_repository():
+    """The Extensions Manager shows the icon and screenshots from these URLs on the main branch."""
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    prefix = "https://raw.githubusercontent.com/PancreasAI/PancreasAI/main/"
+    urls = [url for variable in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS")
+            for url in re.search(rf'set\({variable} "([^"]*)"\)', text).group(1).split()]
+    assert len(urls) >= 2 and all(url.startswith(prefix) for url in urls)
+    assert [url for url in urls if not (ROOT / url[len(prefix):]).is_file()] == []
