@@ -5,9 +5,10 @@ import pytest
 
 from PancreasAILib.errors import ModelFileError
 from PancreasAILib.volume import Volume, make_ijk_to_ras
+from PancreasAILib.volume_io import sitk_from_volume
 from IPMNRiskLib.grids import INPUT_FORMAT
 from IPMNRiskLib.preprocessing import (DEFAULT_PERCENTILES, edge_preserving_smoothing, fit_standard_scale,
-                                       n4_bias_correction, preprocess_volume,
+                                       intensity_landmarks, n4_bias_correction, preprocess_volume,
                                        standardise_intensities)
 
 GEOMETRY = make_ijk_to_ras((1.5, 1.5, 3.0), origin=(10, -5, 20))
@@ -149,3 +150,162 @@ def test_a_card_whose_step_is_neither_an_object_nor_false_is_refused(step):
     volume, _, _ = disc_phantom()
     with pytest.raises(ModelFileError, match=step):
         preprocess_volume(volume, {step: "yes"}, "t1")
+
+
+# --- Each step equals SimpleITK called directly with the documented parameters -------------
+# (N4: Otsu body mask with 200 bins, shrink factor 4, iterations [50, 50, 30], convergence 1e-3;
+# smoothing: curvature anisotropic diffusion, 5 iterations, conductance 1, time step
+# min(smallest spacing / 16, 0.0625).)
+
+@pytest.fixture
+def one_itk_thread():
+    """N4 on a tiny volume is several times faster (and steadier) on one thread on a busy machine."""
+    import SimpleITK as sitk
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    yield
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def shaded_body(noise=5.0, spacing=(1.5, 1.5, 3.0), seed=3):
+    """(12, 24, 24): a bright body on a darker background under a smooth multiplicative field."""
+    z, y, x = np.mgrid[0:12, 0:24, 0:24]
+    tissue = np.where((x - 12) ** 2 + (y - 12) ** 2 < 80, 300.0, 60.0)
+    tissue = tissue + np.random.default_rng(seed).normal(0, noise, tissue.shape)
+    field = np.exp(0.4 * (x - 12) / 12 + 0.2 * (z - 6) / 6)
+    direction = np.array([[0.8, -0.6, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])  # oblique
+    return Volume((tissue * field).astype(np.float32), make_ijk_to_ras(spacing, (10, -5, 20), direction))
+
+
+def n4_reference(volume, shrink, iterations, convergence):
+    import SimpleITK as sitk
+    image = sitk_from_volume(Volume(volume.array.astype(np.float32), volume.ijk_to_ras))
+    mask = sitk.OtsuThreshold(image, 0, 1, 200)  # 1 above the Otsu threshold: the body
+    corrector = sitk.N4BiasFieldCorrectionImageFilter()
+    corrector.SetMaximumNumberOfIterations(iterations)
+    corrector.SetConvergenceThreshold(convergence)
+    if shrink > 1:
+        image_to_fit, mask_to_fit = sitk.Shrink(image, [shrink] * 3), sitk.Shrink(mask, [shrink] * 3)
+    else:
+        image_to_fit, mask_to_fit = image, mask
+    corrector.Execute(image_to_fit, mask_to_fit)
+    field = sitk.GetArrayFromImage(sitk.Exp(corrector.GetLogBiasFieldAsImage(image)))
+    return volume.array / field
+
+
+def smoothing_reference(volume, time_step, conductance, iterations):
+    import SimpleITK as sitk
+    image = sitk_from_volume(Volume(volume.array.astype(np.float32), volume.ijk_to_ras))
+    return sitk.GetArrayFromImage(sitk.CurvatureAnisotropicDiffusion(
+        image, timeStep=time_step, conductanceParameter=conductance, numberOfIterations=iterations))
+
+
+def assert_same_volume(out, expected_array, volume):
+    assert out.array.dtype == np.float32 and out.shape == volume.shape
+    assert np.all(np.isfinite(out.array))
+    np.testing.assert_array_equal(out.ijk_to_ras, volume.ijk_to_ras)  # spacing, origin, direction kept
+    np.testing.assert_allclose(out.array, expected_array, rtol=1e-5, atol=1e-3)
+
+
+def test_n4_defaults_are_shrink_4_and_50_50_30_iterations_on_an_otsu_mask(one_itk_thread):
+    volume = shaded_body()
+    assert_same_volume(n4_bias_correction(volume, {}), n4_reference(volume, 4, [50, 50, 30], 1e-3), volume)
+
+
+def test_n4_runs_every_default_iteration_when_convergence_is_zero(one_itk_thread):
+    volume = shaded_body()
+    assert_same_volume(n4_bias_correction(volume, {"convergence": 0.0}),
+                       n4_reference(volume, 4, [50, 50, 30], 0.0), volume)
+
+
+def test_n4_uses_the_card_s_shrink_factor_iterations_and_convergence(one_itk_thread):
+    # a noisy body: which voxels the Otsu mask takes depends on its number of bins
+    volume = shaded_body(noise=40.0)
+    full_resolution = n4_reference(volume, 1, [8, 4], 1e-6)
+    for shrink in (1, 0):  # 1 or less: the field is fitted at full resolution
+        options = {"shrink_factor": shrink, "iterations": [8, 4], "convergence": 1e-6}
+        assert_same_volume(n4_bias_correction(volume, options), full_resolution, volume)
+    options = {"shrink_factor": 2, "iterations": [6], "convergence": 1e-6}
+    assert_same_volume(n4_bias_correction(volume, options), n4_reference(volume, 2, [6], 1e-6), volume)
+
+
+def test_n4_accepts_an_integer_volume(one_itk_thread):
+    # DICOM MR is usually int16; SimpleITK's N4 only takes real pixels
+    volume = shaded_body()
+    as_int = Volume(np.round(volume.array).astype(np.int16), volume.ijk_to_ras)
+    options = {"shrink_factor": 2, "iterations": [5]}
+    assert_same_volume(n4_bias_correction(as_int, options),
+                       n4_reference(as_int, 2, [5], 1e-3), as_int)
+
+
+def test_smoothing_defaults_use_the_stable_time_step_of_a_fine_grid():
+    volume = shaded_body(noise=30.0, spacing=(0.7, 0.8, 2.0))  # stable step 0.7 / 16 < 0.0625
+    assert_same_volume(edge_preserving_smoothing(volume, {}),
+                       smoothing_reference(volume, 0.7 / 16, 1.0, 5), volume)
+
+
+def test_smoothing_time_step_is_at_most_itk_s_default_on_a_coarse_grid():
+    volume = shaded_body(noise=30.0, spacing=(1.5, 1.5, 3.0))  # 1.5 / 16 > 0.0625
+    assert_same_volume(edge_preserving_smoothing(volume, {}),
+                       smoothing_reference(volume, 0.0625, 1.0, 5), volume)
+
+
+def test_smoothing_uses_the_card_s_iterations_conductance_and_time_step():
+    volume = shaded_body(noise=30.0, spacing=(0.7, 0.8, 2.0))
+    options = {"iterations": 2, "conductance": 2.5, "time_step": 0.02}
+    assert_same_volume(edge_preserving_smoothing(volume, options),
+                       smoothing_reference(volume, 0.02, 2.5, 2), volume)
+
+
+def test_smoothing_accepts_an_integer_volume():
+    volume = shaded_body(noise=30.0)
+    as_int = Volume(np.round(volume.array).astype(np.int16), volume.ijk_to_ras)
+    assert_same_volume(edge_preserving_smoothing(as_int, {"iterations": 2}),
+                       smoothing_reference(as_int, 0.0625, 1.0, 2), as_int)
+
+
+# --- Nyul-Udupa landmarks and the standard scale ---------------------------------------------
+
+def test_landmarks_are_taken_from_the_voxels_strictly_above_the_mean():
+    # mean 5: the foreground is the two 10s only, not the 5s equal to the mean
+    np.testing.assert_array_equal(intensity_landmarks(np.array([0.0, 0, 5, 5, 10, 10]), [0, 100]), [10, 10])
+
+
+def test_the_foreground_of_a_float32_volume_is_taken_against_its_exact_mean():
+    # intensities 1, 2 and 3 float32 steps above 1: the exact mean is 1.6 steps above 1 (a
+    # float32 sum would round it to 2 steps and lose the voxel at 2 steps)
+    step = 2.0 ** -23
+    array = (1 + np.array([2, 3, 0, 0, 3]) * step).astype(np.float32)
+    marks = intensity_landmarks(array, [0, 100])
+    assert marks.dtype == np.float64
+    np.testing.assert_array_equal(marks, [1 + 2 * step, 1 + 3 * step])
+
+
+def test_the_standard_scale_uses_the_given_percentiles_of_each_volume():
+    # 0 .. 999: the foreground 500 .. 999 is uniform, so each percentile maps onto itself
+    volume = np.arange(1000.0).reshape(10, 10, 10)
+    np.testing.assert_allclose(fit_standard_scale([volume, 3 * volume + 50], [0, 10, 100]), [0, 10, 100])
+
+
+def test_the_standard_scale_does_not_depend_on_the_intensity_unit():
+    # volumes already normalised to [0, 1] (or smaller) get the same standard landmarks
+    rng = np.random.default_rng(5)
+    training = [rng.gamma(3.0, 100.0, (8, 16, 16)) for _ in range(2)]
+    np.testing.assert_allclose(fit_standard_scale([a / 5000.0 for a in training]), fit_standard_scale(training),
+                               atol=1e-9)
+
+
+def test_standardised_volume_is_float32_on_the_same_grid():
+    volume, _, _ = disc_phantom()
+    out = standardise_intensities(volume, [1, 50, 99], [0.0, 50.0, 100.0])
+    assert out.array.dtype == np.float32
+    np.testing.assert_array_equal(out.ijk_to_ras, volume.ijk_to_ras)
+
+
+def test_a_two_valued_image_is_standardised_to_finite_values():
+    # the foreground is flat (every landmark 100) while the background lies below it; how far
+    # below the background lands is not pinned (the first segment is nearly vertical), only
+    # that it stays a number
+    volume = Volume(np.repeat([0.0, 100.0], 128).reshape(4, 8, 8).astype(np.float32), GEOMETRY)
+    mapped = standardise_intensities(volume, [1, 50, 99], [0.0, 50.0, 100.0]).array
+    assert np.all(np.isfinite(mapped))

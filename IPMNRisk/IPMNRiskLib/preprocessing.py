@@ -52,20 +52,19 @@ def n4_bias_correction(volume: Volume, options: dict) -> Volume:
     """Remove the slowly varying coil shading (N4, on an Otsu body mask).
 
     options: shrink_factor (default 4; the field is estimated on a downsampled image and
-    applied at full resolution), iterations per fitting level (default [50, 50, 30]),
-    convergence (default 1e-3).
+    applied at full resolution; 1 or less: estimated at full resolution), iterations per
+    fitting level (default [50, 50, 30]), convergence (default 1e-3).
     """
     sitk = _sitk()
     image = _float_image(volume)
-    shrink = int(options.get("shrink_factor", 4))
+    # Shrink by 1 leaves the image as it is, so "1 or less" needs no branch of its own.
+    factors = [max(1, int(options.get("shrink_factor", 4)))] * image.GetDimension()
     iterations = [int(n) for n in options.get("iterations", [50, 50, 30])]
     mask = sitk.OtsuThreshold(image, 0, 1, 200)
-    small_image = sitk.Shrink(image, [shrink] * 3) if shrink > 1 else image
-    small_mask = sitk.Shrink(mask, [shrink] * 3) if shrink > 1 else mask
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
     corrector.SetMaximumNumberOfIterations(iterations)
     corrector.SetConvergenceThreshold(float(options.get("convergence", 1e-3)))
-    corrector.Execute(small_image, small_mask)
+    corrector.Execute(sitk.Shrink(image, factors), sitk.Shrink(mask, factors))
     log_bias = corrector.GetLogBiasFieldAsImage(image)
     return _volume_like(image / sitk.Exp(log_bias), volume)
 
@@ -117,17 +116,20 @@ def standardise_intensities(volume: Volume, percentiles: Sequence[float],
     Intensities beyond the outer landmarks continue along the outer segments' slopes.
     """
     source = intensity_landmarks(volume.array, percentiles)
-    target = np.asarray(landmarks, float)
+    target = np.asarray(landmarks, float)  # pragma: no mutate (interp and the slopes promote ints to float anyway)
     if len(source) != len(target):
         raise ModelFileError("The model card's standardisation landmarks and percentiles differ in number.")
     # Strictly increasing source landmarks keep the map invertible on flat histograms.
     source = np.maximum.accumulate(source + np.arange(len(source)) * 1e-9)
-    values = np.asarray(volume.array, np.float64)
+    # float64: with NumPy 1 casting, float32 voxels minus a float64 landmark stayed float32
+    values = np.asarray(volume.array, np.float64)  # pragma: no mutate (NumPy 2 promotes anyway)
     mapped = np.interp(values, source, target)
     low_slope = (target[1] - target[0]) / (source[1] - source[0])
     high_slope = (target[-1] - target[-2]) / (source[-1] - source[-2])
-    mapped = np.where(values < source[0], target[0] + (values - source[0]) * low_slope, mapped)
-    mapped = np.where(values > source[-1], target[-1] + (values - source[-1]) * high_slope, mapped)
+    # The outer segments continue the interpolation's first and last pieces, so "<" or "<=",
+    # and source[0] or source[1] as the bound, give the same values (likewise at the top).
+    mapped = np.where(values < source[0], target[0] + (values - source[0]) * low_slope, mapped)  # pragma: no mutate
+    mapped = np.where(values > source[-1], target[-1] + (values - source[-1]) * high_slope, mapped)  # pragma: no mutate
     return Volume(mapped.astype(np.float32), volume.ijk_to_ras)
 
 
