@@ -249,3 +249,14 @@ def test_a_finished_block_leaves_no_timer_behind():
         print("still here")
     """)
     assert result.returncode == 0 and result.stdout.strip() == "still here", result
+
+
+def test_no_retry_timer_is_left_running_in_this_process():
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_at_safe_points():
+                send()
+                wait_for_it()
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)  # a leftover would end the test run with SIGALRM
