@@ -134,3 +134,118 @@ def test_preparing_for_inference_leaves_the_original_model_unchanged(model):
     prepare_for_inference(model)
     assert len(batch_norms(model)) == 30
     assert model.training
+
+
+def test_each_rddc_applies_dilations_4_3_2_1_in_turn_keeping_the_slice_size(model):
+    """MONET.md: repeated *decreasingly* dilated convolutions, 'same' padding at every rate."""
+    for block in (model.encoder0, model.encoder1, model.bottleneck, model.decoder1, model.decoder0):
+        called = []
+        handles = [conv.register_forward_hook(
+            lambda module, inputs, output: called.append(
+                (module.dilation, module.padding, inputs[0].shape[-2:], output.shape[-2:])))
+            for conv in convolutions(block.rddc)]
+        channels = block.rddc.conv_d1.conv.out_channels
+        with torch.no_grad():
+            block.rddc.eval()(torch.randn(1, channels, 12, 12))
+        for handle in handles:
+            handle.remove()
+        assert [c[0] for c in called] == [(4, 4), (3, 3), (2, 2), (1, 1)]
+        assert [c[1] for c in called] == [(4, 4), (3, 3), (2, 2), (1, 1)]
+        assert all(tuple(c[2]) == tuple(c[3]) == (12, 12) for c in called)
+
+
+def test_parameters_per_block_are_as_specified(model):
+    """3x3 convolutions without bias plus a BatchNorm (weight and bias) per convolution."""
+    def conv_bn(cin, cout, k=3):
+        return cin * cout * k * k + 2 * cout
+
+    def feature_block(cin, cout):
+        return conv_bn(cin, cout) + 4 * conv_bn(cout, cout)
+
+    expected = {
+        "encoder0": feature_block(1, 16), "down0": conv_bn(16, 16, 4),
+        "encoder1": feature_block(16, 32), "down1": conv_bn(32, 32, 4),
+        "bottleneck": feature_block(32, 64), "up1": conv_bn(64, 64, 4),
+        "decoder1": feature_block(96, 32), "up0": conv_bn(32, 32, 4),
+        "decoder0": feature_block(48, 16), "head": conv_bn(16, 1, 1),
+    }
+    assert {name: count_parameters(getattr(model, name), False) for name in expected} == expected
+
+
+def test_rddc_dropout_defaults_to_0_2_and_follows_the_models_setting():
+    from PancreasSegMoNetLib.model import RDDC
+
+    assert RDDC(4).dropout.p == pytest.approx(0.2)
+    dropouts = [m for m in MoNet(dropout=0.5).modules() if isinstance(m, nn.Dropout2d)]
+    assert len(dropouts) == 5 and all(d.p == pytest.approx(0.5) for d in dropouts)
+
+
+def test_multi_class_softmax_runs_without_an_implicit_dimension_warning():
+    import warnings
+
+    torch.manual_seed(0)
+    model = MoNet(n_classes=3).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            model(torch.randn(1, 1, 16, 16))
+
+
+def test_he_uniform_weights_fill_the_whole_symmetric_range(model):
+    """U(-b, b): negative and positive weights alike, near both ends of the range."""
+    for conv in convolutions(model):
+        if conv.weight.numel() >= 2304:
+            bound = math.sqrt(6.0 / conv.weight[0].numel())
+            assert conv.weight.min().item() < -0.9 * bound
+            assert conv.weight.max().item() > 0.9 * bound
+            assert abs(conv.weight.mean().item()) < 0.1 * bound
+
+
+def test_prepared_model_is_channels_last_and_without_gradients(model):
+    prepared = prepare_for_inference(model)
+    assert all(not p.requires_grad for p in prepared.parameters())
+    for conv in convolutions(prepared):
+        if conv.weight.shape[1] > 1 and conv.weight.shape[-1] > 1:
+            assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+            assert not conv.weight.is_contiguous()
+
+
+def test_preparing_leaves_a_convolution_without_batchnorm_as_it_is():
+    """Blocks holding only a `conv` (or only a `bn`) are not folded, and the outputs still agree."""
+    class ConvOnly(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    class BnOnly(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn = nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.bn(x)
+
+    torch.manual_seed(0)
+    network = nn.Sequential(ConvOnly(), BnOnly())
+    randomise_batch_norms(network)
+    network.eval()
+    x = torch.randn(1, 2, 8, 8)
+    prepared = prepare_for_inference(network)
+    with torch.no_grad():
+        assert torch.allclose(prepared(x), network(x), rtol=0.0, atol=1e-5)
+    assert len(batch_norms(prepared)) == 1
+
+
+def test_prepared_model_matches_eval_model_within_1e_5_on_random_input(model):
+    randomise_batch_norms(model)
+    model.eval()
+    x = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = model(x)
+        prepared = prepare_for_inference(model)
+        got = prepared(x)
+    assert torch.allclose(got, expected, rtol=0.0, atol=1e-5)
+    assert batch_norms(prepared) == []

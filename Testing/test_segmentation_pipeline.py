@@ -12,8 +12,8 @@ from PancreasAILib.progress import CancelToken
 from PancreasAILib.resample import resample
 from PancreasAILib.volume import Volume, make_ijk_to_ras
 from PancreasAILib.weights import read_model_card
-from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING, inplane_grid, model_slices
-from PancreasSegMoNetLib.segmentation import SegmentationResult, largest_component, segment_ct
+from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING, inplane_grid, label_slices, model_slices
+from PancreasSegMoNetLib.segmentation import SegmentationResult, check_ct, largest_component, segment_ct
 
 
 def as_volume(phantom) -> Volume:
@@ -256,3 +256,164 @@ def test_hu_outside_the_window_is_clipped_to_0_and_1():
     hu[:, 4:] = 1500.0
     slices, _ = model_slices(one_slice_ct(hu), {**DEFAULT_PREPROCESSING, "input_size": 4})
     np.testing.assert_array_equal(slices[0], np.tile([0.0, 0.0, 1.0, 1.0], (4, 1)))
+
+
+# --- check_ct at the edges of its limits ---------------------------------------------------------
+
+def ct_of_range(low: float, high: float, shape=(1, 32, 32), ijk_to_ras=None) -> Volume:
+    """A volume whose values run exactly from `low` to `high`."""
+    array = np.linspace(low, high, int(np.prod(shape)), dtype=np.float64).reshape(shape).astype(np.float32)
+    return Volume(array, np.eye(4) if ijk_to_ras is None else ijk_to_ras)
+
+
+def modality_warnings(volume: Volume) -> list[str]:
+    return [w for w in check_ct(volume) if "does not look like a CT" in w]
+
+
+@pytest.mark.parametrize("low, high, warned", [
+    (-1000, 400, False), (-500, 400, False), (-499, 400, True),
+    (-1000, 0, False), (-1000, -1, True), (-400, -100, True)])
+def test_modality_warning_starts_just_above_minus_500_hu_or_below_0_hu(low, high, warned):
+    assert bool(modality_warnings(ct_of_range(low, high))) == warned
+
+
+def tilted_ijk_to_ras(degrees: float) -> np.ndarray:
+    return make_ijk_to_ras((1.0, 1.0, 1.0), direction=Rotation.from_euler("x", degrees, degrees=True).as_matrix())
+
+
+@pytest.mark.parametrize("degrees, warned", [(0, False), (19.5, False), (20.5, True), (21.5, True)])
+def test_tilt_warning_starts_above_20_degrees(degrees, warned):
+    warnings = check_ct(ct_of_range(-1000, 400, (32, 32, 32), tilted_ijk_to_ras(degrees)))
+    assert any("tilted" in w for w in warnings) == warned
+    assert not modality_warnings(ct_of_range(-1000, 400, (32, 32, 32), tilted_ijk_to_ras(degrees)))
+
+
+@pytest.mark.parametrize("columns, rows, accepted", [(32, 32, True), (31, 32, False), (32, 31, False)])
+def test_axial_slices_of_at_least_32_x_32_voxels_are_accepted(columns, rows, accepted):
+    volume = ct_of_range(-1000, 400, (2, rows, columns))
+    if accepted:
+        assert check_ct(volume) == []
+    else:
+        with pytest.raises(InputError, match="too small"):
+            check_ct(volume)
+
+
+@pytest.mark.parametrize("shape, direction", [
+    ((32, 32, 1), [[0, 0, 1], [0, 1, 0], [1, 0, 0]]),  # one sagittal-stored slice: i runs superior
+    ((32, 1, 32), [[1, 0, 0], [0, 0, 1], [0, 1, 0]]),  # one coronal-stored slice: j runs superior
+])
+def test_a_single_axial_slice_stored_along_any_array_axis_is_accepted(shape, direction):
+    volume = ct_of_range(-1000, 400, shape, make_ijk_to_ras((0.8, 0.8, 0.8), direction=np.array(direction, float)))
+    assert check_ct(volume) == []
+
+
+def test_refusals_name_the_ct_volume():
+    with pytest.raises(InputError, match="The CT volume has 2 dimension"):
+        check_ct(Volume(np.zeros((32, 32), np.float32), np.eye(4)))
+    bad_position = np.eye(4)
+    bad_position[0, 3] = np.nan
+    with pytest.raises(InputError, match="The CT volume has an invalid position"):
+        check_ct(ct_of_range(-1000, 400, ijk_to_ras=bad_position))
+
+
+# --- largest_component on hand-made masks ------------------------------------------------------
+
+def test_largest_component_bounding_box_is_taken_on_each_axis():
+    """Pieces spread along j and i further than along k are all labelled."""
+    mask = np.zeros((2, 12, 12), np.uint8)
+    mask[0, 5:10, 0:5] = 1  # 25 voxels
+    mask[0, 0, 8] = 1  # a single voxel far away along j and i
+    mask[1, 11, 11] = 1
+    kept = largest_component(mask)
+    assert kept.sum() == 25 and kept[0, 7, 2] == 1 and kept[0, 0, 8] == 0 and kept[1, 11, 11] == 0
+
+
+def test_largest_component_of_equal_single_voxels_keeps_exactly_one_of_them():
+    mask = np.zeros((5, 5, 5), np.uint8)
+    mask[0, 0, 0] = mask[4, 4, 4] = 1
+    kept = largest_component(mask)
+    assert kept.sum() == 1 and kept[mask == 0].sum() == 0
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, bool, np.float32])
+@pytest.mark.parametrize("pieces", [1, 2])
+def test_largest_component_keeps_shape_and_dtype(dtype, pieces):
+    mask = np.zeros((4, 6, 8), dtype)
+    mask[1:3, 1:3, 1:3] = 1
+    if pieces == 2:
+        mask[3, 5, 7] = 1
+    kept = largest_component(mask)
+    assert kept.shape == mask.shape and kept.dtype == mask.dtype
+    np.testing.assert_array_equal(kept.astype(np.uint8)[1:3, 1:3, 1:3], 1)
+    assert kept.astype(np.uint8).sum() == 8
+
+
+@pytest.mark.parametrize("corner", ["first", "last", "middle"])
+@pytest.mark.parametrize("pieces", [1, 2])
+def test_largest_component_labels_only_the_masks_bounding_box(corner, pieces):
+    """Memory stays near the mask's own size wherever the pieces lie (no whole-volume label image)."""
+    import tracemalloc
+
+    mask = np.zeros((32, 128, 128), np.uint8)
+    at = {"first": 0, "last": -4, "middle": 60}[corner]
+    k = {"first": 0, "last": -4, "middle": 14}[corner]
+    view = mask[k:k + 4 if k + 4 != 0 else None, at:at + 4 if at + 4 != 0 else None,
+                at:at + 4 if at + 4 != 0 else None]
+    view[:2, :2, :2] = 1
+    if pieces == 2:
+        view[3, 3, 3] = 1
+    tracemalloc.start()
+    try:
+        kept = largest_component(mask)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert kept.sum() == 8
+    # two pieces: the output (the mask's size in uint8) and a few small arrays; one piece: no copy
+    assert peak < (mask.nbytes if pieces == 2 else 0) + 100_000
+
+
+# --- label_slices: the training masks on the model's grid ------------------------------------------
+
+def canonical_slab(array: np.ndarray, spacing=(0.7, 0.7, 2.5)) -> Volume:
+    return Volume(array, make_ijk_to_ras(spacing, origin=(-3.0, 5.0, 12.0), direction=np.diag([-1.0, -1.0, 1.0])))
+
+
+def test_label_slices_keep_pixels_at_least_half_covered_on_each_slice():
+    """8 x 8 to 4 x 4: each output pixel is the mean of a 2 x 2 block, kept when >= 0.5."""
+    labels = np.zeros((3, 8, 8), bool)
+    labels[0, 0:2, 0:2] = True  # whole block -> 1
+    labels[0, 2:4, 4] = True  # half a block -> 1
+    labels[0, 6, 6] = True  # a quarter -> 0
+    labels[1, 4:7, 0:2] = True  # block (2, 0) whole, block (3, 0) half -> both 1
+    labels[2, 1, 1] = labels[2, 1, 2] = labels[2, 0, 2] = True  # 1/4 of block (0,0), 2/4 of (0,1)
+    slices = label_slices(canonical_slab(labels), {**DEFAULT_PREPROCESSING, "input_size": 4})
+    expected = np.zeros((3, 4, 4), np.float32)
+    expected[0, 0, 0] = expected[0, 1, 2] = 1
+    expected[1, 2, 0] = expected[1, 3, 0] = 1
+    expected[2, 0, 1] = 1
+    assert slices.dtype == np.float32 and slices.shape == (3, 4, 4)
+    np.testing.assert_array_equal(slices, expected)
+
+
+def test_label_slices_lie_on_the_grid_of_model_slices():
+    """A non-square slab: a label and the CT's bright spot land on the same output pixels, and
+    pixels beyond the slice are background (label 0, air in the CT)."""
+    hu = np.full((2, 4, 8), -100.0, np.float32)
+    hu[:, 2:4, 6:8] = 200.0  # bright block at rows 2-3, columns 6-7
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[:, 2:4, 6:8] = 1
+    preprocessing = {**DEFAULT_PREPROCESSING, "input_size": 4}
+    images, grid = model_slices(canonical_slab(hu), preprocessing)
+    masks = label_slices(canonical_slab(labels), preprocessing)
+    assert images.shape == masks.shape == (2, 4, 4)
+    # the 4-row slice fills output rows 1-2 of the square 8 x 8 field of view, centred
+    expected_image = np.zeros((4, 4), np.float32)
+    expected_image[1:3] = 60 / 400
+    expected_image[2, 3] = 360 / 400
+    expected_mask = np.zeros((4, 4), np.float32)
+    expected_mask[2, 3] = 1
+    for k in range(2):
+        np.testing.assert_allclose(images[k], expected_image, atol=1e-6)
+        np.testing.assert_array_equal(masks[k], expected_mask)
+    np.testing.assert_allclose(grid, inplane_grid(canonical_slab(labels), 4))

@@ -29,7 +29,7 @@ def batch_norm(channels: int) -> nn.BatchNorm2d:
 
 
 class ConvBnElu(nn.Module):
-    """Conv2d (no bias) -> BatchNorm -> ELU; 'same' padding unless `padding` is given."""
+    """Conv2d (no bias) -> BatchNorm -> ELU, 'same' padding."""
 
     def __init__(
         self,
@@ -38,14 +38,12 @@ class ConvBnElu(nn.Module):
         kernel_size: int = 3,
         stride: int = 1,
         dilation: int = 1,
-        padding: int | None = None,
     ) -> None:
         super().__init__()
-        if padding is None:
-            padding = dilation * (kernel_size - 1) // 2
         self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-            dilation=dilation, bias=False,
+            in_channels, out_channels, kernel_size, stride=stride,
+            padding=dilation * (kernel_size - 1) // 2, dilation=dilation,
+            bias=False,  # pragma: no mutate (bias=None means no bias too)
         )
         self.bn = batch_norm(out_channels)
         self.act = nn.ELU()
@@ -58,8 +56,9 @@ class Down(ConvBnElu):
     """Learned down-sampling: 4x4 conv, stride 2. (B, C, H, W) -> (B, C, H/2, W/2)."""
 
     def __init__(self, channels: int) -> None:
-        # Kernel 4, stride 2, padding 1 is what Keras' 'same' does for even sizes.
-        super().__init__(channels, channels, kernel_size=4, stride=2, padding=1)
+        # The 'same' padding of a 4x4 kernel, (4 - 1) // 2 = 1, is the spec's padding 1 (and what
+        # Keras' 'same' does for even sizes).
+        super().__init__(channels, channels, kernel_size=4, stride=2)
 
 
 class Up(nn.Module):
@@ -71,7 +70,8 @@ class Up(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.ConvTranspose2d(
-            channels, channels, kernel_size=4, stride=2, padding=1, bias=False
+            channels, channels, kernel_size=4, stride=2, padding=1,
+            bias=False,  # pragma: no mutate (bias=None means no bias too)
         )
         self.bn = batch_norm(channels)
         self.act = nn.ELU()
@@ -91,7 +91,7 @@ class RDDC(nn.Module):
         self.conv_d4 = ConvBnElu(channels, channels, dilation=4)
         self.conv_d3 = ConvBnElu(channels, channels, dilation=3)
         self.conv_d2 = ConvBnElu(channels, channels, dilation=2)
-        self.conv_d1 = ConvBnElu(channels, channels, dilation=1)
+        self.conv_d1 = ConvBnElu(channels, channels, dilation=1)  # pragma: no mutate (1 is the default)
         self.dropout = nn.Dropout2d(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +118,10 @@ class Head(nn.Module):
 
     def __init__(self, in_channels: int, n_classes: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, n_classes, kernel_size=1, bias=False)
+        self.conv = nn.Conv2d(
+            in_channels, n_classes, kernel_size=1,
+            bias=False,  # pragma: no mutate (bias=None means no bias too)
+        )
         self.bn = batch_norm(n_classes)
         self.act = nn.Sigmoid() if n_classes == 1 else nn.Softmax(dim=1)
 
@@ -163,7 +166,8 @@ class MoNet(nn.Module):
 def _he_uniform_init(module: nn.Module) -> None:
     # Keras 'he_uniform': U(-b, b) with b = sqrt(6 / fan_in).
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-        nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")
+        # Not mutated: without nonlinearity="relu" the default, leaky_relu of slope 0, has the same gain.
+        nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")  # pragma: no mutate
 
 
 def count_parameters(model: nn.Module, include_bn_running_stats: bool) -> int:
