@@ -96,3 +96,39 @@ def test_case_metrics_take_the_spacing_from_the_volume_geometry():
     assert metrics["hd95_mm"] == pytest.approx(10.0)
     assert metrics["dice"] == 0.0
     assert metrics["reference_ml"] == pytest.approx(900 * 0.8 * 0.7 * 2.5 / 1000)
+
+
+def test_surface_voxels_have_a_background_face_neighbour_outside_the_array_included():
+    from segmentation_metrics import surface
+
+    mask = np.zeros((3, 5, 5), bool)
+    mask[:, 1:4, 1:4] = True  # a 3 x 3 x 3 cube touching the top and bottom of the array
+    expected = mask.copy()
+    expected[1, 2, 2] = False  # the centre: its six face-neighbours are in the cube
+    assert np.array_equal(surface(mask), expected)
+    cross = ndimage.generate_binary_structure(3, 1)  # a voxel and its six face-neighbours
+    centre = np.zeros((3, 3, 3), bool)
+    centre[1, 1, 1] = True
+    assert np.array_equal(surface(np.pad(cross, 1)), np.pad(cross & ~centre, 1))  # diagonal background doesn't count
+
+
+def test_bounding_box_is_the_smallest_box_holding_the_mask():
+    from segmentation_metrics import _bounding_box
+
+    mask = np.zeros((6, 7, 8), bool)
+    mask[1, 2, 3] = mask[4, 2, 5] = True
+    assert _bounding_box(mask) == (slice(1, 5), slice(2, 3), slice(3, 6))
+
+
+def test_case_metrics_by_hand_on_a_row_of_voxels():
+    """Reference: 4 voxels in a row along i (0.8 mm); prediction: its first 2. Distances reference ->
+    prediction 0, 0, 0.8, 1.6 mm: the 95th percentile interpolates 0.8 + 0.85 x 0.8 = 1.48 mm."""
+    reference, prediction = np.zeros((3, 3, 6), np.uint8), np.zeros((3, 3, 6), np.uint8)
+    reference[1, 1, 1:5] = 1
+    prediction[1, 1, 1:3] = 1
+    ijk_to_ras = make_ijk_to_ras((0.8, 0.7, 2.5), origin=(0.0, 0.0, 0.0), direction=np.eye(3))
+    metrics = case_metrics(Volume(prediction, ijk_to_ras), Volume(reference, ijk_to_ras))
+    assert metrics["dice"] == pytest.approx(2 * 2 / 6)
+    assert metrics["hd95_mm"] == pytest.approx(1.48)
+    assert metrics["reference_ml"] == pytest.approx(4 * 1.4 / 1000)
+    assert metrics["predicted_ml"] == pytest.approx(2 * 1.4 / 1000)

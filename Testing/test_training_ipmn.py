@@ -5,6 +5,7 @@ resumed run is the uninterrupted run, and torchrun with two CPU processes writes
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -596,3 +597,66 @@ def test_warmup_cosine_schedule_rises_then_decays_to_zero():
     assert all(a >= b for a, b in zip(factors[warmup:], factors[warmup + 1:]))
     assert factors[-1] < 1e-4
     assert all(learning_rate_factor("constant", step, steps) == 1.0 for step in (1, 500, 1000))
+
+
+def test_nested_folds_default_to_seed_0_and_another_seed_gives_other_folds():
+    labels, patients = random_cohort(np.random.default_rng(7))
+    default, seed_0, seed_1 = (nested_folds(labels, patients, 3, 2, **seed) for seed in ({}, {"seed": 0}, {"seed": 1}))
+    assert all(np.array_equal(a.test, b.test) and np.array_equal(a.validation, b.validation)
+               for a, b in zip(default, seed_0))
+    assert not all(np.array_equal(a.test, b.test) for a, b in zip(seed_0, seed_1))
+
+
+def test_holdout_split_is_the_cross_validations_inner_split_and_fixed_by_the_seed():
+    """A final model is selected as inside the cross-validation: the holdout split of the cases
+    outside outer fold n, with the seed that fold's inner level uses, is that fold's inner fold 1."""
+    labels, patients = random_cohort(np.random.default_rng(3))
+    labels = np.asarray(labels)
+    for fold in nested_folds(labels, patients, 3, 3, seed=4):
+        rest = np.setdiff1d(np.arange(len(labels)), fold.test)
+        train, validation = holdout_split(labels[rest], [patients[i] for i in rest], 3, seed=4 + fold.number)
+        assert np.array_equal(rest[train], fold.train) and np.array_equal(rest[validation], fold.validation)
+    default, seed_0 = holdout_split(labels, patients, 3), holdout_split(labels, patients, 3, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(default, seed_0))
+
+
+def test_group_folds_keep_sklearns_small_class_warning_to_themselves():
+    from ipmn_folds import group_folds
+
+    labels = [0] * 6 + [1] * 6 + [2]  # one high-risk scan for 3 folds: the callers name the fold instead
+    patients = [f"p{i}" for i in range(13)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        folds = group_folds(np.asarray(labels), patients, 3, seed=0)
+    assert np.array_equal(np.sort(np.concatenate(folds)), np.arange(13))
+
+
+def test_refusals_say_which_split_needs_more_patients_of_a_class():
+    labels, patients = [0] * 6 + [1] * 6 + [2] * 2, [f"p{i}" for i in range(14)]
+    needs = "split into 3 folds needs at least 3 patients with high-risk IPMN, one per fold; there are 2"
+    with pytest.raises(InputError, match=f"^The outer {needs}"):
+        nested_folds(labels, patients, 3, 2)
+    with pytest.raises(InputError, match=f"^The validation {needs}"):
+        holdout_split(labels, patients, 3)
+
+
+ADVICE = ("patients with several scans or few patients of a class keep the 2 folds from all holding every "
+          "class. Use fewer folds (--folds / --inner-folds) or another --seed.")
+
+
+@pytest.mark.parametrize("split, labels, patients, message", [
+    (nested_folds, [2, 2, 2, 1, 0, 0, 1, 0, 2, 2], "AAABCCDDEF", "Outer fold 1 (test set) has no case of normal"),
+    (nested_folds, [2, 1, 0, 2, 1, 1, 2, 0, 0, 0], "ABCCCDDEEF",
+     "Outer fold 1, inner fold 1 (validation set) has no case of high-risk IPMN"),
+    (nested_folds, [0, 0, 1, 1, 2, 2, 0, 2, 0, 2, 1], "ABBCCCDEEFF",
+     "Outer fold 1, inner fold 1 (training set) has no case of normal"),
+    (holdout_split, [2, 2, 2, 1, 0, 0, 1, 0, 2, 2], "AAABCCDDEF", "The validation set has no case of normal"),
+    (holdout_split, [0, 1, 2, 2, 2, 1, 0, 1], "ABBCDEEF", "The training set has no case of low-risk IPMN"),
+])
+def test_a_split_without_every_class_is_refused_naming_the_set_and_the_class(split, labels, patients, message):
+    """Two patients per class pass the class-size check for 2 folds, but patients with scans of
+    several classes leave one set without a class (found by trying small cohorts, seed 0)."""
+    args = (2, 2) if split is nested_folds else (2,)
+    with pytest.raises(InputError) as refusal:
+        split(labels, list(patients), *args)
+    assert str(refusal.value) == f"{message}: {ADVICE}"

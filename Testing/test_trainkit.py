@@ -223,3 +223,79 @@ def test_ctrl_c_inside_a_pytorch_call_lands_after_it(tmp_path):
     code, log = run_example_script(tmp_path, body)
     assert code == 130 and "Interrupted. Run it again with --resume." in log
     assert len(visited) == 6
+
+
+def test_checkpoint_state_keeps_numpy_and_torch_scalars_as_plain_numbers(tmp_path):
+    from pathlib import Path
+
+    state = {"history": [{"epoch": np.int64(1), "loss": np.float32(0.25), "lr": torch.tensor(0.5)}],
+             "best": {"value": np.float64("-inf"), "at": (np.int32(2), 3)}, "output": Path("/runs/ipmn"),
+             "note": "plain"}
+    save_checkpoint(tmp_path / "run" / "fold-3" / "checkpoints", 1, {"x": torch.zeros(2)}, state)
+    restored = load_latest_checkpoint(tmp_path / "run" / "fold-3" / "checkpoints").state
+    assert restored == {"history": [{"epoch": 1, "loss": 0.25, "lr": 0.5}],
+                        "best": {"value": -math.inf, "at": [2, 3]}, "output": "/runs/ipmn", "note": "plain"}
+    assert type(restored["history"][0]["epoch"]) is int and type(restored["history"][0]["loss"]) is float
+
+
+def test_skipped_checkpoint_is_logged_naming_the_file_and_the_reason(tmp_path, caplog):
+    save_checkpoint(tmp_path, 1, {"x": torch.zeros(2)}, {})
+    (tmp_path / "epoch-0001.safetensors").write_bytes(b"damaged")
+    with caplog.at_level("WARNING", logger="trainkit.checkpoint"):
+        assert load_latest_checkpoint(tmp_path) is None
+    assert [record.getMessage() for record in caplog.records] == [
+        f"Skipping the damaged checkpoint {tmp_path / 'epoch-0001.json'} (its tensors file does not match)."]
+
+
+def test_loaded_checkpoint_names_its_file(tmp_path):
+    path = save_checkpoint(tmp_path, 4, {"x": torch.zeros(2)}, {})
+    assert load_latest_checkpoint(tmp_path).path == path == tmp_path / "epoch-0004.json"
+
+
+def test_saving_clears_an_older_checkpoint_that_lost_its_tensors_file(tmp_path):
+    save_checkpoint(tmp_path, 1, {"x": torch.zeros(2)}, {})
+    (tmp_path / "epoch-0001.safetensors").unlink()
+    save_checkpoint(tmp_path, 2, {"x": torch.ones(2)}, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0002.json", "epoch-0002.safetensors"]
+
+
+class CountingMomentum(torch.optim.Optimizer):
+    """An optimizer like some third-party ones: a plain-int counter and a tensor whose name has a
+    dot; parameters of a group without momentum keep only the counter."""
+
+    def __init__(self, params, lr=0.1, betas=(0.9, 0.5), momentum=True):
+        super().__init__(params, {"lr": lr, "betas": betas, "momentum": momentum})
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for param in group["params"]:
+                state = self.state[param]
+                state["count"] = state.get("count", 0) + 1
+                update = param.grad
+                if group["momentum"]:
+                    update = state.setdefault("velocity.slow", torch.zeros_like(param))
+                    update.mul_(group["betas"][0]).add_(param.grad)
+                param.add_(update, alpha=-group["lr"] / state["count"])
+
+
+def test_optimizer_state_with_plain_numbers_and_dotted_names_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    groups = lambda net: [{"params": [net.weight]}, {"params": [net.bias], "momentum": False}]  # noqa: E731
+    optimizer = CountingMomentum(groups(model))
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.randn(4, 3)).sum().backward()
+        optimizer.step()
+    tensors, document = optimizer_parts(optimizer)
+    save_checkpoint(tmp_path, 2, tensors, {"optimizer": document})
+    checkpoint = load_latest_checkpoint(tmp_path)
+
+    copy = CountingMomentum(groups(torch.nn.Linear(3, 2)))
+    restore_optimizer(copy, checkpoint.tensors, checkpoint.state["optimizer"])
+    saved, restored = optimizer.state_dict()["state"], copy.state_dict()["state"]
+    assert sorted(restored) == sorted(saved) == [0, 1]
+    assert restored[0]["count"] == restored[1]["count"] == 2 and type(restored[1]["count"]) is int
+    assert torch.equal(restored[0]["velocity.slow"], saved[0]["velocity.slow"]) and "velocity.slow" not in restored[1]
+    assert copy.param_groups[0]["betas"] == (0.9, 0.5)

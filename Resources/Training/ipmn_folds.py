@@ -59,14 +59,14 @@ def group_folds(labels: np.ndarray, patients: Sequence[str], n_folds: int, seed:
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # A class with fewer members than folds is reported below, naming the fold.
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", UserWarning)  # pragma: no mutate (sklearn warns nothing else here)
         return [np.sort(test) for _, test in splitter.split(np.zeros(len(labels)), labels, groups=list(patients))]
 
 
 def nested_folds(labels: Sequence[int], patients: Sequence[str], folds: int, inner_folds: int,
                  seed: int = 0) -> list[OuterFold]:
     """The nested split of a cohort (labels and patient of each case); checked (see module)."""
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)  # pragma: no mutate (labels are ints already)
     patients = list(patients)
     _check_class_sizes(labels, patients, folds, "outer")
     outer = []
@@ -92,7 +92,7 @@ def holdout_split(labels: Sequence[int], patients: Sequence[str], inner_folds: i
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) indices for a final model: the first of `inner_folds` folds
     validates, as inside the cross-validation."""
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)  # pragma: no mutate (labels are ints already)
     _check_class_sizes(labels, list(patients), inner_folds, "validation")
     validation = group_folds(labels, list(patients), inner_folds, seed)[0]
     train = np.setdiff1d(np.arange(len(labels)), validation)

@@ -30,9 +30,10 @@ def dice_coefficient(prediction: np.ndarray, reference: np.ndarray) -> float:
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
-    """Voxels of `mask` with at least one background face-neighbour (bool, same shape)."""
-    structure = ndimage.generate_binary_structure(mask.ndim, 1)
-    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+    """Voxels of `mask` with at least one background face-neighbour (bool, same shape).
+
+    scipy's erosion defaults are exactly that: face-neighbour structure, outside = background."""
+    return mask & ~ndimage.binary_erosion(mask)
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:

@@ -61,8 +61,10 @@ def from_json_value(value: Any) -> Any:
 
 
 def write_json_atomically(path: Path, document: Any) -> None:
-    temporary = path.with_name(path.name + ".part")
-    temporary.write_text(json.dumps(to_json_value(document), indent=1) + "\n", encoding="utf-8")
+    """`document` as indented JSON through `<name>.part`: readers see the old file or the new one."""
+    text = json.dumps(to_json_value(document), indent=1) + "\n"  # pragma: no mutate (indent is layout only)
+    temporary = path.with_name(path.name + ".part")  # pragma: no mutate (any name outside epoch-*.json)
+    temporary.write_bytes(text.encode())  # json.dumps escapes non-ASCII: the text is plain ASCII
     os.replace(temporary, path)
 
 
@@ -82,7 +84,7 @@ def save_checkpoint(folder: Path, epoch: int, tensors: Mapping[str, Any], state:
         "tensors_sha256": sha256_of_file(tensors_path), "state": state})
     for older in folder.glob("epoch-*.json"):
         if older != json_path:
-            older.unlink(missing_ok=True)
+            older.unlink(missing_ok=True)  # pragma: no mutate (just listed; guards only a concurrent remover)
             older.with_suffix(".safetensors").unlink(missing_ok=True)
     return json_path
 
@@ -93,7 +95,7 @@ def load_latest_checkpoint(folder: Path) -> Optional[Checkpoint]:
 
     for json_path in sorted(folder.glob("epoch-*.json"), reverse=True):
         try:
-            document = json.loads(json_path.read_text(encoding="utf-8"))
+            document = json.loads(json_path.read_bytes())  # json detects the UTF encoding itself
             tensors_path = folder / document["tensors_file"]
             if sha256_of_file(tensors_path) != document["tensors_sha256"]:
                 raise ValueError("its tensors file does not match")
