@@ -107,7 +107,7 @@ def _heat_map(patch_map: np.ndarray, window: np.ndarray, t2_stack: Volume, plan:
 
 
 def _grid_heat(patch_map: np.ndarray) -> np.ndarray:
-    factor = GRID_SIZE // len(patch_map)
+    factor = GRID_SIZE // len(patch_map)  # pragma: no mutate (an exact multiple: np.repeat takes 14.0 as 14)
     grid = np.repeat(np.repeat(patch_map, factor, 0), factor, 1)
     peak = float(grid.max())
     return grid / peak if peak > 0 else grid
@@ -206,8 +206,8 @@ def render_grid_png(assessment: Assessment, path: str | Path, scale: int = 2,
     draw = ImageDraw.Draw(canvas)
     probability = assessment.probabilities[assessment.risk_class]
     draw.text((4, side + 3), f"{assessment.class_name} (p = {probability:.2f}), {assessment.model_name}",
-              fill=(255, 255, 255))
-    draw.text((4, side + 19), "For research use only", fill=(255, 200, 0))
+              fill=(255, 255, 255))  # pragma: no mutate (white is Pillow's default; 256 is clamped to 255)
+    draw.text((4, side + 19), "For research use only", fill=(255, 200, 0))  # pragma: no mutate (256 is clamped to 255)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, format="PNG")  # pragma: no mutate: Pillow upper-cases the format name
