@@ -94,7 +94,7 @@ def resolve(requirements: list[str], python: str, platform: str, folder: Path, d
                "--report", str(folder / "report.json"), *([] if deps else ["--no-deps"]), *requirements]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"Python {python} on {platform}: {result.stderr[-1500:]}"
-    return json.loads((folder / "report.json").read_text())["install"]
+    return json.loads((folder / "report.json").read_text(encoding="utf-8"))["install"]
 
 
 @pytest.mark.slow
