@@ -119,8 +119,10 @@ def test_prepared_model_gives_the_eval_models_output(model):
     ct_slices = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = model(ct_slices)
-        prepared = prepare_for_inference(model)(ct_slices)
-    assert torch.allclose(prepared, expected, rtol=0.0, atol=1e-4)
+        prepared = prepare_for_inference(model)
+        got = prepared(ct_slices)
+    assert torch.allclose(got, expected, rtol=0.0, atol=1e-5)
+    assert batch_norms(prepared) == []
 
 
 def test_prepared_model_has_every_batchnorm_folded_into_its_convolution(model):
@@ -237,15 +239,3 @@ def test_preparing_leaves_a_convolution_without_batchnorm_as_it_is():
     with torch.no_grad():
         assert torch.allclose(prepared(x), network(x), rtol=0.0, atol=1e-5)
     assert len(batch_norms(prepared)) == 1
-
-
-def test_prepared_model_matches_eval_model_within_1e_5_on_random_input(model):
-    randomise_batch_norms(model)
-    model.eval()
-    x = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        expected = model(x)
-        prepared = prepare_for_inference(model)
-        got = prepared(x)
-    assert torch.allclose(got, expected, rtol=0.0, atol=1e-5)
-    assert batch_norms(prepared) == []
