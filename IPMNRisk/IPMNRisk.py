@@ -285,7 +285,7 @@ class IPMNRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 def resultText(result) -> str:
     """The result as rich text: the class in large letters, then each class's probability
     (with its spread over the test-time augmentations when there is one)."""
-    from IPMNRiskLib.model import CLASS_NAMES
+    from IPMNRiskLib.network import CLASS_NAMES
 
     parts = []
     for name, probability, spread in zip(CLASS_NAMES, result.probabilities, result.spread):
@@ -319,7 +319,7 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def modelRegistry():
         """The known models (`PancreasAILib.weights.ModelRegistry`)."""
-        from IPMNRiskLib.models import model_registry
+        from IPMNRiskLib.registry import model_registry
 
         return model_registry()
 
@@ -347,7 +347,7 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
         table_node, grid_png_path); the heat map and the table are added to the scene.
         """
         from PancreasAILib.progress import no_progress
-        from IPMNRiskLib.mrml import assess_nodes
+        from IPMNRiskLib.result_nodes import assess_nodes
 
         return assess_nodes(t1Node, t2Node, roiNode, model=model, device=device, tta=testTimeAugmentation,
                             point_box_size_mm=pointBoxSizeMm, progress=progressCallback or no_progress)
@@ -363,7 +363,7 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
         success; with None and the reason on failure; with None and "" when cancelled. The
         scene changes only on success. Files named by the result exist during the call.
         """
-        from IPMNRiskLib.mrml import region_box_from_node
+        from IPMNRiskLib.result_nodes import region_box_from_node
 
         with newWorkDir("IPMNRisk") as workDir:
             region = region_box_from_node(roiNode, point_box_size_mm=pointBoxSizeMm)
@@ -389,7 +389,7 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
     def importResult(self, t2Node, outputDir: str):
         """Put what the command line wrote into `outputDir` (heat map, result, grid image)
         into the scene, beside `t2Node`; returns the result as `assess` does."""
-        from IPMNRiskLib.mrml import import_assessment_files
+        from IPMNRiskLib.result_nodes import import_assessment_files
 
         return import_assessment_files(t2Node, outputDir)
 
@@ -426,7 +426,7 @@ def heatMapCenter(heatMapNode) -> Optional[tuple[float, float, float]]:
     """RAS centre (mm) of the box of non-zero heat-map voxels: the assessed region."""
     import numpy as np
 
-    from PancreasAILib.mrml import world_ijk_to_ras
+    from PancreasAILib.scene import world_ijk_to_ras
 
     voxels = np.argwhere(slicer.util.arrayFromVolume(heatMapNode) > 0)
     if voxels.size == 0:
@@ -506,7 +506,7 @@ class IPMNRiskTest(ScriptedLoadableModuleTest):
 
     @staticmethod
     def _phantomScene():
-        from IPMNRiskLib.phantom import make_mr_phantom
+        from PancreasAIPhantoms.mr import make_mr_phantom
 
         phantom = make_mr_phantom(seed=2000, risk_class=2)
         t1Node = slicer.util.addVolumeFromArray(phantom.t1, ijkToRAS=phantom.ijk_to_ras, name="T1 phantom")

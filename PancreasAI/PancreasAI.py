@@ -223,7 +223,7 @@ def pythonSlicerExecutable() -> str:
 def exportVolume(volumeNode, path: str) -> str:
     """Write a volume node for a background process, in world coordinates (a linear parent
     transform applied), so the process sees what the user sees. Returns `path`."""
-    from PancreasAILib.mrml import volume_from_node
+    from PancreasAILib.scene import volume_from_node
 
     volume_from_node(volumeNode)  # says in words what is wrong with an unusable node
     # A fresh properties dict: exportNode stores the file format it picks in its default

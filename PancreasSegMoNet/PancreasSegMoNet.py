@@ -245,7 +245,7 @@ class PancreasSegMoNetLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def modelRegistry():
         """The known models (`PancreasAILib.weights.ModelRegistry`)."""
-        from PancreasSegMoNetLib.models import model_registry
+        from PancreasSegMoNetLib.registry import model_registry
 
         return model_registry()
 
@@ -262,7 +262,7 @@ class PancreasSegMoNetLogic(ScriptedLoadableModuleLogic):
         progressCallback(fraction, status) - called as the work advances.
         """
         from PancreasAILib.progress import no_progress
-        from PancreasSegMoNetLib.mrml import segment_volume_node
+        from PancreasSegMoNetLib.pancreas_segment import segment_volume_node
 
         return segment_volume_node(
             volumeNode, segmentationNode, model=model, device=device, threshold=threshold,
@@ -305,7 +305,7 @@ class PancreasSegMoNetLogic(ScriptedLoadableModuleLogic):
     def importResult(self, volumeNode, labelmapPath: str, segmentationNode=None):
         """Put a pancreas mask written by the command line (a label map on `volumeNode`'s grid)
         into `segmentationNode` (None creates one); returns the segmentation node."""
-        from PancreasSegMoNetLib.mrml import import_mask_file
+        from PancreasSegMoNetLib.pancreas_segment import import_mask_file
 
         return import_mask_file(volumeNode, labelmapPath, segmentationNode)
 
@@ -383,7 +383,7 @@ class PancreasSegMoNetTest(ScriptedLoadableModuleTest):
 
     @staticmethod
     def _phantomVolume():
-        from PancreasSegMoNetLib.phantom import make_ct_phantom
+        from PancreasAIPhantoms.ct import make_ct_phantom
 
         phantom = make_ct_phantom(seed=1000, shape=(16, 128, 128))
         volumeNode = slicer.util.addVolumeFromArray(phantom.hu, ijkToRAS=phantom.ijk_to_ras, name="CT phantom")

@@ -23,7 +23,7 @@ def sample_ct(folder: Path) -> Path:
     """The bundled sample: a synthetic abdominal CT made by our own generator."""
     from PancreasAILib.volume import Volume
     from PancreasAILib.volume_io import write_volume
-    from PancreasSegMoNetLib.phantom import make_ct_phantom
+    from PancreasAIPhantoms.ct import make_ct_phantom
 
     path = folder / "sample_ct_phantom.nii.gz"
     if not path.exists():
@@ -33,11 +33,11 @@ def sample_ct(folder: Path) -> Path:
 
 
 def demo_segmentation(ct_path: Path, output: Path) -> list[Path]:
-    from PancreasAILib.mrml import save_scene_bundle
-    from PancreasAILib.render import overlay_png
+    from PancreasAILib.scene import save_scene_bundle
+    from demo_render import overlay_png
     from PancreasAILib.volume_io import read_volume
     from PancreasSegMoNetLib.cli import output_paths, segment_files
-    from PancreasSegMoNetLib.mrml import build_review_scene
+    from PancreasSegMoNetLib.pancreas_segment import build_review_scene
 
     print(f"\n== PancreasSegMoNet: segmenting {ct_path.name} ==")
     failures = segment_files([ct_path], output, overwrite=True)
@@ -54,7 +54,7 @@ def demo_segmentation(ct_path: Path, output: Path) -> list[Path]:
 
 def sample_mri_pair(folder: Path) -> tuple[Path, Path, tuple, tuple]:
     """The bundled MRI sample: a synthetic T1/T2 pair with a high-risk IPMN, and its box."""
-    from IPMNRiskLib.phantom import make_mr_phantom
+    from PancreasAIPhantoms.mr import make_mr_phantom
     from PancreasAILib.volume import Volume
     from PancreasAILib.volume_io import write_volume
 

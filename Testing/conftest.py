@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-for module_dir in ("PancreasAI", "PancreasSegMoNet", "IPMNRisk", "Resources/Training"):
+for module_dir in ("PancreasAI", "PancreasSegMoNet", "IPMNRisk", "Resources", "Resources/Training"):
     path = str(ROOT / module_dir)
     if path not in sys.path:
         sys.path.insert(0, path)
@@ -22,7 +22,7 @@ def random_monet_card(tmp_path_factory):
     """A MoNet model file with random (seeded) weights and a complete card."""
     import torch
 
-    from PancreasSegMoNetLib.model import MoNet
+    from PancreasSegMoNetLib.network import MoNet
     from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING
     from PancreasAILib.weights import save_model
 
@@ -44,7 +44,7 @@ def _calibrate_batch_norm(model) -> None:
 
     from PancreasAILib.orientation import axial_reorientation
     from PancreasAILib.volume import Volume
-    from PancreasSegMoNetLib.phantom import make_ct_phantom
+    from PancreasAIPhantoms.ct import make_ct_phantom
     from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING, model_slices
 
     phantom = make_ct_phantom(seed=999, shape=(6, 96, 96))
@@ -67,7 +67,7 @@ def _calibrate_batch_norm(model) -> None:
 @pytest.fixture(scope="session")
 def demo_monet_card():
     """The bundled demo weights (trained on phantoms)."""
-    from PancreasSegMoNetLib.models import model_registry
+    from PancreasSegMoNetLib.registry import model_registry
 
     registry = model_registry()
     if not registry.is_available(registry.default_name):
@@ -78,7 +78,7 @@ def demo_monet_card():
 @pytest.fixture(scope="session")
 def small_ct_phantom():
     """(16, 128, 128) synthetic CT with a pancreas, LPS storage."""
-    from PancreasSegMoNetLib.phantom import make_ct_phantom
+    from PancreasAIPhantoms.ct import make_ct_phantom
 
     return make_ct_phantom(seed=1000, shape=(16, 128, 128))
 
@@ -88,7 +88,7 @@ def mrml_scene():
     """A real MRML scene with the volumes and segmentations logics (slicer-core)."""
     import slicer
 
-    from PancreasAILib.mrml import create_scene
+    from PancreasAILib.scene import create_scene
 
     scene = create_scene()
     application_logic, volumes_logic, segmentations_logic = scene._pancreasai_logics
@@ -116,7 +116,7 @@ def save_random_vit(folder: Path, name: str, preprocessing: dict | None = None):
     import torch
 
     from IPMNRiskLib.grids import INPUT_FORMAT
-    from IPMNRiskLib.model import CLASS_NAMES, create_vit
+    from IPMNRiskLib.network import CLASS_NAMES, create_vit
     from PancreasAILib.weights import save_model
 
     params = {"depth": 2, "embed_dim": 48, "num_heads": 3}
@@ -137,7 +137,7 @@ def random_vit_card(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_mr_phantom():
     """(16, 112, 112) paired T1/T2 with a high-risk IPMN."""
-    from IPMNRiskLib.phantom import make_mr_phantom
+    from PancreasAIPhantoms.mr import make_mr_phantom
 
     return make_mr_phantom(seed=5, risk_class=2, shape=(16, 112, 112), spacing=(2.0, 2.0, 4.0))
 

@@ -204,10 +204,10 @@ def explain(completed: subprocess.CompletedProcess) -> str:
 # --- input files, made by the project's own generators -------------------------------------------
 
 def write_ct(path: Path, seed: int, shape=(12, 96, 96)) -> Path:
-    """A small synthetic abdominal CT with a pancreas (`PancreasSegMoNetLib.phantom`)."""
+    """A small synthetic abdominal CT with a pancreas (`PancreasAIPhantoms.ct`)."""
     from PancreasAILib.volume import Volume
     from PancreasAILib.volume_io import write_volume
-    from PancreasSegMoNetLib.phantom import make_ct_phantom
+    from PancreasAIPhantoms.ct import make_ct_phantom
 
     phantom = make_ct_phantom(seed, shape=shape)
     return write_volume(Volume(phantom.hu, phantom.ijk_to_ras), path)
@@ -244,7 +244,7 @@ def write_dicom_series(volume, folder: Path, modality: str = "CT", series_uid: s
 
 def write_dicom_ct(folder: Path, seed: int, shape=(12, 96, 96)) -> Path:
     from PancreasAILib.volume import Volume
-    from PancreasSegMoNetLib.phantom import make_ct_phantom
+    from PancreasAIPhantoms.ct import make_ct_phantom
 
     phantom = make_ct_phantom(seed, shape=shape)
     return write_dicom_series(Volume(phantom.hu, phantom.ijk_to_ras), folder, "CT")
@@ -257,7 +257,7 @@ def write_msd_folder(task: Path, count: int = 3, shape=(12, 64, 64)) -> Path:
 
     from PancreasAILib.volume import Volume
     from PancreasAILib.volume_io import write_volume
-    from PancreasSegMoNetLib.phantom import make_ct_phantom
+    from PancreasAIPhantoms.ct import make_ct_phantom
 
     entries = []
     for index in range(1, count + 1):
@@ -280,7 +280,7 @@ def write_folder_pair(images: Path, labels: Path, count: int = 3, shape=(12, 64,
     """A folder of CT phantoms and a folder of their label maps with the same file names."""
     from PancreasAILib.volume import Volume
     from PancreasAILib.volume_io import write_volume
-    from PancreasSegMoNetLib.phantom import make_ct_phantom
+    from PancreasAIPhantoms.ct import make_ct_phantom
 
     for index in range(count):
         phantom = make_ct_phantom(100 + index, shape=shape)
@@ -294,7 +294,7 @@ def copy_of_demo_monet(path: Path, name: str) -> Path:
     from safetensors.torch import load_file
 
     from PancreasAILib.weights import save_model
-    from PancreasSegMoNetLib.models import model_registry
+    from PancreasSegMoNetLib.registry import model_registry
 
     card = model_registry().resolve(None)
     fields = {k: v for k, v in card.data.items() if k not in ("weights_file", "sha256", "format_version")}
@@ -311,9 +311,9 @@ class MrStudy:
 
 
 def mr_study(seed: int, risk_class: int, center_ras=None, shape=(12, 48, 48), spacing=(4.5, 4.5, 6.0)) -> MrStudy:
-    """A synthetic T1/T2 pair (`IPMNRiskLib.phantom`); with `center_ras`, moved so that the
+    """A synthetic T1/T2 pair (`PancreasAIPhantoms.mr`); with `center_ras`, moved so that the
     centre of the box around its pancreas lies there."""
-    from IPMNRiskLib.phantom import make_mr_phantom
+    from PancreasAIPhantoms.mr import make_mr_phantom
     from PancreasAILib.volume import Volume
 
     phantom = make_mr_phantom(seed, risk_class, shape=shape, spacing=spacing)
@@ -372,7 +372,7 @@ def _module_classes(module: str) -> dict[str, dict[str, ast.FunctionDef]]:
 
 def _returned_lib_function(method: ast.FunctionDef):
     """The Lib function whose result `method` returns (`return assess_nodes(...)` after
-    `from IPMNRiskLib.mrml import assess_nodes`), imported; None if there is none."""
+    `from IPMNRiskLib.result_nodes import assess_nodes`), imported; None if there is none."""
     import importlib
 
     imported = {alias.asname or alias.name: (node.module, alias.name)

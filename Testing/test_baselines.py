@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from PancreasSegMoNetLib.baselines import AttentionGate, AttentionUNet, UNet
-from PancreasSegMoNetLib.model import count_parameters
+from segmentation_baselines import AttentionGate, AttentionUNet, UNet
+from PancreasSegMoNetLib.network import count_parameters
 
 
 def test_unet_64_has_the_published_31054145_parameters():

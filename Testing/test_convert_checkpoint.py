@@ -16,15 +16,15 @@ from safetensors.torch import load_file
 
 import convert_checkpoint
 from IPMNRiskLib import cli as ipmn_cli
-from IPMNRiskLib.model import create_vit, load_vit
-from IPMNRiskLib.models import model_registry as ipmn_registry
+from IPMNRiskLib.network import create_vit, load_vit
+from IPMNRiskLib.registry import model_registry as ipmn_registry
 from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import write_volume
 from PancreasAILib.weights import load_into, load_state_dict, read_model_card, verify_weights_file
 from PancreasSegMoNetLib import cli as monet_cli
-from PancreasSegMoNetLib.model import MoNet
-from PancreasSegMoNetLib.models import build_monet
-from PancreasSegMoNetLib.models import model_registry as monet_registry
+from PancreasSegMoNetLib.network import MoNet
+from PancreasSegMoNetLib.registry import build_monet
+from PancreasSegMoNetLib.registry import model_registry as monet_registry
 from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING
 from PancreasSegMoNetLib.segmentation import segment_ct
 

@@ -19,7 +19,7 @@ TARGET_ACCURACY = 0.9
 
 @pytest.fixture(scope="module")
 def demo_vit_card():
-    from IPMNRiskLib.models import model_registry
+    from IPMNRiskLib.registry import model_registry
 
     registry = model_registry()
     if not registry.is_available(registry.default_name):
@@ -36,7 +36,7 @@ def test_demo_cards_say_plainly_what_the_weights_are(demo_monet_card, demo_vit_c
 
 @pytest.fixture(scope="module")
 def held_out_dice(demo_monet_card):
-    from PancreasSegMoNetLib.phantom import make_ct_phantom
+    from PancreasAIPhantoms.ct import make_ct_phantom
     from PancreasSegMoNetLib.segmentation import segment_ct
 
     scores = []
@@ -56,7 +56,7 @@ def test_demo_monet_reaches_dice_0_9_on_held_out_phantoms(held_out_dice):
 def held_out_assessments(demo_vit_card):
     from IPMNRiskLib.grids import RegionBox
     from IPMNRiskLib.inference import assess
-    from IPMNRiskLib.phantom import make_mr_phantom
+    from PancreasAIPhantoms.mr import make_mr_phantom
 
     cases = []
     for seed in HELD_OUT_MR_SEEDS:

@@ -14,7 +14,7 @@ import evaluate_segmentation
 from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import write_volume
 from PancreasAILib.weights import save_model
-from PancreasSegMoNetLib.phantom import make_ct_phantom
+from PancreasAIPhantoms.ct import make_ct_phantom
 from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING
 
 SHAPE = (12, 64, 64)
@@ -65,7 +65,7 @@ def test_summary_table_and_box_plots_are_written(labelled_folders, tmp_path):
 
 def baseline_card(folder: Path):
     """A randomly initialised U-Net-16 card on 64 x 64 slices."""
-    from PancreasSegMoNetLib.baselines import UNet
+    from segmentation_baselines import UNet
 
     torch.manual_seed(0)
     return save_model(UNet(base_filters=16).state_dict(), folder / "unet16-random.safetensors", {

@@ -389,9 +389,9 @@ def test_signals_at_random_moments_never_leave_half_a_result(workdir):
 def test_impossible_grids_on_volume_nodes_are_refused_in_our_words(mrml_scene, small_ct_phantom, small_mr_phantom,
                                                                   spacing, shear, pattern):
     from PancreasAILib.errors import InputError
-    from PancreasAILib.mrml import add_volume_node, vtk_matrix
-    from PancreasSegMoNetLib.mrml import segment_volume_node
-    from IPMNRiskLib.mrml import assess_nodes
+    from PancreasAILib.scene import add_volume_node, vtk_matrix
+    from PancreasSegMoNetLib.pancreas_segment import segment_volume_node
+    from IPMNRiskLib.result_nodes import assess_nodes
 
     def node_with(array, name):
         node = add_volume_node(mrml_scene, Volume(array, np.eye(4)), name)

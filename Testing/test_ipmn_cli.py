@@ -69,8 +69,8 @@ def test_review_scene_opens_with_the_heat_map_over_t2(tmp_path, case_files, rand
 
 
 def test_cli_outputs_import_into_a_scene_as_the_gui_does(tmp_path, case_files, random_vit_card, mrml_scene):
-    from PancreasAILib.mrml import add_volume_node
-    from IPMNRiskLib.mrml import import_assessment_files
+    from PancreasAILib.scene import add_volume_node
+    from IPMNRiskLib.result_nodes import import_assessment_files
 
     t1, t2, center, size = case_files
     out = tmp_path / "out"

@@ -585,7 +585,7 @@ def test_tile_centres_are_the_middle_of_the_region_on_each_tile_slice(order, can
 
 def test_the_real_rollout_heat_map_is_the_same_in_patient_space_whatever_t2_s_storage_order(
         canonical_pair, random_vit_card):
-    from IPMNRiskLib.model import load_vit
+    from IPMNRiskLib.network import load_vit
     from IPMNRiskLib.tta import predict
 
     heat_maps, inputs = {}, {}

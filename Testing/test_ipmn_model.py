@@ -5,7 +5,7 @@ import pytest
 
 from PancreasAILib.errors import ModelFileError
 from PancreasAILib.weights import save_model
-from IPMNRiskLib.model import create_vit, load_pretrained_natural_image, load_vit
+from IPMNRiskLib.network import create_vit, load_pretrained_natural_image, load_vit
 
 TINY = {"depth": 2, "embed_dim": 48, "num_heads": 3}
 CLASSES = ["normal", "low-risk IPMN", "high-risk IPMN"]

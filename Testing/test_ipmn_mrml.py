@@ -6,17 +6,17 @@ import pytest
 from conftest import use_model_for_default
 
 from PancreasAILib.errors import InputError, OperationCancelled
-from PancreasAILib.mrml import add_volume_node, vtk_matrix
+from PancreasAILib.scene import add_volume_node, vtk_matrix
 from PancreasAILib.progress import CancelToken
 from PancreasAILib.volume import Volume
-from IPMNRiskLib import mrml as adapter
+from IPMNRiskLib import result_nodes as adapter
 
 
 @pytest.fixture(autouse=True)
 def use_random_model(monkeypatch, random_vit_card):
-    from IPMNRiskLib import models
+    from IPMNRiskLib import registry
 
-    use_model_for_default(monkeypatch, models, random_vit_card)
+    use_model_for_default(monkeypatch, registry, random_vit_card)
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_assessment_adds_a_heat_map_on_t2_grid_and_a_table(mrml_scene, nodes, tm
     heat = slicer.util.arrayFromVolume(result.heat_map_node)
     assert heat.shape == slicer.util.arrayFromVolume(t2).shape
     assert heat.max() == pytest.approx(1.0) and heat.min() >= 0
-    from PancreasAILib.mrml import world_ijk_to_ras
+    from PancreasAILib.scene import world_ijk_to_ras
     np.testing.assert_allclose(world_ijk_to_ras(result.heat_map_node), world_ijk_to_ras(t2))
     table = result.table_node.GetTable()
     values = {table.GetValue(r, 0).ToString(): table.GetValue(r, 1).ToString() for r in range(table.GetNumberOfRows())}
@@ -113,7 +113,7 @@ def test_results_go_beside_t2_in_its_study(mrml_scene, nodes, tmp_path):
 
 
 def test_heat_map_follows_t2_under_a_transform(mrml_scene, nodes, tmp_path):
-    from PancreasAILib.mrml import world_ijk_to_ras
+    from PancreasAILib.scene import world_ijk_to_ras
 
     t1, t2, roi = nodes
     shift = np.eye(4)

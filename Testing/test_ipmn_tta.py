@@ -131,7 +131,7 @@ def test_rollout_maps_are_turned_back_before_averaging(x, monkeypatch):
 def test_tta_rollout_of_a_real_vit_is_the_mean_of_the_un_augmented_view_maps(x):
     import torch
 
-    from IPMNRiskLib.model import create_vit
+    from IPMNRiskLib.network import create_vit
 
     torch.manual_seed(0)
     model = create_vit("vit_tiny_patch16_224", {"depth": 2, "embed_dim": 48, "num_heads": 3}).eval()

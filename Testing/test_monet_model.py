@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from PancreasSegMoNetLib.model import MoNet, count_parameters, prepare_for_inference
+from PancreasSegMoNetLib.network import MoNet, count_parameters, prepare_for_inference
 
 
 @pytest.fixture
@@ -175,7 +175,7 @@ def test_parameters_per_block_are_as_specified(model):
 
 
 def test_rddc_dropout_defaults_to_0_2_and_follows_the_models_setting():
-    from PancreasSegMoNetLib.model import RDDC
+    from PancreasSegMoNetLib.network import RDDC
 
     assert RDDC(4).dropout.p == pytest.approx(0.2)
     dropouts = [m for m in MoNet(dropout=0.5).modules() if isinstance(m, nn.Dropout2d)]

@@ -6,10 +6,10 @@ import pytest
 from conftest import use_model_for_default
 
 from PancreasAILib.errors import InputError, OperationCancelled
-from PancreasAILib.mrml import add_volume_node
+from PancreasAILib.scene import add_volume_node
 from PancreasAILib.progress import CancelToken
 from PancreasAILib.volume import Volume
-from PancreasSegMoNetLib import mrml as adapter
+from PancreasSegMoNetLib import pancreas_segment as adapter
 from PancreasSegMoNetLib.segmentation import segment_ct
 
 
@@ -22,9 +22,9 @@ def ct_node(mrml_scene, small_ct_phantom):
 @pytest.fixture(autouse=True)
 def use_random_model(monkeypatch, random_monet_card):
     """The adapter resolves 'model=None' through the registry: point it at the random model."""
-    from PancreasSegMoNetLib import models
+    from PancreasSegMoNetLib import registry
 
-    use_model_for_default(monkeypatch, models, random_monet_card)
+    use_model_for_default(monkeypatch, registry, random_monet_card)
 
 
 def segment_voxels(segmentation_node, volume_node, segment_id=adapter.SEGMENT_ID) -> np.ndarray:
@@ -72,7 +72,7 @@ def test_oblique_volume_keeps_its_geometry_in_the_segment(mrml_scene, small_ct_p
     image = slicer.vtkOrientedImageData()
     slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
         segmentation, adapter.SEGMENT_ID, image)
-    from PancreasAILib.mrml import numpy_matrix
+    from PancreasAILib.scene import numpy_matrix
     import vtk
     matrix = vtk.vtkMatrix4x4()
     image.GetImageToWorldMatrix(matrix)
@@ -148,7 +148,7 @@ def test_failure_while_writing_restores_the_previous_segment(monkeypatch, ct_nod
 
 
 def test_volume_under_linear_transform_is_used_in_world_space(mrml_scene, ct_node):
-    from PancreasAILib.mrml import volume_from_node, vtk_matrix
+    from PancreasAILib.scene import volume_from_node, vtk_matrix
 
     shift = np.eye(4)
     shift[:3, 3] = [12.0, -4.0, 30.0]
@@ -161,7 +161,7 @@ def test_volume_under_linear_transform_is_used_in_world_space(mrml_scene, ct_nod
     import vtk
     matrix = vtk.vtkMatrix4x4()
     ct_node.GetIJKToRASMatrix(matrix)
-    from PancreasAILib.mrml import numpy_matrix
+    from PancreasAILib.scene import numpy_matrix
     np.testing.assert_allclose(local.ijk_to_ras, shift @ numpy_matrix(matrix))
 
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from IPMNRiskLib.phantom import MrPhantom, make_mr_phantom
-from PancreasSegMoNetLib.phantom import CtPhantom, make_ct_phantom, make_ct_phantom_set
+from PancreasAIPhantoms.mr import MrPhantom, make_mr_phantom
+from PancreasAIPhantoms.ct import CtPhantom, make_ct_phantom, make_ct_phantom_set
 
 SMALL_CT = (16, 96, 96)
 

@@ -54,8 +54,8 @@ def mr_files(tmp_path, small_mr_phantom):
 
 def test_the_ipmn_gui_route_runs_in_python_slicer(module_files, mr_files, random_vit_card,  # noqa: F811
                                                    mrml_scene):
-    from IPMNRiskLib.mrml import import_assessment_files
-    from PancreasAILib.mrml import add_volume_node
+    from IPMNRiskLib.result_nodes import import_assessment_files
+    from PancreasAILib.scene import add_volume_node
 
     folder, (center, size) = mr_files
     output = folder / "output"

@@ -32,11 +32,11 @@ from readme_examples import (ROOT, Workspace, block_text, code_spans, commands_o
 
 MONET_INTENDED_USE = (
     "For demonstration and testing only, NOT for diagnosis: trained on synthetic CT phantoms made by "
-    "PancreasSegMoNetLib.phantom; it has never seen a real patient's CT and will not segment real pancreases "
+    "PancreasAIPhantoms.ct; it has never seen a real patient's CT and will not segment real pancreases "
     "reliably. Train real weights with Resources/Training/train_monet.py on MSD Task07 or your own data.")
 IPMN_INTENDED_USE = (
     "For demonstration and testing only, NOT for diagnosis or any clinical use: a small ViT trained on synthetic "
-    "T1/T2 MRI phantoms made by IPMNRiskLib.phantom; it has never seen a real patient's MRI. Train real weights "
+    "T1/T2 MRI phantoms made by PancreasAIPhantoms.mr; it has never seen a real patient's MRI. Train real weights "
     "with Resources/Training on a real cohort.")
 
 #: The README's code blocks that the tests below run, by name, exactly as the README has them.
@@ -69,11 +69,12 @@ PancreasAI/               hidden module shipping PancreasAILib: volumes + geomet
   PancreasAILib/          resampler, reorientation, file IO, weights + registry, MRML helpers
 PancreasSegMoNet/
   PancreasSegMoNet.py     Slicer module (GUI, Logic, Test)
-  PancreasSegMoNetLib/    model.py, preprocessing.py, models.py, segmentation.py, mrml.py, cli.py
+  PancreasSegMoNetLib/    network.py, preprocessing.py, registry.py, segmentation.py, pancreas_segment.py, cli.py
   Resources/Models/       PancreasSegMoNet-models.json (registry) + demo weights and card
 IPMNRisk/                 the IPMN module, same layout
 Resources/Training/       training and evaluation scripts (import the modules' code)
-Resources/demo.py         the demo
+Resources/PancreasAIPhantoms/  synthetic CT and MRI phantoms (demo, tests; not shipped)
+Resources/demo.py         the demo (and demo_render.py, its pictures)
 Testing/                  pytest suites (core, slicer-core MRML, CLI, training) and Benchmarks/
 pancreasai.sh             set-up, demo, test, bench
 """,
@@ -635,7 +636,7 @@ def test_quick_cross_validation_on_phantoms(workspace):
 def test_a_pickle_checkpoint_is_refused_and_converted_as_the_readme_says(workspace):
     import torch
 
-    from PancreasSegMoNetLib.model import MoNet
+    from PancreasSegMoNetLib.network import MoNet
 
     torch.manual_seed(3)
     torch.save(MoNet().state_dict(), workspace.path("x.pth"))

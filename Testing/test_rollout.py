@@ -176,7 +176,7 @@ def small_vit():
     far from uniform and head fusions differ."""
     import torch
 
-    from IPMNRiskLib.model import create_vit
+    from IPMNRiskLib.network import create_vit
 
     torch.manual_seed(0)
     model = create_vit("vit_tiny_patch16_224", {"depth": 2, "embed_dim": 48, "num_heads": 3}).eval()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from PancreasAILib.mrml import add_volume_node, create_scene, numpy_matrix, save_scene_bundle
+from PancreasAILib.scene import add_volume_node, create_scene, numpy_matrix, save_scene_bundle
 from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import read_volume, write_volume
 
@@ -126,7 +126,7 @@ def test_roi_reopens_with_its_size_centre_and_orientation(ipmn_case, ipmn_reopen
 
 def test_heat_map_reopens_with_its_inferno_colour_table_and_window(ipmn_case, ipmn_reopened):
     from IPMNRiskLib.colormap import colormap_table
-    from IPMNRiskLib.mrml import COLOR_TABLE_NAME
+    from IPMNRiskLib.result_nodes import COLOR_TABLE_NAME
 
     heat_node = ipmn_reopened.GetFirstNodeByName("T2 IPMN attention")
     display = heat_node.GetDisplayNode()
@@ -170,7 +170,7 @@ def test_t1_and_t2_reopen_with_their_exact_geometry(ipmn_case, ipmn_reopened):
 
 
 def test_ipmn_scene_opens_with_the_heat_map_over_t2_in_every_view(ipmn_case, ipmn_reopened):
-    from IPMNRiskLib.mrml import HEAT_MAP_OPACITY
+    from IPMNRiskLib.result_nodes import HEAT_MAP_OPACITY
 
     assert_views_show(ipmn_reopened, ipmn_reopened.GetFirstNodeByName("T2"),
                       ipmn_reopened.GetFirstNodeByName("T2 IPMN attention"), HEAT_MAP_OPACITY,
@@ -233,7 +233,7 @@ def test_segmentation_reopens_with_its_segment_name_terminology_colour_and_voxel
     import vtk
     from vtk.util.numpy_support import vtk_to_numpy
 
-    from PancreasSegMoNetLib import mrml as adapter
+    from PancreasSegMoNetLib import pancreas_segment as adapter
 
     scene = reopen(ct_case["scene"])
     segmentation_node = scene.GetFirstNodeByName("sample CT pancreas")
@@ -267,7 +267,7 @@ def test_ct_scene_opens_with_the_ct_in_every_view_centred_on_the_pancreas(ct_cas
 
 
 def test_ct_scene_without_a_pancreas_shows_the_whole_ct(tmp_path, small_ct_phantom):
-    from PancreasSegMoNetLib.mrml import build_review_scene
+    from PancreasSegMoNetLib.pancreas_segment import build_review_scene
 
     p = small_ct_phantom
     ct = Volume(p.hu, p.ijk_to_ras)

@@ -27,7 +27,7 @@ def read_with_slicer(path):
     """The segmentation node Slicer's storage node makes of the file."""
     import slicer
 
-    from PancreasAILib.mrml import create_scene
+    from PancreasAILib.scene import create_scene
 
     scene = create_scene()
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
@@ -43,7 +43,7 @@ def segment_labelmap(node, segment_id: str) -> tuple[np.ndarray, np.ndarray]:
     import vtk
     from vtk.util.numpy_support import vtk_to_numpy
 
-    from PancreasAILib.mrml import numpy_matrix
+    from PancreasAILib.scene import numpy_matrix
 
     segment = node.GetSegmentation().GetSegment(segment_id)
     image = segment.GetRepresentation("Binary labelmap")

@@ -85,7 +85,7 @@ def test_mask_follows_volume_through_oblique_direction(reference, random_monet_c
 
 def test_anisotropic_resampling_of_the_same_ct_gives_the_same_physical_mask(demo_monet_card):
     """The same phantom sampled on a coarser, anisotropic, shifted grid: masks agree in space."""
-    from PancreasSegMoNetLib.phantom import make_ct_phantom
+    from PancreasAIPhantoms.ct import make_ct_phantom
 
     phantom = make_ct_phantom(seed=1001, shape=(40, 256, 256))
     original = as_volume(phantom)
@@ -236,7 +236,7 @@ def test_model_slices_of_a_2x_larger_slice_are_the_means_of_2_x_2_pixel_blocks()
 def test_default_window_is_the_one_the_bundled_weights_were_trained_with():
     """-160..240 HU, as README documents and the bundled MoNet card records; a new model trained
     with defaults must see the same window."""
-    from PancreasSegMoNetLib.models import model_registry
+    from PancreasSegMoNetLib.registry import model_registry
 
     assert list(DEFAULT_PREPROCESSING["window_hu"]) == [-160, 240]
     bundled = model_registry().resolve(None, download=False)

@@ -373,7 +373,7 @@ def _heat_map_node(scene, centre_kji: tuple[int, int, int]):
     """A (20, 30, 40) heat map, 2 mm voxels at the origin, hot in a 5-voxel cube at centre_kji."""
     import numpy as np
 
-    from PancreasAILib.mrml import add_volume_node
+    from PancreasAILib.scene import add_volume_node
     from PancreasAILib.volume import Volume
 
     array = np.zeros((20, 30, 40), np.float32)

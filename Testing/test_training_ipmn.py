@@ -20,8 +20,8 @@ from ipmn_folds import holdout_split, nested_folds
 from ipmn_networks import BASELINES, Pretrained, build_network, gradcam_maps
 from IPMNRiskLib.grids import central_window
 from IPMNRiskLib.inference import RegionBox, assess
-from IPMNRiskLib.models import model_registry
-from IPMNRiskLib.phantom import make_mr_phantom
+from IPMNRiskLib.registry import model_registry
+from PancreasAIPhantoms.mr import make_mr_phantom
 from PancreasAILib.errors import InputError
 from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import write_volume

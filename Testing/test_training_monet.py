@@ -15,7 +15,7 @@ from PancreasAILib.errors import InputError
 from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import write_volume
 from PancreasAILib.weights import read_model_card
-from PancreasSegMoNetLib.phantom import make_ct_phantom
+from PancreasAIPhantoms.ct import make_ct_phantom
 from segmentation_data import FileCase, folder_cases, msd_cases, slices_on_model_grid
 
 SCRIPT = Path(train_monet.__file__)
@@ -55,7 +55,7 @@ def log_of(output: Path) -> str:
 # --- the model card -------------------------------------------------------------------------------
 
 def test_card_is_loaded_and_run_by_the_segmentation_module(two_epoch_run):
-    from PancreasSegMoNetLib.models import build_monet
+    from PancreasSegMoNetLib.registry import build_monet
     from PancreasSegMoNetLib.segmentation import segment_ct
 
     card = read_model_card(two_epoch_run.with_suffix(".safetensors"))

@@ -87,9 +87,9 @@ def assess_case(case: Case, output_dir: Path, card, device: str = "cpu", tta: bo
 
 def write_review_scene(t1, t2, heat_map, summary: dict, path: Path) -> Path:
     """A Slicer scene for review: T1, T2, the heat map over T2, the region as an ROI, the table."""
-    from PancreasAILib.mrml import save_scene_bundle
+    from PancreasAILib.scene import save_scene_bundle
 
-    from .mrml import build_review_scene
+    from .result_nodes import build_review_scene
 
     return save_scene_bundle(build_review_scene(t1, t2, heat_map, summary), path)
 
@@ -143,7 +143,7 @@ def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "au
     per case."""
     from PancreasAILib.devices import resolve_device
 
-    from .models import model_registry
+    from .registry import model_registry
 
     output_dir = prepare_output_folder(output_dir)
     printer = ProgressPrinter(len(cases), progress_format)
@@ -151,7 +151,7 @@ def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "au
     device = resolve_device(device)
     printer.message(f"Model: {card.name}. For research use only.")
     if write_scene:
-        from PancreasAILib.mrml import scenes_unavailable
+        from PancreasAILib.scene import scenes_unavailable
 
         reason = scenes_unavailable()
         if reason:  # the other files are complete without it
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .models import model_registry
+    from .registry import model_registry
 
     return main_with(build_parser(), _run, model_registry, argv)
 

@@ -24,7 +24,7 @@ from PancreasAILib.weights import ModelCard
 from .colormap import apply_colormap
 from .grids import (GRID_SIZE, TILE_SIZE, TILES_PER_SIDE, CropPlan, RegionBox, central_window,
                     crop_stacks, heat_stack, make_input, patch_map_to_slices, plan_crop)
-from .model import CLASS_NAMES, load_vit
+from .network import CLASS_NAMES, load_vit
 from .preprocessing import check_preprocessing, preprocess_volume
 from .rollout import HEAD_FUSIONS
 from .tta import predict

@@ -17,7 +17,7 @@ from PancreasAILib.errors import OutputError, PancreasAIError
 from PancreasAILib.output_files import all_or_nothing, prepare_output_folder, refuse_existing, user_path
 from PancreasAILib.segmentation_file import SegmentInfo, write_segmentation
 
-from .mrml import PANCREAS_TERMINOLOGY, SEGMENT_COLOR, SEGMENT_ID, SEGMENT_NAME
+from .pancreas_segment import PANCREAS_TERMINOLOGY, SEGMENT_COLOR, SEGMENT_ID, SEGMENT_NAME
 
 PANCREAS_SEGMENT = SegmentInfo(1, SEGMENT_ID, SEGMENT_NAME, SEGMENT_COLOR, PANCREAS_TERMINOLOGY)
 
@@ -34,7 +34,7 @@ def segment_files(inputs: list[Path], output_dir: Path, model=None, device: str 
     written (full disk, another run's file) stops the batch with `OutputError`."""
     from PancreasAILib.volume_io import read_volume, write_volume
 
-    from .models import model_registry
+    from .registry import model_registry
     from .segmentation import segment_ct
 
     from PancreasAILib.devices import resolve_device
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .models import model_registry
+    from .registry import model_registry
 
     return main_with(build_parser(), _run, model_registry, argv)
 

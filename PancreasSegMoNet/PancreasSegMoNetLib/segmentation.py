@@ -25,7 +25,7 @@ from PancreasAILib.weights import ModelCard
 
 from PancreasAILib.devices import resolve_device
 
-from .models import build_monet, model_registry
+from .registry import build_monet, model_registry
 from .preprocessing import model_slices
 
 logger = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ if str(HERE.parent) not in sys.path:
 from PancreasAILib.cli_support import run_command  # noqa: E402
 from PancreasAILib.errors import InputError, ModelFileError  # noqa: E402
 from PancreasAILib.weights import save_model, sha256_of_file, state_dict_misfits  # noqa: E402
-from IPMNRiskLib.model import CLASS_NAMES, VIT_ARCHITECTURES  # noqa: E402
+from IPMNRiskLib.network import CLASS_NAMES, VIT_ARCHITECTURES  # noqa: E402
 
 from segmentation_networks import ARCHITECTURES  # noqa: E402
 from trainkit.model_card import command_line, software_versions  # noqa: E402

@@ -49,7 +49,7 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
 from PancreasAILib.errors import InputError  # noqa: E402
-from IPMNRiskLib.model import CLASS_NAMES  # noqa: E402
+from IPMNRiskLib.network import CLASS_NAMES  # noqa: E402
 
 from ipmn_data import (card_preprocessing, central_samples, data_sha256, phantom_cases,  # noqa: E402
                        read_cohort_csv, training_samples)

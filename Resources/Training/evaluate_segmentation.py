@@ -82,7 +82,7 @@ class ModelPredictor:
 
     @contextlib.contextmanager
     def _pipeline_network(self) -> Iterator[None]:
-        """segment_ct builds its network with models.build_monet, which takes MoNet cards only;
+        """segment_ct builds its network with registry.build_monet, which takes MoNet cards only;
         for a baseline card it is handed the baseline instead, so that every model goes through
         exactly the same pre- and post-processing."""
         if self.card.architecture == "MoNet":
@@ -148,7 +148,7 @@ def _named(item: str) -> tuple[Optional[str], str]:
 
 
 def build_predictors(args) -> list:
-    from PancreasSegMoNetLib.models import model_registry
+    from PancreasSegMoNetLib.registry import model_registry
 
     predictors = []
     for item in args.model or []:

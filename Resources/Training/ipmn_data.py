@@ -2,7 +2,7 @@
 case passes, and the pre-processed crop stacks the model's inputs are cut from.
 
 Sources: a cohort CSV (one row per scan: patient, T1, T2, region, label) or synthetic T1/T2
-phantoms (IPMNRiskLib.phantom; one patient per seed, seen once per risk class).
+phantoms (PancreasAIPhantoms.mr; one patient per seed, seen once per risk class).
 
 Each case goes through exactly what IPMNRisk runs at inference: the card's optional MRI
 pre-processing (IPMNRiskLib.preprocessing), then `plan_crop` / `crop_stacks` of
@@ -34,8 +34,8 @@ from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import read_volume
 from IPMNRiskLib.grids import (INPUT_FORMAT, SLICES_PER_SAMPLE, RegionBox, central_window, crop_stacks,
                                make_input, plan_crop, slice_window_starts, window_indices)
-from IPMNRiskLib.model import CLASS_NAMES
-from IPMNRiskLib.phantom import make_mr_phantom
+from IPMNRiskLib.network import CLASS_NAMES
+from PancreasAIPhantoms.mr import make_mr_phantom
 from IPMNRiskLib.preprocessing import DEFAULT_PERCENTILES, fit_standard_scale, preprocess_volume
 
 from trainkit.hashing import FileHashes

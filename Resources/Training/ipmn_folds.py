@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from PancreasAILib.errors import InputError
-from IPMNRiskLib.model import CLASS_NAMES
+from IPMNRiskLib.network import CLASS_NAMES
 
 
 @dataclass(frozen=True)

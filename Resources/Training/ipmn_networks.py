@@ -21,7 +21,7 @@ import numpy as np
 
 from PancreasAILib.errors import ModelFileError
 from IPMNRiskLib.grids import GRID_SIZE
-from IPMNRiskLib.model import (CLASS_NAMES, IN_CHANNELS, NUM_CLASSES, PAPER_ARCHITECTURE, create_vit,
+from IPMNRiskLib.network import (CLASS_NAMES, IN_CHANNELS, NUM_CLASSES, PAPER_ARCHITECTURE, create_vit,
                                load_pretrained_natural_image)
 
 #: The paper's ImageNet-21k ViT-B/16 on the Hugging Face hub (timm name.tag).

@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 
 from PancreasAILib.errors import InputError
 from PancreasAILib.weights import sha256_of_file
-from IPMNRiskLib.model import DEMO_ARCHITECTURE, PAPER_ARCHITECTURE, VIT_ARCHITECTURES
-from IPMNRiskLib.phantom import make_mr_phantom
+from IPMNRiskLib.network import DEMO_ARCHITECTURE, PAPER_ARCHITECTURE, VIT_ARCHITECTURES
+from PancreasAIPhantoms.mr import make_mr_phantom
 
 from ipmn_data import Case, PreparedCase, StackCache, prepare_cases, preprocessing_steps
 from ipmn_networks import METHODS, Pretrained, default_hub_name

@@ -31,7 +31,7 @@ from PancreasAILib.errors import InputError, PancreasAIError
 from PancreasAILib.orientation import axial_reorientation
 from PancreasAILib.volume import Volume, check_scalar_volume
 from PancreasAILib.volume_io import VOLUME_SUFFIXES, read_volume
-from PancreasSegMoNetLib.phantom import make_ct_phantom
+from PancreasAIPhantoms.ct import make_ct_phantom
 from PancreasSegMoNetLib.preprocessing import label_slices, model_slices
 
 from trainkit.checkpoint import write_json_atomically
@@ -84,7 +84,7 @@ class FileCase:
 
 @dataclass(frozen=True)
 class PhantomCase:
-    """A synthetic CT with its pancreas label (PancreasSegMoNetLib.phantom), one per seed."""
+    """A synthetic CT with its pancreas label (PancreasAIPhantoms.ct), one per seed."""
 
     seed: int
     shape: tuple[int, int, int] = DEFAULT_PHANTOM_SHAPE

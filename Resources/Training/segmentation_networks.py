@@ -30,8 +30,8 @@ ARCHITECTURES = {
 
 
 def network_class(class_name: str) -> type:
-    from PancreasSegMoNetLib.baselines import AttentionUNet, UNet
-    from PancreasSegMoNetLib.model import MoNet
+    from segmentation_baselines import AttentionUNet, UNet
+    from PancreasSegMoNetLib.network import MoNet
 
     classes = {"MoNet": MoNet, "UNet": UNet, "AttentionUNet": AttentionUNet}
     return classes[class_name]
@@ -50,7 +50,7 @@ def output_bias(model):
 
 
 def parameter_counts(model) -> dict:
-    from PancreasSegMoNetLib.model import count_parameters
+    from PancreasSegMoNetLib.network import count_parameters
 
     return {"trainable": count_parameters(model, False),
             "with_bn_running_stats": count_parameters(model, True)}
@@ -58,8 +58,8 @@ def parameter_counts(model) -> dict:
 
 def load_network(card: ModelCard, device: str = "cpu"):
     """The network of any segmentation card, verified and ready for inference."""
-    from PancreasSegMoNetLib.model import prepare_for_inference
-    from PancreasSegMoNetLib.models import build_monet
+    from PancreasSegMoNetLib.network import prepare_for_inference
+    from PancreasSegMoNetLib.registry import build_monet
 
     if card.architecture == "MoNet":
         return build_monet(card, device)  # the module's own loader, as Slicer uses it

@@ -9,7 +9,7 @@ Data (one of):
                              --val-patients others for validation (how the demo weights were made)
 
 Inputs go through exactly the module's own code (IPMNRiskLib.preprocessing and .grids), and the
-network is IPMNRiskLib.model's, so training and inference cannot drift apart.
+network is IPMNRiskLib.network's, so training and inference cannot drift apart.
 
 Protocol defaults (Proietto Salanitri et al. 2022, and the authors' code): cross-entropy with
 class weights [1, 0.65, 0.45], Adam lr 0.003, batch 8, 3000 optimiser steps, every sliding
@@ -40,7 +40,7 @@ if str(HERE.parent) not in sys.path:
 
 from PancreasAILib.errors import InputError  # noqa: E402
 from PancreasAILib.weights import save_model  # noqa: E402
-from IPMNRiskLib.model import CLASS_NAMES  # noqa: E402
+from IPMNRiskLib.network import CLASS_NAMES  # noqa: E402
 
 from ipmn_data import (card_preprocessing, central_samples, data_sha256, phantom_cases,  # noqa: E402
                        read_cohort_csv, training_samples)
@@ -83,7 +83,7 @@ def load_data(args, dist, cache):
                                              steps, cache, dist)
         n_train = 3 * len(train_seeds)
         train, val = prepared[:n_train], prepared[n_train:]
-        description = (f"synthetic T1/T2 phantoms (IPMNRiskLib.phantom), patients seeds {train_seeds[0]}-"
+        description = (f"synthetic T1/T2 phantoms (PancreasAIPhantoms.mr), patients seeds {train_seeds[0]}-"
                        f"{train_seeds[-1]} x 3 classes")
         source = {"kind": "phantoms", "seeds": [train_seeds[0], train_seeds[-1]],
                   "validation_seeds": [val_seeds[0], val_seeds[-1]], "shape": list(shape), "spacing": list(spacing)}

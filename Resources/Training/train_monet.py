@@ -136,7 +136,7 @@ def describe_data(args, count: int) -> tuple[str, dict]:
         return (f"{count} CT and label files", {"kind": "folders", "images": str(args.images),
                                                "labels": str(args.labels)})
     text = (f"{args.phantoms} synthetic CT phantoms (seeds {args.first_seed}-"
-            f"{args.first_seed + args.phantoms - 1}), PancreasSegMoNetLib.phantom")
+            f"{args.first_seed + args.phantoms - 1}), PancreasAIPhantoms.ct")
     if tuple(args.phantom_shape) != DEFAULT_PHANTOM_SHAPE:
         text += f", {' x '.join(map(str, args.phantom_shape[::-1]))} voxels"
     return text, {"kind": "phantoms", "count": args.phantoms, "first_seed": args.first_seed,

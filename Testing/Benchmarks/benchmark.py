@@ -196,8 +196,8 @@ def build_contenders(batch_size: int):
     """(contenders, plain MoNet, prepared MoNet): random-initialised networks in eval mode."""
     import torch
 
-    from PancreasSegMoNetLib.baselines import AttentionUNet, UNet
-    from PancreasSegMoNetLib.model import MoNet, count_parameters, prepare_for_inference
+    from segmentation_baselines import AttentionUNet, UNet
+    from PancreasSegMoNetLib.network import MoNet, count_parameters, prepare_for_inference
 
     torch.manual_seed(0)
     monet = MoNet().eval()
@@ -478,7 +478,7 @@ def benchmark_model_card(workdir: Path) -> tuple[Path, str]:
     import torch
 
     from PancreasAILib.weights import save_model
-    from PancreasSegMoNetLib.model import MoNet
+    from PancreasSegMoNetLib.network import MoNet
     from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING
 
     torch.manual_seed(0)
@@ -493,7 +493,7 @@ def benchmark_model_card(workdir: Path) -> tuple[Path, str]:
 
 def segmentation_section(args, workdir: Path) -> str:
     """Section 2: segment_ct on a synthetic CT; wall time per step and peak memory."""
-    from PancreasSegMoNetLib.phantom import make_ct_phantom
+    from PancreasAIPhantoms.ct import make_ct_phantom
 
     shape = QUICK_CT_SHAPE if args.quick else CT_SHAPE
     log(f"Section 2: synthetic CT {shape}")
@@ -578,7 +578,7 @@ def ipmn_models(workdir: Path) -> list[tuple[str, object]]:
     import torch
 
     from IPMNRiskLib.grids import INPUT_FORMAT
-    from IPMNRiskLib.model import CLASS_NAMES, DEMO_ARCHITECTURE, PAPER_ARCHITECTURE, create_vit
+    from IPMNRiskLib.network import CLASS_NAMES, DEMO_ARCHITECTURE, PAPER_ARCHITECTURE, create_vit
     from PancreasAILib.weights import read_model_card, save_model
 
     cards = []
@@ -600,7 +600,7 @@ def ipmn_section(args) -> str:
     the 8 test-time views. Interleaved repeats, median and range."""
     from IPMNRiskLib.grids import RegionBox
     from IPMNRiskLib.inference import assess
-    from IPMNRiskLib.phantom import make_mr_phantom
+    from PancreasAIPhantoms.mr import make_mr_phantom
     from PancreasAILib.volume import Volume
 
     phantom = make_mr_phantom(4242, 2)
@@ -630,7 +630,7 @@ def ipmn_section(args) -> str:
              "| model | parameters | " + " | ".join(s for s, _ in settings) + " |",
              "|---|---|" + "---|" * len(settings)]
     for label, card in cards:
-        from IPMNRiskLib.model import create_vit
+        from IPMNRiskLib.network import create_vit
         parameters = sum(p.numel() for p in create_vit(card.architecture, card.architecture_params).parameters())
         cells = []
         for setting, _ in settings:

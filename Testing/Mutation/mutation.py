@@ -43,7 +43,7 @@ GROUPS = {
                "PancreasAI/PancreasAILib/output_files.py", "PancreasAI/PancreasAILib/interrupts.py"],
               ["test_volume_io.py", "test_segmentation_file.py", "test_output_files.py", "test_interrupts.py"]),
     "weights": (["PancreasAI/PancreasAILib/weights.py"], ["test_weights.py"]),
-    "monet": (["PancreasSegMoNet/PancreasSegMoNetLib/model.py", "PancreasSegMoNet/PancreasSegMoNetLib/preprocessing.py",
+    "monet": (["PancreasSegMoNet/PancreasSegMoNetLib/network.py", "PancreasSegMoNet/PancreasSegMoNetLib/preprocessing.py",
                "PancreasSegMoNet/PancreasSegMoNetLib/segmentation.py"],
               ["test_monet_model.py", "test_segmentation_pipeline.py"]),
     "grids": (["IPMNRisk/IPMNRiskLib/grids.py", "IPMNRisk/IPMNRiskLib/rollout.py", "IPMNRisk/IPMNRiskLib/tta.py"],
@@ -74,7 +74,8 @@ def build_copy(group: str) -> Path:
     copy = OUTPUT / group
     shutil.rmtree(copy, ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "demo-lineage")
-    for package in ("PancreasAI/PancreasAILib", "PancreasSegMoNet/PancreasSegMoNetLib", "IPMNRisk/IPMNRiskLib"):
+    for package in ("PancreasAI/PancreasAILib", "PancreasSegMoNet/PancreasSegMoNetLib", "IPMNRisk/IPMNRiskLib",
+                    "Resources/PancreasAIPhantoms"):
         shutil.copytree(ROOT / package, copy / "src" / Path(package).name, ignore=ignore)
     # The training modules are imported by their own names (trainkit, ipmn_folds...).
     shutil.copytree(ROOT / "Resources" / "Training", copy / "src", ignore=ignore, dirs_exist_ok=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from PancreasAILib.phantom_canvas import (
+from .canvas import (
     Canvas,
     Grid,
     Vec3,

@@ -17,8 +17,8 @@ from typing import Optional
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from PancreasAILib.phantom_anatomy import Anatomy, paint_abdomen, sample_anatomy
-from PancreasAILib.phantom_canvas import Canvas, Grid, Tissue, ellipsoid_box, ellipsoid_sdf, fine_texture, tube_sdf
+from .anatomy import Anatomy, paint_abdomen, sample_anatomy
+from .canvas import Canvas, Grid, Tissue, ellipsoid_box, ellipsoid_sdf, fine_texture, tube_sdf
 
 @dataclass(frozen=True)
 class MrPhantom:

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from PancreasAILib.errors import InputError
-from PancreasAILib.mrml import oriented_image, place_beside, volume_from_node, world_ijk_to_ras
+from PancreasAILib.scene import oriented_image, place_beside, volume_from_node, world_ijk_to_ras
 from PancreasAILib.progress import CancelToken, ProgressCallback, no_progress
 from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import read_volume
@@ -37,7 +37,7 @@ def segment_volume_node(volume_node, segmentation_node=None, model=None, device:
 
     `model` is a registry name, a path to a .safetensors/.json file, or None for the default.
     """
-    from .models import model_registry
+    from .registry import model_registry
     from .segmentation import segment_ct
 
     ct = volume_from_node(volume_node, "CT volume")
@@ -63,7 +63,7 @@ def import_mask_file(volume_node, labelmap_path: str | Path, segmentation_node=N
 def build_review_scene(ct: Volume, labelmap_path: str | Path, ct_name: str = "CT"):
     """A new scene for review (what the demo saves as .mrb): the CT in the slice views, centred
     on the pancreas, and the mask written by the command line as its "Pancreas" segment."""
-    from PancreasAILib.mrml import add_volume_node, create_scene, show_in_slice_views
+    from PancreasAILib.scene import add_volume_node, create_scene, show_in_slice_views
 
     scene = create_scene()
     ct_node = add_volume_node(scene, ct, ct_name)
@@ -111,7 +111,7 @@ def apply_pancreas_mask(volume_node, mask: np.ndarray, segmentation_node=None):
 def _volume_geometry(volume_node) -> np.ndarray:
     import vtk
 
-    from PancreasAILib.mrml import numpy_matrix
+    from PancreasAILib.scene import numpy_matrix
 
     # The segmentation sits under the same transform as the volume: use the local geometry.
     matrix = vtk.vtkMatrix4x4()
@@ -134,7 +134,7 @@ def _segment_snapshot(segmentation_node) -> tuple[np.ndarray, np.ndarray]:
     import slicer
     from vtk.util.numpy_support import vtk_to_numpy
 
-    from PancreasAILib.mrml import numpy_matrix
+    from PancreasAILib.scene import numpy_matrix
     import vtk
 
     image = slicer.vtkOrientedImageData()

@@ -26,7 +26,7 @@ def build_monet(card: ModelCard, device: str = "cpu"):
 def _cached_model(card_path: str, sha256: str, device: str):
     from PancreasAILib.weights import read_model_card
 
-    from .model import MoNet, prepare_for_inference
+    from .network import MoNet, prepare_for_inference
 
     card = read_model_card(card_path)
     state_dict = load_state_dict(card, ARCHITECTURE)

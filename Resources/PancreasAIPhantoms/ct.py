@@ -12,8 +12,8 @@ from typing import Iterable, Iterator
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from PancreasAILib.phantom_anatomy import paint_abdomen, sample_anatomy
-from PancreasAILib.phantom_canvas import Canvas, Grid, Tissue, fine_texture
+from .anatomy import paint_abdomen, sample_anatomy
+from .canvas import Canvas, Grid, Tissue, fine_texture
 
 
 @dataclass(frozen=True)

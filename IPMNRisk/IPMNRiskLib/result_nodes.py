@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from PancreasAILib.errors import InputError
-from PancreasAILib.mrml import (add_volume_node, numpy_matrix, place_beside, removing_new_nodes_on_error,
+from PancreasAILib.scene import (add_volume_node, numpy_matrix, place_beside, removing_new_nodes_on_error,
                                 volume_from_node)
 from PancreasAILib.progress import CancelToken, ProgressCallback, no_progress
 from PancreasAILib.volume import Volume
@@ -99,7 +99,7 @@ def assess_nodes(t1_node, t2_node, region_node, model=None, device: str = "auto"
     from PancreasAILib.devices import resolve_device
 
     from .inference import assess, render_grid_png
-    from .models import model_registry
+    from .registry import model_registry
     from .summary import assessment_summary
 
     t1 = volume_from_node(t1_node, "T1 volume")
@@ -117,7 +117,7 @@ def assess_nodes(t1_node, t2_node, region_node, model=None, device: str = "auto"
 
 def import_assessment_files(t2_node, output_dir: str | Path) -> AssessmentNodes:
     """Put what `ipmn-risk assess` wrote into `output_dir` into the scene beside `t2_node`."""
-    from PancreasAILib.mrml import world_ijk_to_ras
+    from PancreasAILib.scene import world_ijk_to_ras
     from PancreasAILib.volume_io import read_volume
 
     from .summary import read_summary
@@ -206,7 +206,7 @@ def _research_note(notice: str) -> str:
 def build_review_scene(t1: Volume, t2: Volume, heat_map: Volume, summary: dict):
     """A new scene for review (what `ipmn-risk` saves as .mrb): T1, T2, the heat map over T2 in
     the slice views centred on the region, the region as an ROI, the result table."""
-    from PancreasAILib.mrml import add_volume_node, create_scene, show_in_slice_views
+    from PancreasAILib.scene import add_volume_node, create_scene, show_in_slice_views
 
     scene = create_scene()
     add_volume_node(scene, t1, "T1")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .model import batch_norm
+from PancreasSegMoNetLib.network import batch_norm
 
 DEPTH = 4  # down-sampling levels
 ENCODER_DROPOUT = 0.3

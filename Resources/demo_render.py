@@ -8,8 +8,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .orientation import axial_reorientation
-from .volume import Volume
+from PancreasAILib.orientation import axial_reorientation
+from PancreasAILib.volume import Volume
 
 
 def to_grey(image: np.ndarray, low: float, high: float) -> np.ndarray:
