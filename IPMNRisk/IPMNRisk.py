@@ -2,13 +2,14 @@
 normal, low-risk or high-risk from a paired T1/T2 MRI, with an attention heat map.
 
 The method is the early-fusion Vision Transformer of Proietto Salanitri et al. (EMBC 2022).
-The work is done by `IPMNRiskLib` (which never imports Qt); this file is the Slicer GUI and
-a thin Logic over it. torch and timm are imported only when an assessment runs.
+The work is done by `IPMNRiskLib` (which never imports Qt; `logic.py` is the one route from the
+T1/T2 nodes to the result's nodes); this file is the Slicer GUI and a thin Logic over it. torch
+and timm are imported only when an assessment runs.
 """
 
-import logging
-import os
 from typing import Annotated, Callable, Optional
+
+import qt
 
 import vtk
 
@@ -30,19 +31,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from PancreasAI import (
-    BackgroundRunPanel,
-    BackgroundTask,
-    ModelChooser,
-    connectParameterNodeGui,
-    exportVolume,
-    missingPackages,
-    newWorkDir,
-    runSelfTests,
-    startTaskThenImport,
-)
+from PancreasAIApp.model_chooser import ModelChooser
+from PancreasAIApp.parameter_gui import connectParameterNodeGui
+from PancreasAIApp.run_panel import BackgroundRunPanel
+from PancreasAIApp.self_tests import requireDependencies, runSelfTests
 
-MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEVICES = ("auto", "cpu", "cuda")
 REGION_ROI = "ROI box"
 REGION_SEGMENTATION = "Segmentation"
@@ -263,7 +256,7 @@ class IPMNRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self) -> None:
         self._runPanel.run(self._startAssessment)
 
-    def _startAssessment(self) -> BackgroundTask:
+    def _startAssessment(self):
         parameters = self._parameterNode
         return self.logic.startAssessment(
             parameters.t1Volume, parameters.t2Volume, self._regionNode(), model=parameters.model,
@@ -275,20 +268,28 @@ class IPMNRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runPanel.taskFinished(result is not None, errorMessage)
         if result is None:
             return
-        self._runPanel.showProgress(1.0, _("Done."))
+        self._runPanel.showDone(_("Done."), result.warnings)
         self.ui.resultLabel.text = resultText(result)
+        self._showGridImage(result.grid_png)
         self._heatMapNode = result.heat_map_node
         if self._parameterNode:
             self.logic.showResult(result, self._parameterNode.t2Volume, self._parameterNode.overlayOpacity)
 
 
+    def _showGridImage(self, png: Optional[bytes]) -> None:
+        """The 3 x 3 grid the network saw, with the heat map, under the result."""
+        pixmap = qt.QPixmap()
+        if png:
+            pixmap.loadFromData(qt.QByteArray(png))
+        self.ui.gridImageLabel.setPixmap(pixmap)
+
+
 def resultText(result) -> str:
     """The result as rich text: the class in large letters, then each class's probability
-    (with its spread over the test-time augmentations when there is one)."""
-    from IPMNRiskLib.network import CLASS_NAMES
-
+    (with its spread over the test-time augmentations when there is one), under the class
+    names of the model's card."""
     parts = []
-    for name, probability, spread in zip(CLASS_NAMES, result.probabilities, result.spread):
+    for name, probability, spread in zip(result.class_names, result.probabilities, result.spread):
         text = f"{name} {100 * probability:.0f}%"
         if spread > 0:
             text += f" \u00b1 {100 * spread:.0f}"
@@ -334,7 +335,7 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
 
     def assess(self, t1Node, t2Node, roiNode, model: Optional[str] = None, device: str = "auto",
                testTimeAugmentation: bool = True, pointBoxSizeMm: float = 60.0,
-               progressCallback: Optional[Callable[[float, str], None]] = None):
+               progressCallback: Optional[Callable[[float, str], None]] = None, runner=None):
         """Assess the IPMN risk from a T1 and a T2 volume node of one study; blocks until done.
 
         roiNode - the region around the pancreas: a markups ROI, a segmentation (the extent of
@@ -342,56 +343,34 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
           `pointBoxSizeMm` mm).
         model - registry name or .safetensors path; None for the default model.
         progressCallback(fraction, status) - called as the work advances.
+        runner - where the work runs; None: in this process (PancreasAILib.runners).
 
-        Returns the result (risk_class, class_name, probabilities, spread, heat_map_node,
-        table_node, grid_png_path); the heat map and the table are added to the scene.
+        Returns the `AssessmentOutcome` (risk_class, class_name, class_names, probabilities,
+        spread, heat_map_node, table_node, grid_png, model_name, model_sha256, warnings,
+        seconds); the heat map and the table are added to the scene beside T2.
         """
-        from PancreasAILib.progress import no_progress
-        from IPMNRiskLib.result_nodes import assess_nodes
+        from IPMNRiskLib.logic import assess
 
-        return assess_nodes(t1Node, t2Node, roiNode, model=model, device=device, tta=testTimeAugmentation,
-                            point_box_size_mm=pointBoxSizeMm, progress=progressCallback or no_progress)
+        return assess(t1Node, t2Node, roiNode, model, device, testTimeAugmentation, pointBoxSizeMm,
+                      progress=progressCallback, runner=runner)
 
     def startAssessment(self, t1Node, t2Node, roiNode, model: Optional[str] = None, device: str = "auto",
                         testTimeAugmentation: bool = True, pointBoxSizeMm: float = 60.0,
                         onProgress: Optional[Callable[[float, str], None]] = None,
-                        onFinished: Optional[Callable] = None) -> BackgroundTask:
-        """Like `assess`, but in a separate process so Slicer stays responsive; returns the
-        running task at once (`task.cancel()` stops it).
+                        onFinished: Optional[Callable] = None, runner=None):
+        """Like `assess`, but returns the running task at once (`task.cancel()` stops it); by
+        default in a PythonSlicer process, so Slicer stays responsive.
 
-        onFinished(result, errorMessage) is called once at the end: with the result and "" on
+        onFinished(outcome, errorMessage) is called once at the end: with the outcome and "" on
         success; with None and the reason on failure; with None and "" when cancelled. The
-        scene changes only on success. Files named by the result exist during the call.
+        scene changes only on success.
         """
-        from IPMNRiskLib.result_nodes import region_box_from_node
+        from IPMNRiskLib.logic import start_assessment
+        from PancreasAIApp.slicer_process import slicerBackgroundRunner
 
-        with newWorkDir("IPMNRisk") as workDir:
-            region = region_box_from_node(roiNode, point_box_size_mm=pointBoxSizeMm)
-            t1Path = exportVolume(t1Node, os.path.join(workDir, "t1.nrrd"))
-            t2Path = exportVolume(t2Node, os.path.join(workDir, "t2.nrrd"))
-            outputDir = os.path.join(workDir, "output")
-            arguments = assessmentArguments(t1Path, t2Path, region.center_ras, region.size_mm, outputDir,
-                                            model, device, testTimeAugmentation)
-            return startTaskThenImport("IPMNRiskLib", arguments, [MODULE_DIR], workDir,
-                                       lambda: self._importFinishedResult(t2Node, outputDir),
-                                       onProgress=onProgress, onFinished=onFinished)
-
-    def _importFinishedResult(self, t2Node, outputDir: str) -> tuple:
-        """(result, "") or (None, reason)."""
-        if t2Node.GetScene() is None:
-            return None, _("The T2 volume was removed from the scene during the assessment.")
-        try:
-            return self.importResult(t2Node, outputDir), ""
-        except Exception as error:
-            logging.exception("Importing the assessment in %s failed", outputDir)
-            return None, str(error)
-
-    def importResult(self, t2Node, outputDir: str):
-        """Put what the command line wrote into `outputDir` (heat map, result, grid image)
-        into the scene, beside `t2Node`; returns the result as `assess` does."""
-        from IPMNRiskLib.result_nodes import import_assessment_files
-
-        return import_assessment_files(t2Node, outputDir)
+        return start_assessment(runner or slicerBackgroundRunner(), t1Node, t2Node, roiNode, model, device,
+                                testTimeAugmentation, pointBoxSizeMm, on_progress=onProgress,
+                                on_finished=onFinished)
 
     def showResult(self, result, backgroundNode=None, opacity: float = 0.5) -> None:
         """Overlay the heat map on `backgroundNode` (None keeps the current background) in every
@@ -436,44 +415,27 @@ def heatMapCenter(heatMapNode) -> Optional[tuple[float, float, float]]:
     return tuple(float(value) for value in ras[:3])
 
 
-def assessmentArguments(t1Path: str, t2Path: str, centerRas, sizeMm, outputDir: str, model: Optional[str],
-                        device: str, testTimeAugmentation: bool) -> list[str]:
-    """Command-line arguments of `PythonSlicer -m IPMNRiskLib` for one T1/T2 pair and a box
-    (PythonSlicer cannot write a scene file: no module logics outside the application)."""
-    def triple(values) -> str:
-        return ",".join(f"{float(value):.3f}" for value in values)
-
-    # "--option=value": a centre such as "-12.5,40,7" would otherwise be read as an option.
-    arguments = ["assess", "--t1", t1Path, "--t2", t2Path, f"--roi-center={triple(centerRas)}",
-                 f"--roi-size={triple(sizeMm)}", "--output", outputDir, "--device", device,
-                 "--progress-format", "json", "--no-scene"]  # the GUI puts the result in its own scene
-    if model:
-        arguments += ["--model", model]
-    if not testTimeAugmentation:
-        arguments.append("--no-tta")
-    return arguments
-
-
 #
 # IPMNRiskTest
 #
 
 
 class IPMNRiskTest(ScriptedLoadableModuleTest):
-    """Real (small) inference with the bundled demo model on a synthetic MRI phantom."""
+    """Real (small) inference with the bundled demo model on the bundled T1/T2 sample (a
+    high-risk phantom), by both runners."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        runSelfTests(self, [self.test_assess_rates_a_high_risk_phantom_above_normal,
-                            self.test_show_result_overlays_the_heat_map_on_t2])
+        runSelfTests(self, [self.test_assess_rates_the_high_risk_sample_above_normal,
+                            self.test_background_assessment_shows_the_heat_map_over_t2])
 
-    def test_assess_rates_a_high_risk_phantom_above_normal(self):
+    def test_assess_rates_the_high_risk_sample_above_normal(self):
         import numpy as np
 
-        self._requireDependencies()
-        phantom, t1Node, t2Node, roiNode = self._phantomScene()
+        requireDependencies(self)
+        t1Node, t2Node, roiNode = self._sampleScene()
 
         result = IPMNRiskLogic().assess(t1Node, t2Node, roiNode)
 
@@ -481,15 +443,21 @@ class IPMNRiskTest(ScriptedLoadableModuleTest):
         self.assertEqual(result.risk_class, int(np.argmax(result.probabilities)))
         self.assertGreater(result.probabilities[2], result.probabilities[0])
         heatMap = slicer.util.arrayFromVolume(result.heat_map_node)
-        self.assertEqual(heatMap.shape, phantom.t2.shape)
+        self.assertEqual(heatMap.shape, slicer.util.arrayFromVolume(t2Node).shape)
         self.assertAlmostEqual(float(heatMap.max()), 1.0, places=3)
         self.assertIsNotNone(result.table_node)
 
-    def test_show_result_overlays_the_heat_map_on_t2(self):
-        self._requireDependencies()
-        phantom, t1Node, t2Node, roiNode = self._phantomScene()
+    def test_background_assessment_shows_the_heat_map_over_t2(self):
+        requireDependencies(self)
+        t1Node, t2Node, roiNode = self._sampleScene()
         logic = IPMNRiskLogic()
-        result = logic.assess(t1Node, t2Node, roiNode, testTimeAugmentation=False)
+        outcomes = []
+        task = logic.startAssessment(t1Node, t2Node, roiNode, testTimeAugmentation=False,
+                                     onFinished=lambda outcome, message: outcomes.append((outcome, message)))
+        task.wait_for_finished(600000)
+        self.assertEqual(len(outcomes), 1)
+        result, message = outcomes[0]
+        self.assertIsNotNone(result, message)
 
         logic.showResult(result, t2Node, opacity=0.3)
 
@@ -498,21 +466,12 @@ class IPMNRiskTest(ScriptedLoadableModuleTest):
         self.assertEqual(compositeNode.GetForegroundVolumeID(), result.heat_map_node.GetID())
         self.assertAlmostEqual(compositeNode.GetForegroundOpacity(), 0.3)
 
-    def _requireDependencies(self):
-        """Skip (not fail) where PyTorch or timm is not installed, as on extension build servers."""
-        missing = missingPackages()
-        if missing:
-            self.skipTest(f"needs {', '.join(missing)} (install the PyTorch extension, then click Apply once)")
-
     @staticmethod
-    def _phantomScene():
-        from PancreasAIPhantoms.mr import make_mr_phantom
+    def _sampleScene():
+        """The bundled T1/T2 sample (SHA256-checked) and its region."""
+        from PancreasAILib.sample_data import MR_REGION_FILE, MR_T1_FILE, MR_T2_FILE, sample_path
 
-        phantom = make_mr_phantom(seed=2000, risk_class=2)
-        t1Node = slicer.util.addVolumeFromArray(phantom.t1, ijkToRAS=phantom.ijk_to_ras, name="T1 phantom")
-        t2Node = slicer.util.addVolumeFromArray(phantom.t2, ijkToRAS=phantom.ijk_to_ras, name="T2 phantom")
-        center, size = phantom.pancreas_box_ras
-        roiNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "Pancreas region")
-        roiNode.SetCenter([float(value) for value in center])
-        roiNode.SetSize([float(value) for value in size])
-        return phantom, t1Node, t2Node, roiNode
+        t1Node = slicer.util.loadVolume(str(sample_path(MR_T1_FILE)))
+        t2Node = slicer.util.loadVolume(str(sample_path(MR_T2_FILE)))
+        roiNode = slicer.util.loadMarkups(str(sample_path(MR_REGION_FILE)))
+        return t1Node, t2Node, roiNode

@@ -1,12 +1,11 @@
 """Pancreas Segmentation (MoNet): segment the pancreas on abdominal CT.
 
 MoNet is the 2D multi-scale network of Knolle, Kaissis et al. (PLOS ONE 2021). The work is
-done by `PancreasSegMoNetLib` (which never imports Qt); this file is the Slicer GUI and a
-thin Logic over it. torch is imported only when a segmentation runs.
+done by `PancreasSegMoNetLib` (which never imports Qt; `logic.py` is the one route from a volume
+node to its segment); this file is the Slicer GUI and a thin Logic over it. torch is imported
+only when a segmentation runs.
 """
 
-import logging
-import os
 from typing import Annotated, Callable, Optional
 
 import vtk
@@ -24,19 +23,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from PancreasAI import (
-    BackgroundRunPanel,
-    BackgroundTask,
-    ModelChooser,
-    connectParameterNodeGui,
-    exportVolume,
-    missingPackages,
-    newWorkDir,
-    runSelfTests,
-    startTaskThenImport,
-)
+from PancreasAIApp.model_chooser import ModelChooser
+from PancreasAIApp.parameter_gui import connectParameterNodeGui
+from PancreasAIApp.run_panel import BackgroundRunPanel
+from PancreasAIApp.self_tests import requireDependencies, runSelfTests
 
-MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEVICES = ("auto", "cpu", "cuda")
 THRESHOLD_RANGE = (0.01, 0.99)  # the core refuses 0 and 1 (every voxel, or none)
 
@@ -205,7 +196,7 @@ class PancreasSegMoNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self) -> None:
         self._runPanel.run(self._startSegmentation)
 
-    def _startSegmentation(self) -> BackgroundTask:
+    def _startSegmentation(self):
         parameters = self._parameterNode
         return self.logic.startSegmentation(
             parameters.inputVolume, parameters.outputSegmentation, model=parameters.model,
@@ -214,12 +205,14 @@ class PancreasSegMoNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             keepLargestComponent=parameters.keepLargestComponent,
             onProgress=self._runPanel.showProgress, onFinished=self._onSegmentationFinished)
 
-    def _onSegmentationFinished(self, segmentationNode, errorMessage: str) -> None:
-        self._runPanel.taskFinished(segmentationNode is not None, errorMessage)
-        if segmentationNode is None:
+    def _onSegmentationFinished(self, outcome, errorMessage: str) -> None:
+        self._runPanel.taskFinished(outcome is not None, errorMessage)
+        if outcome is None:
             return
-        self._runPanel.showProgress(
-            1.0, _("Done: the pancreas is in '{name}'.").format(name=segmentationNode.GetName()))
+        segmentationNode = outcome.segmentation_node
+        self._runPanel.showDone(
+            _("Done: the pancreas is in '{name}' ({volume:.1f} ml).").format(
+                name=segmentationNode.GetName(), volume=outcome.volume_ml), outcome.warnings)
         if self._parameterNode:
             self._parameterNode.outputSegmentation = segmentationNode
 
@@ -233,7 +226,11 @@ class PancreasSegMoNetLogic(ScriptedLoadableModuleLogic):
     """Segments the pancreas; usable from the Python console without the GUI:
 
         logic = slicer.util.getModuleLogic("PancreasSegMoNet")
-        segmentationNode = logic.segment(getNode("CT"))
+        outcome = logic.segment(getNode("CT"))
+        outcome.segmentation_node, outcome.volume_ml, outcome.warnings
+
+    Both methods take the one route of `PancreasSegMoNetLib.logic`; `runner` says where the
+    work runs (`segment`: in this process; `startSegmentation`: in a PythonSlicer process).
     """
 
     def __init__(self) -> None:
@@ -251,91 +248,45 @@ class PancreasSegMoNetLogic(ScriptedLoadableModuleLogic):
 
     def segment(self, volumeNode, segmentationNode=None, model: Optional[str] = None, device: str = "auto",
                 threshold: Optional[float] = None, keepLargestComponent: bool = True,
-                progressCallback: Optional[Callable[[float, str], None]] = None):
-        """Segment the pancreas in `volumeNode` (CT, Hounsfield units) and return the
-        segmentation node holding the "Pancreas" segment. Blocks until done.
+                progressCallback: Optional[Callable[[float, str], None]] = None, runner=None):
+        """Segment the pancreas in `volumeNode` (CT, Hounsfield units); blocks until done and
+        returns the `SegmentationOutcome` (segmentation_node holding the "Pancreas" segment,
+        model_name, model_sha256, threshold, warnings, voxel_count, volume_ml, seconds).
 
         segmentationNode - receives the segment (replacing this module's earlier one); None
           creates a new segmentation beside the volume.
         model - registry name or .safetensors path; None for the default model.
         threshold - probability threshold; None uses the model card's.
         progressCallback(fraction, status) - called as the work advances.
+        runner - where the work runs; None: in this process (PancreasAILib.runners).
         """
-        from PancreasAILib.progress import no_progress
-        from PancreasSegMoNetLib.pancreas_segment import segment_volume_node
+        from PancreasSegMoNetLib.logic import segment
 
-        return segment_volume_node(
-            volumeNode, segmentationNode, model=model, device=device, threshold=threshold,
-            keep_largest_component=keepLargestComponent, progress=progressCallback or no_progress)
+        return segment(volumeNode, segmentationNode, model, device, threshold, keepLargestComponent,
+                       progress=progressCallback, runner=runner)
 
     def startSegmentation(self, volumeNode, segmentationNode=None, model: Optional[str] = None,
                           device: str = "auto", threshold: Optional[float] = None,
                           keepLargestComponent: bool = True,
                           onProgress: Optional[Callable[[float, str], None]] = None,
-                          onFinished: Optional[Callable] = None) -> BackgroundTask:
-        """Like `segment`, but in a separate process so Slicer stays responsive; returns the
-        running task at once (`task.cancel()` stops it).
+                          onFinished: Optional[Callable] = None, runner=None):
+        """Like `segment`, but returns the running task at once (`task.cancel()` stops it); by
+        default in a PythonSlicer process, so Slicer stays responsive.
 
-        onFinished(segmentationNode, errorMessage) is called once at the end: with the
-        segmentation node and "" on success; with None and the reason on failure; with None
-        and "" when cancelled. The scene changes only on success.
+        onFinished(outcome, errorMessage) is called once at the end: with the outcome and "" on
+        success; with None and the reason on failure; with None and "" when cancelled. The
+        scene changes only on success.
         """
-        with newWorkDir("PancreasSegMoNet") as workDir:
-            inputPath = exportVolume(volumeNode, os.path.join(workDir, "input.nrrd"))
-            outputDir = os.path.join(workDir, "output")
-            arguments = segmentationArguments(inputPath, outputDir, model, device, threshold,
-                                              keepLargestComponent)
-            return startTaskThenImport(
-                "PancreasSegMoNetLib", arguments, [MODULE_DIR], workDir,
-                lambda: self._importFinishedResult(volumeNode, resultPath(inputPath, outputDir), segmentationNode),
-                onProgress=onProgress, onFinished=onFinished)
+        from PancreasAIApp.slicer_process import slicerBackgroundRunner
+        from PancreasSegMoNetLib.logic import start_segmentation
 
-    def _importFinishedResult(self, volumeNode, labelmapPath: str, segmentationNode) -> tuple:
-        """(segmentation node, "") or (None, reason)."""
-        if volumeNode.GetScene() is None:
-            return None, _("The CT volume was removed from the scene during the segmentation.")
-        if segmentationNode is not None and segmentationNode.GetScene() is None:
-            return None, _("The output segmentation was removed from the scene during the segmentation.")
-        try:
-            return self.importResult(volumeNode, labelmapPath, segmentationNode), ""
-        except Exception as error:
-            logging.exception("Importing %s failed", labelmapPath)
-            return None, str(error)
-
-    def importResult(self, volumeNode, labelmapPath: str, segmentationNode=None):
-        """Put a pancreas mask written by the command line (a label map on `volumeNode`'s grid)
-        into `segmentationNode` (None creates one); returns the segmentation node."""
-        from PancreasSegMoNetLib.pancreas_segment import import_mask_file
-
-        return import_mask_file(volumeNode, labelmapPath, segmentationNode)
+        return start_segmentation(runner or slicerBackgroundRunner(), volumeNode, segmentationNode, model, device,
+                                  threshold, keepLargestComponent, on_progress=onProgress, on_finished=onFinished)
 
 
 def chosenThreshold(useModelThreshold: bool, threshold: float) -> Optional[float]:
     """The threshold to ask for: None lets the model card's apply."""
     return None if useModelThreshold else float(threshold)
-
-
-def segmentationArguments(inputPath: str, outputDir: str, model: Optional[str], device: str,
-                          threshold: Optional[float], keepLargestComponent: bool) -> list[str]:
-    """Command-line arguments of `python -m PancreasSegMoNetLib` for one CT file."""
-    arguments = ["segment", inputPath, "--output", outputDir, "--device", device,
-                 "--progress-format", "json"]
-    if model:
-        arguments += ["--model", model]
-    if threshold is not None:
-        arguments += ["--threshold", repr(float(threshold))]
-    if not keepLargestComponent:
-        arguments.append("--no-largest-component")
-    return arguments
-
-
-def resultPath(inputPath: str, outputDir: str) -> str:
-    """Where the command line writes the label map for `inputPath`."""
-    from pathlib import Path
-
-    from PancreasSegMoNetLib.cli import output_paths
-
-    return str(output_paths(Path(inputPath), Path(outputDir))[1])
 
 
 #
@@ -344,50 +295,48 @@ def resultPath(inputPath: str, outputDir: str) -> str:
 
 
 class PancreasSegMoNetTest(ScriptedLoadableModuleTest):
-    """Real (small) inference with the bundled demo model on a synthetic CT phantom."""
+    """Real (small) inference with the bundled demo model on the bundled CT sample, by both
+    runners."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        runSelfTests(self, [self.test_segment_finds_the_pancreas_of_a_ct_phantom,
-                            self.test_background_segmentation_finds_the_pancreas_of_a_ct_phantom])
+        runSelfTests(self, [self.test_segment_finds_the_pancreas_of_the_sample_ct,
+                            self.test_background_segmentation_finds_the_pancreas_of_the_sample_ct])
 
-    def test_segment_finds_the_pancreas_of_a_ct_phantom(self):
-        self._requireDependencies()
-        phantom, volumeNode = self._phantomVolume()
+    def test_segment_finds_the_pancreas_of_the_sample_ct(self):
+        requireDependencies(self)
+        volumeNode, expected = self._sampleVolume()
 
-        segmentationNode = PancreasSegMoNetLogic().segment(volumeNode)
+        outcome = PancreasSegMoNetLogic().segment(volumeNode)
 
-        self.assertGreater(self._dice(segmentationNode, volumeNode, phantom.pancreas), 0.5)
+        self.assertGreater(self._dice(outcome.segmentation_node, volumeNode, expected), 0.5)
+        self.assertEqual(outcome.segmentation_node.GetAttribute("PancreasSegMoNet.Model"), outcome.model_name)
 
-    def test_background_segmentation_finds_the_pancreas_of_a_ct_phantom(self):
-        self._requireDependencies()
-        phantom, volumeNode = self._phantomVolume()
+    def test_background_segmentation_finds_the_pancreas_of_the_sample_ct(self):
+        requireDependencies(self)
+        volumeNode, expected = self._sampleVolume()
         outcomes = []
 
         task = PancreasSegMoNetLogic().startSegmentation(
-            volumeNode, onFinished=lambda node, message: outcomes.append((node, message)))
-        task.waitForFinished(600000)
+            volumeNode, onFinished=lambda outcome, message: outcomes.append((outcome, message)))
+        task.wait_for_finished(600000)
 
         self.assertEqual(len(outcomes), 1)
-        segmentationNode, message = outcomes[0]
-        self.assertIsNotNone(segmentationNode, message)
-        self.assertGreater(self._dice(segmentationNode, volumeNode, phantom.pancreas), 0.5)
-
-    def _requireDependencies(self):
-        """Skip (not fail) where PyTorch or timm is not installed, as on extension build servers."""
-        missing = missingPackages()
-        if missing:
-            self.skipTest(f"needs {', '.join(missing)} (install the PyTorch extension, then click Apply once)")
+        outcome, message = outcomes[0]
+        self.assertIsNotNone(outcome, message)
+        self.assertGreater(self._dice(outcome.segmentation_node, volumeNode, expected), 0.5)
 
     @staticmethod
-    def _phantomVolume():
-        from PancreasAIPhantoms.ct import make_ct_phantom
+    def _sampleVolume():
+        """The bundled CT sample (SHA256-checked) and its expected pancreas mask."""
+        from PancreasAILib.sample_data import CT_PANCREAS_FILE, CT_VOLUME_FILE, sample_path
+        from PancreasAILib.volume_io import read_volume
 
-        phantom = make_ct_phantom(seed=1000, shape=(16, 128, 128))
-        volumeNode = slicer.util.addVolumeFromArray(phantom.hu, ijkToRAS=phantom.ijk_to_ras, name="CT phantom")
-        return phantom, volumeNode
+        volumeNode = slicer.util.loadVolume(str(sample_path(CT_VOLUME_FILE)))
+        expected = read_volume(sample_path(CT_PANCREAS_FILE)).array > 0
+        return volumeNode, expected
 
     def _dice(self, segmentationNode, volumeNode, expected) -> float:
         import numpy as np

@@ -71,9 +71,9 @@ def cmake_list(module: str, variable: str) -> list[str]:
 
 
 def lib_scripts_on_disk(module: str) -> set[str]:
-    lib = ROOT / module / f"{module}Lib"
-    return {path.relative_to(ROOT / module).as_posix() for path in lib.rglob("*.py")
-            if "__pycache__" not in path.parts}
+    """Every Python file in the module's packages (its Lib, and PancreasAI's App)."""
+    return {path.relative_to(ROOT / module).as_posix() for path in (ROOT / module).glob("*/**/*.py")
+            if "__pycache__" not in path.parts and "Resources" not in path.parts}
 
 
 # --- (1) and (2): module files, .ui files and parameter nodes agree ---------------------------------
@@ -269,7 +269,7 @@ def import_report(tmp_path_factory):
 
 
 EXPECTED_NAMES = {
-    "PancreasAI": ("PancreasAI", "PancreasAITest", "ensureDependencies", "BackgroundTask"),
+    "PancreasAI": ("PancreasAI", "PancreasAITest", "registerSampleData"),
     "PancreasSegMoNet": ("PancreasSegMoNet", "PancreasSegMoNetParameterNode", "PancreasSegMoNetWidget",
                          "PancreasSegMoNetLogic", "PancreasSegMoNetTest"),
     "IPMNRisk": ("IPMNRisk", "IPMNRiskParameterNode", "IPMNRiskWidget", "IPMNRiskLogic", "IPMNRiskTest"),
@@ -287,15 +287,22 @@ def test_importing_the_module_files_loads_no_torch_or_timm(import_report):
 
 # --- the helpers of the module files that run without the application ------------------------------
 
+APP_MODULES = ("dependencies", "model_chooser", "parameter_gui", "run_panel", "self_tests", "slicer_process")
+
+
 @pytest.fixture(scope="module")
 def module_files():
-    """The three module files imported in this process over the stand-ins."""
+    """The three module files, and the PancreasAIApp modules by their short names, imported in
+    this process over the stand-ins."""
+    app_names = [f"PancreasAIApp.{name}" for name in APP_MODULES]
     with pytest.MonkeyPatch.context() as patch:
         install_slicer_app_stubs(patch)
-        for name in MODULES:
+        for name in (*MODULES, *app_names):
             patch.delitem(sys.modules, name, raising=False)
-        yield {name: importlib.import_module(name) for name in MODULES}
-        for name in MODULES:
+        files = {name: importlib.import_module(name) for name in MODULES}
+        files.update({name: importlib.import_module(f"PancreasAIApp.{name}") for name in APP_MODULES})
+        yield files
+        for name in (*MODULES, *app_names):
             sys.modules.pop(name, None)
 
 
@@ -308,14 +315,17 @@ def test_gui_reads_the_progress_lines_the_command_line_prints(module_files, caps
     printer.message("case_b: done")
     lines = capsys.readouterr().out.splitlines()
 
-    parsed = [module_files["PancreasAI"].parseProgressLine(line) for line in lines]
+    from PancreasAILib.tasks import parse_progress_line
+
+    parsed = [parse_progress_line(line) for line in lines]
     assert parsed == [{"progress": 0.75, "status": "Segmenting"}, {"message": "case_b: done"}]
 
 
-def test_segmentation_arguments_are_accepted_by_the_command_line(module_files):
+def test_segmentation_arguments_are_accepted_by_the_command_line():
     from PancreasSegMoNetLib.cli import build_parser
+    from PancreasSegMoNetLib.logic import segmentation_arguments
 
-    arguments = module_files["PancreasSegMoNet"].segmentationArguments(
+    arguments = segmentation_arguments(
         "/work/input.nrrd", "/work/output", "/models/monet.safetensors", "cuda", 0.35, False)
     parsed = build_parser().parse_args(arguments)
 
@@ -325,15 +335,18 @@ def test_segmentation_arguments_are_accepted_by_the_command_line(module_files):
         True, "json")
 
 
-def test_assessment_arguments_with_negative_coordinates_are_accepted_by_the_command_line(module_files):
-    cli = pytest.importorskip("IPMNRiskLib.cli", reason="the IPMN command line is not written yet")
-    arguments = module_files["IPMNRisk"].assessmentArguments(
+def test_assessment_arguments_with_negative_coordinates_are_accepted_by_the_command_line():
+    from IPMNRiskLib import cli
+    from IPMNRiskLib.logic import CASE, assessment_arguments
+
+    arguments = assessment_arguments(
         "/work/t1.nrrd", "/work/t2.nrrd", (-12.5, -40.0, -7.25), (60.0, 50.0, 40.0), "/work/output",
         "ipmn-demo", "cpu", False)
 
     parsed = cli.build_parser().parse_args(arguments)
 
-    assert parsed.progress_format == "json"
+    assert (parsed.progress_format, parsed.roi_center, parsed.case, parsed.no_scene, parsed.no_tta) == (
+        "json", "-12.500,-40.000,-7.250", CASE, True, True)
 
 
 LAUNCHER = ("import subprocess, sys; "
@@ -351,12 +364,14 @@ def _process_is_running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
-def test_killing_the_process_tree_also_stops_the_child_of_a_launcher(module_files):
+def test_killing_the_process_tree_also_stops_the_child_of_a_launcher():
+    from PancreasAILib.processes import kill_process_tree
+
     # PythonSlicer is such a launcher: the Python code runs in its child.
     launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdout=subprocess.PIPE, text=True)
     child_pid = int(launcher.stdout.readline())
     try:
-        module_files["PancreasAI"].killProcessTree(launcher.pid)
+        kill_process_tree(launcher.pid)
         launcher.wait(timeout=30)
         deadline = time.monotonic() + 30
         while _process_is_running(child_pid) and time.monotonic() < deadline:
@@ -415,95 +430,61 @@ def test_overlay_opacity_changes_only_the_views_showing_the_heat_map(module_file
     assert (showing.GetForegroundOpacity(), other.GetForegroundOpacity()) == pytest.approx((0.25, 0.8))
 
 
-# --- BackgroundTask, over a scripted stand-in for qt.QProcess ---------------------------------------
-
-class _ByteArray:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def data(self) -> bytes:
-        return self._data
-
-
-class _ProcessEnvironment(dict):
-    def insert(self, key: str, value: str) -> None:
-        self[key] = value
-
-    def value(self, key: str) -> str:
-        return self.get(key, "")
-
+# --- ProcessTask, over a scripted stand-in for its Process ------------------------------------------
 
 class ScriptedProcess:
-    """Plays the part of qt.QProcess: the test writes its output and ends it."""
-
-    NormalExit, CrashExit, FailedToStart = 0, 1, 0
+    """Plays the part of a Process (QtProcess in Slicer): the test writes its output and ends it."""
 
     def __init__(self) -> None:
-        self.slots, self.stdout, self.stderr, self.killed = {}, b"", b"", False
+        self.killed = False
         ScriptedProcess.last = self
 
-    def setProcessEnvironment(self, environment) -> None:
-        self.environment = environment
+    def start(self, program, arguments, environment, listener) -> None:
+        self.command, self.environment, self.listener = [program, *arguments], dict(environment), listener
 
-    def connect(self, signal: str, slot) -> None:
-        self.slots[signal.split("(")[0]] = slot
-
-    def start(self, program: str, arguments: list) -> None:
-        self.command = [program, *arguments]
-
-    def processId(self) -> int:
+    def process_id(self) -> int:
         return 0
 
     def kill(self) -> None:
         self.killed = True
 
-    def readAllStandardOutput(self) -> _ByteArray:
-        data, self.stdout = self.stdout, b""
-        return _ByteArray(data)
-
-    def readAllStandardError(self) -> _ByteArray:
-        data, self.stderr = self.stderr, b""
-        return _ByteArray(data)
-
     def write_stdout(self, data: bytes) -> None:
-        self.stdout += data
-        self.slots["readyReadStandardOutput"]()
+        self.listener.on_standard_output(data)
 
     def write_stderr(self, data: bytes) -> None:
-        self.stderr += data
-        self.slots["readyReadStandardError"]()
+        self.listener.on_standard_error(data)
 
-    def exit(self, code: int, status: int = 0) -> None:
-        self.slots["finished"](code, status)
+    def exit(self, code: int, crashed: bool = False) -> None:
+        self.listener.on_process_finished(code, crashed)
 
 
 @pytest.fixture
-def scripted_task(module_files, monkeypatch):
-    """A BackgroundTask factory whose process is a ScriptedProcess; returns (task, calls)."""
-    pancreas_ai = module_files["PancreasAI"]
-    monkeypatch.setattr(pancreas_ai.qt, "QProcess", ScriptedProcess, raising=False)
-    monkeypatch.setattr(pancreas_ai.qt, "QProcessEnvironment", _ProcessEnvironment, raising=False)
-    monkeypatch.setattr(pancreas_ai, "pythonSlicerExecutable", lambda: "/slicer/bin/PythonSlicer")
-    monkeypatch.setattr(pancreas_ai.slicer.util, "startupEnvironment", lambda: {"PYTHONPATH": "/slicer/lib"})
+def scripted_task():
+    """A ProcessTask factory whose process is a ScriptedProcess; returns (task, process, calls)."""
+    from PancreasAILib.runners import BackgroundRunner
 
     def start(package: str = "PancreasSegMoNetLib", arguments=("segment", "in.nrrd"), python_paths=()):
         calls = {"progress": [], "finished": []}
-        task = pancreas_ai.BackgroundTask(
+        runner = BackgroundRunner("/slicer/bin/PythonSlicer", {"PYTHONPATH": "/slicer/lib"}, ScriptedProcess)
+        task = runner.new_task(
             package, arguments, python_paths,
-            onProgress=lambda fraction, status: calls["progress"].append((fraction, status)),
-            onFinished=lambda ok, message: calls["finished"].append((ok, message)))
+            on_progress=lambda fraction, status: calls["progress"].append((fraction, status)),
+            on_finished=lambda ok, message: calls["finished"].append((ok, message)))
         task.start()
         return task, ScriptedProcess.last, calls
 
     return start
 
 
-def test_background_task_runs_the_package_with_the_module_folders_on_pythonpath(scripted_task, module_files):
+def test_background_task_runs_the_package_with_the_module_folders_on_pythonpath(scripted_task):
+    from PancreasAILib.runners import SHARED_DIR
+
     task, process, _ = scripted_task(python_paths=["/extension/PancreasSegMoNet"])
 
     assert process.command == ["/slicer/bin/PythonSlicer", "-m", "PancreasSegMoNetLib", "segment", "in.nrrd"]
     assert process.environment["PYTHONPATH"].split(os.pathsep) == [
-        module_files["PancreasAI"].MODULE_DIR, "/extension/PancreasSegMoNet", "/slicer/lib"]
+        SHARED_DIR, "/extension/PancreasSegMoNet", "/slicer/lib"]
+    assert Path(SHARED_DIR, "PancreasAILib", "__init__.py").is_file()
 
 
 def test_background_task_reports_progress_lines_split_across_reads(scripted_task):
@@ -523,7 +504,8 @@ def test_background_task_success_reports_the_last_message_once(scripted_task):
     process.exit(0)
 
     assert calls["finished"] == [(True, "case: pancreas 61.0 ml")]
-    assert not task.isRunning()
+    assert not task.is_running()
+    assert task.messages == ["Model: demo.", "case: pancreas 61.0 ml"]
 
 
 def test_background_task_failure_reports_what_the_command_line_said(scripted_task):
@@ -538,11 +520,20 @@ def test_background_task_failure_reports_what_the_command_line_said(scripted_tas
         (False, "The CT volume holds no image data.\nNo pancreas-sized structure was found.")]
 
 
+def test_a_crashed_process_is_never_a_success(scripted_task):
+    task, process, calls = scripted_task()
+
+    process.write_stderr(b"Segmentation fault")
+    process.exit(0, crashed=True)
+
+    assert calls["finished"][0][0] is False and "Segmentation fault" in calls["finished"][0][1]
+
+
 def test_cancelled_background_task_finishes_as_cancelled(scripted_task):
     task, process, calls = scripted_task()
 
     task.cancel()
-    process.exit(9, ScriptedProcess.CrashExit)
+    process.exit(9, crashed=True)
 
     assert (task.cancelled, process.killed, calls["finished"]) == (True, True, [(False, "Cancelled.")])
 
@@ -586,7 +577,7 @@ class _ParameterNodeWrapperStandIn:
 @pytest.mark.parametrize("slicer_version, returns_tag", [("5.8", False), ("5.10", True)])
 def test_leaving_and_entering_the_module_keeps_one_connection_on_each_slicer(module_files, slicer_version,
                                                                             returns_tag):
-    connect = module_files["PancreasAI"].connectParameterNodeGui
+    connect = module_files["parameter_gui"].connectParameterNodeGui
     ui = types.SimpleNamespace(deviceComboBox=_Widget("device"), regionModeComboBox=_Widget("regionMode"),
                                applyButton=_Widget())
     node = _ParameterNodeWrapperStandIn(returns_tag)
@@ -630,8 +621,10 @@ def test_the_model_cards_threshold_is_used_unless_the_user_sets_one(module_files
     assert fields["useModelThreshold"] == "bool" and "useModelThreshold: bool = True" in module_source("PancreasSegMoNet")
     assert "useModelThreshold" in ui_parameter_bindings("PancreasSegMoNet").values()
 
+    from PancreasSegMoNetLib.logic import segmentation_arguments
+
     def arguments(use_model, value):
-        return gui.segmentationArguments("in.nrrd", "out", None, "cpu", gui.chosenThreshold(use_model, value), True)
+        return segmentation_arguments("in.nrrd", "out", None, "cpu", gui.chosenThreshold(use_model, value), True)
 
     assert "--threshold" not in arguments(True, 0.35)  # the command line then reads the card's
     chosen = arguments(False, 0.35)
@@ -654,7 +647,7 @@ class _Task:
     def __init__(self, running: bool):
         self.running, self.cancelled = running, False
 
-    def isRunning(self):
+    def is_running(self):
         return self.running
 
     def cancel(self):
@@ -669,7 +662,7 @@ def run_panel(module_files, monkeypatch):
     monkeypatch.setattr(slicer.util, "errorDisplay", lambda *args, **kwargs: None, raising=False)
     monkeypatch.setattr(slicer.util, "tryWithErrorDisplay",
                         lambda *args, **kwargs: __import__("contextlib").nullcontext(), raising=False)
-    gui = module_files["PancreasAI"]
+    gui = module_files["run_panel"]
     panel = gui.BackgroundRunPanel(_Button(), _Button(), _Button(), _Button(), missingInput=lambda: "",
                                    applyToolTip="Segment", runningToolTip="Running",
                                    startFailedMessage="Could not start", failedMessage="Failed: {reason}")
@@ -730,7 +723,7 @@ def test_a_process_that_fails_to_start_does_not_leave_the_panel_running(run_pane
 # --- the modules' self-tests ("Reload and Test", ctest) -------------------------------------------------
 
 def test_a_self_test_that_skips_itself_lets_the_others_run(module_files):
-    run_self_tests = module_files["PancreasAI"].runSelfTests
+    run_self_tests = module_files["self_tests"].runSelfTests
     ran = []
 
     class Case(unittest.TestCase):
@@ -754,10 +747,11 @@ def test_a_self_test_that_skips_itself_lets_the_others_run(module_files):
 @pytest.mark.parametrize("module, test_class", [("PancreasSegMoNet", "PancreasSegMoNetTest"), ("IPMNRisk", "IPMNRiskTest")])
 def test_self_tests_skip_without_pytorch_instead_of_failing(module_files, monkeypatch, module, test_class):
     gui = module_files[module]
-    monkeypatch.setattr(gui, "missingPackages", lambda: ["torch", "timm"])
+    monkeypatch.setattr(module_files["self_tests"], "missingPackages", lambda: ["torch", "timm"])
     case = getattr(gui, test_class)()
+    assert "requireDependencies" in vars(gui)  # the module's tests call the shared check
     with pytest.raises(unittest.SkipTest, match="torch, timm"):
-        case._requireDependencies()
+        gui.requireDependencies(case)
 
 
 @pytest.mark.parametrize("module", MODULES)

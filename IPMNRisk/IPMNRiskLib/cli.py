@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 
-from PancreasAILib.cli_support import ProgressPrinter, add_run_options, case_name, main_with
+from PancreasAILib.cli_support import ProgressPrinter, ProgressSink, add_run_options, case_name, main_with, run_with_sink
 from PancreasAILib.errors import InputError, OutputError, PancreasAIError
 from PancreasAILib.output_files import all_or_nothing, prepare_output_folder, refuse_existing, user_path
 from PancreasAILib.progress import ProgressCallback
@@ -53,6 +54,7 @@ class Case:
 
 
 def output_paths(output_dir: Path, case: str) -> dict[str, Path]:
+    """The files of one case: the only place that names them (the Slicer route reads them back)."""
     return {kind: output_dir / f"{case}_ipmn_{suffix}" for kind, suffix in
             (("result", "result.json"), ("heat_map", "heatmap.nrrd"), ("grid_png", "grid.png"),
              ("scene", "scene.mrb"))}
@@ -73,8 +75,9 @@ def assess_case(case: Case, output_dir: Path, card, device: str = "cpu", tta: bo
     refuse_existing(list(paths.values()), overwrite)
     t1, t2 = read_volume(case.t1), read_volume(case.t2)
     region = case.region()
+    started = time.perf_counter()
     assessment = assess(t1, t2, region, card, tta=tta, device=device, progress=progress)
-    summary = assessment_summary(assessment, region, case.name)
+    summary = assessment_summary(assessment, region, case.name, card, time.perf_counter() - started)
     with all_or_nothing(list(paths.values()), overwrite) as temporary:
         temp = dict(zip(paths, temporary))
         write_volume(assessment.heat_map, temp["heat_map"])
@@ -137,16 +140,17 @@ def parse_triple(text: Optional[str]) -> Optional[tuple[float, float, float]]:
 
 
 def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "auto", tta: bool = True,
-              write_scene: bool = True, overwrite: bool = False, progress_format: str = "bar") -> list[dict]:
+              write_scene: bool = True, overwrite: bool = False, progress_format: str = "bar",
+              sink: Optional[ProgressSink] = None) -> list[dict]:
     """Assess every case; one failing case does not stop the others, but a result that cannot be
     written (full disk, another run's file) stops the batch with `OutputError`. Returns one row
-    per case."""
+    per case. Progress and messages go to `sink` when given (a run in this process)."""
     from PancreasAILib.devices import resolve_device
 
     from .registry import model_registry
 
     output_dir = prepare_output_folder(output_dir)
-    printer = ProgressPrinter(len(cases), progress_format)
+    printer = ProgressPrinter(len(cases), progress_format, sink)
     card = model_registry().resolve(model, progress=printer)
     device = resolve_device(device)
     printer.message(f"Model: {card.name}. For research use only.")
@@ -169,6 +173,8 @@ def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "au
                          **{f"spread_{k}": f"{s:.4f}" for k, s in zip(("normal", "low_risk", "high_risk"), spread)},
                          "model": result["model"], "heat_map": result["heat_map"],
                          "grid_png": result["grid_png"], "scene": result.get("scene", ""), "message": ""})
+            for warning in result["warnings"]:
+                printer.message(f"{case.name}: warning: {warning}")
             printer.message(f"{case.name}: {result['class_name']} (p = {max(probabilities):.2f}; "
                             + ", ".join(f"{n} {p:.2f}+-{s:.2f}" for n, p, s in
                                         zip(result["class_names"], probabilities, spread)) + ")")
@@ -177,7 +183,7 @@ def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "au
             raise
         except PancreasAIError as error:
             rows.append({"case": case.name, "status": "failed", "message": str(error)})
-            printer.message(f"{case.name}: FAILED: {error}")
+            printer.case_failed(case.name, error)
     printer.close()
     return rows
 
@@ -221,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     return main_with(build_parser(), _run, model_registry, argv)
 
 
-def _run(args) -> int:
+def run_arguments(argv: list[str], sink: ProgressSink) -> int:
+    """`main` in this process, reporting to `sink` (`PancreasAILib.tasks.InProcessTask`)."""
+    return run_with_sink(build_parser(), _run, argv, sink)
+
+
+def _run(args, sink: Optional[ProgressSink] = None) -> int:
     if args.command == "assess":
         if args.roi_mask is None and (args.roi_center is None or args.roi_size is None):
             raise InputError("Give the region: --roi-center and --roi-size, or --roi-mask.")
@@ -234,7 +245,7 @@ def _run(args) -> int:
         cases = read_cases_csv(args.csv)
         refuse_existing([user_path(args.output) / "results.csv"], args.overwrite)
     rows = run_cases(cases, args.output, args.model, args.device, not args.no_tta, not args.no_scene,
-                     args.overwrite, args.progress_format)
+                     args.overwrite, args.progress_format, sink)
     if args.command == "batch":
         path = write_results_csv(rows, user_path(args.output) / "results.csv", args.overwrite)
         print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} cases assessed; table: {path}")

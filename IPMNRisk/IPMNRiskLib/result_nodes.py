@@ -1,21 +1,15 @@
-"""Slicer scene adapter for IPMNRisk: T1, T2 and a region node in; heat map, table and grid
-picture out. The assessment is computed first; the scene changes only at the end, and a failure
-while changing it removes whatever was added."""
+"""An IPMN assessment in a Slicer scene: the region a node gives (ROI, segmentation, point), and
+the result's nodes beside T2 (heat map, result table), and the review scene the command line
+saves. A failure while changing the scene removes whatever was added."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from PancreasAILib.errors import InputError
-from PancreasAILib.scene import (add_volume_node, numpy_matrix, place_beside, removing_new_nodes_on_error,
-                                volume_from_node)
-from PancreasAILib.progress import CancelToken, ProgressCallback, no_progress
+from PancreasAILib.scene import add_volume_node, numpy_matrix, place_beside, removing_new_nodes_on_error
 from PancreasAILib.volume import Volume
 
 from .grids import RegionBox
@@ -26,18 +20,18 @@ RESEARCH_LABEL = "For research use only"
 HEAT_MAP_OPACITY = 0.5
 
 
-@dataclass
-class AssessmentNodes:
-    """What `assess_nodes` returns: the result and the nodes it added."""
+# Attributes of the heat-map and table nodes: which model gave the result, and its warnings.
+MODEL_ATTRIBUTE = "IPMNRisk.Model"
+MODEL_SHA256_ATTRIBUTE = "IPMNRisk.ModelSHA256"
+WARNINGS_ATTRIBUTE = "IPMNRisk.Warnings"  # one warning per line
 
-    risk_class: int
-    class_name: str
-    probabilities: np.ndarray
-    spread: np.ndarray
+
+@dataclass
+class ResultNodes:
+    """What `add_assessment_to_scene` added: the heat map (None without one) and the table."""
+
     heat_map_node: object
     table_node: object
-    grid_png_path: Optional[Path]
-    summary: dict
 
 
 def region_box_from_node(region_node, point_box_size_mm: float = 60.0) -> RegionBox:
@@ -92,53 +86,9 @@ def _segmentation_box(segmentation_node) -> RegionBox:
     return RegionBox((points.min(0) + points.max(0)) / 2, points.max(0) - points.min(0))
 
 
-def assess_nodes(t1_node, t2_node, region_node, model=None, device: str = "auto", tta: bool = True,
-                 point_box_size_mm: float = 60.0, progress: ProgressCallback = no_progress,
-                 cancel: Optional[CancelToken] = None, output_dir: Optional[Path] = None) -> AssessmentNodes:
-    """Assess the IPMN risk and add the heat map (on T2's grid) and a result table to the scene."""
-    from PancreasAILib.devices import resolve_device
-
-    from .inference import assess, render_grid_png
-    from .registry import model_registry
-    from .summary import assessment_summary
-
-    t1 = volume_from_node(t1_node, "T1 volume")
-    t2 = volume_from_node(t2_node, "T2 volume")
-    region = region_box_from_node(region_node, point_box_size_mm)
-    card = model_registry().resolve(model, progress=progress)
-    assessment = assess(t1, t2, region, card, tta=tta, device=resolve_device(device), progress=progress,
-                        cancel=cancel)
-    output_dir = Path(output_dir or tempfile.mkdtemp(prefix="IPMNRisk-"))
-    case = t2_node.GetName()
-    png = render_grid_png(assessment, output_dir / f"{_safe(case)}_ipmn_grid.png")
-    summary = assessment_summary(assessment, region, case)
-    return add_assessment_to_scene(t2_node, assessment.heat_map, summary, png)
-
-
-def import_assessment_files(t2_node, output_dir: str | Path) -> AssessmentNodes:
-    """Put what `ipmn-risk assess` wrote into `output_dir` into the scene beside `t2_node`."""
-    from PancreasAILib.scene import world_ijk_to_ras
-    from PancreasAILib.volume_io import read_volume
-
-    from .summary import read_summary
-
-    output_dir = Path(output_dir)
-    results = sorted(output_dir.glob("*_ipmn_result.json"))
-    if len(results) != 1:
-        raise InputError(f"Expected one *_ipmn_result.json in {output_dir}, found {len(results)}.")
-    stem = results[0].name[: -len("_ipmn_result.json")]
-    heat_map = read_volume(output_dir / f"{stem}_ipmn_heatmap.nrrd")
-    dims = t2_node.GetImageData().GetDimensions()[::-1]
-    if heat_map.shape != tuple(dims) or not np.allclose(heat_map.ijk_to_ras, world_ijk_to_ras(t2_node), atol=1e-3):
-        raise InputError(f"The heat map in {output_dir} is not on the grid of '{t2_node.GetName()}'.")
-    png = output_dir / f"{stem}_ipmn_grid.png"
-    if png.exists():  # the GUI removes its work folder afterwards: keep the picture where assess_nodes keeps it
-        png = Path(shutil.copy2(png, Path(tempfile.mkdtemp(prefix="IPMNRisk-")) / png.name))
-    return add_assessment_to_scene(t2_node, heat_map, read_summary(results[0]), png if png.exists() else None)
-
-
-def add_assessment_to_scene(t2_node, heat_map: Volume, summary: dict, grid_png: Optional[Path]) -> AssessmentNodes:
-    """Heat-map volume (inferno, 0..1) and a result table, both beside T2 in the hierarchy."""
+def add_assessment_to_scene(t2_node, heat_map: Volume, summary: dict) -> ResultNodes:
+    """Heat-map volume (inferno, 0..1) and a result table, both beside T2 in the hierarchy, each
+    marked research-use-only and with the model and warnings of `summary`."""
     scene = t2_node.GetScene()
     with removing_new_nodes_on_error(scene):
         # The heat map lies on T2's own grid; under T2's parent transform like T2.
@@ -150,14 +100,12 @@ def add_assessment_to_scene(t2_node, heat_map: Volume, summary: dict, grid_png: 
         display.SetWindowLevelMinMax(0.0, 1.0)
         heat_node.SetAttribute("IPMNRisk.ResearchUseOnly", "true")
         table_node = _result_table(scene, summary, t2_node.GetName())
-        if grid_png is not None:
-            table_node.SetAttribute("IPMNRisk.GridPNG", str(grid_png))
         for node in (heat_node, table_node):
+            node.SetAttribute(MODEL_ATTRIBUTE, summary["model"])
+            node.SetAttribute(MODEL_SHA256_ATTRIBUTE, summary.get("model_sha256", ""))
+            node.SetAttribute(WARNINGS_ATTRIBUTE, "\n".join(summary.get("warnings", [])))
             place_beside(scene, node, t2_node)
-    return AssessmentNodes(
-        risk_class=int(summary["risk_class"]), class_name=summary["class_name"],
-        probabilities=np.asarray(summary["probabilities"]), spread=np.asarray(summary["spread"]),
-        heat_map_node=heat_node, table_node=table_node, grid_png_path=grid_png, summary=summary)
+    return ResultNodes(heat_map_node=heat_node, table_node=table_node)
 
 
 def _local_ijk_to_ras(t2_node, heat_map: Volume) -> np.ndarray:
@@ -211,7 +159,7 @@ def build_review_scene(t1: Volume, t2: Volume, heat_map: Volume, summary: dict):
     scene = create_scene()
     add_volume_node(scene, t1, "T1")
     t2_node = add_volume_node(scene, t2, "T2")
-    result = add_assessment_to_scene(t2_node, heat_map, summary, None)
+    result = add_assessment_to_scene(t2_node, heat_map, summary)
     center, size = summary["region"]["center_ras"], summary["region"]["size_mm"]
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "IPMN region")
     roi.SetCenter(*center)
@@ -236,7 +184,3 @@ def inferno_color_node(scene):
         node.SetColor(index, f"{index}", float(r), float(g), float(b), 1.0)
     node.SetAttribute("Category", "PancreasAI")
     return node
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "case"

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 from .inference import Assessment
 from .grids import RegionBox
 
 
-def assessment_summary(assessment: Assessment, region: RegionBox, case: str) -> dict:
-    """JSON-able fields of one assessment (no arrays but the small ones)."""
+def assessment_summary(assessment: Assessment, region: RegionBox, case: str, card=None,
+                       seconds: Optional[float] = None) -> dict:
+    """JSON-able fields of one assessment (no arrays but the small ones): with the model card,
+    its SHA256; with the time the assessment took, that."""
     return {
         "case": case,
         "risk_class": assessment.risk_class,
@@ -23,6 +26,9 @@ def assessment_summary(assessment: Assessment, region: RegionBox, case: str) -> 
         "model": assessment.model_name,
         "region": {"center_ras": [float(v) for v in region.center_ras],
                    "size_mm": [float(v) for v in region.size_mm]},
+        "model_sha256": card.sha256 if card is not None else "",
+        "warnings": [],  # none yet: the channel every route shows (panel, nodes, files)
+        "seconds": round(seconds, 3) if seconds is not None else None,
         "research_use_notice": assessment.research_use_notice,
     }
 

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Optional, Protocol
 
 from .volume_io import VOLUME_SUFFIXES
 
@@ -19,15 +20,28 @@ def case_name(path: Path) -> str:
     return name
 
 
-class ProgressPrinter:
-    """Progress for a person (a bar on stderr) or for the Slicer GUI (JSON lines on stdout)."""
+class ProgressSink(Protocol):
+    """Where a run in this process reports (`PancreasAIApp.tasks.InProcessTask`)."""
 
-    def __init__(self, total_cases: int, output_format: str = "bar") -> None:
+    def progress(self, fraction: float, status: str) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+    def case_failed(self, error: Exception) -> None:
+        """The exception behind the last "FAILED" message, for a caller that wants its type."""
+
+
+class ProgressPrinter:
+    """Progress for a person (a bar on stderr), for a background process's reader (JSON lines
+    on stdout), or for a `sink` in this process."""
+
+    def __init__(self, total_cases: int, output_format: str = "bar", sink: Optional[ProgressSink] = None) -> None:
         self.total_cases = total_cases
         self.format = output_format
+        self.sink = sink
         self.case_index = 0
         self._bar = None
-        if output_format == "bar":
+        if output_format == "bar" and sink is None:
             from tqdm import tqdm
 
             self._bar = tqdm(total=100 * total_cases, unit="%", file=sys.stderr,
@@ -41,7 +55,9 @@ class ProgressPrinter:
 
     def __call__(self, fraction: float, status: str) -> None:
         overall = (self.case_index + fraction) / self.total_cases
-        if self.format == "json":
+        if self.sink is not None:
+            self.sink.progress(overall, status)
+        elif self.format == "json":
             print(json.dumps({"progress": round(overall, 4), "status": status}), flush=True)
         elif self._bar is not None:
             self._bar.n = int(100 * self.total_cases * overall)
@@ -49,12 +65,20 @@ class ProgressPrinter:
 
     def message(self, text: str) -> None:
         """A line for the person (summary, warning), kept apart from the bar."""
-        if self.format == "json":
+        if self.sink is not None:
+            self.sink.message(text)
+        elif self.format == "json":
             print(json.dumps({"message": text}), flush=True)
         elif self._bar is not None:
             self._bar.write(text, file=sys.stdout)
         else:
             print(text, flush=True)
+
+    def case_failed(self, name: str, error: Exception) -> None:
+        """Say that case `name` failed and why; the batch goes on."""
+        self.message(f"{name}: FAILED: {error}")
+        if self.sink is not None:
+            self.sink.case_failed(error)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -79,14 +103,26 @@ def add_run_options(command) -> None:
 
 def main_with(parser, run, registry, argv: list[str] | None = None) -> int:
     """Parse `argv` and run: the `models` command prints `registry()`, any other goes to
-    `run(args)`; ends as `run_command` does."""
+    `run(args, None)`; ends as `run_command` does."""
     import logging
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
     if args.command == "models":
         return run_command(lambda: print_models(registry()) or 0)
-    return run_command(lambda: run(args))
+    return run_command(lambda: run(args, None))
+
+
+def run_with_sink(parser, run, argv: list[str], sink: ProgressSink) -> int:
+    """What `main_with` does, in this process for a caller that follows it through `sink`:
+    returns the exit code; a problem the user can act on is raised (`PancreasAIError`)."""
+    from .errors import InputError
+
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as error:  # argparse has printed why
+        raise InputError(f"Invalid arguments for {parser.prog}: {' '.join(argv)}") from error
+    return run(args, sink)
 
 
 def run_command(command) -> int:

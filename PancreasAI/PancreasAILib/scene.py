@@ -9,12 +9,15 @@ application and in `slicer-core` outside it.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 
 from .errors import InputError
 from .volume import Volume, check_geometry, check_spacing
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _slicer():
@@ -74,6 +77,15 @@ def volume_from_node(node, what: str = "volume") -> Volume:
     ijk_to_ras = world_ijk_to_ras(node)
     check_geometry(ijk_to_ras, f"{what} '{node.GetName()}'")
     return Volume(array, ijk_to_ras)
+
+
+def export_volume_node(node, path, what: str = "volume"):
+    """Write a volume node for a command line, in world coordinates (a linear parent transform
+    applied), so the command line sees what the user sees; uncompressed (a work file, read once).
+    Returns the path."""
+    from .volume_io import write_volume
+
+    return write_volume(volume_from_node(node, what), path, compress=False)
 
 
 def add_volume_node(scene, volume: Volume, name: str, node_class: str = "vtkMRMLScalarVolumeNode"):

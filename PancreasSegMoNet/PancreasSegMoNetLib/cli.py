@@ -4,15 +4,18 @@
     python -m PancreasSegMoNetLib models                             list known models
 
 For each case it writes <case>_pancreas.seg.nrrd (opens in Slicer with name, colour and
-terminology) and <case>_pancreas.nii.gz (label map, 1 = pancreas) on the input's grid.
+terminology) and <case>_pancreas.nii.gz (label map, 1 = pancreas) on the input's grid, and
+<case>_pancreas.json (model and its SHA256, threshold, warnings, volume, seconds).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Optional
 
-from PancreasAILib.cli_support import ProgressPrinter, add_run_options, case_name, main_with
+from PancreasAILib.cli_support import ProgressPrinter, ProgressSink, add_run_options, case_name, main_with, run_with_sink
 from PancreasAILib.errors import OutputError, PancreasAIError
 from PancreasAILib.output_files import all_or_nothing, prepare_output_folder, refuse_existing, user_path
 from PancreasAILib.segmentation_file import SegmentInfo, write_segmentation
@@ -22,16 +25,30 @@ from .pancreas_segment import PANCREAS_TERMINOLOGY, SEGMENT_COLOR, SEGMENT_ID, S
 PANCREAS_SEGMENT = SegmentInfo(1, SEGMENT_ID, SEGMENT_NAME, SEGMENT_COLOR, PANCREAS_TERMINOLOGY)
 
 
-def output_paths(input_path: Path, output_dir: Path) -> tuple[Path, Path]:
-    name = case_name(input_path)
-    return output_dir / f"{name}_pancreas.seg.nrrd", output_dir / f"{name}_pancreas.nii.gz"
+def output_paths(output_dir: Path, case: str) -> dict[str, Path]:
+    """The files of one case: the only place that names them (the Slicer route reads them back)."""
+    return {"segmentation": output_dir / f"{case}_pancreas.seg.nrrd",
+            "labelmap": output_dir / f"{case}_pancreas.nii.gz",
+            "result": output_dir / f"{case}_pancreas.json"}
+
+
+def result_record(result, card, case: str) -> dict:
+    """What `<case>_pancreas.json` holds: everything about the result but the voxels."""
+    return {"case": case, "model": card.name, "model_sha256": card.sha256, "threshold": result.threshold,
+            "warnings": list(result.warnings), "voxel_count": result.voxel_count,
+            "volume_ml": round(result.volume_ml, 3), "seconds": round(result.seconds, 3)}
+
+
+def read_result_record(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def segment_files(inputs: list[Path], output_dir: Path, model=None, device: str = "auto",
                   threshold=None, keep_largest_component: bool = True, overwrite: bool = False,
-                  progress_format: str = "bar") -> int:
+                  progress_format: str = "bar", sink: Optional[ProgressSink] = None) -> int:
     """Segment every input; returns the number of cases that failed. A result that cannot be
-    written (full disk, another run's file) stops the batch with `OutputError`."""
+    written (full disk, another run's file) stops the batch with `OutputError`. Progress and
+    messages go to `sink` when given (a run in this process), else as `progress_format` says."""
     from PancreasAILib.volume_io import read_volume, write_volume
 
     from .registry import model_registry
@@ -41,32 +58,34 @@ def segment_files(inputs: list[Path], output_dir: Path, model=None, device: str 
 
     output_dir = prepare_output_folder(output_dir)
     device = resolve_device(device)  # no PyTorch, or no GPU: say so once, not per case
-    printer = ProgressPrinter(len(inputs), progress_format)
+    printer = ProgressPrinter(len(inputs), progress_format, sink)
     card = model_registry().resolve(model, progress=printer)
     printer.message(f"Model: {card.name}. {card.intended_use}".strip())
     failures = 0
     for index, path in enumerate(inputs):
         name = case_name(path)
         printer.start_case(index, name)
-        seg_path, label_path = output_paths(path, output_dir)
+        paths = output_paths(output_dir, name)
         try:
-            refuse_existing([seg_path, label_path], overwrite)
+            refuse_existing(list(paths.values()), overwrite)
             ct = read_volume(path)
             result = segment_ct(ct, card, threshold=threshold, keep_largest_component=keep_largest_component,
                                 device=device, progress=printer)
-            with all_or_nothing([seg_path, label_path], overwrite) as (seg_temp, label_temp):
+            with all_or_nothing(list(paths.values()), overwrite) as (seg_temp, label_temp, result_temp):
                 write_segmentation(result.mask, seg_temp, [PANCREAS_SEGMENT])
                 write_volume(result.mask, label_temp)
+                result_temp.write_text(json.dumps(result_record(result, card, name), indent=2) + "\n",
+                                       encoding="utf-8")
             for warning in result.warnings:
                 printer.message(f"{name}: warning: {warning}")
             printer.message(f"{name}: pancreas {result.volume_ml:.1f} ml ({result.voxel_count} voxels), "
-                            f"{result.seconds:.1f} s -> {seg_path}")
+                            f"{result.seconds:.1f} s -> {paths['segmentation']}")
         except OutputError:
             printer.close()
             raise
         except PancreasAIError as error:
             failures += 1
-            printer.message(f"{name}: FAILED: {error}")
+            printer.case_failed(name, error)
     printer.close()
     return failures
 
@@ -107,8 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     return main_with(build_parser(), _run, model_registry, argv)
 
 
-def _run(args) -> int:
+def run_arguments(argv: list[str], sink: ProgressSink) -> int:
+    """`main` in this process, reporting to `sink` (`PancreasAILib.tasks.InProcessTask`)."""
+    return run_with_sink(build_parser(), _run, argv, sink)
+
+
+def _run(args, sink: Optional[ProgressSink] = None) -> int:
     failures = segment_files(
         expand_inputs(args.inputs), args.output, args.model, args.device, args.threshold,
-        not args.no_largest_component, args.overwrite, args.progress_format)
+        not args.no_largest_component, args.overwrite, args.progress_format, sink)
     return 1 if failures else 0

@@ -1,20 +1,18 @@
-"""Slicer scene adapter: CT volume node in, "Pancreas" segment out.
+"""The "Pancreas" segment in a Slicer scene: a mask written by the command line goes into a
+segmentation node (name, colour, terminology, beside the CT), and the review scene of the demo.
 
-The mask is computed first; the scene is changed only at the end, and any failure while
-changing it restores what was there (a new node is removed, a replaced segment gets its old
-voxels back).
+Any failure while changing the scene restores what was there (a new node is removed, a
+replaced segment gets its old voxels back).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from PancreasAILib.errors import InputError
-from PancreasAILib.scene import oriented_image, place_beside, volume_from_node, world_ijk_to_ras
-from PancreasAILib.progress import CancelToken, ProgressCallback, no_progress
+from PancreasAILib.scene import oriented_image, place_beside, world_ijk_to_ras
 from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import read_volume
 
@@ -27,27 +25,6 @@ PANCREAS_TERMINOLOGY = (
 # Marks the segment this module owns, so a re-run replaces it and nothing else.
 SOURCE_TAG = "PancreasAI.Source"
 SOURCE_VALUE = "PancreasSegMoNet"
-
-
-def segment_volume_node(volume_node, segmentation_node=None, model=None, device: str = "auto",
-                        threshold: Optional[float] = None, keep_largest_component: bool = True,
-                        progress: ProgressCallback = no_progress,
-                        cancel: Optional[CancelToken] = None):
-    """Segment the pancreas in a CT volume node; returns the segmentation node.
-
-    `model` is a registry name, a path to a .safetensors/.json file, or None for the default.
-    """
-    from .registry import model_registry
-    from .segmentation import segment_ct
-
-    ct = volume_from_node(volume_node, "CT volume")
-    card = model_registry().resolve(model, progress=progress)
-    result = segment_ct(ct, card, threshold=threshold, keep_largest_component=keep_largest_component,
-                        device=device, progress=progress, cancel=cancel)
-    node = apply_pancreas_mask(volume_node, result.mask.array, segmentation_node)
-    node.SetAttribute("PancreasSegMoNet.Model", result.model_name)
-    node.SetAttribute("PancreasSegMoNet.Warnings", " ".join(result.warnings))
-    return node
 
 
 def import_mask_file(volume_node, labelmap_path: str | Path, segmentation_node=None):
