@@ -720,6 +720,33 @@ def test_a_process_that_fails_to_start_does_not_leave_the_panel_running(run_pane
     assert panel.isRunning()
 
 
+def test_the_panel_shows_each_warning_after_the_result(run_panel):
+    gui, panel = run_panel
+    warnings = ["The image values run from 500 to 3000, which does not look like a CT.",
+                "The volume is tilted 25 degrees from the patient axes."]
+
+    panel.showDone("Done: the pancreas is in 'CT pancreas' (61.0 ml).", warnings)
+
+    assert panel.statusLabel.text.splitlines() == [
+        "Done: the pancreas is in 'CT pancreas' (61.0 ml).", *(f"Warning: {w}" for w in warnings)]
+    assert panel.progressBar.value == 100 and panel.statusLabel.toolTip == "\n\n".join(warnings)
+
+
+def test_both_modules_show_the_warnings_of_their_result():
+    for module, call in (("PancreasSegMoNet", "outcome.warnings"), ("IPMNRisk", "result.warnings")):
+        assert f"self._runPanel.showDone(" in module_source(module) and call in module_source(module), module
+
+
+def test_the_result_names_the_classes_of_the_models_card(module_files):
+    result = types.SimpleNamespace(class_name="IPMN, high-grade", class_names=["none", "IPMN LGD", "IPMN HGD"],
+                                   probabilities=[0.1, 0.2, 0.7], spread=[0.0, 0.0, 0.05])
+
+    text = module_files["IPMNRisk"].resultText(result)
+
+    assert "IPMN, high-grade" in text and "none 10%" in text and "IPMN HGD 70% \u00b1 5" in text
+    assert "normal" not in text
+
+
 # --- the modules' self-tests ("Reload and Test", ctest) -------------------------------------------------
 
 def test_a_self_test_that_skips_itself_lets_the_others_run(module_files):
