@@ -18,7 +18,7 @@ import numpy as np
 
 from PancreasAILib.errors import InputError
 from PancreasAILib.progress import CancelToken, ProgressCallback
-from PancreasAILib.route import new_work_folder, run_to_end, start_then_import
+from PancreasAILib.route import cancellable, new_work_folder, run_to_end, start_then_import
 from PancreasAILib.scene import export_volume_node
 
 PACKAGE = "IPMNRiskLib"
@@ -96,15 +96,9 @@ def assess(t1_node, t2_node, region_node, model: Optional[str] = None, device: s
     Raises the input's problem (`InputError`...), `route.TaskFailed`, or `OperationCancelled`."""
     from PancreasAILib.runners import InProcessRunner
 
-    def report(fraction: float, status: str) -> None:
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        if progress is not None:
-            progress(fraction, status)
-
     return run_to_end(lambda finished: start_assessment(
         runner or InProcessRunner(), t1_node, t2_node, region_node, model, device, tta, point_box_size_mm,
-        on_progress=report, on_finished=finished))
+        on_progress=cancellable(progress, cancel), on_finished=finished))
 
 
 def import_assessment(t2_node, output_dir: Path, case: str) -> AssessmentOutcome:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 from .errors import OperationCancelled, PancreasAIError
-from .progress import ProgressCallback
+from .progress import CancelToken, ProgressCallback
 
 
 class TaskFailed(PancreasAIError):
@@ -82,3 +82,15 @@ def run_to_end(start: Callable[[Callable], object]):
     if isinstance(error, PancreasAIError) and str(error) == message:
         raise error
     raise TaskFailed(message) from error
+
+
+def cancellable(progress: Optional[ProgressCallback], cancel: Optional[CancelToken]) -> ProgressCallback:
+    """A progress callback that first stops the work (OperationCancelled) once `cancel` is set:
+    how a blocking call in this process is cancelled between steps."""
+    def report(fraction: float, status: str) -> None:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        if progress is not None:
+            progress(fraction, status)
+
+    return report

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from PancreasAILib.errors import InputError
 from PancreasAILib.progress import CancelToken, ProgressCallback
-from PancreasAILib.route import new_work_folder, run_to_end, start_then_import
+from PancreasAILib.route import cancellable, new_work_folder, run_to_end, start_then_import
 from PancreasAILib.scene import export_volume_node
 
 PACKAGE = "PancreasSegMoNetLib"
@@ -86,15 +86,9 @@ def segment(volume_node, segmentation_node=None, model: Optional[str] = None, de
     Raises `route.TaskFailed` with the reason, or `OperationCancelled` (scene unchanged)."""
     from PancreasAILib.runners import InProcessRunner
 
-    def report(fraction: float, status: str) -> None:
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        if progress is not None:
-            progress(fraction, status)
-
     return run_to_end(lambda finished: start_segmentation(
         runner or InProcessRunner(), volume_node, segmentation_node, model, device, threshold,
-        keep_largest_component, on_progress=report, on_finished=finished))
+        keep_largest_component, on_progress=cancellable(progress, cancel), on_finished=finished))
 
 
 def import_segmentation(volume_node, output_dir: Path, case: str, segmentation_node=None) -> SegmentationOutcome:
