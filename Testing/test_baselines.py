@@ -1,9 +1,10 @@
-"""The paper's baselines have the published sizes and produce full-resolution probabilities."""
+"""The paper's baselines have the published sizes and produce full-resolution logits."""
 import pytest
 import torch
 
 from segmentation_baselines import AttentionGate, AttentionUNet, UNet
-from PancreasSegMoNetLib.network import count_parameters
+from PancreasSegMoNetLib.network import output_probabilities
+from trainkit.model_card import count_parameters
 
 
 def test_unet_64_has_the_published_31054145_parameters():
@@ -23,12 +24,15 @@ def test_attention_unet_has_the_published_31753349_parameters():
     "build", [lambda: UNet(base_filters=16), lambda: AttentionUNet(base_filters=16)],
     ids=["unet", "attention_unet"],
 )
-def test_output_is_a_probability_map_the_size_of_the_input(build):
+def test_output_is_a_logit_map_the_size_of_the_input_whose_sigmoid_is_the_probability(build):
     torch.manual_seed(0)
     with torch.no_grad():
-        probabilities = build().eval()(torch.randn(2, 1, 32, 48))
-    assert probabilities.shape == (2, 1, 32, 48)
+        logits = build().eval()(torch.randn(2, 1, 32, 48))
+    probabilities = output_probabilities(logits)
+    assert logits.shape == probabilities.shape == (2, 1, 32, 48)
+    assert logits.min() < 0.0  # a logit, not a probability
     assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
+    assert torch.equal(probabilities, torch.sigmoid(logits))
 
 
 def test_attention_gate_only_attenuates_the_skip():

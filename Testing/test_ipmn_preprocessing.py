@@ -7,9 +7,10 @@ from PancreasAILib.errors import ModelFileError
 from PancreasAILib.volume import Volume, make_ijk_to_ras
 from PancreasAILib.volume_io import sitk_from_volume
 from IPMNRiskLib.grids import INPUT_FORMAT
-from IPMNRiskLib.preprocessing import (DEFAULT_PERCENTILES, edge_preserving_smoothing, fit_standard_scale,
+from IPMNRiskLib.preprocessing import (DEFAULT_PERCENTILES, edge_preserving_smoothing,
                                        intensity_landmarks, n4_bias_correction, preprocess_volume,
                                        standardise_intensities)
+from ipmn_data import fit_standard_scale
 
 GEOMETRY = make_ijk_to_ras((1.5, 1.5, 3.0), origin=(10, -5, 20))
 

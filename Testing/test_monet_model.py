@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from PancreasSegMoNetLib.network import MoNet, count_parameters, prepare_for_inference
+from PancreasSegMoNetLib.network import MoNet, output_probabilities, prepare_for_inference
+from trainkit.model_card import count_parameters
 
 
 @pytest.fixture
@@ -77,16 +78,19 @@ def test_every_stage_has_the_specified_output_shape_for_a_256_slice(model):
     assert shapes == {name: (1, c, s, s) for name, (c, s) in expected.items()}
 
 
-def test_single_class_output_is_a_probability(model):
+def test_single_class_output_is_a_logit_whose_sigmoid_is_a_probability(model):
     with torch.no_grad():
-        probabilities = model.eval()(torch.randn(2, 1, 32, 32))
-    assert probabilities.shape == (2, 1, 32, 32)
+        logits = model.eval()(torch.randn(2, 1, 32, 32))
+    probabilities = output_probabilities(logits)
+    assert logits.shape == probabilities.shape == (2, 1, 32, 32)
+    assert logits.min() < 0.0 or logits.max() > 1.0  # a logit, not a probability
     assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
+    assert torch.equal(probabilities, torch.sigmoid(logits))
 
 
 def test_multi_class_output_sums_to_one_over_classes():
     with torch.no_grad():
-        probabilities = MoNet(n_classes=3).eval()(torch.randn(2, 1, 32, 32))
+        probabilities = output_probabilities(MoNet(n_classes=3).eval()(torch.randn(2, 1, 32, 32)))
     assert probabilities.shape == (2, 3, 32, 32)
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(2, 32, 32), atol=1e-5)
 
@@ -121,7 +125,9 @@ def test_prepared_model_gives_the_eval_models_output(model):
         expected = model(ct_slices)
         prepared = prepare_for_inference(model)
         got = prepared(ct_slices)
-    assert torch.allclose(got, expected, rtol=0.0, atol=1e-5)
+    # The probabilities to 1e-5; the logits (up to about 100 with these statistics) relatively.
+    assert torch.allclose(torch.sigmoid(got), torch.sigmoid(expected), rtol=0.0, atol=1e-5)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
     assert batch_norms(prepared) == []
 
 
@@ -190,7 +196,7 @@ def test_multi_class_softmax_runs_without_an_implicit_dimension_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with torch.no_grad():
-            model(torch.randn(1, 1, 16, 16))
+            output_probabilities(model(torch.randn(1, 1, 16, 16)))
 
 
 def test_he_uniform_weights_fill_the_whole_symmetric_range(model):

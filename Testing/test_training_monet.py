@@ -10,12 +10,19 @@ import pytest
 import torch
 from conftest import key_structure, run_torchrun
 
+import monet_augmentation
+import monet_data
+import monet_losses
+import monet_protocol
+import monet_training
+import monet_validation
 import train_monet
 from PancreasAILib.errors import InputError
 from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import write_volume
 from PancreasAILib.weights import read_model_card
 from PancreasAIPhantoms.ct import make_ct_phantom
+from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING
 from segmentation_data import FileCase, folder_cases, msd_cases, slices_on_model_grid
 
 SCRIPT = Path(train_monet.__file__)
@@ -218,8 +225,8 @@ def test_tumour_label_counts_as_pancreas(tmp_path):
     task = write_msd_folder(tmp_path, count=1)
     ct, labels = msd_cases(task)[0].load()
     assert (labels.array == 2).any()
-    _, merged = slices_on_model_grid(ct, labels, train_monet.DEFAULT_PREPROCESSING)
-    _, binary = slices_on_model_grid(ct, labels.with_array(labels.array > 0), train_monet.DEFAULT_PREPROCESSING)
+    _, merged = slices_on_model_grid(ct, labels, DEFAULT_PREPROCESSING)
+    _, binary = slices_on_model_grid(ct, labels.with_array(labels.array > 0), DEFAULT_PREPROCESSING)
     assert np.array_equal(merged, binary) and merged.any()
 
 
@@ -289,34 +296,45 @@ def test_fractional_label_map_is_refused_naming_the_case(tmp_path):
 def test_split_is_the_seeded_permutation_of_the_first_version():
     ids = [f"phantom-{n:04d}" for n in range(40)]
     rng, reference = np.random.default_rng(0), np.random.default_rng(0)
-    is_validation = train_monet.split_by_patient(ids, 0.3, rng)
+    is_validation = monet_data.split_by_patient(ids, 0.3, rng)
     assert set(np.flatnonzero(is_validation)) == set(reference.permutation(40)[:12].tolist())
     assert rng.random() == reference.random()  # later draws (slice selection) unchanged too
 
 
 def test_split_keeps_all_cases_of_a_patient_on_one_side():
     patients = [f"p{n // 3}" for n in range(30)]  # 10 patients, 3 scans each
-    is_validation = train_monet.split_by_patient(patients, 0.3, np.random.default_rng(1))
+    is_validation = monet_data.split_by_patient(patients, 0.3, np.random.default_rng(1))
     for patient in set(patients):
         sides = {bool(v) for p, v in zip(patients, is_validation) if p == patient}
         assert len(sides) == 1
     assert is_validation.sum() == 9
 
 
-def test_soft_dice_loss_is_the_papers_formula():
+def test_soft_dice_loss_is_the_papers_formula_on_the_sigmoid_of_the_logits():
     torch.manual_seed(0)
-    probabilities, masks = torch.rand(4, 1, 16, 16), (torch.rand(4, 1, 16, 16) > 0.7).float()
+    logits, masks = 4 * torch.randn(4, 1, 16, 16), (torch.rand(4, 1, 16, 16) > 0.7).float()
+    probabilities = torch.sigmoid(logits)
     expected = 1 - (2 * (probabilities * masks).sum() + 1) / (probabilities.sum() + masks.sum() + 1)
-    assert torch.allclose(train_monet.soft_dice_loss(1.0)(probabilities, masks), expected)
+    assert torch.allclose(monet_losses.soft_dice_loss(1.0)(logits, masks), expected)
 
 
 def test_dice_plus_bce_adds_binary_cross_entropy_to_the_soft_dice():
     torch.manual_seed(0)
-    probabilities, masks = torch.rand(4, 1, 16, 16), (torch.rand(4, 1, 16, 16) > 0.7).float()
-    protocol = train_monet.MoNetProtocol(loss="dice+bce")
-    expected = train_monet.soft_dice_loss(1.0)(probabilities, masks) + \
-        torch.nn.functional.binary_cross_entropy(probabilities, masks)
-    assert torch.allclose(train_monet.training_loss(protocol)(probabilities, masks), expected)
+    logits, masks = 4 * torch.randn(4, 1, 16, 16), (torch.rand(4, 1, 16, 16) > 0.7).float()
+    protocol = monet_protocol.MoNetProtocol(loss="dice+bce")
+    expected = monet_losses.soft_dice_loss(1.0)(logits, masks) + \
+        torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits.double()), masks.double()).float()
+    assert torch.allclose(monet_losses.training_loss(protocol)(logits, masks), expected)
+
+
+def test_binary_cross_entropy_stays_finite_for_confident_wrong_logits():
+    """No clipping of probabilities is needed: BCE is computed from the logits themselves."""
+    logits, masks = torch.tensor([[[[-200.0, 200.0]]]]), torch.tensor([[[[1.0, 0.0]]]])
+    protocol = monet_protocol.MoNetProtocol(loss="dice+bce")
+    loss = monet_losses.training_loss(protocol)(logits.requires_grad_(), masks)
+    loss.backward()
+    assert torch.isfinite(loss) and float(loss.detach()) > 100
+    assert torch.isfinite(logits.grad).all()
 
 
 def test_validation_loss_is_the_loss_over_all_slices_at_once():
@@ -326,13 +344,13 @@ def test_validation_loss_is_the_loss_over_all_slices_at_once():
     rng = np.random.default_rng(0)
     images = rng.random((40, 8, 8)).astype(np.float16)
     masks = (rng.random((40, 8, 8)) > 0.6).astype(np.uint8)
-    slices = train_monet.SliceSet([CachedSlices(images, masks, masks.any(axis=(1, 2)))],
+    slices = monet_data.SliceSet([CachedSlices(images, masks, masks.any(axis=(1, 2)))],
                                   np.stack([np.zeros(40, int), np.arange(40)], axis=1))
-    network = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1), torch.nn.Sigmoid())
-    loss, _ = train_monet.validation_loss(network, slices, 1.0, Distributed(0, 0, 1, torch.device("cpu")))
+    network = torch.nn.Conv2d(1, 1, 3, padding=1)  # returns logits, as the segmentation networks do
+    loss, _ = monet_validation.validation_loss(network, slices, 1.0, Distributed(0, 0, 1, torch.device("cpu")))
     all_images, all_masks = slices.batch(np.arange(40))
     with torch.no_grad():
-        expected = train_monet.soft_dice_loss(1.0)(network(all_images), all_masks)
+        expected = monet_losses.soft_dice_loss(1.0)(network(all_images), all_masks)
     assert loss == pytest.approx(float(expected), rel=1e-5)
 
 
@@ -341,12 +359,12 @@ def test_prior_init_makes_the_untrained_output_the_pancreas_fraction():
 
     for name in ("monet", "unet16"):
         network = build_network(ARCHITECTURES[name]).eval()
-        train_monet.set_output_prior(network, 0.01)
+        monet_training.set_output_prior(network, 0.01)
         for module in network.modules():  # the head's input to zero: the output is the bias alone
             if isinstance(module, torch.nn.Conv2d) and module.out_channels == 1:
                 torch.nn.init.zeros_(module.weight)
         with torch.no_grad():
-            output = network(torch.rand(1, 1, 32, 32))
+            output = torch.sigmoid(network(torch.rand(1, 1, 32, 32)))
         assert torch.allclose(output, torch.full_like(output, 0.01), atol=1e-4), name
 
 
@@ -356,10 +374,10 @@ def test_recalibration_measures_batch_norm_on_whole_slices_and_keeps_weights():
     rng = np.random.default_rng(0)
     images = rng.random((16, 16, 16)).astype(np.float16)
     masks = np.zeros((16, 16, 16), np.uint8)
-    slices = train_monet.SliceSet([CachedSlices(images, masks, masks.any(axis=(1, 2)))],
+    slices = monet_data.SliceSet([CachedSlices(images, masks, masks.any(axis=(1, 2)))],
                                   np.stack([np.zeros(16, int), np.arange(16)], axis=1))
     network = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
-    calibrated = train_monet.recalibrated_batch_norm(network, slices, np.random.default_rng(1), 16, torch.device("cpu"))
+    calibrated = monet_validation.recalibrated_batch_norm(network, slices, np.random.default_rng(1), 16, torch.device("cpu"))
     all_images, _ = slices.batch(np.arange(16))  # one batch: its statistics
     with torch.no_grad():
         features = network[0](all_images)
@@ -374,9 +392,9 @@ def test_augmented_masks_keep_their_edges_on_the_image_edges():
     yy, xx = np.mgrid[:64, :64]
     disc = ((yy - 30.3) ** 2 + (xx - 33.7) ** 2 <= 14.2 ** 2).astype(np.float32)
     images = torch.from_numpy(np.repeat(disc[None, None], 4, axis=0))
-    protocol = train_monet.MoNetProtocol(rotation_degrees=10, zoom=0.25, shift=0.2)
-    theta = train_monet.random_affine(4, torch.Generator().manual_seed(3), protocol)
-    moved_images, moved_masks = train_monet.apply_affine(images, images.clone(), theta)
+    protocol = monet_protocol.MoNetProtocol(rotation_degrees=10, zoom=0.25, shift=0.2)
+    theta = monet_augmentation.random_affine(4, torch.Generator().manual_seed(3), protocol)
+    moved_images, moved_masks = monet_augmentation.apply_affine(images, images.clone(), theta)
     assert set(torch.unique(moved_masks).tolist()) == {0.0, 1.0}
     assert torch.equal(moved_masks, (moved_images >= 0.5).float())
 
@@ -384,8 +402,8 @@ def test_augmented_masks_keep_their_edges_on_the_image_edges():
 def test_crops_hold_the_pancreas_when_the_slice_shows_it():
     masks = torch.zeros(3, 1, 64, 64)
     masks[:, :, 40:46, 50:56] = 1
-    corners = train_monet.random_crop_corners(masks, 32, torch.Generator().manual_seed(0))
-    _, cropped = train_monet.crop_batch(masks, masks, corners, 32)
+    corners = monet_augmentation.random_crop_corners(masks, 32, torch.Generator().manual_seed(0))
+    _, cropped = monet_augmentation.crop_batch(masks, masks, corners, 32)
     assert cropped.shape == (3, 1, 32, 32)
     assert all(crop.sum() > 0 for crop in cropped)
 

@@ -17,7 +17,8 @@ from trainkit.distributed import Distributed
 from trainkit.hashing import FileHashes
 from trainkit.protocol import add_protocol_arguments, changed_fields, option, protocol_from_arguments, protocol_record
 from trainkit.runlog import Curves
-from trainkit.seeding import generator_states, restore_generator_states
+from trainkit.seeding import (checkpoint_rng_states, generator_states, restore_checkpoint_rng_states,
+                              restore_generator_states)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +144,30 @@ def test_generators_draw_the_same_numbers_after_restoring_their_states():
     drawn = (torch.rand(3, generator=sampler), rng.random(3), random.random(), np.random.random())
     assert torch.equal(drawn[0], expected[0]) and np.array_equal(drawn[1], expected[1])
     assert drawn[2:] == expected[2:]
+
+
+def test_a_resumed_run_draws_the_numbers_of_the_uninterrupted_one_dropout_included():
+    dist = Distributed(0, 0, 1, torch.device("cpu"))
+    sampler, rng = torch.Generator().manual_seed(5), np.random.default_rng(5)
+    torch.manual_seed(5)
+    tensors, document = checkpoint_rng_states(dist, {"sampler": sampler}, {"rng": rng})
+    document = from_json_value(json.loads(json.dumps(to_json_value(document))))
+    expected = (torch.rand(3, generator=sampler), rng.random(3), torch.rand(3))  # the last: dropout's stream
+    restore_checkpoint_rng_states(tensors, document, dist, {"sampler": sampler}, {"rng": rng}, seed=5, position=1)
+    drawn = (torch.rand(3, generator=sampler), rng.random(3), torch.rand(3))
+    assert torch.equal(drawn[0], expected[0]) and np.array_equal(drawn[1], expected[1])
+    assert torch.equal(drawn[2], expected[2])
+
+
+def test_a_checkpoint_of_another_process_count_reseeds_each_process_with_a_warning(caplog):
+    dist = Distributed(0, 0, 1, torch.device("cpu"))
+    tensors, document = checkpoint_rng_states(dist, {}, {})
+    tensors["rng.process"] = torch.cat([tensors["rng.process"]] * 2)  # as if written by 2 processes
+    restore_checkpoint_rng_states(tensors, document, dist, {}, {}, seed=5, position=3)
+    first = torch.rand(3)
+    restore_checkpoint_rng_states(tensors, document, dist, {}, {}, seed=5, position=3)
+    assert torch.equal(torch.rand(3), first)
+    assert "written by 2 processes, this run has 1" in caplog.text
 
 
 def test_file_hash_is_remembered_until_the_file_changes(tmp_path):

@@ -19,7 +19,7 @@ All three are off for the demo model: N4 and the smoothing each take about 2-3 s
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -90,23 +90,6 @@ def intensity_landmarks(array: np.ndarray, percentiles: Sequence[float] = DEFAUL
     values = np.asarray(array, np.float64).ravel()
     foreground = values[values > values.mean()]
     return np.percentile(foreground if foreground.size else values, percentiles)
-
-
-def fit_standard_scale(arrays: Iterable[np.ndarray], percentiles: Sequence[float] = DEFAULT_PERCENTILES,
-                       scale: tuple[float, float] = (0.0, 100.0)) -> list[float]:
-    """Standard-scale landmarks for one modality from training volumes (for the model card).
-
-    Each volume's landmarks are mapped linearly so its first and last land on `scale`;
-    the standard landmarks are their means.
-    """
-    mapped = []
-    for array in arrays:
-        marks = intensity_landmarks(array, percentiles)
-        span = max(marks[-1] - marks[0], 1e-12)
-        mapped.append(scale[0] + (marks - marks[0]) / span * (scale[1] - scale[0]))
-    if not mapped:
-        raise ValueError("no training volumes given")
-    return np.mean(mapped, axis=0).tolist()
 
 
 def standardise_intensities(volume: Volume, percentiles: Sequence[float],

@@ -6,7 +6,8 @@ authors' TensorFlow code where it and the paper differ (that code produced the p
 parameter count of 403,556, BatchNorm running statistics included).
 
 Input: (B, in_channels, 256, 256) normalised CT slices. Output: (B, n_classes, 256, 256)
-probabilities (sigmoid for one class, softmax over classes otherwise).
+logits, as MONAI's networks return them: the activation belongs to the loss in training and to
+`output_probabilities` at inference (sigmoid for one class, softmax over classes otherwise).
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import copy
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 # Keras defaults (epsilon 1e-3, moving-average momentum 0.99) in PyTorch's convention, where
@@ -114,7 +114,7 @@ class FeatureBlock(nn.Module):
 
 
 class Head(nn.Module):
-    """1x1 conv (no bias) -> BatchNorm -> sigmoid (one class) or softmax over classes."""
+    """1x1 conv (no bias) -> BatchNorm: one logit per class and pixel."""
 
     def __init__(self, in_channels: int, n_classes: int) -> None:
         super().__init__()
@@ -123,10 +123,9 @@ class Head(nn.Module):
             bias=False,  # pragma: no mutate (bias=None means no bias too)
         )
         self.bn = batch_norm(n_classes)
-        self.act = nn.Sigmoid() if n_classes == 1 else nn.Softmax(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        return self.bn(self.conv(x))
 
 
 class MoNet(nn.Module):
@@ -154,7 +153,7 @@ class MoNet(nn.Module):
         self.apply(_he_uniform_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_channels, H, W) -> (B, n_classes, H, W) probabilities; H, W divisible by 4."""
+        """(B, in_channels, H, W) -> (B, n_classes, H, W) logits; H, W divisible by 4."""
         skip0 = self.encoder0(x)
         skip1 = self.encoder1(self.down0(skip0))
         x = self.bottleneck(self.down1(skip1))
@@ -170,17 +169,10 @@ def _he_uniform_init(module: nn.Module) -> None:
         nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")  # pragma: no mutate
 
 
-def count_parameters(model: nn.Module, include_bn_running_stats: bool) -> int:
-    """Number of parameter values; with the BatchNorm running mean and variance if asked.
-
-    The paper counts the way Keras does, running statistics included (403,556 for MoNet).
-    """
-    total = sum(p.numel() for p in model.parameters())
-    if include_bn_running_stats:
-        for module in model.modules():
-            if isinstance(module, _BatchNorm) and module.running_mean is not None:
-                total += module.running_mean.numel() + module.running_var.numel()
-    return total
+def output_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """(B, n_classes, H, W) logits -> probabilities of the same shape: the sigmoid for one class
+    (pancreas against the rest), the softmax over the classes otherwise."""
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:

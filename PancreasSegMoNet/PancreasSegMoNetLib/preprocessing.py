@@ -56,13 +56,3 @@ def model_slices(canonical: Volume, preprocessing: dict) -> tuple[np.ndarray, np
                   order=1,  # pragma: no mutate (resample's default; explicit: bilinear, as in training)
                   fill_value=float(preprocessing["fill_hu"]))
     return window(hu, preprocessing["window_hu"]), grid
-
-
-def label_slices(canonical_labels: Volume, preprocessing: dict) -> np.ndarray:
-    """Canonical binary label slab -> (K, size, size) float32 in {0, 1} on the model's grid."""
-    size = int(preprocessing["input_size"])
-    grid = inplane_grid(canonical_labels, size)
-    labels = resample(canonical_labels, (canonical_labels.shape[0], size, size), grid,
-                      order=1,  # pragma: no mutate (resample's default; explicit: bilinear, then >= 0.5)
-                      )
-    return (labels >= 0.5).astype(np.float32)

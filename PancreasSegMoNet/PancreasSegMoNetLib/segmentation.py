@@ -88,6 +88,8 @@ def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optio
     from PancreasAILib.devices import import_torch
 
     torch = import_torch()
+    from .network import output_probabilities
+
     started = time.perf_counter()
     cancel = cancel or CancelToken()
     warnings = check_ct(ct)
@@ -116,7 +118,8 @@ def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optio
         with torch.inference_mode():
             for b0 in range(0, len(slices), batch_size):
                 batch = torch.from_numpy(slices[b0:b0 + batch_size, None]).to(device)
-                probabilities[b0:b0 + batch_size] = model(batch)[:, 0].float().cpu().numpy()
+                logits = model(batch)
+                probabilities[b0:b0 + batch_size] = output_probabilities(logits)[:, 0].float().cpu().numpy()
         back = resample(Volume(probabilities, grid), slab.shape, slab.ijk_to_ras, order=1)
         canonical_mask[k0:k0 + slab.shape[0]] = back >= threshold
 

@@ -27,22 +27,20 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-HERE = Path(__file__).resolve()
-for sub in ("PancreasAI", "PancreasSegMoNet", "IPMNRisk"):
-    if str(HERE.parents[2] / sub) not in sys.path:
-        sys.path.insert(0, str(HERE.parents[2] / sub))
-if str(HERE.parent) not in sys.path:
-    sys.path.insert(0, str(HERE.parent))
+# trainkit first: importing it says how to install the project's packages when they are missing.
+from trainkit.model_card import command_line, software_versions
 
-from PancreasAILib.cli_support import run_command  # noqa: E402
-from PancreasAILib.errors import InputError, ModelFileError  # noqa: E402
-from PancreasAILib.weights import save_model, sha256_of_file, state_dict_misfits  # noqa: E402
-from IPMNRiskLib.network import CLASS_NAMES, VIT_ARCHITECTURES  # noqa: E402
+from PancreasAILib.cli_support import run_command
+from PancreasAILib.errors import InputError, ModelFileError
+from PancreasAILib.weights import save_model, sha256_of_file, state_dict_misfits
+from IPMNRiskLib.network import CLASS_NAMES, VIT_ARCHITECTURES
 
-from segmentation_networks import ARCHITECTURES  # noqa: E402
-from trainkit.model_card import command_line, software_versions  # noqa: E402
+from segmentation_networks import ARCHITECTURES
+
+if TYPE_CHECKING:
+    import torch
 
 SCRIPT = "Resources/Training/convert_checkpoint.py"
 #: Where trainers commonly keep the state_dict inside a checkpoint, in the order they are tried.

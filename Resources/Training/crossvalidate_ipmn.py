@@ -41,34 +41,29 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-HERE = Path(__file__).resolve()
-for sub in ("PancreasAI", "IPMNRisk"):
-    if str(HERE.parents[2] / sub) not in sys.path:
-        sys.path.insert(0, str(HERE.parents[2] / sub))
-if str(HERE.parent) not in sys.path:
-    sys.path.insert(0, str(HERE.parent))
+# trainkit first: importing it says how to install the project's packages when they are missing.
+from trainkit.checkpoint import to_json_value, write_json_atomically
+from trainkit.distributed import Distributed
+from trainkit.model_card import command_line, hardware_record, software_versions
+from trainkit.protocol import add_protocol_arguments, protocol_from_arguments
+from trainkit.script import run_script
+from trainkit.runlog import Curves
+from trainkit.seeding import derived_seed, seed_everything, use_deterministic_kernels
 
-from PancreasAILib.errors import InputError  # noqa: E402
-from IPMNRiskLib.network import CLASS_NAMES  # noqa: E402
+from PancreasAILib.errors import InputError
+from IPMNRiskLib.network import CLASS_NAMES
 
-from ipmn_data import (card_preprocessing, central_samples, data_sha256, phantom_cases,  # noqa: E402
+from ipmn_data import (card_preprocessing, central_samples, data_sha256, phantom_cases,
                        read_cohort_csv, training_samples)
-from ipmn_folds import OuterFold, nested_folds  # noqa: E402
-from ipmn_metrics import classification_metrics, write_fold_table, write_results_table  # noqa: E402
-from ipmn_networks import (METHOD_GROUPS, METHODS, build_network, gradcam_maps, parameter_count,  # noqa: E402
+from ipmn_folds import OuterFold, nested_folds
+from ipmn_metrics import classification_metrics, write_fold_table, write_results_table
+from ipmn_networks import (METHOD_GROUPS, METHODS, build_network, gradcam_maps, parameter_count,
                            write_gradcam_png)
-from ipmn_setup import (add_model_arguments, add_phantom_shape_arguments, add_preprocessing_arguments,  # noqa: E402
+from ipmn_setup import (add_model_arguments, add_phantom_shape_arguments, add_preprocessing_arguments,
                         add_run_arguments, architecture_of, cache_of, prepare_everywhere, pretrained_of,
                         pretrained_record, steps_of)
-from ipmn_training import (IPMNProtocol, TrainingRun, add_class_weights_argument, check_protocol,  # noqa: E402
+from ipmn_training import (IPMNProtocol, TrainingRun, add_class_weights_argument, check_protocol,
                            full_protocol_record, predict_probabilities)
-from trainkit.checkpoint import to_json_value, write_json_atomically  # noqa: E402
-from trainkit.distributed import Distributed  # noqa: E402
-from trainkit.model_card import command_line, hardware_record, software_versions  # noqa: E402
-from trainkit.protocol import add_protocol_arguments, protocol_from_arguments  # noqa: E402
-from trainkit.script import run_script  # noqa: E402
-from trainkit.runlog import Curves  # noqa: E402
-from trainkit.seeding import derived_seed, seed_everything, use_deterministic_kernels  # noqa: E402
 
 logger = logging.getLogger("crossvalidate_ipmn")
 

@@ -33,21 +33,18 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-HERE = Path(__file__).resolve()
-for sub in ("PancreasAI", "PancreasSegMoNet"):
-    if str(HERE.parents[2] / sub) not in sys.path:
-        sys.path.insert(0, str(HERE.parents[2] / sub))
+# trainkit first: importing it says how to install the project's packages when they are missing.
+from trainkit.run_files import RunFiles
+from trainkit.runlog import progress_bar, run_logging
 
-from PancreasAILib.cli_support import case_name  # noqa: E402
-from PancreasAILib.errors import InputError, PancreasAIError  # noqa: E402
-from PancreasAILib.volume import Volume  # noqa: E402
-from PancreasAILib.weights import ModelCard  # noqa: E402
+from PancreasAILib.cli_support import case_name
+from PancreasAILib.errors import InputError, PancreasAIError
+from PancreasAILib.volume import Volume
+from PancreasAILib.weights import ModelCard
 
-from segmentation_data import (DEFAULT_PHANTOM_SHAPE, Case, check_same_grid, folder_cases,  # noqa: E402
+from segmentation_data import (DEFAULT_PHANTOM_SHAPE, Case, check_same_grid, folder_cases,
                                msd_cases, phantom_cases)
-from segmentation_metrics import case_metrics  # noqa: E402
-from trainkit.run_files import RunFiles  # noqa: E402
-from trainkit.runlog import progress_bar, run_logging  # noqa: E402
+from segmentation_metrics import case_metrics
 
 logger = logging.getLogger("evaluate_segmentation")
 

@@ -36,7 +36,7 @@ from IPMNRiskLib.grids import (INPUT_FORMAT, SLICES_PER_SAMPLE, RegionBox, centr
                                make_input, plan_crop, slice_window_starts, window_indices)
 from IPMNRiskLib.network import CLASS_NAMES
 from PancreasAIPhantoms.mr import make_mr_phantom
-from IPMNRiskLib.preprocessing import DEFAULT_PERCENTILES, fit_standard_scale, preprocess_volume
+from IPMNRiskLib.preprocessing import DEFAULT_PERCENTILES, intensity_landmarks, preprocess_volume
 
 from trainkit.hashing import FileHashes
 from trainkit.runlog import progress_bar
@@ -420,6 +420,23 @@ def _corrected_volumes(case: Case, steps: dict, cache: StackCache, identity: str
         _save_npz(path, t1=t1.array, t2=t2.array)
         return t1, t2, region
     return Volume(stored["t1"], t1.ijk_to_ras), Volume(stored["t2"], t2.ijk_to_ras), region
+
+
+def fit_standard_scale(arrays: Iterable[np.ndarray], percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+                       scale: tuple[float, float] = (0.0, 100.0)) -> list[float]:
+    """Standard-scale landmarks for one modality from training volumes (for the model card).
+
+    Each volume's landmarks are mapped linearly so its first and last land on `scale`;
+    the standard landmarks are their means.
+    """
+    mapped = []
+    for array in arrays:
+        marks = intensity_landmarks(array, percentiles)
+        span = max(marks[-1] - marks[0], 1e-12)
+        mapped.append(scale[0] + (marks - marks[0]) / span * (scale[1] - scale[0]))
+    if not mapped:
+        raise ValueError("no training volumes given")
+    return np.mean(mapped, axis=0).tolist()
 
 
 def fit_landmarks(cases: Sequence[Case], steps: dict, cache: StackCache, identities: Sequence[str],

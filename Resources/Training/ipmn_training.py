@@ -32,8 +32,7 @@ from trainkit.checkpoint import (load_latest_checkpoint, optimizer_parts, restor
 from trainkit.distributed import Distributed
 from trainkit.protocol import changed_fields, option, protocol_record
 from trainkit.runlog import Curves, progress_bar
-from trainkit.seeding import (derived_seed, generator_states, process_rng_state, restore_generator_states,
-                              restore_process_rng_state)
+from trainkit.seeding import checkpoint_rng_states, restore_checkpoint_rng_states
 
 logger = logging.getLogger(__name__)
 
@@ -209,17 +208,15 @@ class TrainingRun:
 
     def save(self) -> None:
         """Collective (every process sends its random state); the main process writes."""
-        processes = self.dist.all_gather(process_rng_state(self.dist.device))
+        generator_tensors, generator_document = checkpoint_rng_states(self.dist, {}, {"sampler": self.sampler})
         if not self.dist.is_main:
             return
         tensors = {f"model.{key}": value for key, value in self.network.state_dict().items()}
         if self.best_state is not None:
             tensors.update({f"best.{key}": value for key, value in self.best_state.items()})
         optimizer_tensors, optimizer_document = optimizer_parts(self.optimizer)
-        generator_tensors, generator_document = generator_states({}, {"sampler": self.sampler})
         tensors.update(optimizer_tensors)
         tensors.update(generator_tensors)
-        tensors["rng.process"] = processes
         state = self.state
         save_checkpoint(self.checkpoints, state.step, tensors, {
             "run": self._checkpoint_fingerprint(), "optimizer": optimizer_document, "rng": generator_document,
@@ -245,16 +242,8 @@ class TrainingRun:
         self.network.load_state_dict(part("model."))
         self.best_state = part("best.") or None
         restore_optimizer(self.optimizer, tensors, document["optimizer"])
-        restore_generator_states(tensors, document["rng"], {}, {"sampler": self.sampler})
-        processes = tensors["rng.process"]
-        if processes.shape[0] == self.dist.world_size:
-            restore_process_rng_state(processes[self.dist.rank], self.dist.device)
-        else:
-            import torch
-
-            logger.warning("The checkpoint was written by %d processes, this run has %d: random numbers of "
-                           "the processes differ from an uninterrupted run.", processes.shape[0], self.dist.world_size)
-            torch.manual_seed(derived_seed(self.seed, self.dist.rank, checkpoint.epoch))
+        restore_checkpoint_rng_states(tensors, document["rng"], self.dist, {}, {"sampler": self.sampler},
+                                      seed=self.seed, position=checkpoint.epoch)
         self.state = TrainingState(checkpoint.epoch, document["history"], document["best_score"],
                                    document["best_step"], document["best_row"])
         logger.info("%s: resuming after step %d (best validation balanced accuracy %.3f at step %d).",

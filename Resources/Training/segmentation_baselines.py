@@ -13,9 +13,10 @@ The layer choices that make those counts exact:
 - attention gate: 1x1 convs with bias and no BN, each skip and upsampled map projected to the
   upsampled width, summed, ReLU, 1x1 conv (bias) to one channel, sigmoid, multiplied into the
   skip;
-- head: 1x1 conv with bias, sigmoid.
+- head: 1x1 conv with bias.
 
-Input (B, in_channels, H, W), H and W divisible by 16; output (B, n_classes, H, W) probabilities.
+Input (B, in_channels, H, W), H and W divisible by 16; output (B, n_classes, H, W) logits, as
+MoNet's: the activation belongs to the loss and to inference (`output_probabilities`).
 """
 from __future__ import annotations
 
@@ -99,11 +100,10 @@ class UNet(nn.Module):
             self.gates.append(AttentionGate(width, width, width) if attention else SkipThrough())
             self.decoders.append(DoubleConv(2 * width, width, dropout=0.0))
         self.head = nn.Conv2d(base_filters, n_classes, 1)
-        self.output_activation = nn.Sigmoid() if n_classes == 1 else nn.Softmax(dim=1)
         _keras_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_channels, H, W) -> (B, n_classes, H, W) probabilities; H, W divisible by 16."""
+        """(B, in_channels, H, W) -> (B, n_classes, H, W) logits; H, W divisible by 16."""
         skips = []
         for encoder in self.encoders:
             x = encoder(x)
@@ -113,7 +113,7 @@ class UNet(nn.Module):
         for up, gate, decoder, skip in zip(self.ups, self.gates, self.decoders, reversed(skips)):
             x = up(x)
             x = decoder(torch.cat([x, gate(skip, x)], dim=1))
-        return self.output_activation(self.head(x))
+        return self.head(x)
 
 
 class AttentionUNet(UNet):

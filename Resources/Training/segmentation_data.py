@@ -32,7 +32,8 @@ from PancreasAILib.orientation import axial_reorientation
 from PancreasAILib.volume import Volume, check_scalar_volume
 from PancreasAILib.volume_io import VOLUME_SUFFIXES, read_volume
 from PancreasAIPhantoms.ct import make_ct_phantom
-from PancreasSegMoNetLib.preprocessing import label_slices, model_slices
+from PancreasAILib.resample import resample
+from PancreasSegMoNetLib.preprocessing import inplane_grid, model_slices
 
 from trainkit.checkpoint import write_json_atomically
 from trainkit.hashing import FileHashes
@@ -110,6 +111,7 @@ class PhantomCase:
 
 
 Case = Union[FileCase, PhantomCase]
+
 
 
 def _read(case_id: str, path: Path, what: str) -> Volume:
@@ -242,6 +244,17 @@ def _first(items: Sequence[str], count: int = 5) -> str:
 
 
 # --- slices on the model's grid, cached -----------------------------------------------------------
+
+def label_slices(canonical_labels: Volume, preprocessing: dict) -> np.ndarray:
+    """Canonical binary label slab -> (K, size, size) float32 in {0, 1} on the model's grid: the
+    slices `model_slices` makes of the CT, bilinear, each pixel pancreas when at least half covered."""
+    size = int(preprocessing["input_size"])
+    grid = inplane_grid(canonical_labels, size)
+    labels = resample(canonical_labels, (canonical_labels.shape[0], size, size), grid,
+                      order=1,  # pragma: no mutate (resample's default; explicit: bilinear, then >= 0.5)
+                      )
+    return (labels >= 0.5).astype(np.float32)
+
 
 def slices_on_model_grid(ct: Volume, labels: Volume, preprocessing: dict) -> tuple[np.ndarray, np.ndarray]:
     """(K, S, S) float32 windowed CT in [0, 1] and (K, S, S) uint8 pancreas mask: canonical

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from PancreasAILib.weights import ModelCard, load_into, load_state_dict
 
+from trainkit.model_card import count_parameters
+
 
 @dataclass(frozen=True)
 class NetworkSpec:
@@ -50,8 +52,6 @@ def output_bias(model):
 
 
 def parameter_counts(model) -> dict:
-    from PancreasSegMoNetLib.network import count_parameters
-
     return {"trainable": count_parameters(model, False),
             "with_bn_running_stats": count_parameters(model, True)}
 

@@ -31,35 +31,30 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-HERE = Path(__file__).resolve()
-for sub in ("PancreasAI", "IPMNRisk"):
-    if str(HERE.parents[2] / sub) not in sys.path:
-        sys.path.insert(0, str(HERE.parents[2] / sub))
-if str(HERE.parent) not in sys.path:
-    sys.path.insert(0, str(HERE.parent))
+# trainkit first: importing it says how to install the project's packages when they are missing.
+from trainkit.checkpoint import write_json_atomically
+from trainkit.initial_weights import add_initial_weights_argument, initial_weights_record, load_initial_weights  # noqa: E501
+from trainkit.model_card import command_line, hardware_record, software_versions
+from trainkit.protocol import add_protocol_arguments, protocol_from_arguments
+from trainkit.run_files import RunFiles
+from trainkit.script import run_script
+from trainkit.runlog import Curves
+from trainkit.seeding import seed_everything, use_deterministic_kernels
 
-from PancreasAILib.errors import InputError  # noqa: E402
-from PancreasAILib.weights import save_model  # noqa: E402
-from IPMNRiskLib.network import CLASS_NAMES  # noqa: E402
+from PancreasAILib.errors import InputError
+from PancreasAILib.weights import save_model
+from IPMNRiskLib.network import CLASS_NAMES
 
-from ipmn_data import (card_preprocessing, central_samples, data_sha256, phantom_cases,  # noqa: E402
+from ipmn_data import (card_preprocessing, central_samples, data_sha256, phantom_cases,
                        read_cohort_csv, training_samples)
-from ipmn_folds import holdout_split  # noqa: E402
-from ipmn_metrics import classification_metrics  # noqa: E402
-from ipmn_networks import build_network, parameter_count  # noqa: E402
-from ipmn_setup import (add_model_arguments, add_phantom_shape_arguments, add_preprocessing_arguments,  # noqa: E402
+from ipmn_folds import holdout_split
+from ipmn_metrics import classification_metrics
+from ipmn_networks import build_network, parameter_count
+from ipmn_setup import (add_model_arguments, add_phantom_shape_arguments, add_preprocessing_arguments,
                         add_run_arguments, architecture_of, cache_of, prepare_everywhere, pretrained_of,
                         pretrained_record, steps_of)
-from ipmn_training import (IPMNProtocol, TrainingRun, add_class_weights_argument, check_protocol,  # noqa: E402
+from ipmn_training import (IPMNProtocol, TrainingRun, add_class_weights_argument, check_protocol,
                            full_protocol_record, predict_probabilities)
-from trainkit.checkpoint import write_json_atomically  # noqa: E402
-from trainkit.initial_weights import add_initial_weights_argument, initial_weights_record, load_initial_weights  # noqa: E402,E501
-from trainkit.model_card import command_line, hardware_record, software_versions  # noqa: E402
-from trainkit.protocol import add_protocol_arguments, protocol_from_arguments  # noqa: E402
-from trainkit.run_files import RunFiles  # noqa: E402
-from trainkit.script import run_script  # noqa: E402
-from trainkit.runlog import Curves  # noqa: E402
-from trainkit.seeding import seed_everything, use_deterministic_kernels  # noqa: E402
 
 logger = logging.getLogger("train_ipmn")
 

@@ -37,9 +37,8 @@ from typing import Callable, Optional
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-for _module_dir in ("PancreasAI", "PancreasSegMoNet", "IPMNRisk"):
-    if str(ROOT / _module_dir) not in sys.path:
-        sys.path.insert(0, str(ROOT / _module_dir))
+#: The paper's baselines and the parameter count live beside the training scripts (not installed).
+TRAINING_SCRIPTS = ROOT / "Resources" / "Training"
 
 COMMITTED_RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 DEFAULT_OUTPUT = ROOT / "output" / "bench" / "RESULTS.md"
@@ -196,8 +195,13 @@ def build_contenders(batch_size: int):
     """(contenders, plain MoNet, prepared MoNet): random-initialised networks in eval mode."""
     import torch
 
+    from PancreasSegMoNetLib.network import MoNet, prepare_for_inference
+
+    # The training folder is not a package: import its modules as its scripts do, from the folder.
+    if str(TRAINING_SCRIPTS) not in sys.path:
+        sys.path.append(str(TRAINING_SCRIPTS))
     from segmentation_baselines import AttentionUNet, UNet
-    from PancreasSegMoNetLib.network import MoNet, count_parameters, prepare_for_inference
+    from trainkit.model_card import count_parameters
 
     torch.manual_seed(0)
     monet = MoNet().eval()
@@ -264,10 +268,11 @@ def batch_size_sweep(network: Callable, slices, batch_sizes, rounds: int) -> dic
 
 
 def max_abs_difference(first: Callable, second: Callable, slices) -> float:
+    """Largest difference between the probabilities (sigmoid of the logits) of two networks."""
     import torch
 
     with torch.inference_mode():
-        return float((first(slices) - second(slices)).abs().max())
+        return float((torch.sigmoid(first(slices)) - torch.sigmoid(second(slices))).abs().max())
 
 
 def network_section(args) -> str:

@@ -1,4 +1,5 @@
-"""What a training run records in its model card besides protocol, data and metrics."""
+"""What a training run records in its model card besides protocol, data and metrics: software,
+command line, hardware and the size of the network."""
 
 from __future__ import annotations
 
@@ -27,6 +28,19 @@ def command_line(script: str, argv: Optional[Sequence[str]] = None) -> str:
     with `argv` (the arguments given to main(), else those of this process)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     return shlex.join(["python", script, *arguments])
+
+
+def count_parameters(model, include_bn_running_stats: bool) -> int:
+    """Number of parameter values of a torch module; with the BatchNorm running mean and
+    variance if asked, as Keras counts (the MoNet paper's 403,556 for MoNet)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    total = sum(p.numel() for p in model.parameters())
+    if include_bn_running_stats:
+        for module in model.modules():
+            if isinstance(module, _BatchNorm) and module.running_mean is not None:
+                total += module.running_mean.numel() + module.running_var.numel()
+    return total
 
 
 def hardware_record(distributed) -> dict:

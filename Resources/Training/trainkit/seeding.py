@@ -3,15 +3,22 @@ run draws exactly the numbers the uninterrupted run would have drawn.
 
 States are split into tensors (for the .safetensors file) and JSON-able values; nothing is
 pickled. The per-process torch state (dropout masks) differs between DDP processes and is
-handled by `process_rng_state` / `restore_process_rng_state` with distributed.all_gather.
+handled by `process_rng_state` / `restore_process_rng_state` with distributed.all_gather;
+`checkpoint_rng_states` / `restore_checkpoint_rng_states` do all of it for a training loop.
 """
 
 from __future__ import annotations
 
+import logging
 import random
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -81,3 +88,35 @@ def restore_generator_states(tensors: Mapping[str, "torch.Tensor"], document: di
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     version, internal, gauss = document["python_random"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def checkpoint_rng_states(dist, torch_generators: Mapping[str, "torch.Generator"],
+                          numpy_generators: Mapping[str, np.random.Generator]) -> tuple[dict, dict]:
+    """(tensors, JSON) of every random state a resumed run needs: the named generators, the
+    global ones and, as tensor `rng.process`, each process's torch state.
+
+    Collective: every process of `dist` (a `distributed.Distributed`) must call it."""
+    processes = dist.all_gather(process_rng_state(dist.device))
+    tensors, document = generator_states(torch_generators, numpy_generators)
+    tensors["rng.process"] = processes
+    return tensors, document
+
+
+def restore_checkpoint_rng_states(tensors: Mapping[str, "torch.Tensor"], document: dict, dist,
+                                  torch_generators: Mapping[str, "torch.Generator"],
+                                  numpy_generators: Mapping[str, np.random.Generator], *,
+                                  seed: int, position: int) -> None:
+    """Put back what `checkpoint_rng_states` saved. When the checkpoint was written by another
+    number of processes, each process's torch state is seeded from (seed, rank, position)
+    instead, with a warning: its dropout masks then differ from an uninterrupted run's."""
+    import torch
+
+    restore_generator_states(tensors, document, torch_generators, numpy_generators)
+    processes = tensors["rng.process"]
+    if processes.shape[0] == dist.world_size:
+        restore_process_rng_state(processes[dist.rank], dist.device)
+        return
+    logger.warning("The checkpoint was written by %d processes, this run has %d: the random numbers of each "
+                   "process (dropout masks) differ from those of an uninterrupted run.",
+                   processes.shape[0], dist.world_size)
+    torch.manual_seed(derived_seed(seed, dist.rank, position))
