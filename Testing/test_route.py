@@ -223,3 +223,36 @@ def test_cancel_leaves_the_scene_and_no_work_folder(runner, ct_node, random_mone
         token = CancelToken()
         token.cancel()
         logic.segment(ct_node, model=str(random_monet_card.card_path), cancel=token)
+
+
+def test_a_t1_covering_part_of_the_region_is_warned_of_on_every_route(mrml_scene, small_mr_phantom,
+                                                                     random_vit_card, tmp_path):
+    from IPMNRiskLib import logic
+    from IPMNRiskLib.grids import RegionBox
+    from PancreasAILib.scene import add_volume_node
+
+    p = small_mr_phantom
+    center, size = p.pancreas_box_ras
+    corners = RegionBox(center, size).corners_ras()
+    ijk = (np.linalg.inv(p.ijk_to_ras) @ np.c_[corners, np.ones(8)].T).T[:, 0]
+    i_low, i_high = ijk.min(), ijk.max()
+    keep = int(np.ceil(i_low + 0.85 * (i_high - i_low)))  # T1 ends at 85% of the region's width
+    t1 = add_volume_node(mrml_scene, Volume(np.ascontiguousarray(p.t1[:, :, :keep]), p.ijk_to_ras), "T1")
+    t2 = add_volume_node(mrml_scene, Volume(p.t2, p.ijk_to_ras), "T2")
+    roi = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "region")
+    roi.SetCenter(*[float(v) for v in center])
+    roi.SetSize(*[float(v) for v in size])
+    model = str(random_vit_card.card_path)
+
+    outcomes = [logic.assess(t1, t2, roi, model=model, tta=False,
+                             runner=SnapshotRunner(runner, tmp_path / side))
+                for runner, side in ((InProcessRunner(), "a"), (BackgroundRunner(), "b"))]
+
+    for outcome, side in zip(outcomes, "ab"):
+        assert len(outcome.warnings) == 1 and "covers only" in outcome.warnings[0], outcome.warnings
+        assert 75 <= int(outcome.warnings[0].split("covers only ")[1].split("%")[0]) < 100
+        assert outcome.table_node.GetAttribute("IPMNRisk.Warnings") == outcome.warnings[0]
+        assert outcome.heat_map_node.GetAttribute("IPMNRisk.Warnings") == outcome.warnings[0]
+        record = json.loads((tmp_path / side / "assessment_ipmn_result.json").read_text(encoding="utf-8"))
+        assert record["warnings"] == outcome.warnings
+    assert outcomes[0].warnings == outcomes[1].warnings

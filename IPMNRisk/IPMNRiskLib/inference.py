@@ -44,7 +44,8 @@ class Assessment:
     heat_map: float32 Volume on T2's grid, max 1, zero outside the crop box (None without
     rollout); grid_image: (192, 192, 2) the model's input (channel 0 T1, 1 T2);
     grid_heat: (192, 192) rollout per pixel of the grid, max 1 (None without rollout);
-    tile_centers_ras: (9, 3) RAS mm of the centre of each tile's slice.
+    tile_centers_ras: (9, 3) RAS mm of the centre of each tile's slice;
+    warnings: what the user should know about the input (the result still stands).
     """
 
     risk_class: int
@@ -59,6 +60,7 @@ class Assessment:
     class_names: tuple[str, ...]
     tile_centers_ras: np.ndarray
     views: int
+    warnings: tuple[str, ...] = ()
 
 
 def _check_pair(t1: Volume, t2: Volume) -> None:
@@ -170,13 +172,26 @@ def assess(t1: Volume, t2: Volume, region: RegionBox, card: ModelCard, *, tta: b
         grid_heat = _grid_heat(prediction.patch_map)
     risk_class = int(np.argmax(prediction.probabilities))
     report(1.0, "Done")
+    warnings = _coverage_warnings(plan)
     return Assessment(
         risk_class=risk_class, class_name=class_names[risk_class],
         probabilities=prediction.probabilities, spread=prediction.spread,
         heat_map=heat_map, grid_image=np.ascontiguousarray(np.moveaxis(x, 0, -1)),
         grid_heat=grid_heat, model_name=card.name, research_use_notice=RESEARCH_USE_NOTICE,
         class_names=class_names, tile_centers_ras=_tile_centers_ras(t2_stack, window),
-        views=prediction.views)
+        views=prediction.views, warnings=warnings)
+
+
+def _coverage_warnings(plan: CropPlan) -> tuple[str, ...]:
+    """A region that T1 covers only in part (plan_crop refuses less than MIN_T1_COVERAGE) leaves
+    the T1 channel blank elsewhere, which the network never saw in training."""
+    if plan.t1_inside is None:
+        return ()
+    coverage = float(plan.t1_inside.mean())
+    if coverage >= 0.995:
+        return ()
+    return (f"The T1 volume covers only {coverage:.0%} of the region; the T1 channel is blank in the rest, "
+            "unlike in training: check that T1 covers the whole pancreas, or move the region.",)
 
 
 # --- the 3 x 3 grid as a picture -----------------------------------------------------------------
