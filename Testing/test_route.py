@@ -61,8 +61,10 @@ def work_folders(tmp_path, monkeypatch):
 def ct_node(mrml_scene, small_ct_phantom):
     from PancreasAILib.scene import add_volume_node
 
+    import vtk
+
     transform = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
-    matrix = transform.GetMatrixTransformToParent()
+    matrix = vtk.vtkMatrix4x4()
     matrix.SetElement(0, 3, 12.0)
     transform.SetMatrixTransformToParent(matrix)
     ct = Volume((small_ct_phantom.hu + 1500).astype(np.int16), _oblique_flipped(small_ct_phantom.ijk_to_ras))
@@ -256,3 +258,61 @@ def test_a_t1_covering_part_of_the_region_is_warned_of_on_every_route(mrml_scene
         record = json.loads((tmp_path / side / "assessment_ipmn_result.json").read_text(encoding="utf-8"))
         assert record["warnings"] == outcome.warnings
     assert outcomes[0].warnings == outcomes[1].warnings
+
+
+@pytest.mark.parametrize("runner", [InProcessRunner, BackgroundRunner])
+def test_a_cancel_token_stops_either_route_and_leaves_nothing(runner, ct_node, random_monet_card, work_folders):
+    from PancreasAILib.errors import OperationCancelled
+    from PancreasAILib.progress import CancelToken
+    from PancreasSegMoNetLib import logic
+
+    scene = ct_node.GetScene()
+    before = scene.GetNumberOfNodes()
+    token = CancelToken()
+    started = []
+
+    def progress(fraction, status):
+        started.append(status)
+        token.cancel()  # as a GUI's Cancel button would, between two steps
+
+    with pytest.raises(OperationCancelled):
+        logic.segment(ct_node, model=str(random_monet_card.card_path), progress=progress, cancel=token,
+                      runner=runner())
+
+    assert len(started) == 1
+    assert scene.GetNumberOfNodes() == before
+    assert list(work_folders.iterdir()) == []
+
+
+@pytest.mark.parametrize("runner", [InProcessRunner, BackgroundRunner])
+def test_a_fault_in_a_progress_callback_stops_the_work_and_reaches_the_caller(runner, ct_node, random_monet_card,
+                                                                            work_folders):
+    from PancreasSegMoNetLib import logic
+
+    def faulty(fraction, status):
+        raise ZeroDivisionError("the progress bar's own bug")
+
+    with pytest.raises(ZeroDivisionError, match="progress bar"):
+        logic.segment(ct_node, model=str(random_monet_card.card_path), progress=faulty, runner=runner())
+
+    assert list(work_folders.iterdir()) == []
+
+
+@pytest.mark.parametrize("runner", [InProcessRunner, BackgroundRunner])
+def test_a_fault_while_reading_the_result_back_is_still_reported(runner, ct_node, random_monet_card, work_folders,
+                                                                monkeypatch):
+    from PancreasSegMoNetLib import logic, pancreas_segment
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Slicer could not write the pancreas voxels into the segmentation.")
+
+    monkeypatch.setattr(pancreas_segment, "import_mask_file", broken)
+    outcomes = []
+    task = logic.start_segmentation(runner(), ct_node, model=str(random_monet_card.card_path),
+                                    on_finished=lambda *outcome: outcomes.append(outcome))
+    task.wait_for_finished(120000)
+
+    assert outcomes == [(None, "Slicer could not write the pancreas voxels into the segmentation.")]
+    assert list(work_folders.iterdir()) == []
+    with pytest.raises(RuntimeError, match="could not write"):
+        logic.segment(ct_node, model=str(random_monet_card.card_path), runner=runner())

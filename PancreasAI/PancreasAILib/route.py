@@ -11,6 +11,7 @@ imports Qt or MRML.
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -52,8 +53,10 @@ def start_then_import(runner, package: str, arguments: Sequence[str], python_pat
             else:
                 try:
                     outcome = (import_result(), "")
-                except PancreasAIError as error:
-                    task.error, outcome = error, (None, str(error))
+                except Exception as error:  # the caller is told in any case
+                    if not isinstance(error, PancreasAIError):
+                        logging.exception("Reading the result of %s into the scene failed", package)
+                    task.error, outcome = error, (None, str(error) or type(error).__name__)
             if on_finished:
                 on_finished(*outcome)
         finally:
@@ -77,6 +80,8 @@ def run_to_end(start: Callable[[Callable], object]):
     if result is not None:
         return result
     error = getattr(task, "error", None)
+    if error is not None and not isinstance(error, (OperationCancelled, PancreasAIError)):
+        raise error  # a fault of the code (or of a progress callback): its own exception
     if task.cancelled:
         raise OperationCancelled("Cancelled; the scene was not changed.") from error
     if isinstance(error, PancreasAIError) and str(error) == message:

@@ -78,11 +78,24 @@ class Task:
 
     def _handle_item(self, item: dict) -> None:
         if "progress" in item:
-            if self.on_progress:
-                self.on_progress(float(item["progress"]), str(item.get("status", "")))
+            if self.on_progress and not self.cancelled:
+                self._report_progress(float(item["progress"]), str(item.get("status", "")))
         elif "message" in item:
             logging.info("%s: %s", self.package, item["message"])
             self.messages.append(str(item["message"]))
+
+    def _report_progress(self, fraction: float, status: str) -> None:
+        """Pass progress on; a callback that raises stops the work: OperationCancelled is how a
+        caller cancels between steps, anything else is kept in `error` for the caller."""
+        from .errors import OperationCancelled
+
+        try:
+            self.on_progress(fraction, status)
+        except Exception as error:
+            if not isinstance(error, OperationCancelled):
+                logging.exception("The progress callback of %s failed; stopping it", self.package)
+                self.error = error
+            self.cancel()
 
     def _handle_error_line(self, line: str) -> None:
         if line.strip():
@@ -132,9 +145,11 @@ class InProcessTask(Task):
         try:
             exit_code = cli.run_arguments(self.arguments, self)
         except OperationCancelled as error:
-            self.cancelled, self.error = True, error
+            self.cancelled, self.error = True, self.error or error
             exit_code = 130
-        except PancreasAIError as error:
+        except Exception as error:  # kept for the caller, who gets this very exception
+            if not isinstance(error, PancreasAIError):
+                logging.exception("%s failed", self.package)
             self.error = error
             self._handle_error_line(f"error: {error}")
             exit_code = 2
@@ -148,9 +163,9 @@ class InProcessTask(Task):
     def progress(self, fraction: float, status: str) -> None:
         from .errors import OperationCancelled
 
-        if self.cancelled:
-            raise OperationCancelled("Cancelled.")
         self._handle_item({"progress": fraction, "status": status})
+        if self.cancelled:  # by `cancel()`, or by the progress callback just now
+            raise OperationCancelled("Cancelled.")
 
     def message(self, text: str) -> None:
         self._handle_item({"message": text})
