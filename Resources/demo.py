@@ -33,6 +33,7 @@ def sample_ct(folder: Path) -> Path:
 
 
 def demo_segmentation(ct_path: Path, output: Path) -> list[Path]:
+    from PancreasAILib.cli_support import case_name
     from PancreasAILib.scene import save_scene_bundle
     from demo_render import overlay_png
     from PancreasAILib.volume_io import read_volume
@@ -43,13 +44,13 @@ def demo_segmentation(ct_path: Path, output: Path) -> list[Path]:
     failures = segment_files([ct_path], output, overwrite=True)
     if failures:
         raise PancreasAIError("The demo segmentation failed; see the message above.")
-    seg_path, label_path = output_paths(ct_path, output)
-    ct, mask = read_volume(ct_path), read_volume(label_path)
+    paths = output_paths(output, case_name(ct_path))
+    ct, mask = read_volume(ct_path), read_volume(paths["labelmap"])
     png = overlay_png(ct, mask.array, output / f"{ct_path.name.split('.')[0]}_pancreas.png",
                       window=(-160, 240), title="PancreasSegMoNet demo weights - not for diagnosis")
-    scene = build_review_scene(ct, label_path, "sample CT")
+    scene = build_review_scene(ct, paths["labelmap"], "sample CT")
     mrb = save_scene_bundle(scene, output / f"{ct_path.name.split('.')[0]}_scene.mrb")
-    return [ct_path, seg_path, label_path, png, mrb]
+    return [ct_path, paths["segmentation"], paths["labelmap"], paths["result"], png, mrb]
 
 
 def sample_mri_pair(folder: Path) -> tuple[Path, Path, tuple, tuple]:

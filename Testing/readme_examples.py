@@ -371,8 +371,8 @@ def _module_classes(module: str) -> dict[str, dict[str, ast.FunctionDef]]:
 
 
 def _returned_lib_function(method: ast.FunctionDef):
-    """The Lib function whose result `method` returns (`return assess_nodes(...)` after
-    `from IPMNRiskLib.result_nodes import assess_nodes`), imported; None if there is none."""
+    """The Lib function whose result `method` returns (`return assess(...)` after
+    `from IPMNRiskLib.logic import assess`), imported; None if there is none."""
     import importlib
 
     imported = {alias.asname or alias.name: (node.module, alias.name)

@@ -390,8 +390,8 @@ def test_impossible_grids_on_volume_nodes_are_refused_in_our_words(mrml_scene, s
                                                                   spacing, shear, pattern):
     from PancreasAILib.errors import InputError
     from PancreasAILib.scene import add_volume_node, vtk_matrix
-    from PancreasSegMoNetLib.pancreas_segment import segment_volume_node
-    from IPMNRiskLib.result_nodes import assess_nodes
+    from IPMNRiskLib import logic as ipmn_logic
+    from PancreasSegMoNetLib import logic as monet_logic
 
     def node_with(array, name):
         node = add_volume_node(mrml_scene, Volume(array, np.eye(4)), name)
@@ -402,13 +402,13 @@ def test_impossible_grids_on_volume_nodes_are_refused_in_our_words(mrml_scene, s
 
     ct = node_with(small_ct_phantom.hu, "CT")
     with pytest.raises(InputError, match=pattern):
-        segment_volume_node(ct)
+        monet_logic.segment(ct)
     t1, t2 = node_with(small_mr_phantom.t1, "T1"), node_with(small_mr_phantom.t2, "T2")
     roi = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
     roi.SetCenter(10, 10, 10)
     roi.SetSize(20, 20, 20)
     with pytest.raises(InputError, match=pattern):
-        assess_nodes(t1, t2, roi)
+        ipmn_logic.assess(t1, t2, roi)
 
 
 def test_a_model_under_the_home_folder_is_found_with_a_tilde(workdir, tmp_path):

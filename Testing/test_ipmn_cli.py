@@ -42,6 +42,8 @@ def test_assess_writes_result_heat_map_png_and_scene(tmp_path, case_files, rando
     summary = json.loads((out / "p1_ipmn_result.json").read_text())
     assert summary["class_name"] in ("normal", "low-risk IPMN", "high-risk IPMN")
     assert sum(summary["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+    assert (summary["model"], summary["model_sha256"]) == (random_vit_card.name, random_vit_card.sha256)
+    assert summary["warnings"] == [] and summary["seconds"] > 0
     heat = read_volume(out / "p1_ipmn_heatmap.nrrd")
     source = read_volume(t2)
     assert heat.shape == source.shape
@@ -69,8 +71,9 @@ def test_review_scene_opens_with_the_heat_map_over_t2(tmp_path, case_files, rand
 
 
 def test_cli_outputs_import_into_a_scene_as_the_gui_does(tmp_path, case_files, random_vit_card, mrml_scene):
+    from PancreasAILib.cli_support import case_name
     from PancreasAILib.scene import add_volume_node
-    from IPMNRiskLib.result_nodes import import_assessment_files
+    from IPMNRiskLib.logic import import_assessment
 
     t1, t2, center, size = case_files
     out = tmp_path / "out"
@@ -79,10 +82,12 @@ def test_cli_outputs_import_into_a_scene_as_the_gui_does(tmp_path, case_files, r
                    "--progress-format", "json").returncode == 0
     assert not list(out.glob("*.mrb"))
     t2_node = add_volume_node(mrml_scene, read_volume(t2), "T2")
-    result = import_assessment_files(t2_node, out)
-    summary = json.loads(next(out.glob("*_ipmn_result.json")).read_text())
+    result = import_assessment(t2_node, out, case_name(t2))  # without --case: named after the T2 file
+    summary = json.loads((out / "p1_t2_ipmn_result.json").read_text())
     np.testing.assert_allclose(result.probabilities, summary["probabilities"])
     assert result.heat_map_node is not None and result.table_node is not None
+    assert (result.model_sha256, result.summary) == (random_vit_card.sha256, summary)
+    assert result.grid_png == (out / "p1_t2_ipmn_grid.png").read_bytes()
 
 
 def test_region_from_a_mask_file(tmp_path, case_files, small_mr_phantom, random_vit_card):

@@ -1,4 +1,5 @@
-"""`pancreas-seg segment` end to end: files in, .seg.nrrd and label maps out, on the input grid."""
+"""`pancreas-seg segment` end to end: files in, .seg.nrrd, label maps and a result record out, on
+the input grid."""
 
 import json
 import os
@@ -42,9 +43,52 @@ def test_cli_writes_segmentation_and_labelmap_on_the_input_grid(tmp_path, ct_fil
     np.testing.assert_array_equal(segmentation.array, label.array)
 
 
-def test_seg_nrrd_opens_in_slicer_with_name_colour_and_terminology(tmp_path, ct_file, random_monet_card, mrml_scene):
-    import slicer
+def test_output_paths_name_the_three_files_of_a_case(tmp_path):
+    assert cli.output_paths(tmp_path, "case_001") == {
+        "segmentation": tmp_path / "case_001_pancreas.seg.nrrd",
+        "labelmap": tmp_path / "case_001_pancreas.nii.gz",
+        "result": tmp_path / "case_001_pancreas.json"}
 
+
+def test_the_result_record_names_the_model_its_sha256_and_the_result(tmp_path, ct_file, random_monet_card):
+    out = tmp_path / "out"
+    result = run_cli("segment", ct_file, "-o", out, "--model", random_monet_card.weights_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "case_001_pancreas.json").read_text(encoding="utf-8"))
+    label = read_volume(out / "case_001_pancreas.nii.gz")
+    voxel_ml = abs(np.linalg.det(label.ijk_to_ras[:3, :3])) / 1000
+    assert set(record) == {"case", "model", "model_sha256", "threshold", "warnings", "voxel_count", "volume_ml",
+                           "seconds"}
+    assert (record["case"], record["model"], record["model_sha256"]) == (
+        "case_001", random_monet_card.name, random_monet_card.sha256)
+    assert record["threshold"] == 0.5 and record["warnings"] == []  # the card's threshold; a plausible CT
+    assert record["voxel_count"] == int(label.array.sum()) > 0
+    assert record["volume_ml"] == pytest.approx(record["voxel_count"] * voxel_ml, abs=1e-3)
+    assert record["seconds"] > 0
+
+
+def test_a_ct_outside_the_hounsfield_range_warns_in_the_record_and_on_the_node(tmp_path, small_ct_phantom,
+                                                                              random_monet_card, mrml_scene):
+    from PancreasAILib.scene import add_volume_node
+    from PancreasSegMoNetLib.logic import WARNINGS_ATTRIBUTE, import_segmentation
+
+    rescaled = Volume((small_ct_phantom.hu + 1500).astype(np.int16), small_ct_phantom.ijk_to_ras)
+    ct_file = write_volume(rescaled, tmp_path / "in" / "rescaled.nii.gz")
+    out = tmp_path / "out"
+    result = run_cli("segment", ct_file, "-o", out, "--model", random_monet_card.weights_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "rescaled_pancreas.json").read_text(encoding="utf-8"))
+    (warning,) = record["warnings"]
+    assert "Hounsfield" in warning and f"from {rescaled.array.min():g} to {rescaled.array.max():g}" in warning
+    assert f"rescaled: warning: {warning}" in result.stdout
+    # The Slicer route reads the same record back onto the segmentation node.
+    outcome = import_segmentation(add_volume_node(mrml_scene, rescaled, "CT"), out, "rescaled")
+    assert outcome.warnings == [warning]
+    assert outcome.segmentation_node.GetAttribute(WARNINGS_ATTRIBUTE) == warning
+    assert outcome.model_sha256 == random_monet_card.sha256
+
+
+def test_seg_nrrd_opens_in_slicer_with_name_colour_and_terminology(tmp_path, ct_file, random_monet_card, mrml_scene):
     out = tmp_path / "out"
     assert run_cli("segment", ct_file, "-o", out, "--model", random_monet_card.weights_path).returncode == 0
     node = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
@@ -82,7 +126,8 @@ def test_a_bad_case_fails_alone_and_leaves_no_partial_output(tmp_path, ct_file, 
     result = run_cli("segment", bad, ct_file, "-o", out, "--model", random_monet_card.weights_path)
     assert result.returncode == 1
     assert "flat: FAILED" in result.stdout and "same value" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["case_001_pancreas.nii.gz", "case_001_pancreas.seg.nrrd"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "case_001_pancreas.json", "case_001_pancreas.nii.gz", "case_001_pancreas.seg.nrrd"]
 
 
 def test_existing_results_are_not_overwritten_without_asking(tmp_path, ct_file, random_monet_card):

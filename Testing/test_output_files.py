@@ -221,6 +221,23 @@ def test_existing_results_are_refused_unless_overwrite(tmp_path):
     refuse_existing([new], overwrite=False)
 
 
+def test_a_segmentation_s_result_record_is_one_of_its_all_or_nothing_outputs(tmp_path, small_ct_phantom,
+                                                                             random_monet_card):
+    """An old <case>_pancreas.json alone keeps the whole case from being written, and is kept."""
+    from PancreasSegMoNetLib.cli import segment_files
+
+    ct = write_volume(Volume(small_ct_phantom.hu, small_ct_phantom.ijk_to_ras), tmp_path / "in" / "case.nii.gz")
+    out = tmp_path / "out"
+    out.mkdir()
+    write_json(out / "case_pancreas.json", "old")
+    assert segment_files([ct], out, random_monet_card.weights_path, progress_format="json") == 1
+    assert [p.name for p in out.iterdir()] == ["case_pancreas.json"] and tag_of(out / "case_pancreas.json") == "old"
+    assert segment_files([ct], out, random_monet_card.weights_path, overwrite=True, progress_format="json") == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "case_pancreas.json", "case_pancreas.nii.gz", "case_pancreas.seg.nrrd"]
+    assert json.loads((out / "case_pancreas.json").read_text())["case"] == "case"
+
+
 def test_without_hard_links_the_final_name_is_still_claimed_exclusively(tmp_path, monkeypatch):
     """On disks without hard links (FAT, some shares) the name is created with O_EXCL first."""
     def no_links(source, destination):

@@ -10,13 +10,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from PancreasAILib.runners import BackgroundRunner
 from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import read_volume, write_volume
-from test_slicer_extension_static import module_files  # noqa: F401  (the module files over app stand-ins)
 
 ROOT = Path(__file__).resolve().parents[1]
 STAND_IN = Path(__file__).parent / "PythonSlicer"
@@ -45,37 +46,73 @@ def test_the_stand_in_has_what_python_slicer_has_and_no_module_logic():
 
 @pytest.fixture
 def mr_files(tmp_path, small_mr_phantom):
-    """T1 and T2 exported as the GUI exports them (.nrrd in its work folder)."""
+    """T1 and T2 files, as the README's command takes them."""
     p = small_mr_phantom
     write_volume(Volume(p.t1, p.ijk_to_ras), tmp_path / "t1.nrrd")
     write_volume(Volume(p.t2, p.ijk_to_ras), tmp_path / "t2.nrrd")
     return tmp_path, p.pancreas_box_ras
 
 
-def test_the_ipmn_gui_route_runs_in_python_slicer(module_files, mr_files, random_vit_card,  # noqa: F811
-                                                   mrml_scene):
-    from IPMNRiskLib.result_nodes import import_assessment_files
+@pytest.fixture
+def work_folders(tmp_path, monkeypatch):
+    """The route's work folders go to a folder of the test's own, to see that none is left."""
+    temporary = tmp_path / "temporary"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    return temporary
+
+
+class StandInRunner:
+    """The Apply buttons' runner (`PancreasAIApp.slicer_process.slicerBackgroundRunner`: a
+    process of its own) with the stand-in's `slicer` first on the path; it keeps each task, how
+    it ended, and a copy of what the command line wrote (the route removes its work folder)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.runner = BackgroundRunner(environment=dict(os.environ, PYTHONPATH=str(STAND_IN)))
+        self.folder = folder
+        self.tasks = []
+        self.endings = []  # (ok, message) of each task
+
+    def new_task(self, package, arguments, python_paths=(), on_progress=None, on_finished=None):
+        output = Path(arguments[arguments.index("--output") + 1])
+
+        def finished(ok, message):
+            self.endings.append((ok, message))
+            if output.is_dir():
+                shutil.copytree(output, self.folder)
+            on_finished(ok, message)
+
+        task = self.runner.new_task(package, arguments, python_paths, on_progress=on_progress, on_finished=finished)
+        self.tasks.append(task)
+        return task
+
+
+def test_the_ipmn_gui_route_runs_in_python_slicer(mrml_scene, small_mr_phantom, random_vit_card, tmp_path,
+                                                   work_folders):
+    from IPMNRiskLib import logic
     from PancreasAILib.scene import add_volume_node
 
-    folder, (center, size) = mr_files
-    output = folder / "output"
-    arguments = module_files["IPMNRisk"].assessmentArguments(
-        str(folder / "t1.nrrd"), str(folder / "t2.nrrd"), center, size, str(output),
-        str(random_vit_card.weights_path), "cpu", False)
+    p = small_mr_phantom
+    t1 = add_volume_node(mrml_scene, Volume(p.t1, p.ijk_to_ras), "T1")
+    t2 = add_volume_node(mrml_scene, Volume(p.t2, p.ijk_to_ras), "T2")
+    roi = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "pancreas box")
+    roi.SetCenter(*p.pancreas_box_ras[0])
+    roi.SetSize(*p.pancreas_box_ras[1])
+    runner = StandInRunner(tmp_path / "written")
 
-    result = python_slicer("IPMNRiskLib", *arguments, cwd=folder)
+    outcome = logic.assess(t1, t2, roi, model=str(random_vit_card.weights_path), device="cpu", tta=False,
+                           runner=runner)
 
-    assert result.returncode == 0, result.stderr
-    assert not list(output.glob("*.mrb")) and "No review scenes" not in result.stdout + result.stderr
-    # ... and the application's half of the route takes the files in.
-    t2 = read_volume(folder / "t2.nrrd")
-    t2_node = add_volume_node(mrml_scene, t2, "T2")
-    imported = import_assessment_files(t2_node, output)
-    assert imported.heat_map_node.GetScene() is mrml_scene
-    picture = (output / "t2_ipmn_grid.png").read_bytes()
-    shutil.rmtree(folder)  # the GUI's work folder goes once the result is in the scene; the grid stays
-    assert Path(imported.grid_png_path).read_bytes() == picture
-    assert imported.table_node.GetAttribute("IPMNRisk.GridPNG") == str(imported.grid_png_path)
+    # The command line ran in the stand-in, and neither wrote nor tried to write a scene ...
+    (task,) = runner.tasks
+    assert runner.endings[0][0], runner.endings
+    assert not list((tmp_path / "written").glob("*.mrb"))
+    assert not any("No review scenes" in message for message in task.messages)
+    # ... and the application's half of the route took the files in, then removed its work folder.
+    assert outcome.heat_map_node.GetScene() is mrml_scene
+    assert outcome.grid_png == (tmp_path / "written" / f"{logic.CASE}_ipmn_grid.png").read_bytes()
+    assert outcome.table_node.GetAttribute("IPMNRisk.GridPNG") is None  # the picture is outcome.grid_png
+    assert list(work_folders.iterdir()) == []
 
 
 def test_the_readme_ipmn_command_in_python_slicer_writes_everything_but_the_scene(mr_files, random_vit_card):
@@ -91,16 +128,23 @@ def test_the_readme_ipmn_command_in_python_slicer_writes_everything_but_the_scen
     assert written == ["t2_ipmn_grid.png", "t2_ipmn_heatmap.nrrd", "t2_ipmn_result.json"]
 
 
-def test_the_segmentation_gui_route_runs_in_python_slicer(module_files, tmp_path, small_ct_phantom,  # noqa: F811
-                                                          random_monet_card):
+def test_the_segmentation_gui_route_runs_in_python_slicer(mrml_scene, small_ct_phantom, random_monet_card,
+                                                          tmp_path, work_folders):
+    import slicer
+
+    from PancreasAILib.scene import add_volume_node
+    from PancreasSegMoNetLib import logic
+
     ct = small_ct_phantom
-    write_volume(Volume(ct.hu, ct.ijk_to_ras), tmp_path / "input.nrrd")
-    gui = module_files["PancreasSegMoNet"]
-    arguments = gui.segmentationArguments(str(tmp_path / "input.nrrd"), str(tmp_path / "output"),
-                                          str(random_monet_card.weights_path), "cpu", None, True)
+    ct_node = add_volume_node(mrml_scene, Volume(ct.hu, ct.ijk_to_ras), "CT")
+    runner = StandInRunner(tmp_path / "written")
 
-    result = python_slicer("PancreasSegMoNetLib", *arguments, cwd=tmp_path)
+    outcome = logic.segment(ct_node, model=str(random_monet_card.weights_path), device="cpu", runner=runner)
 
-    assert result.returncode == 0, result.stderr
-    labels = read_volume(gui.resultPath(str(tmp_path / "input.nrrd"), str(tmp_path / "output")))
+    assert runner.endings[0][0], runner.endings
+    labels = read_volume(tmp_path / "written" / f"{logic.CASE}_pancreas.nii.gz")
     assert labels.shape == ct.hu.shape
+    node = outcome.segmentation_node
+    segment_id = node.GetSegmentation().GetSegmentIdBySegmentName("Pancreas")
+    assert (slicer.util.arrayFromSegmentBinaryLabelmap(node, segment_id, ct_node) == labels.array).all()
+    assert list(work_folders.iterdir()) == []

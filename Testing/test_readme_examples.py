@@ -191,8 +191,10 @@ NOT_RUNNABLE = {
 import PancreasSegMoNet
 logic = PancreasSegMoNet.PancreasSegMoNetLogic()
 ct = slicer.util.getNode("CT")
-segmentation = logic.segment(ct)                  # blocks; returns the segmentation node
-segmentation = logic.segment(ct, segmentation)    # re-run: replaces only its own "Pancreas" segment
+outcome = logic.segment(ct)                       # blocks; returns a SegmentationOutcome
+print(outcome.volume_ml, outcome.voxel_count, outcome.warnings)
+segmentation = outcome.segmentation_node          # holds the "Pancreas" segment
+logic.segment(ct, segmentation)                   # re-run: replaces only its own "Pancreas" segment
 logic.segment(ct, model="/path/to/my-monet.safetensors", device="cpu", threshold=0.6)
 """, NEEDS_SLICER),
     "Slicer console: batch": ("""
@@ -200,9 +202,9 @@ import glob, os
 logic = PancreasSegMoNet.PancreasSegMoNetLogic()
 for path in sorted(glob.glob("ct/*.nii.gz")):
     ct = slicer.util.loadVolume(path)
-    segmentation = logic.segment(ct)
-    slicer.util.saveNode(segmentation, path.replace(".nii.gz", "_pancreas.seg.nrrd"))
-    slicer.mrmlScene.RemoveNode(ct); slicer.mrmlScene.RemoveNode(segmentation)
+    outcome = logic.segment(ct)
+    slicer.util.saveNode(outcome.segmentation_node, path.replace(".nii.gz", "_pancreas.seg.nrrd"))
+    slicer.mrmlScene.RemoveNode(ct); slicer.mrmlScene.RemoveNode(outcome.segmentation_node)
 """, NEEDS_SLICER),
     "Slicer console: IPMN risk": ("""
 import IPMNRisk
@@ -210,6 +212,7 @@ logic = IPMNRisk.IPMNRiskLogic()
 result = logic.assess(slicer.util.getNode("T1"), slicer.util.getNode("T2"), slicer.util.getNode("R"))
 print(result.class_name, result.probabilities, result.spread)
 logic.showResult(result)     # heat map over the slice views, centred on the region
+open("grid.png", "wb").write(result.grid_png)     # the 3 x 3 grid with the heat map
 """, NEEDS_SLICER),
 }
 
@@ -304,7 +307,7 @@ def test_demo_runs_from_another_folder_and_writes_the_files_the_readme_lists(wor
     for first_column, _ in markdown_table_after("The demo writes to"):
         spans = code_spans(first_column)
         names += [spans[0]] + [spans[0].rsplit("_", 1)[0] + span for span in spans[1:]]  # `x_t1.nii.gz`, `_t2.nii.gz`
-    assert len(names) == 11
+    assert len(names) == 12
     for name in names:
         path = workspace.path("out/demo") / name
         assert path.is_file() and path.stat().st_size > 0, f"the demo did not write {name}, which the README lists"
@@ -350,7 +353,8 @@ def test_demo_segments_a_ct_of_ones_own_into_a_relative_folder(workspace, curren
     write_ct(workspace.path("my_ct.nii.gz"), seed=31)
     workspace.run(script_command(example("demo on your own CT")), timeout=300)
     written = sorted(path.name for path in workspace.path("my-demo").iterdir())
-    for name in ("my_ct_pancreas.seg.nrrd", "my_ct_pancreas.nii.gz", "my_ct_pancreas.png", "my_ct_scene.mrb"):
+    for name in ("my_ct_pancreas.seg.nrrd", "my_ct_pancreas.nii.gz", "my_ct_pancreas.json", "my_ct_pancreas.png",
+                 "my_ct_scene.mrb"):
         assert name in written
     assert not [name for name in written if name.startswith("sample_mr_phantom")], "--skip-ipmn still assessed the MRI"
 
@@ -367,7 +371,22 @@ def test_console_check_finds_a_wrong_argument():
     assert console_example_problems("import PancreasSegMoNet\nlogic = PancreasSegMoNet.PancreasSegMoNetLogic()\n"
                                     "logic.segment(ct, thresh=0.6)\n") == \
         ["PancreasSegMoNet.PancreasSegMoNetLogic.segment has no argument 'thresh' (it has volumeNode, "
-         "segmentationNode, model, device, threshold, keepLargestComponent, progressCallback)"]
+         "segmentationNode, model, device, threshold, keepLargestComponent, progressCallback, runner)"]
+
+
+def test_console_check_finds_a_result_field_that_does_not_exist():
+    """The grid picture is `grid_png` (PNG bytes); there is no path to it any more."""
+    assert console_example_problems("import IPMNRisk\nlogic = IPMNRisk.IPMNRiskLogic()\n"
+                                    "result = logic.assess(t1, t2, roi)\nprint(result.grid_png_path)\n") == \
+        ["the result of assess has no 'grid_png_path' (it has class_name, class_names, grid_png, heat_map_node, "
+         "model_name, model_sha256, probabilities, risk_class, seconds, spread, summary, table_node, warnings)"]
+
+
+def test_console_check_knows_that_segment_returns_an_outcome_not_a_node():
+    assert console_example_problems("import PancreasSegMoNet\nlogic = PancreasSegMoNet.PancreasSegMoNetLogic()\n"
+                                    "segmentation = logic.segment(ct)\nsegmentation.GetSegmentation()\n") == \
+        ["the result of segment has no 'GetSegmentation' (it has model_name, model_sha256, seconds, "
+         "segmentation_node, threshold, volume_ml, voxel_count, warnings)"]
 
 
 # --- the command lines ----------------------------------------------------------------------------

@@ -211,15 +211,17 @@ def ct_case(tmp_path_factory, small_ct_phantom):
     """The demo's CT scene, with the command line's segmentation replaced by the phantom's own
     pancreas (the scene is what is tested here, not the model)."""
     import PancreasSegMoNetLib.cli as monet_cli
+    from PancreasAILib.cli_support import case_name
 
     folder = tmp_path_factory.mktemp("ct_scene")
     p = small_ct_phantom
     ct_path = write_volume(Volume(p.hu, p.ijk_to_ras), folder / "ct_phantom.nii.gz")
 
     def segment_files(inputs, output_dir, **options):
-        seg_path, label_path = monet_cli.output_paths(inputs[0], output_dir)
-        write_volume(Volume(p.pancreas.astype(np.uint8), p.ijk_to_ras), label_path)
-        seg_path.write_bytes(b"")
+        paths = monet_cli.output_paths(output_dir, case_name(inputs[0]))
+        write_volume(Volume(p.pancreas.astype(np.uint8), p.ijk_to_ras), paths["labelmap"])
+        paths["segmentation"].write_bytes(b"")
+        paths["result"].write_text("{}")
         return 0
 
     with pytest.MonkeyPatch.context() as patch:

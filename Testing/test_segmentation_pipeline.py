@@ -12,8 +12,9 @@ from PancreasAILib.progress import CancelToken
 from PancreasAILib.resample import resample
 from PancreasAILib.volume import Volume, make_ijk_to_ras
 from PancreasAILib.weights import read_model_card
-from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING, inplane_grid, label_slices, model_slices
+from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING, inplane_grid, model_slices
 from PancreasSegMoNetLib.segmentation import SegmentationResult, check_ct, largest_component, segment_ct
+from segmentation_data import label_slices
 
 
 def as_volume(phantom) -> Volume:
@@ -159,6 +160,29 @@ def test_threshold_comes_from_the_model_card(small_ct_phantom, random_monet_card
     assert tuned.threshold == 0.7
     np.testing.assert_array_equal(tuned.mask.array, at_0_7)
     assert 0 < at_0_7.sum() < at_0_5.sum()  # the two thresholds give demonstrably different masks
+
+
+def test_the_probability_thresholded_is_the_sigmoid_of_the_network_s_logit(small_ct_phantom, random_monet_card,
+                                                                           monkeypatch):
+    """The network returns logits; the pipeline applies the sigmoid exactly once. A network
+    whose logit is log(0.6 / 0.4) everywhere gives probability 0.6: all voxels at threshold
+    0.55, none at 0.62 (a second sigmoid would give 0.646, no sigmoid 0.405)."""
+    import math
+
+    import torch
+
+    from PancreasSegMoNetLib import segmentation
+
+    class ConstantLogit(torch.nn.Module):
+        def forward(self, x):
+            return torch.full_like(x, math.log(0.6 / 0.4))
+
+    monkeypatch.setattr(segmentation, "build_monet", lambda card, device: ConstantLogit())
+    one_slice = as_volume(small_ct_phantom).slab(7, 8)
+    below = segment_ct(one_slice, random_monet_card, threshold=0.55, keep_largest_component=False).mask.array
+    above = segment_ct(one_slice, random_monet_card, threshold=0.62, keep_largest_component=False).mask.array
+    assert below.all()
+    assert not above.any()
 
 
 def test_cancel_stops_the_work(small_ct_phantom, random_monet_card):
