@@ -65,16 +65,19 @@ ipmn-risk batch cases.csv -o results/     # columns: case,t1,t2,roi_center,roi_s
 """,
     "layout": """
 CMakeLists.txt            the Slicer extension
-PancreasAI/               hidden module shipping PancreasAILib: volumes + geometry, the one
-  PancreasAILib/          resampler, reorientation, file IO, weights + registry, MRML helpers
+PancreasAI/               hidden module: PancreasAI.py (module + self-test of the process runner)
+  PancreasAILib/          the Qt-free core: geometry, files, weights, tasks, runners, route.py, scene.py
+  PancreasAIApp/          the Slicer application's side: installer, PythonSlicer runner, widgets
 PancreasSegMoNet/
-  PancreasSegMoNet.py     Slicer module (GUI, Logic, Test)
-  PancreasSegMoNetLib/    network.py, preprocessing.py, registry.py, segmentation.py, pancreas_segment.py, cli.py
+  PancreasSegMoNet.py     Slicer module (GUI, Logic, Test), thin over the Lib
+  PancreasSegMoNetLib/    network.py, preprocessing.py, registry.py, segmentation.py, cli.py, pancreas_segment.py, logic.py
   Resources/Models/       PancreasSegMoNet-models.json (registry) + demo weights and card
+  Resources/SampleData/   the self-test's CT sample (its SHA256 is in PancreasAILib's sample list)
 IPMNRisk/                 the IPMN module, same layout
-Resources/Training/       training and evaluation scripts (import the modules' code)
+Resources/Training/       training and evaluation scripts (import the installed packages)
 Resources/PancreasAIPhantoms/  synthetic CT and MRI phantoms (demo, tests; not shipped)
 Resources/demo.py         the demo (and demo_render.py, its pictures)
+Resources/make_sample_data.py  writes the bundled sample volumes
 Testing/                  pytest suites (core, slicer-core MRML, CLI, training) and Benchmarks/
 pancreasai.sh             set-up, demo, test, bench
 """,
