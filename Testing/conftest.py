@@ -104,6 +104,18 @@ def mrml_scene():
     scene.Clear(True)
 
 
+@pytest.fixture
+def work_folders(tmp_path, monkeypatch):
+    """Temporary folders (the route's work folders) go to a folder of the test's own, to see
+    that none is left behind."""
+    import tempfile
+
+    temporary = tmp_path / "temporary"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    return temporary
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a > 0, b > 0
     total = a.sum() + b.sum()

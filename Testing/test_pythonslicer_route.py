@@ -7,10 +7,8 @@ assessment from the GUI failed."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import pytest
 from PancreasAILib.runners import BackgroundRunner
 from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import read_volume, write_volume
+from test_route import SnapshotRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 STAND_IN = Path(__file__).parent / "PythonSlicer"
@@ -53,38 +52,11 @@ def mr_files(tmp_path, small_mr_phantom):
     return tmp_path, p.pancreas_box_ras
 
 
-@pytest.fixture
-def work_folders(tmp_path, monkeypatch):
-    """The route's work folders go to a folder of the test's own, to see that none is left."""
-    temporary = tmp_path / "temporary"
-    temporary.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
-    return temporary
-
-
-class StandInRunner:
+def stand_in_runner(folder: Path) -> SnapshotRunner:
     """The Apply buttons' runner (`PancreasAIApp.slicer_process.slicerBackgroundRunner`: a
-    process of its own) with the stand-in's `slicer` first on the path; it keeps each task, how
-    it ended, and a copy of what the command line wrote (the route removes its work folder)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.runner = BackgroundRunner(environment=dict(os.environ, PYTHONPATH=str(STAND_IN)))
-        self.folder = folder
-        self.tasks = []
-        self.endings = []  # (ok, message) of each task
-
-    def new_task(self, package, arguments, python_paths=(), on_progress=None, on_finished=None):
-        output = Path(arguments[arguments.index("--output") + 1])
-
-        def finished(ok, message):
-            self.endings.append((ok, message))
-            if output.is_dir():
-                shutil.copytree(output, self.folder)
-            on_finished(ok, message)
-
-        task = self.runner.new_task(package, arguments, python_paths, on_progress=on_progress, on_finished=finished)
-        self.tasks.append(task)
-        return task
+    process of its own) with the stand-in's `slicer` first on the path, keeping its tasks, how
+    they ended and what they wrote."""
+    return SnapshotRunner(BackgroundRunner(environment=dict(os.environ, PYTHONPATH=str(STAND_IN))), folder)
 
 
 def test_the_ipmn_gui_route_runs_in_python_slicer(mrml_scene, small_mr_phantom, random_vit_card, tmp_path,
@@ -98,7 +70,7 @@ def test_the_ipmn_gui_route_runs_in_python_slicer(mrml_scene, small_mr_phantom, 
     roi = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "pancreas box")
     roi.SetCenter(*p.pancreas_box_ras[0])
     roi.SetSize(*p.pancreas_box_ras[1])
-    runner = StandInRunner(tmp_path / "written")
+    runner = stand_in_runner(tmp_path / "written")
 
     outcome = logic.assess(t1, t2, roi, model=str(random_vit_card.weights_path), device="cpu", tta=False,
                            runner=runner)
@@ -137,7 +109,7 @@ def test_the_segmentation_gui_route_runs_in_python_slicer(mrml_scene, small_ct_p
 
     ct = small_ct_phantom
     ct_node = add_volume_node(mrml_scene, Volume(ct.hu, ct.ijk_to_ras), "CT")
-    runner = StandInRunner(tmp_path / "written")
+    runner = stand_in_runner(tmp_path / "written")
 
     outcome = logic.segment(ct_node, model=str(random_monet_card.weights_path), device="cpu", runner=runner)
 

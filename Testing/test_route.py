@@ -8,7 +8,6 @@ transform, with values shifted out of the Hounsfield range so that the command l
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,31 +29,26 @@ def _oblique_flipped(ijk_to_ras: np.ndarray) -> np.ndarray:
 
 
 class SnapshotRunner:
-    """A runner that keeps a copy of what the command line wrote (the route removes its work
-    folder afterwards) before the result is imported."""
+    """A runner that keeps each task, how it ended, and a copy of what the command line wrote
+    (the route removes its work folder afterwards) before the result is imported."""
 
     def __init__(self, runner, folder: Path) -> None:
         self.runner, self.folder = runner, folder
+        self.tasks, self.endings = [], []  # each task, and its (ok, message)
 
     def new_task(self, package, arguments, python_paths=(), on_progress=None, on_finished=None):
         output = Path(arguments[arguments.index("--output") + 1])
 
         def finished(ok, message):
+            self.endings.append((ok, message))
             if output.is_dir():
                 shutil.copytree(output, self.folder)
             on_finished(ok, message)
 
-        return self.runner.new_task(package, arguments, python_paths, on_progress=on_progress,
+        task = self.runner.new_task(package, arguments, python_paths, on_progress=on_progress,
                                     on_finished=finished)
-
-
-@pytest.fixture
-def work_folders(tmp_path, monkeypatch):
-    """Work folders go to a folder of the test's own, to see that the route leaves none behind."""
-    temporary = tmp_path / "temporary"
-    temporary.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
-    return temporary
+        self.tasks.append(task)
+        return task
 
 
 @pytest.fixture

@@ -72,8 +72,8 @@ def test_python_3_9_itself_compiles_every_shipped_file(tmp_path):
 
 @pytest.mark.parametrize("python", sorted(SLICER_PYTHONS.values()))
 def test_the_module_installs_the_pins_for_its_slicer_python(module_files, python):  # noqa: F811
-    lines = module_files["PancreasAI"].requirementLines(environment={"python_version": python})
-    names = [module_files["PancreasAI"].requirementName(line) for line in lines]
+    lines = module_files["dependencies"].requirementLines(environment={"python_version": python})
+    names = [module_files["dependencies"].requirementName(line) for line in lines]
     assert sorted(names) == ["safetensors", "timm"], lines  # one pin each, markers evaluated
     assert all(";" not in line and "==" in line for line in lines)
 
@@ -110,7 +110,7 @@ def test_requirements_resolve_for_each_slicer_python_and_platform(module_files, 
                    "sys_platform": {"manylinux2014_x86_64": "linux", "win_amd64": "win32"}.get(platform, "darwin"),
                    "platform_system": {"manylinux2014_x86_64": "Linux", "win_amd64": "Windows"}.get(platform, "Darwin"),
                    "extra": ""}
-    pins = module_files["PancreasAI"].requirementLines(environment={"python_version": python})
+    pins = module_files["dependencies"].requirementLines(environment={"python_version": python})
     ours = resolve(pins, python, platform, tmp_path, deps=False)
     assert sorted(f"{i['metadata']['name']}=={i['metadata']['version']}" for i in ours) == sorted(pins)
     # ... and what they need, but for what Slicer and the PyTorch extension already provide.

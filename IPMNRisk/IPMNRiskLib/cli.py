@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 
-from PancreasAILib.cli_support import ProgressPrinter, ProgressSink, add_run_options, case_name, main_with, run_with_sink
+from PancreasAILib.cli_support import ProgressPrinter, ProgressSink, add_run_options, case_name, main_with
 from PancreasAILib.errors import InputError, OutputError, PancreasAIError
 from PancreasAILib.output_files import all_or_nothing, prepare_output_folder, refuse_existing, user_path
 from PancreasAILib.progress import ProgressCallback
@@ -221,15 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, sink: Optional[ProgressSink] = None) -> int:
+    """The shell's entry point; with `sink`, a run in this process (see `main_with`)."""
     from .registry import model_registry
 
-    return main_with(build_parser(), _run, model_registry, argv)
-
-
-def run_arguments(argv: list[str], sink: ProgressSink) -> int:
-    """`main` in this process, reporting to `sink` (`PancreasAILib.tasks.InProcessTask`)."""
-    return run_with_sink(build_parser(), _run, argv, sink)
+    return main_with(build_parser(), _run, model_registry, argv, sink)
 
 
 def _run(args, sink: Optional[ProgressSink] = None) -> int:

@@ -101,28 +101,30 @@ def add_run_options(command) -> None:
     command.add_argument("--progress-format", choices=["bar", "json"], default="bar")
 
 
-def main_with(parser, run, registry, argv: list[str] | None = None) -> int:
+def main_with(parser, run, registry, argv: list[str] | None = None, sink: Optional[ProgressSink] = None) -> int:
     """Parse `argv` and run: the `models` command prints `registry()`, any other goes to
-    `run(args, None)`; ends as `run_command` does."""
+    `run(args, sink)`.
+
+    Without `sink` (the shell) it ends as `run_command` does. With one, the run is in this process
+    for a caller that follows it (`PancreasAILib.tasks.InProcessTask`): progress and messages go to
+    `sink`, the exit code is returned and a problem the user can act on is raised
+    (`PancreasAIError`), not printed.
+    """
     import logging
 
+    if sink is not None:
+        from .errors import InputError
+
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as error:  # argparse has printed why
+            raise InputError(f"Invalid arguments for {parser.prog}: {' '.join(argv or [])}") from error
+        return run(args, sink)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
     if args.command == "models":
         return run_command(lambda: print_models(registry()) or 0)
     return run_command(lambda: run(args, None))
-
-
-def run_with_sink(parser, run, argv: list[str], sink: ProgressSink) -> int:
-    """What `main_with` does, in this process for a caller that follows it through `sink`:
-    returns the exit code; a problem the user can act on is raised (`PancreasAIError`)."""
-    from .errors import InputError
-
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as error:  # argparse has printed why
-        raise InputError(f"Invalid arguments for {parser.prog}: {' '.join(argv)}") from error
-    return run(args, sink)
 
 
 def run_command(command) -> int:

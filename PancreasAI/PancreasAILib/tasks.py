@@ -129,7 +129,7 @@ class Task:
 
 
 class InProcessTask(Task):
-    """Runs `<package>.cli.run_arguments(arguments, sink)` in this process; `start()` returns
+    """Runs `<package>.cli.main(arguments, sink)` in this process; `start()` returns
     when it has ended. `cancel()` from a progress callback stops it at the next step.
 
     `error` keeps the exception that ended the work (or the last case's failure), so that a
@@ -143,7 +143,7 @@ class InProcessTask(Task):
         self._started = True
         cli = importlib.import_module(f"{self.package}.cli")
         try:
-            exit_code = cli.run_arguments(self.arguments, self)
+            exit_code = cli.main(self.arguments, self)
         except OperationCancelled as error:
             self.cancelled, self.error = True, self.error or error
             exit_code = 130
