@@ -101,3 +101,14 @@ def test_ipmn_section_times_both_vits_without_and_with_rollout_and_tta(quick_run
     for setting in ("no rollout, no TTA", "rollout, no TTA", "rollout + 8-view TTA"):
         assert setting in section
     assert "85,564,419" in section  # ViT-B/16 with 2 channels, 192 x 192, 3 classes
+
+
+def test_the_route_benchmark_compares_the_three_ways(tmp_path):
+    output = tmp_path / "ROUTE.md"
+    completed = subprocess.run([sys.executable, str(BENCHMARK.with_name("route_benchmark.py")), "--quick",
+                                "--output", str(output)], capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = table_rows(output.read_text(encoding="utf-8"), "| input")
+    assert [row[1] for row in rows] == ["straight from the node (before)", "route, in this process (console)",
+                                        "route, separate process (Apply)"]
+    assert rows[0][3] == "1.00" and all(float(row[2]) > 0 for row in rows)

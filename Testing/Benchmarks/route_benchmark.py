@@ -43,12 +43,16 @@ def route(runner):
     return run
 
 
-def cases():
-    """(name, Volume): the shared real CT when it is there, and a 512 x 512 x 64 phantom."""
+def cases(quick: bool = False):
+    """(name, Volume): the shared real CT when it is there, and a 512 x 512 x 64 phantom (a small
+    phantom only, with `quick`)."""
     from PancreasAIPhantoms.ct import make_ct_phantom
     from PancreasAILib.volume import Volume
     from PancreasAILib.volume_io import read_volume
 
+    if quick:
+        phantom = make_ct_phantom(seed=7, shape=(8, 96, 96))
+        return [("phantom CT 96 x 96 x 8", Volume(phantom.hu, phantom.ijk_to_ras))]
     found = []
     if SHARED_CT.exists():
         found.append(("real CT 122 x 101 x 30 (shared/data)", read_volume(SHARED_CT)))
@@ -61,7 +65,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--quick", action="store_true", help="one small phantom, once: checks that it runs")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats = 1
 
     from PancreasAILib.runners import BackgroundRunner, InProcessRunner
     from PancreasAILib.scene import add_volume_node, create_scene
@@ -71,7 +78,7 @@ def main(argv=None) -> int:
     ways = [("straight from the node (before)", direct), ("route, in this process (console)", route(InProcessRunner())),
             ("route, separate process (Apply)", route(BackgroundRunner()))]
     rows = []
-    for name, volume in cases():
+    for name, volume in cases(args.quick):
         scene = create_scene()
         node = add_volume_node(scene, volume, "CT")
         direct(node, card)  # warm-up: the model is loaded and cached in this process
