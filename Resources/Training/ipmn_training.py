@@ -27,10 +27,10 @@ from IPMNRiskLib.grids import DIHEDRAL_VIEWS, transform_tiles
 
 from ipmn_data import WindowSamples
 from ipmn_metrics import classification_metrics
-from trainkit.checkpoint import (load_latest_checkpoint, optimizer_parts, restore_optimizer, save_checkpoint,
+from trainkit.checkpoint import (load_checkpoint_of_run, optimizer_parts, restore_optimizer, save_checkpoint,
                                  to_json_value)
 from trainkit.distributed import Distributed
-from trainkit.protocol import changed_fields, option, protocol_record
+from trainkit.protocol import option, protocol_record
 from trainkit.runlog import Curves, progress_bar
 from trainkit.seeding import checkpoint_rng_states, restore_checkpoint_rng_states
 
@@ -225,15 +225,10 @@ class TrainingRun:
 
     def resume(self) -> bool:
         """Continue from the last checkpoint; False when there is none."""
-        checkpoint = load_latest_checkpoint(self.checkpoints)
+        checkpoint = load_checkpoint_of_run(self.checkpoints, self._checkpoint_fingerprint())
         if checkpoint is None:
             return False
         document = checkpoint.state
-        differences = changed_fields(document["run"], self._checkpoint_fingerprint())
-        if differences:
-            raise InputError(f"The checkpoint in {self.checkpoints} belongs to a run with other settings "
-                             f"({'; '.join(differences)}). Resume with the original settings, or start a new "
-                             "run without --resume.")
         tensors = checkpoint.tensors
 
         def part(prefix: str) -> dict:

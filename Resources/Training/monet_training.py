@@ -31,12 +31,12 @@ from monet_protocol import RESUMABLE_CHANGES, MoNetProtocol, check_settings
 from monet_validation import patient_dice_on_model_grid, recalibrated_batch_norm, validation_loss
 from segmentation_data import PANCREAS_RULE
 from segmentation_networks import ARCHITECTURES, NetworkSpec, build_network, output_bias, parameter_counts
-from trainkit.checkpoint import (load_latest_checkpoint, optimizer_parts, restore_optimizer, save_checkpoint,
+from trainkit.checkpoint import (load_checkpoint_of_run, optimizer_parts, restore_optimizer, save_checkpoint,
                                  to_json_value)
 from trainkit.distributed import Distributed
 from trainkit.initial_weights import initial_weights_record, load_initial_weights
 from trainkit.model_card import command_line, hardware_record, software_versions
-from trainkit.protocol import changed_fields, protocol_from_arguments, protocol_record
+from trainkit.protocol import protocol_from_arguments, protocol_record
 from trainkit.run_files import RunFiles
 from trainkit.runlog import Curves, progress_bar
 from trainkit.seeding import (checkpoint_rng_states, derived_seed, restore_checkpoint_rng_states, seed_everything,
@@ -165,15 +165,10 @@ def start_run(args, argv, dist: Distributed) -> Run:
 
 def resume(run: Run) -> None:
     """Continue from the last checkpoint: weights, optimiser, scheduler, random states, history."""
-    checkpoint = load_latest_checkpoint(run.files.checkpoints)
+    checkpoint = load_checkpoint_of_run(run.files.checkpoints, run.fingerprint())
     if checkpoint is None:
         raise InputError(f"--resume: there is no checkpoint in {run.files.checkpoints}; start without --resume.")
     state = checkpoint.state
-    differences = changed_fields(state["run"], run.fingerprint())
-    if differences:
-        raise InputError(f"The checkpoint in {run.files.checkpoints} belongs to a run with other settings "
-                         f"({'; '.join(differences)}). Resume with the original settings, or start a new "
-                         "run without --resume.")
     tensors = checkpoint.tensors
     run.network.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     restore_optimizer(run.optimizer, tensors, state["optimizer"])

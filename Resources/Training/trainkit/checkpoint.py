@@ -110,6 +110,24 @@ def load_latest_checkpoint(folder: Path) -> Optional[Checkpoint]:
     return None
 
 
+def load_checkpoint_of_run(folder: Path, fingerprint: dict) -> Optional[Checkpoint]:
+    """The latest checkpoint in `folder` (None if there is none), refused with the settings that
+    differ when it belongs to a run with another `fingerprint` (its state's "run" record)."""
+    from PancreasAILib.errors import InputError
+
+    from .protocol import changed_fields
+
+    checkpoint = load_latest_checkpoint(folder)
+    if checkpoint is None:
+        return None
+    differences = changed_fields(checkpoint.state["run"], fingerprint)
+    if differences:
+        raise InputError(f"The checkpoint in {folder} belongs to a run with other settings "
+                         f"({'; '.join(differences)}). Resume with the original settings, or start a new "
+                         "run without --resume.")
+    return checkpoint
+
+
 def optimizer_parts(optimizer, prefix: str = "optimizer") -> tuple[dict, dict]:
     """An optimizer's state as (tensors, JSON): per-parameter tensors by name, the rest as values."""
     import torch
