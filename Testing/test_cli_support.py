@@ -7,7 +7,7 @@ import pytest
 from PancreasAILib.cli_support import ProgressPrinter, case_name
 from PancreasAILib.output_files import refuse_existing
 from PancreasAILib.errors import InputError, OperationCancelled
-from PancreasAILib.progress import CancelToken, ProgressSpan
+from PancreasAILib.progress import CancelToken
 
 
 @pytest.mark.parametrize("file_name, expected", [
@@ -50,15 +50,6 @@ def test_json_progress_spans_all_cases(capsys):
     printer.close()
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines == [{"progress": 0.75, "status": "Segmenting"}, {"message": "done"}]
-
-
-def test_progress_span_maps_into_its_part_and_clamps():
-    seen = []
-    span = ProgressSpan(lambda fraction, status: seen.append((fraction, status)), 0.2, 0.6)
-    span(0.5, "half")
-    span(2.0, "over")
-    span(-1.0, "under")
-    assert seen == [(pytest.approx(0.4), "half"), (pytest.approx(0.6), "over"), (pytest.approx(0.2), "under")]
 
 
 def test_cancel_token_raises_only_after_cancel():

@@ -6,7 +6,13 @@ import pytest
 
 from IPMNRiskLib import rollout as rollout_module
 from IPMNRiskLib.grids import DIHEDRAL_VIEWS, transform_tiles, undo_transform_tiles
-from IPMNRiskLib.tta import predict, predict_with_tta
+from IPMNRiskLib.tta import predict
+
+
+def predict_with_tta(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(2, 192, 192) -> (mean probabilities (3,), spread (3,) std over the 8 views)."""
+    prediction = predict(model, x, rollout=False)
+    return prediction.probabilities, prediction.spread
 
 
 def make_module(forward):
@@ -139,5 +145,5 @@ def test_tta_rollout_of_a_real_vit_is_the_mean_of_the_un_augmented_view_maps(x):
     expected = []
     for flip, turns in DIHEDRAL_VIEWS:
         view = torch.from_numpy(transform_tiles(x, flip, turns)[None])
-        expected.append(undo_transform_tiles(rollout_module.rollout_map(model, view)[0], flip, turns))
+        expected.append(undo_transform_tiles(rollout_module.logits_and_rollout_maps(model, view, "mean", 0.0)[1][0], flip, turns))
     np.testing.assert_allclose(prediction.patch_map, np.mean(expected, axis=0), rtol=1e-5)

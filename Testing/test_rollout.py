@@ -6,8 +6,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from IPMNRiskLib.rollout import (attention_rollout, capture_attentions, class_token_maps, logits_and_rollout_maps,
-                                 rollout_map)
+from IPMNRiskLib.rollout import attention_rollout, capture_attentions, class_token_maps, logits_and_rollout_maps
+
+
+def rollout_map(model, x, head_fusion: str = "mean", discard_ratio: float = 0.0) -> np.ndarray:
+    """(B, 2, 192, 192) tensor -> (B, 12, 12) raw rollout maps."""
+    return logits_and_rollout_maps(model, x, head_fusion, discard_ratio)[1]
 
 
 def as_layer(matrix, batch=1, heads=1):

@@ -130,8 +130,3 @@ def logits_and_rollout_maps(model, x, head_fusion: str = "mean",
     maps (each row of R sums to 1; divide by the max for display)."""
     logits, attentions = logits_and_attentions(model, x)
     return logits, class_token_maps(model, attention_rollout(attentions, head_fusion, discard_ratio))
-
-
-def rollout_map(model, x, head_fusion: str = "mean", discard_ratio: float = 0.0) -> np.ndarray:
-    """(B, 2, 192, 192) tensor -> (B, 12, 12) raw rollout maps."""
-    return logits_and_rollout_maps(model, x, head_fusion, discard_ratio)[1]

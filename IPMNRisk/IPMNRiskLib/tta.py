@@ -53,9 +53,3 @@ def predict(model, x: np.ndarray, *, tta: bool = True, rollout: bool = True,
             logits = model(batch_tensor)
     probabilities = torch.softmax(logits.cpu().double(), dim=1).numpy()
     return Prediction(probabilities.mean(0), probabilities.std(0), patch_map, len(views))
-
-
-def predict_with_tta(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(2, 192, 192) -> (mean probabilities (3,), spread (3,) std over the 8 views)."""
-    prediction = predict(model, x, rollout=False)  # pragma: no mutate (rollout=None is falsy like False)
-    return prediction.probabilities, prediction.spread

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional
+from typing import Callable
 
 from .errors import OperationCancelled
 
@@ -31,15 +31,3 @@ class CancelToken:
     def raise_if_cancelled(self) -> None:
         if self._event.is_set():
             raise OperationCancelled("Cancelled by the user.")
-
-
-class ProgressSpan:
-    """Maps a sub-task's 0..1 progress into [start, stop] of the caller's progress."""
-
-    def __init__(self, callback: Optional[ProgressCallback], start: float, stop: float) -> None:
-        self._callback = callback or no_progress
-        self._start, self._stop = start, stop
-
-    def __call__(self, fraction: float, status: str) -> None:
-        fraction = min(max(fraction, 0.0), 1.0)
-        self._callback(self._start + (self._stop - self._start) * fraction, status)
