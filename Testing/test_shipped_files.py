@@ -5,6 +5,7 @@ the demo models do what the module self-tests assert."""
 
 import ast
 import hashlib
+import json
 import shutil
 import sys
 import types
@@ -29,6 +30,31 @@ FORBIDDEN_NAMES = {"trainkit", "demo", "demo_render", "PancreasAIPhantoms", "con
 FORBIDDEN_PREFIXES = ("ipmn_", "segmentation_", "train_", "monet_", "test_")
 UNSHIPPED_FOLDERS = (ROOT / "Resources", ROOT / "Resources" / "Training", ROOT / "Testing")
 
+
+def read_region(path: str | Path) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(centre, size) of the box ROI in a Slicer `.mrk.json` file, both RAS mm: our own reading of
+    the bundled region file, against which Slicer's reader is checked.
+
+    Slicer writes markups in LPS by default; the centre is returned in RAS. The box must be
+    aligned with the patient axes, as the IPMN region is.
+    """
+    path = Path(path)
+    try:
+        markups = json.loads(path.read_text(encoding="utf-8"))["markups"]
+        roi = next(markup for markup in markups if markup.get("type") == "ROI")
+        center = [float(v) for v in roi["center"]]
+        size = [float(v) for v in roi["size"]]
+        orientation = [float(v) for v in roi.get("orientation", (1, 0, 0, 0, 1, 0, 0, 0, 1))]
+        system = roi.get("coordinateSystem", "LPS")
+    except (OSError, ValueError, KeyError, TypeError, StopIteration) as error:
+        raise InputError(f"{path} holds no box ROI that could be read ({error!r}).") from error
+    flip = (-1.0, -1.0, 1.0) if system == "LPS" else (1.0, 1.0, 1.0)
+    axes_ras = [[flip[row] * orientation[3 * row + column] for column in range(3)] for row in range(3)]
+    identity = [[1.0 if row == column else 0.0 for column in range(3)] for row in range(3)]
+    if any(abs(axes_ras[r][c] - identity[r][c]) > 1e-6 for r in range(3) for c in range(3)):
+        raise InputError(f"The ROI in {path} is rotated; the pancreas region is an axis-aligned box.")
+    center_ras = tuple(f * c for f, c in zip(flip, center))
+    return (center_ras[0], center_ras[1], center_ras[2]), (size[0], size[1], size[2])
 
 def unshipped_module_names() -> set[str]:
     """Top-level module names of the training, demo, phantom and test code."""
@@ -272,7 +298,7 @@ def test_ct_sample_and_its_pancreas_share_one_grid():
 def test_mr_samples_share_one_grid_that_holds_the_region():
     t1 = read_volume(sample_data.sample_path(sample_data.MR_T1_FILE))
     t2 = read_volume(sample_data.sample_path(sample_data.MR_T2_FILE))
-    center, size = sample_data.read_region(sample_data.sample_path(sample_data.MR_REGION_FILE))
+    center, size = read_region(sample_data.sample_path(sample_data.MR_REGION_FILE))
 
     assert t1.array.shape == t2.array.shape and np.allclose(t1.ijk_to_ras, t2.ijk_to_ras)
     assert t2.array.dtype == np.int16 and t2.array.min() >= 0
@@ -295,7 +321,7 @@ def test_region_file_reads_in_slicer_as_read_region_reads_it():
     assert storage.ReadData(roi)
     center = [0.0, 0.0, 0.0]
     roi.GetCenter(center)
-    expected_center, expected_size = sample_data.read_region(sample_data.sample_path(sample_data.MR_REGION_FILE))
+    expected_center, expected_size = read_region(sample_data.sample_path(sample_data.MR_REGION_FILE))
     assert center == pytest.approx(expected_center, abs=1e-4)
     assert roi.GetSize() == pytest.approx(expected_size, abs=1e-4)
 
@@ -305,7 +331,7 @@ def test_read_region_refuses_a_file_without_a_box(tmp_path):
     path.write_text('{"markups": [{"type": "Fiducial", "controlPoints": []}]}')
 
     with pytest.raises(InputError, match="no box ROI"):
-        sample_data.read_region(path)
+        read_region(path)
 
 
 def test_demo_monet_finds_the_pancreas_of_the_ct_sample(demo_monet_card):
@@ -329,7 +355,7 @@ def test_demo_vit_rates_the_mr_sample_high_risk_above_normal():
 
     t1 = read_volume(sample_data.sample_path(sample_data.MR_T1_FILE))
     t2 = read_volume(sample_data.sample_path(sample_data.MR_T2_FILE))
-    region = RegionBox(*sample_data.read_region(sample_data.sample_path(sample_data.MR_REGION_FILE)))
+    region = RegionBox(*read_region(sample_data.sample_path(sample_data.MR_REGION_FILE)))
 
     assessment = assess(t1, t2, region, model_registry().resolve(None))
 

@@ -11,7 +11,6 @@ resources of all its modules in one Resources folder beside this package.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,31 +110,6 @@ def sample_path(file_name: str) -> Path:
         raise InputError(f"The sample file {path} is damaged or was changed (its SHA256 differs from "
                          "the one the extension shipped); reinstall the extension.")
     return path
-
-
-def read_region(path: str | Path) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """(centre, size) of the box ROI in a Slicer `.mrk.json` file, both RAS mm.
-
-    Slicer writes markups in LPS by default; the centre is returned in RAS. The box must be
-    aligned with the patient axes, as the IPMN region is.
-    """
-    path = Path(path)
-    try:
-        markups = json.loads(path.read_text(encoding="utf-8"))["markups"]
-        roi = next(markup for markup in markups if markup.get("type") == "ROI")
-        center = [float(v) for v in roi["center"]]
-        size = [float(v) for v in roi["size"]]
-        orientation = [float(v) for v in roi.get("orientation", (1, 0, 0, 0, 1, 0, 0, 0, 1))]
-        system = roi.get("coordinateSystem", "LPS")
-    except (OSError, ValueError, KeyError, TypeError, StopIteration) as error:
-        raise InputError(f"{path} holds no box ROI that could be read ({error!r}).") from error
-    flip = (-1.0, -1.0, 1.0) if system == "LPS" else (1.0, 1.0, 1.0)
-    axes_ras = [[flip[row] * orientation[3 * row + column] for column in range(3)] for row in range(3)]
-    identity = [[1.0 if row == column else 0.0 for column in range(3)] for row in range(3)]
-    if any(abs(axes_ras[r][c] - identity[r][c]) > 1e-6 for r in range(3) for c in range(3)):
-        raise InputError(f"The ROI in {path} is rotated; the pancreas region is an axis-aligned box.")
-    center_ras = tuple(f * c for f, c in zip(flip, center))
-    return (center_ras[0], center_ras[1], center_ras[2]), (size[0], size[1], size[2])
 
 
 def register_sample_data() -> bool:
