@@ -154,6 +154,21 @@ def small_mr_phantom():
     return make_mr_phantom(seed=5, risk_class=2, shape=(16, 112, 112), spacing=(2.0, 2.0, 4.0))
 
 
+@pytest.fixture
+def mr_nodes(mrml_scene, small_mr_phantom):
+    """(T1, T2, ROI) nodes of the small MR phantom in a slicer-core scene, the ROI its pancreas box."""
+    from PancreasAILib.scene import add_volume_node
+    from PancreasAILib.volume import Volume
+
+    p = small_mr_phantom
+    t1 = add_volume_node(mrml_scene, Volume(p.t1, p.ijk_to_ras), "T1")
+    t2 = add_volume_node(mrml_scene, Volume(p.t2, p.ijk_to_ras), "T2")
+    roi = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "pancreas box")
+    roi.SetCenter(*p.pancreas_box_ras[0])
+    roi.SetSize(*p.pancreas_box_ras[1])
+    return t1, t2, roi
+
+
 def use_model_for_default(monkeypatch, models_module, card) -> None:
     """Make a module's registry resolve every name (and the default) to `card`."""
 

@@ -8,9 +8,8 @@ import pytest
 from conftest import use_model_for_default
 
 from PancreasAILib.errors import InputError, OperationCancelled
-from PancreasAILib.scene import add_volume_node, vtk_matrix
+from PancreasAILib.scene import vtk_matrix
 from PancreasAILib.progress import CancelToken
-from PancreasAILib.volume import Volume
 from IPMNRiskLib import logic
 from IPMNRiskLib import result_nodes as adapter
 
@@ -24,14 +23,8 @@ def use_random_model(monkeypatch, random_vit_card):
 
 
 @pytest.fixture
-def nodes(mrml_scene, small_mr_phantom):
-    p = small_mr_phantom
-    t1 = add_volume_node(mrml_scene, Volume(p.t1, p.ijk_to_ras), "T1")
-    t2 = add_volume_node(mrml_scene, Volume(p.t2, p.ijk_to_ras), "T2")
-    roi = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "pancreas box")
-    roi.SetCenter(*p.pancreas_box_ras[0])
-    roi.SetSize(*p.pancreas_box_ras[1])
-    return t1, t2, roi
+def nodes(mr_nodes):
+    return mr_nodes
 
 
 def node_ids(scene) -> set:

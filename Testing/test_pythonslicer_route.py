@@ -59,17 +59,11 @@ def stand_in_runner(folder: Path) -> SnapshotRunner:
     return SnapshotRunner(BackgroundRunner(environment=dict(os.environ, PYTHONPATH=str(STAND_IN))), folder)
 
 
-def test_the_ipmn_gui_route_runs_in_python_slicer(mrml_scene, small_mr_phantom, random_vit_card, tmp_path,
+def test_the_ipmn_gui_route_runs_in_python_slicer(mrml_scene, mr_nodes, random_vit_card, tmp_path,
                                                    work_folders):
     from IPMNRiskLib import logic
-    from PancreasAILib.scene import add_volume_node
 
-    p = small_mr_phantom
-    t1 = add_volume_node(mrml_scene, Volume(p.t1, p.ijk_to_ras), "T1")
-    t2 = add_volume_node(mrml_scene, Volume(p.t2, p.ijk_to_ras), "T2")
-    roi = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "pancreas box")
-    roi.SetCenter(*p.pancreas_box_ras[0])
-    roi.SetSize(*p.pancreas_box_ras[1])
+    t1, t2, roi = mr_nodes
     runner = stand_in_runner(tmp_path / "written")
 
     outcome = logic.assess(t1, t2, roi, model=str(random_vit_card.weights_path), device="cpu", tta=False,
