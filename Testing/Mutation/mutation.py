@@ -50,6 +50,8 @@ GROUPS = {
               ["test_ipmn_grids.py", "test_rollout.py", "test_ipmn_tta.py"]),
     "ipmn": (["IPMNRisk/IPMNRiskLib/inference.py", "IPMNRisk/IPMNRiskLib/preprocessing.py"],
              ["test_ipmn_inference.py", "test_ipmn_preprocessing.py"]),
+    "route": (["PancreasAI/PancreasAILib/tasks.py", "PancreasAI/PancreasAILib/route.py"],
+              ["test_tasks.py", "test_route.py"]),
     "training": (["Resources/Training/segmentation_metrics.py", "Resources/Training/ipmn_folds.py",
                   "Resources/Training/trainkit/checkpoint.py"],
                  ["test_segmentation_metrics.py", "test_trainkit.py", "test_training_ipmn.py"]),
