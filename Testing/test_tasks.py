@@ -181,3 +181,111 @@ def test_a_subprocess_reports_its_end_once_even_when_polled_again():
     assert process.wait_for_finished(30000)
     assert process.poll() and process.wait_for_finished(10)
     assert ended == [(3, False)]
+
+
+# --- ProcessTask, over a scripted stand-in for its Process ------------------------------------------
+
+class ScriptedProcess:
+    """Plays the part of a Process (QtProcess in Slicer): the test writes its output and ends it."""
+
+    def __init__(self) -> None:
+        self.killed = False
+        ScriptedProcess.last = self
+
+    def start(self, program, arguments, environment, listener) -> None:
+        self.command, self.environment, self.listener = [program, *arguments], dict(environment), listener
+
+    def process_id(self) -> int:
+        return 0
+
+    def kill(self) -> None:
+        self.killed = True
+
+    def write_stdout(self, data: bytes) -> None:
+        self.listener.on_standard_output(data)
+
+    def write_stderr(self, data: bytes) -> None:
+        self.listener.on_standard_error(data)
+
+    def exit(self, code: int, crashed: bool = False) -> None:
+        self.listener.on_process_finished(code, crashed)
+
+
+@pytest.fixture
+def scripted_task():
+    """A ProcessTask factory whose process is a ScriptedProcess; returns (task, process, calls)."""
+    from PancreasAILib.runners import BackgroundRunner
+
+    def start(package: str = "PancreasSegMoNetLib", arguments=("segment", "in.nrrd"), python_paths=()):
+        calls = {"progress": [], "finished": []}
+        runner = BackgroundRunner("/slicer/bin/PythonSlicer", {"PYTHONPATH": "/slicer/lib"}, ScriptedProcess)
+        task = runner.new_task(
+            package, arguments, python_paths,
+            on_progress=lambda fraction, status: calls["progress"].append((fraction, status)),
+            on_finished=lambda ok, message: calls["finished"].append((ok, message)))
+        task.start()
+        return task, ScriptedProcess.last, calls
+
+    return start
+
+
+def test_background_task_runs_the_package_with_the_module_folders_on_pythonpath(scripted_task):
+    from PancreasAILib.runners import SHARED_DIR
+
+    task, process, _ = scripted_task(python_paths=["/extension/PancreasSegMoNet"])
+
+    assert process.command == ["/slicer/bin/PythonSlicer", "-m", "PancreasSegMoNetLib", "segment", "in.nrrd"]
+    assert process.environment["PYTHONPATH"].split(os.pathsep) == [
+        SHARED_DIR, "/extension/PancreasSegMoNet", "/slicer/lib"]
+    assert Path(SHARED_DIR, "PancreasAILib", "__init__.py").is_file()
+
+
+def test_background_task_reports_progress_lines_split_across_reads(scripted_task):
+    task, process, calls = scripted_task()
+
+    process.write_stdout(b'{"progress": 0.2, "sta')
+    process.write_stdout(b'tus": "Reading"}\nnot json\n{"progress": 0.9, "status": "Writing"}\n')
+
+    assert calls["progress"] == [(0.2, "Reading"), (0.9, "Writing")]
+
+
+def test_background_task_success_reports_the_last_message_once(scripted_task):
+    task, process, calls = scripted_task()
+
+    process.write_stdout(b'{"message": "Model: demo."}\n{"message": "case: pancreas 61.0 ml"}')
+    process.exit(0)
+    process.exit(0)
+
+    assert calls["finished"] == [(True, "case: pancreas 61.0 ml")]
+    assert not task.is_running()
+    assert task.messages == ["Model: demo.", "case: pancreas 61.0 ml"]
+
+
+def test_background_task_failure_reports_what_the_command_line_said(scripted_task):
+    task, process, calls = scripted_task()
+
+    process.write_stderr(b"Traceback (most recent call last):\nerror: The CT vol")
+    process.write_stdout(b'{"message": "input: FAILED: No pancreas-sized structure was found."}\n')
+    process.write_stderr(b"ume holds no image data.\n")
+    process.exit(2)
+
+    assert calls["finished"] == [
+        (False, "The CT volume holds no image data.\nNo pancreas-sized structure was found.")]
+
+
+def test_a_crashed_process_is_never_a_success(scripted_task):
+    task, process, calls = scripted_task()
+
+    process.write_stderr(b"Segmentation fault")
+    process.exit(0, crashed=True)
+
+    assert calls["finished"][0][0] is False and "Segmentation fault" in calls["finished"][0][1]
+
+
+def test_cancelled_background_task_finishes_as_cancelled(scripted_task):
+    task, process, calls = scripted_task()
+
+    task.cancel()
+    process.exit(9, crashed=True)
+
+    assert (task.cancelled, process.killed, calls["finished"]) == (True, True, [(False, "Cancelled.")])
