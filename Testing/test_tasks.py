@@ -289,3 +289,67 @@ def test_cancelled_background_task_finishes_as_cancelled(scripted_task):
     process.exit(9, crashed=True)
 
     assert (task.cancelled, process.killed, calls["finished"]) == (True, True, [(False, "Cancelled.")])
+
+
+def test_a_reason_that_itself_says_failed_is_kept_whole(scripted_task):
+    task, process, calls = scripted_task()
+
+    process.write_stdout(b'{"message": "case: FAILED: the model FAILED: to load"}\n')
+    process.exit(1)
+
+    assert calls["finished"] == [(False, "the model FAILED: to load")]
+
+
+def test_an_unexplained_stop_gives_the_exit_code_and_the_last_lines_said(scripted_task):
+    task, process, calls = scripted_task()
+    process.write_stderr(b"Traceback (most recent call last):\n  File x\nMemoryError\n")
+    process.exit(1)
+
+    silent, silent_process, silent_calls = scripted_task()
+    silent_process.exit(3)
+
+    assert calls["finished"] == [(False, "The computation stopped unexpectedly (exit code 1).\n\n"
+                                         "Traceback (most recent call last):\nFile x\nMemoryError")]
+    assert silent_calls["finished"] == [(False, "The computation stopped unexpectedly (exit code 3).")]
+
+
+def test_a_task_knows_its_process_only_once_started():
+    from PancreasAILib.runners import BackgroundRunner
+
+    task = BackgroundRunner("/slicer/bin/PythonSlicer", {}, ScriptedProcess).new_task("json.tool", [])
+    assert task.process_id() is None and not task.wait_for_started(10) and not task.is_running()
+    task.start()
+    assert task.process_id() == 0 and task.is_running()
+
+
+def test_a_started_process_says_so(tmp_path):
+    task = BackgroundRunner().new_task("json.tool", ["--help"])
+    task.start()
+    assert task.wait_for_started(30000)
+    assert task.wait_for_finished(60000)
+
+
+def test_a_program_that_cannot_start_is_a_failure_not_a_cancel(tmp_path):
+    calls, handlers = _outcomes()
+    task = BackgroundRunner(python=str(tmp_path / "no-python")).new_task("json.tool", [], **handlers)
+    task.start()
+
+    (ok, message), = calls["finished"]
+    assert ok is False and not task.cancelled and message.startswith(f"Could not start {tmp_path / 'no-python'}: ")
+
+
+def test_an_in_process_task_passes_the_status_of_each_step(tmp_path, small_ct_phantom, random_monet_card):
+    from PancreasAILib.volume import Volume
+    from PancreasAILib.volume_io import write_volume
+
+    ct = write_volume(Volume(small_ct_phantom.hu, small_ct_phantom.ijk_to_ras), tmp_path / "ct.nrrd")
+    calls, handlers = _outcomes()
+    task = InProcessRunner().new_task(
+        "PancreasSegMoNetLib", ["segment", str(ct), "--output", str(tmp_path / "out"), "--model",
+                                str(random_monet_card.card_path)], **handlers)
+    task.start()
+
+    statuses = [status for _, status in calls["progress"]]
+    assert statuses[0] == "Loading model" and statuses[-1] == "Done" and len(statuses) >= 4
+    assert [fraction for fraction, _ in calls["progress"]] == sorted(fraction for fraction, _ in calls["progress"])
+    assert calls["finished"][0][0] is True
