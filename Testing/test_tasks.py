@@ -353,3 +353,42 @@ def test_an_in_process_task_passes_the_status_of_each_step(tmp_path, small_ct_ph
     assert statuses[0] == "Loading model" and statuses[-1] == "Done" and len(statuses) >= 4
     assert [fraction for fraction, _ in calls["progress"]] == sorted(fraction for fraction, _ in calls["progress"])
     assert calls["finished"][0][0] is True
+
+
+def test_the_last_error_line_counts_even_without_a_newline(scripted_task):
+    task, process, calls = scripted_task()
+
+    process.write_stderr(b"error: The disk is full")
+    process.exit(2)
+
+    assert calls["finished"] == [(False, "The disk is full")]
+
+
+def test_a_crash_reported_as_exit_code_0_reads_as_minus_1(scripted_task):
+    task, process, calls = scripted_task()
+
+    process.exit(0, crashed=True)
+
+    assert calls["finished"] == [(False, "The computation stopped unexpectedly (exit code -1).")]
+
+
+def test_waiting_for_a_task_never_started_returns_at_once():
+    from PancreasAILib.runners import BackgroundRunner
+
+    task = BackgroundRunner("/slicer/bin/PythonSlicer", {}, ScriptedProcess).new_task("json.tool", [])
+    assert task.wait_for_finished(10) is False  # the process is not even asked
+
+
+def test_an_unexpected_fault_of_the_work_is_kept_for_the_caller(monkeypatch):
+    from PancreasSegMoNetLib import cli
+
+    def faulty(argv, sink):
+        raise RuntimeError("a bug in the work")
+
+    monkeypatch.setattr(cli, "main", faulty)
+    calls, handlers = _outcomes()
+    task = InProcessRunner().new_task("PancreasSegMoNetLib", ["segment"], **handlers)
+    task.start()
+
+    assert calls["finished"] == [(False, "a bug in the work")]
+    assert isinstance(task.error, RuntimeError) and not task.cancelled

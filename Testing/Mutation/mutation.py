@@ -59,7 +59,7 @@ GROUPS = {
 # Where each tree of Python modules goes in the copy's src/ (the import name is kept).
 SOURCE_ROOTS = {"PancreasAI": "PancreasAI", "PancreasSegMoNet": "PancreasSegMoNet", "IPMNRisk": "IPMNRisk",
                 "Resources/Training": "Resources/Training"}
-NOT_MUTATED = [r"^\s*raise \w+\(", r"warnings\.append\(", r"^\s*(print|log)\("]
+NOT_MUTATED = [r"^\s*raise \w+\(", r"warnings\.append\(", r"^\s*(print|log)\(", r"^\s*logging\.\w+\("]
 
 
 def src_path(repo_path: str) -> str:
