@@ -291,15 +291,6 @@ def test_cancelled_background_task_finishes_as_cancelled(scripted_task):
     assert (task.cancelled, process.killed, calls["finished"]) == (True, True, [(False, "Cancelled.")])
 
 
-def test_a_reason_that_itself_says_failed_is_kept_whole(scripted_task):
-    task, process, calls = scripted_task()
-
-    process.write_stdout(b'{"message": "case: FAILED: the model FAILED: to load"}\n')
-    process.exit(1)
-
-    assert calls["finished"] == [(False, "the model FAILED: to load")]
-
-
 def test_an_unexplained_stop_gives_the_exit_code_and_the_last_lines_said(scripted_task):
     task, process, calls = scripted_task()
     process.write_stderr(b"Traceback (most recent call last):\n  File x\nMemoryError\n")
@@ -355,23 +346,6 @@ def test_an_in_process_task_passes_the_status_of_each_step(tmp_path, small_ct_ph
     assert calls["finished"][0][0] is True
 
 
-def test_the_last_error_line_counts_even_without_a_newline(scripted_task):
-    task, process, calls = scripted_task()
-
-    process.write_stderr(b"error: The disk is full")
-    process.exit(2)
-
-    assert calls["finished"] == [(False, "The disk is full")]
-
-
-def test_a_crash_reported_as_exit_code_0_reads_as_minus_1(scripted_task):
-    task, process, calls = scripted_task()
-
-    process.exit(0, crashed=True)
-
-    assert calls["finished"] == [(False, "The computation stopped unexpectedly (exit code -1).")]
-
-
 def test_waiting_for_a_task_never_started_returns_at_once():
     from PancreasAILib.runners import BackgroundRunner
 
@@ -392,3 +366,21 @@ def test_an_unexpected_fault_of_the_work_is_kept_for_the_caller(monkeypatch):
 
     assert calls["finished"] == [(False, "a bug in the work")]
     assert isinstance(task.error, RuntimeError) and not task.cancelled
+
+
+@pytest.mark.parametrize("stdout, stderr, code, crashed, expected", [
+    pytest.param(b'{"message": "case: FAILED: the model FAILED: to load"}\n', b"", 1, False,
+                 "the model FAILED: to load", id="a reason that itself says FAILED is kept whole"),
+    pytest.param(b"", b"error: The disk is full", 2, False, "The disk is full",
+                 id="the last error line counts without a newline"),
+    pytest.param(b"", b"", 0, True, "The computation stopped unexpectedly (exit code -1).",
+                 id="a crash reported as exit code 0 reads as -1"),
+])
+def test_the_failure_message_says_what_the_command_said(scripted_task, stdout, stderr, code, crashed, expected):
+    task, process, calls = scripted_task()
+
+    process.write_stdout(stdout)
+    process.write_stderr(stderr)
+    process.exit(code, crashed)
+
+    assert calls["finished"] == [(False, expected)]
