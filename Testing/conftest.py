@@ -1,7 +1,9 @@
 """Shared pytest set-up: the module folders on sys.path (as Slicer puts them), and fixtures
 for small phantoms, randomly initialised model files and a real slicer-core scene."""
 
+import os
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -15,6 +17,12 @@ for module_dir in ("PancreasAI", "PancreasSegMoNet", "IPMNRisk", "Resources", "R
         sys.path.insert(0, path)
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# One engine cache per test session (OpenVINO conversions, measured batch sizes), shared with
+# the processes tests start, and never the user's own.
+if "PANCREASAI_ENGINE_CACHE" not in os.environ:
+    _ENGINE_CACHE = tempfile.TemporaryDirectory(prefix="pancreasai-engines-")
+    os.environ["PANCREASAI_ENGINE_CACHE"] = _ENGINE_CACHE.name
 
 
 @pytest.fixture(scope="session")

@@ -94,11 +94,22 @@ def print_models(registry) -> None:
 
 
 def add_run_options(command) -> None:
-    """The options every command that runs a model shares: model, device, overwrite, progress."""
+    """The options every command that runs a model shares: model, device, engine, precision,
+    overwrite, progress."""
     command.add_argument("--model", help="registry name or .safetensors path (default: first in registry)")
-    command.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
+    command.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"])
+    command.add_argument("--engine", default="auto", choices=["auto", "openvino", "pytorch"],
+                         help="inference engine (auto: OpenVINO on the CPU where installed, else PyTorch)")
+    command.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                         help="auto: bf16 where the CPU computes it natively and the model card records "
+                              "a passed agreement check, else fp32; fp32: always the exact float32 path")
     command.add_argument("--overwrite", action="store_true", help="replace existing result files")
     command.add_argument("--progress-format", choices=["bar", "json"], default="bar")
+
+
+def engine_message(choice) -> str:
+    """The line a run prints about its engine, with why a faster one was not chosen."""
+    return " ".join([f"Engine: {choice.label}.", *choice.notes])
 
 
 def main_with(parser, run, registry, argv: list[str] | None = None, sink: Optional[ProgressSink] = None) -> int:

@@ -1,4 +1,4 @@
-"""Which torch device to run on: 'auto', 'cpu' or 'gpu'/'cuda', with a message when it cannot be had."""
+"""Which torch device to run on: 'auto', 'cpu', 'gpu'/'cuda' or 'mps', with a message when it cannot be had."""
 
 from __future__ import annotations
 
@@ -16,16 +16,26 @@ def import_torch():
     return torch
 
 
+def _mps_available(torch) -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
 def resolve_device(device: str = "auto") -> str:
-    """'auto' picks CUDA when available; 'gpu'/'cuda' without one is an error the user can fix."""
+    """'auto' picks CUDA, else Apple MPS, when available; 'gpu'/'cuda' or 'mps' without one is
+    an error the user can fix."""
     torch = import_torch()
     device = (device or "auto").lower()
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "mps" if _mps_available(torch) else "cpu"
     if device in ("gpu", "cuda"):
         if not torch.cuda.is_available():
             raise PancreasAIError("No CUDA GPU is available to PyTorch here; choose 'auto' or 'cpu' as device.")
         return "cuda"
+    if device == "mps":
+        if not _mps_available(torch):
+            raise PancreasAIError("Apple's MPS is not available to PyTorch here; choose 'auto' or 'cpu' as device.")
+        return "mps"
     if device != "cpu":
-        raise PancreasAIError(f"Unknown device '{device}'; use auto, cpu or gpu.")
+        raise PancreasAIError(f"Unknown device '{device}'; use auto, cpu, gpu or mps.")
     return "cpu"

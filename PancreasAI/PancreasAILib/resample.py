@@ -69,6 +69,43 @@ def _outside_source(matrix: np.ndarray, offset: np.ndarray, shape: tuple[int, in
     return outside
 
 
+def resampled_at_least(source: Volume, target_shape: tuple[int, int, int], target_ijk_to_ras: np.ndarray,
+                       threshold: float) -> np.ndarray:
+    """`resample(source, target_shape, target_ijk_to_ras, order=1) >= threshold` as bool,
+    computed only where it can be true (threshold > 0, the fill value being 0).
+
+    A trilinear value is a weighted mean of its 8 neighbours (edge voxels repeat beyond the
+    edge), so it reaches the threshold only within one voxel of a source voxel that does.
+    Target voxels outside that box's image are False without being interpolated; inside it,
+    `resample` runs on the sub-grid as it would on the whole grid.
+    """
+    if not threshold > 0:
+        raise ValueError("the threshold must be above the fill value 0")
+    target_shape = tuple(int(n) for n in target_shape)
+    mask = np.zeros(target_shape, dtype=bool)
+    above = source.array >= threshold
+    if not above.any():
+        return mask
+    # (k, j, i) index box of the voxels at or above the threshold, one voxel wider all round
+    low = np.array([np.flatnonzero(above.any(axis=other))[0] for other in ((1, 2), (0, 2), (0, 1))]) - 1.0
+    high = np.array([np.flatnonzero(above.any(axis=other))[-1] for other in ((1, 2), (0, 2), (0, 1))]) + 1.0
+    corners_kji = np.array([[k, j, i] for k in (low[0], high[0]) for j in (low[1], high[1])
+                            for i in (low[2], high[2])])
+    source_to_target = np.linalg.inv(np.asarray(target_ijk_to_ras)) @ source.ijk_to_ras
+    corners_ijk = np.c_[corners_kji[:, ::-1], np.ones(8)] @ source_to_target.T
+    corners_kji_target = corners_ijk[:, 2::-1]
+    start = np.maximum(np.floor(corners_kji_target.min(0)) - 1, 0).astype(int)
+    stop = np.minimum(np.ceil(corners_kji_target.max(0)) + 2, target_shape).astype(int)
+    if np.any(stop <= start):
+        return mask
+    shift = np.eye(4)
+    shift[:3, 3] = start[::-1]
+    box = tuple(slice(a, b) for a, b in zip(start, stop))
+    values = resample(source, tuple(stop - start), np.asarray(target_ijk_to_ras) @ shift, order=1)
+    mask[box] = values >= threshold
+    return mask
+
+
 def resample_like(source: Volume, reference: Volume, order: int = 1, fill_value: float = 0.0,
                   dtype=np.float32) -> Volume:
     """`source` resampled onto the grid of `reference`."""

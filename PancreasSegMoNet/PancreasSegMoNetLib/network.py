@@ -175,6 +175,17 @@ def output_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
+class WithProbabilities(nn.Module):
+    """A network followed by `output_probabilities`: the graph the inference engines run."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return output_probabilities(self.network(x))
+
+
 def prepare_for_inference(model: nn.Module) -> nn.Module:
     """A copy of `model` for fast CPU inference, with the same outputs up to float rounding.
 

@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
+from PancreasAILib.engines import NetworkRecipe
 from PancreasAILib.weights import ModelCard, ModelRegistry, load_into, load_state_dict
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
@@ -33,3 +34,17 @@ def _cached_model(card_path: str, sha256: str, device: str):
     model = MoNet(**card.architecture_params)
     load_into(model, state_dict, card)
     return prepare_for_inference(model).to(device)
+
+
+def monet_recipe(card: ModelCard) -> NetworkRecipe:
+    """What the inference engines run: the card's MoNet (BatchNorm folded) with its output
+    activation, slices (B, in_channels, size, size) in, probabilities of the same size out."""
+    size = int(card.preprocessing.get("input_size", 256))
+    channels = int(card.architecture_params.get("in_channels", 1))
+
+    def make_module():
+        from .network import WithProbabilities
+
+        return WithProbabilities(build_monet(card, "cpu"))
+
+    return NetworkRecipe("monet-probabilities", make_module, (channels, size, size))

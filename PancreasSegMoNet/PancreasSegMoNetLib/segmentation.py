@@ -19,13 +19,12 @@ from scipy import ndimage
 from PancreasAILib.errors import InputError
 from PancreasAILib.orientation import axial_reorientation, obliquity_degrees
 from PancreasAILib.progress import CancelToken, ProgressCallback, no_progress
-from PancreasAILib.resample import resample
+from PancreasAILib.engines import batch_sizes_for, build_engine, choose_engine
+from PancreasAILib.resample import resampled_at_least
 from PancreasAILib.volume import Volume, check_geometry, check_scalar_volume
 from PancreasAILib.weights import ModelCard
 
-from PancreasAILib.devices import resolve_device
-
-from .registry import build_monet, model_registry
+from .registry import model_registry, monet_recipe
 from .preprocessing import model_slices
 
 logger = logging.getLogger(__name__)
@@ -39,13 +38,16 @@ _NEIGHBOURS_26 = np.ones((3, 3, 3), dtype=bool)
 
 @dataclass
 class SegmentationResult:
-    """mask: uint8 (K, J, I) on the input's grid, 1 = pancreas."""
+    """mask: uint8 (K, J, I) on the input's grid, 1 = pancreas; engine: which engine ran the
+    network (`EngineChoice.label`), at `precision` ('fp32' or 'bf16')."""
 
     mask: Volume
     model_name: str
     threshold: float
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    engine: str = ""
+    precision: str = ""
 
     @property
     def voxel_count(self) -> int:
@@ -81,15 +83,16 @@ def check_ct(ct: Volume) -> list[str]:
 
 
 def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optional[float] = None,
-               keep_largest_component: bool = True, device: str = "auto", batch_size: int = 8,
+               keep_largest_component: bool = True, device: str = "auto", engine: str = "auto",
+               precision: str = "auto", batch_size: Optional[int] = None,
                progress: ProgressCallback = no_progress,
                cancel: Optional[CancelToken] = None) -> SegmentationResult:
-    """Segment the pancreas in `ct` ((K, J, I) Hounsfield units with its IJK-to-RAS)."""
-    from PancreasAILib.devices import import_torch
+    """Segment the pancreas in `ct` ((K, J, I) Hounsfield units with its IJK-to-RAS).
 
-    torch = import_torch()
-    from .network import output_probabilities
-
+    engine / precision: see `PancreasAILib.engines.choose_engine` ('auto' picks the fastest
+    allowed; precision 'fp32' forces the exact float32 path); batch_size: slices per network
+    call (default: measured on this machine, see `engines.BatchSizes`).
+    """
     started = time.perf_counter()
     cancel = cancel or CancelToken()
     warnings = check_ct(ct)
@@ -101,9 +104,11 @@ def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optio
                       if threshold is None else threshold)
     if not 0.0 < threshold < 1.0:
         raise InputError(f"The probability threshold must lie between 0 and 1 (got {threshold}).")
-    device = resolve_device(device)
+    choice = choose_engine(card, engine, precision, device)
     progress(0.0, "Loading model")
-    model = build_monet(card, device)
+    recipe = monet_recipe(card)
+    network = build_engine(card, recipe, choice)
+    batches = batch_sizes_for(recipe, choice, batch_size)
 
     reorientation = axial_reorientation(ct)
     canonical = reorientation.apply_volume(ct)
@@ -114,14 +119,9 @@ def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optio
         progress(0.05 + 0.85 * k0 / n_slices, f"Segmenting slices {k0 + 1}-{min(k0 + SLAB_SLICES, n_slices)} of {n_slices}")
         slab = canonical.slab(k0, min(k0 + SLAB_SLICES, n_slices))
         slices, grid = model_slices(slab, preprocessing)
-        probabilities = np.empty_like(slices)
-        with torch.inference_mode():
-            for b0 in range(0, len(slices), batch_size):
-                batch = torch.from_numpy(slices[b0:b0 + batch_size, None]).to(device)
-                logits = model(batch)
-                probabilities[b0:b0 + batch_size] = output_probabilities(logits)[:, 0].float().cpu().numpy()
-        back = resample(Volume(probabilities, grid), slab.shape, slab.ijk_to_ras, order=1)
-        canonical_mask[k0:k0 + slab.shape[0]] = back >= threshold
+        probabilities = batches.run(slices[:, None], network)[0][:, 0]
+        canonical_mask[k0:k0 + slab.shape[0]] = resampled_at_least(
+            Volume(probabilities, grid), slab.shape, slab.ijk_to_ras, threshold)
 
     cancel.raise_if_cancelled()
     progress(0.92, "Cleaning up")
@@ -132,7 +132,7 @@ def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optio
     mask = np.ascontiguousarray(reorientation.undo(canonical_mask))
     progress(1.0, "Done")
     return SegmentationResult(Volume(mask, ct.ijk_to_ras), card.name, threshold, warnings,
-                              time.perf_counter() - started)
+                              time.perf_counter() - started, choice.label, choice.precision)
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
