@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -294,7 +295,9 @@ def _openvino_model(card: ModelCard, recipe: NetworkRecipe, cache_dir: Path):
 
     module = recipe.make_module()
     example = torch.zeros((1, *recipe.input_shape))
-    with torch.no_grad():
+    # Tracing warns about Python branches on shapes (fixed for our inputs): not the user's concern.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         model = openvino.convert_model(module, example_input=example,
                                        input=[(-1, *recipe.input_shape)])
     try:

@@ -2,10 +2,12 @@
 
     python -m PancreasSegMoNetLib segment INPUT... --output DIR     (also: pancreas-seg)
     python -m PancreasSegMoNetLib models                             list known models
+    python -m PancreasSegMoNetLib check-precision CT... --model M    may M run in bf16? (card)
 
 For each case it writes <case>_pancreas.seg.nrrd (opens in Slicer with name, colour and
 terminology) and <case>_pancreas.nii.gz (label map, 1 = pancreas) on the input's grid, and
-<case>_pancreas.json (model and its SHA256, threshold, warnings, volume, seconds).
+<case>_pancreas.json (model and its SHA256, engine and precision, threshold, warnings,
+volume, seconds).
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from PancreasAILib.cli_support import ProgressPrinter, ProgressSink, add_run_options, case_name, main_with
+from PancreasAILib.cli_support import (ProgressPrinter, ProgressSink, add_run_options, case_name,
+                                       engine_message, main_with)
 from PancreasAILib.errors import OutputError, PancreasAIError
 from PancreasAILib.output_files import all_or_nothing, prepare_output_folder, refuse_existing, user_path
 from PancreasAILib.segmentation_file import SegmentInfo, write_segmentation
 
 from .pancreas_segment import PANCREAS_TERMINOLOGY, SEGMENT_COLOR, SEGMENT_ID, SEGMENT_NAME
+
+#: The issue's gate for reduced precision: every calibration case's mask this close to float32's.
+CHECK_MIN_DICE = 0.99
 
 PANCREAS_SEGMENT = SegmentInfo(1, SEGMENT_ID, SEGMENT_NAME, SEGMENT_COLOR, PANCREAS_TERMINOLOGY)
 
@@ -34,7 +40,8 @@ def output_paths(output_dir: Path, case: str) -> dict[str, Path]:
 
 def result_record(result, card, case: str) -> dict:
     """What `<case>_pancreas.json` holds: everything about the result but the voxels."""
-    return {"case": case, "model": card.name, "model_sha256": card.sha256, "threshold": result.threshold,
+    return {"case": case, "model": card.name, "model_sha256": card.sha256,
+            "engine": result.engine, "precision": result.precision, "threshold": result.threshold,
             "warnings": list(result.warnings), "voxel_count": result.voxel_count,
             "volume_ml": round(result.volume_ml, 3), "seconds": round(result.seconds, 3)}
 
@@ -45,22 +52,25 @@ def read_result_record(path: Path) -> dict:
 
 def segment_files(inputs: list[Path], output_dir: Path, model=None, device: str = "auto",
                   threshold=None, keep_largest_component: bool = True, overwrite: bool = False,
-                  progress_format: str = "bar", sink: Optional[ProgressSink] = None) -> int:
+                  progress_format: str = "bar", sink: Optional[ProgressSink] = None,
+                  engine: str = "auto", precision: str = "auto", batch_size: Optional[int] = None) -> int:
     """Segment every input; returns the number of cases that failed. A result that cannot be
     written (full disk, another run's file) stops the batch with `OutputError`. Progress and
     messages go to `sink` when given (a run in this process), else as `progress_format` says."""
     from PancreasAILib.volume_io import read_volume, write_volume
 
+    from PancreasAILib.engines import choose_engine
+
     from .registry import model_registry
     from .segmentation import segment_ct
 
-    from PancreasAILib.devices import resolve_device
-
     output_dir = prepare_output_folder(output_dir)
-    device = resolve_device(device)  # no PyTorch, or no GPU: say so once, not per case
     printer = ProgressPrinter(len(inputs), progress_format, sink)
     card = model_registry().resolve(model, progress=printer)
+    # no PyTorch, no GPU, no OpenVINO, or bf16 not allowed: said once, not per case
+    choice = choose_engine(card, engine, precision, device)
     printer.message(f"Model: {card.name}. {card.intended_use}".strip())
+    printer.message(engine_message(choice))
     failures = 0
     for index, path in enumerate(inputs):
         name = case_name(path)
@@ -70,7 +80,8 @@ def segment_files(inputs: list[Path], output_dir: Path, model=None, device: str 
             refuse_existing(list(paths.values()), overwrite)
             ct = read_volume(path)
             result = segment_ct(ct, card, threshold=threshold, keep_largest_component=keep_largest_component,
-                                device=device, progress=printer)
+                                device=choice.device, engine=choice.engine, precision=choice.precision,
+                                batch_size=batch_size, progress=printer)
             with all_or_nothing(list(paths.values()), overwrite) as (seg_temp, label_temp, result_temp):
                 write_segmentation(result.mask, seg_temp, [PANCREAS_SEGMENT])
                 write_volume(result.mask, label_temp)
@@ -116,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--threshold", type=float, help="probability threshold (default: model card)")
     segment.add_argument("--no-largest-component", action="store_true",
                          help="keep every connected piece, not only the largest")
+    segment.add_argument("--batch-size", type=int,
+                         help="slices per network call (default: the fastest, measured once on this machine)")
+    check = commands.add_parser(
+        "check-precision", help="compare bf16 with float32 on calibration CTs and record the result in "
+                                "the model card (bf16 is used only for weights that passed)")
+    check.add_argument("inputs", nargs="+", help="calibration CTs: files, folders of them, or DICOM series folders")
+    check.add_argument("--model", help="registry name or .safetensors path (default: first in registry)")
+    check.add_argument("--precision", default="bf16", choices=["bf16"], help="the reduced precision to check")
+    check.add_argument("--min-dice", type=float, default=CHECK_MIN_DICE,
+                       help=f"the mask Dice every case must reach (default {CHECK_MIN_DICE})")
     commands.add_parser("models", help="list the known models and where they are")
     return parser
 
@@ -128,7 +149,13 @@ def main(argv: list[str] | None = None, sink: Optional[ProgressSink] = None) -> 
 
 
 def _run(args, sink: Optional[ProgressSink] = None) -> int:
+    if args.command == "check-precision":
+        from .precision_check import check_precision
+
+        record = check_precision(expand_inputs(args.inputs), args.model, args.precision, args.min_dice, sink)
+        return 0 if record["passed"] else 1
     failures = segment_files(
         expand_inputs(args.inputs), args.output, args.model, args.device, args.threshold,
-        not args.no_largest_component, args.overwrite, args.progress_format, sink)
+        not args.no_largest_component, args.overwrite, args.progress_format, sink,
+        args.engine, args.precision, args.batch_size)
     return 1 if failures else 0

@@ -19,7 +19,7 @@ from scipy import ndimage
 from PancreasAILib.errors import InputError
 from PancreasAILib.orientation import axial_reorientation, obliquity_degrees
 from PancreasAILib.progress import CancelToken, ProgressCallback, no_progress
-from PancreasAILib.engines import batch_sizes_for, build_engine, choose_engine
+from PancreasAILib.engines import EngineChoice, batch_sizes_for, build_engine, choose_engine
 from PancreasAILib.resample import resampled_at_least
 from PancreasAILib.volume import Volume, check_geometry, check_scalar_volume
 from PancreasAILib.weights import ModelCard
@@ -85,13 +85,14 @@ def check_ct(ct: Volume) -> list[str]:
 def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optional[float] = None,
                keep_largest_component: bool = True, device: str = "auto", engine: str = "auto",
                precision: str = "auto", batch_size: Optional[int] = None,
-               progress: ProgressCallback = no_progress,
-               cancel: Optional[CancelToken] = None) -> SegmentationResult:
+               progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None,
+               choice: Optional[EngineChoice] = None) -> SegmentationResult:
     """Segment the pancreas in `ct` ((K, J, I) Hounsfield units with its IJK-to-RAS).
 
     engine / precision: see `PancreasAILib.engines.choose_engine` ('auto' picks the fastest
     allowed; precision 'fp32' forces the exact float32 path); batch_size: slices per network
-    call (default: measured on this machine, see `engines.BatchSizes`).
+    call (default: measured on this machine, see `engines.BatchSizes`); choice: an engine
+    taken as it is, without `choose_engine`'s checks (the precision check and benchmarks).
     """
     started = time.perf_counter()
     cancel = cancel or CancelToken()
@@ -104,7 +105,7 @@ def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optio
                       if threshold is None else threshold)
     if not 0.0 < threshold < 1.0:
         raise InputError(f"The probability threshold must lie between 0 and 1 (got {threshold}).")
-    choice = choose_engine(card, engine, precision, device)
+    choice = choice or choose_engine(card, engine, precision, device)
     progress(0.0, "Loading model")
     recipe = monet_recipe(card)
     network = build_engine(card, recipe, choice)
