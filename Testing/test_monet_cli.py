@@ -3,6 +3,7 @@ the input grid."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,10 +58,13 @@ def test_the_result_record_names_the_model_its_sha256_and_the_result(tmp_path, c
     record = json.loads((out / "case_001_pancreas.json").read_text(encoding="utf-8"))
     label = read_volume(out / "case_001_pancreas.nii.gz")
     voxel_ml = abs(np.linalg.det(label.ijk_to_ras[:3, :3])) / 1000
-    assert set(record) == {"case", "model", "model_sha256", "threshold", "warnings", "voxel_count", "volume_ml",
-                           "seconds"}
+    assert set(record) == {"case", "model", "model_sha256", "engine", "precision", "threshold", "warnings",
+                           "voxel_count", "volume_ml", "seconds"}
     assert (record["case"], record["model"], record["model_sha256"]) == (
         "case_001", random_monet_card.name, random_monet_card.sha256)
+    # OpenVINO is installed here, and the card records no bf16 check: the exact float32 path
+    assert record["engine"].startswith("openvino ") and record["precision"] == "fp32"
+    assert f"Engine: {record['engine']}." in result.stdout
     assert record["threshold"] == 0.5 and record["warnings"] == []  # the card's threshold; a plausible CT
     assert record["voxel_count"] == int(label.array.sum()) > 0
     assert record["volume_ml"] == pytest.approx(record["voxel_count"] * voxel_ml, abs=1e-3)
@@ -185,3 +189,62 @@ def test_models_command_lists_the_bundled_demo():
     result = run_cli("models")
     assert result.returncode == 0
     assert "monet-demo-phantom-v3" in result.stdout
+
+
+def test_the_engine_asked_for_is_the_engine_recorded(tmp_path, ct_file, random_monet_card):
+    out = tmp_path / "out"
+    result = run_cli("segment", ct_file, "-o", out, "--model", random_monet_card.weights_path,
+                     "--engine", "pytorch", "--precision", "fp32", "--batch-size", "3")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "case_001_pancreas.json").read_text(encoding="utf-8"))
+    assert record["engine"].startswith("pytorch ") and record["precision"] == "fp32"
+
+
+def test_bf16_without_a_passed_check_is_refused_before_any_file_is_written(tmp_path, ct_file, random_monet_card):
+    out = tmp_path / "out"
+    result = run_cli("segment", ct_file, "-o", out, "--model", random_monet_card.weights_path, "--precision", "bf16")
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "bf16" in result.stderr and "fp32" in result.stderr
+    assert list(out.glob("*")) == []
+
+
+def copy_model(card, folder: Path):
+    folder.mkdir()
+    for path in (card.weights_path, card.card_path):
+        shutil.copy(path, folder / path.name)
+    return folder / card.weights_path.name
+
+
+def test_check_precision_records_the_agreement_in_the_card(tmp_path, small_ct_phantom, random_monet_card):
+    """On this CPU (no native bf16) PyTorch emulates bf16; on one with it OpenVINO computes it.
+    Either way each case's Dice goes into the card, and the gate reads it."""
+    from PancreasAILib.engines import passed_precision_check
+    from PancreasAILib.volume_io import write_volume
+    from PancreasAILib.weights import read_model_card
+
+    ct = tmp_path / "calibration.nii.gz"
+    write_volume(Volume(small_ct_phantom.hu[4:10], small_ct_phantom.ijk_to_ras), ct)
+    weights = copy_model(random_monet_card, tmp_path / "model")
+    result = run_cli("check-precision", ct, "--model", weights)
+    assert result.returncode == 0, result.stderr
+    card = read_model_card(weights)
+    record = card.data["precision_checks"]["bf16"]
+    assert record["passed"] is True and passed_precision_check(card, "bf16")
+    [case] = record["cases"]
+    assert case["case"] == "calibration" and record["worst_dice"] == case["dice"] >= 0.99
+    assert case["fp32_voxels"] > 0 and record["weights_sha256"] == random_monet_card.sha256
+    assert record["native"] == record["engine"].startswith("openvino ")
+    assert card.sha256 == random_monet_card.sha256  # the weights are untouched
+    assert "recorded in" in result.stdout
+
+    strict = run_cli("check-precision", ct, "--model", weights, "--min-dice", "1.0")
+    failed = read_model_card(weights).data["precision_checks"]["bf16"]
+    exact = failed["worst_dice"] == 1.0  # whether bf16 changed no voxel of this random network's mask
+    assert failed["passed"] is exact and strict.returncode == (0 if exact else 1)
+    assert passed_precision_check(read_model_card(weights), "bf16") is exact
+    assert ("FAILED" in strict.stdout) is not exact
+
+
+def test_check_precision_refuses_an_impossible_criterion(tmp_path, ct_file, random_monet_card):
+    result = run_cli("check-precision", ct_file, "--model", random_monet_card.weights_path, "--min-dice", "1.5")
+    assert result.returncode == 2 and "between 0 and 1" in result.stderr

@@ -162,25 +162,31 @@ def test_threshold_comes_from_the_model_card(small_ct_phantom, random_monet_card
     assert 0 < at_0_7.sum() < at_0_5.sum()  # the two thresholds give demonstrably different masks
 
 
+@pytest.mark.parametrize("engine", ["openvino", "pytorch"])
 def test_the_probability_thresholded_is_the_sigmoid_of_the_network_s_logit(small_ct_phantom, random_monet_card,
-                                                                           monkeypatch):
-    """The network returns logits; the pipeline applies the sigmoid exactly once. A network
-    whose logit is log(0.6 / 0.4) everywhere gives probability 0.6: all voxels at threshold
-    0.55, none at 0.62 (a second sigmoid would give 0.646, no sigmoid 0.405)."""
+                                                                           monkeypatch, tmp_path, engine):
+    """The network returns logits; the pipeline applies the sigmoid exactly once, on either
+    engine. A network whose logit is log(0.6 / 0.4) everywhere gives probability 0.6: all
+    voxels at threshold 0.55, none at 0.62 (a second sigmoid would give 0.646, no sigmoid 0.405)."""
     import math
 
     import torch
 
-    from PancreasSegMoNetLib import segmentation
+    from PancreasAILib import engines
+    from PancreasSegMoNetLib import registry
 
     class ConstantLogit(torch.nn.Module):
         def forward(self, x):
-            return torch.full_like(x, math.log(0.6 / 0.4))
+            return x * 0.0 + math.log(0.6 / 0.4)
 
-    monkeypatch.setattr(segmentation, "build_monet", lambda card, device: ConstantLogit())
+    monkeypatch.setattr(registry, "build_monet", lambda card, device: ConstantLogit())
+    monkeypatch.setattr(engines, "_ENGINES", {})  # no engine of the real network kept
+    monkeypatch.setenv("PANCREASAI_ENGINE_CACHE", str(tmp_path))  # nor its conversion
     one_slice = as_volume(small_ct_phantom).slab(7, 8)
-    below = segment_ct(one_slice, random_monet_card, threshold=0.55, keep_largest_component=False).mask.array
-    above = segment_ct(one_slice, random_monet_card, threshold=0.62, keep_largest_component=False).mask.array
+    below = segment_ct(one_slice, random_monet_card, threshold=0.55, keep_largest_component=False,
+                       engine=engine).mask.array
+    above = segment_ct(one_slice, random_monet_card, threshold=0.62, keep_largest_component=False,
+                       engine=engine).mask.array
     assert below.all()
     assert not above.any()
 

@@ -51,6 +51,8 @@ def check_precision(inputs: list[Path], model=None, precision: str = "bf16", min
         raise InputError(f"Only bf16 can be checked (got {precision}).")
     if not inputs:
         raise InputError("Give at least one calibration CT.")
+    if not 0.0 < min_dice <= 1.0:
+        raise InputError(f"The minimum Dice must lie between 0 and 1 (got {min_dice}).")
     printer = ProgressPrinter(len(inputs), progress_format, sink)
     card = model_registry().resolve(model, progress=printer)
     exact, reduced = check_engines()
