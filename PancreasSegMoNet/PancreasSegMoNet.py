@@ -29,6 +29,7 @@ from PancreasAIApp.run_panel import BackgroundRunPanel
 from PancreasAIApp.self_tests import requireDependencies, runSelfTests
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")  # PancreasAILib.engines.PRECISIONS (not imported: it needs numpy)
 THRESHOLD_RANGE = (0.01, 0.99)  # the core refuses 0 and 1 (every voxel, or none)
 
 
@@ -81,6 +82,8 @@ class PancreasSegMoNetParameterNode:
     outputSegmentation - receives the "Pancreas" segment; a new segmentation when empty.
     model - a model registry name, or the path of a .safetensors model file.
     device - "auto" uses a CUDA GPU when PyTorch finds one, else the CPU.
+    precision - "auto": bf16 where the CPU computes it natively and the model card records a
+      passed agreement check, else float32; "fp32" always the exact float32 path.
     useModelThreshold - use the threshold of the model's card (its post-processing setting).
     threshold - otherwise, the probability above which a voxel counts as pancreas (strictly
       between 0 and 1, as the core requires).
@@ -91,6 +94,7 @@ class PancreasSegMoNetParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     model: str
     device: Annotated[str, Choice(DEVICES)] = "auto"
+    precision: Annotated[str, Choice(PRECISIONS)] = "auto"
     useModelThreshold: bool = True
     threshold: Annotated[float, WithinRange(THRESHOLD_RANGE[0], THRESHOLD_RANGE[1])] = 0.5
     keepLargestComponent: bool = True
@@ -200,7 +204,7 @@ class PancreasSegMoNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         return self.logic.startSegmentation(
             parameters.inputVolume, parameters.outputSegmentation, model=parameters.model,
-            device=parameters.device,
+            device=parameters.device, precision=parameters.precision,
             threshold=chosenThreshold(parameters.useModelThreshold, parameters.threshold),
             keepLargestComponent=parameters.keepLargestComponent,
             onProgress=self._runPanel.showProgress, onFinished=self._onSegmentationFinished)
@@ -211,8 +215,9 @@ class PancreasSegMoNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         segmentationNode = outcome.segmentation_node
         self._runPanel.showDone(
-            _("Done: the pancreas is in '{name}' ({volume:.1f} ml).").format(
-                name=segmentationNode.GetName(), volume=outcome.volume_ml), outcome.warnings)
+            _("Done: the pancreas is in '{name}' ({volume:.1f} ml; {engine}).").format(
+                name=segmentationNode.GetName(), volume=outcome.volume_ml, engine=outcome.engine),
+            outcome.warnings)
         if self._parameterNode:
             self._parameterNode.outputSegmentation = segmentationNode
 
@@ -248,28 +253,32 @@ class PancreasSegMoNetLogic(ScriptedLoadableModuleLogic):
 
     def segment(self, volumeNode, segmentationNode=None, model: Optional[str] = None, device: str = "auto",
                 threshold: Optional[float] = None, keepLargestComponent: bool = True,
-                progressCallback: Optional[Callable[[float, str], None]] = None, runner=None):
+                progressCallback: Optional[Callable[[float, str], None]] = None, runner=None,
+                precision: str = "auto"):
         """Segment the pancreas in `volumeNode` (CT, Hounsfield units); blocks until done and
         returns the `SegmentationOutcome` (segmentation_node holding the "Pancreas" segment,
-        model_name, model_sha256, threshold, warnings, voxel_count, volume_ml, seconds).
+        model_name, model_sha256, threshold, warnings, voxel_count, volume_ml, seconds, engine,
+        precision).
 
         segmentationNode - receives the segment (replacing this module's earlier one); None
           creates a new segmentation beside the volume.
         model - registry name or .safetensors path; None for the default model.
         threshold - probability threshold; None uses the model card's.
+        precision - "auto" (bf16 where the CPU and the model card allow it), "fp32" (always the
+          exact float32 path) or "bf16" (refused where not allowed).
         progressCallback(fraction, status) - called as the work advances.
         runner - where the work runs; None: in this process (PancreasAILib.runners).
         """
         from PancreasSegMoNetLib.logic import segment
 
         return segment(volumeNode, segmentationNode, model, device, threshold, keepLargestComponent,
-                       progress=progressCallback, runner=runner)
+                       progress=progressCallback, runner=runner, precision=precision)
 
     def startSegmentation(self, volumeNode, segmentationNode=None, model: Optional[str] = None,
                           device: str = "auto", threshold: Optional[float] = None,
                           keepLargestComponent: bool = True,
                           onProgress: Optional[Callable[[float, str], None]] = None,
-                          onFinished: Optional[Callable] = None, runner=None):
+                          onFinished: Optional[Callable] = None, runner=None, precision: str = "auto"):
         """Like `segment`, but returns the running task at once (`task.cancel()` stops it); by
         default in a PythonSlicer process, so Slicer stays responsive.
 
@@ -281,7 +290,8 @@ class PancreasSegMoNetLogic(ScriptedLoadableModuleLogic):
         from PancreasSegMoNetLib.logic import start_segmentation
 
         return start_segmentation(runner or slicerBackgroundRunner(), volumeNode, segmentationNode, model, device,
-                                  threshold, keepLargestComponent, on_progress=onProgress, on_finished=onFinished)
+                                  threshold, keepLargestComponent, on_progress=onProgress, on_finished=onFinished,
+                                  precision=precision)
 
 
 def chosenThreshold(useModelThreshold: bool, threshold: float) -> Optional[float]:

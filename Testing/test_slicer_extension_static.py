@@ -185,7 +185,7 @@ def test_requirements_are_pinned_and_leave_torch_and_simpleitk_alone():
 
 # --- stand-ins for the Slicer application ------------------------------------------------------
 
-BLOCKED_PACKAGES = ("torch", "torchvision", "timm")
+BLOCKED_PACKAGES = ("torch", "torchvision", "timm", "openvino")
 
 
 class _BlockHeavyPackages(importlib.abc.MetaPathFinder):
@@ -592,6 +592,83 @@ def test_a_scene_closed_while_packages_install_starts_no_task(run_panel, monkeyp
     panel.run(lambda: started.append(1) or _Task(running=True))
     assert started == [] and not panel.isRunning() and panel.applyButton.enabled
     assert "Cancelled" in panel.statusLabel.text
+
+
+class _Settings(dict):
+    """Stands in for qt.QSettings: value(key, default) and setValue(key, value)."""
+
+    def value(self, key, default=None):
+        return self.get(key, default)
+
+    def setValue(self, key, value):
+        self[key] = value
+
+
+@pytest.fixture
+def without_openvino(module_files, monkeypatch):
+    """The dependencies module on a Slicer where OpenVINO is not installed (until `installed`)."""
+    import importlib.util
+
+    import slicer.util
+
+    dependencies = module_files["dependencies"]
+    real_find_spec = importlib.util.find_spec
+    state = {"installed": False, "questions": [], "answer": False, "installs": [], "install_works": True}
+
+    def find_spec(name, *args):
+        if name == "openvino":
+            return object() if state["installed"] else None
+        return real_find_spec(name, *args)
+
+    def install(lines, parent, confirm=True):
+        state["installs"].append((lines, confirm))
+        state["installed"] = state["install_works"]
+        return state["install_works"]
+
+    monkeypatch.setattr(dependencies.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(slicer.util, "confirmYesNoDisplay",
+                        lambda text, **kwargs: state["questions"].append(text) or state["answer"], raising=False)
+    monkeypatch.setattr(dependencies, "_installWithPip", install)
+    return dependencies, state
+
+
+def test_openvino_is_offered_once_and_a_no_is_remembered(without_openvino):
+    dependencies, state = without_openvino
+    settings = _Settings()
+    assert dependencies.offerEngine(None, settings) is False
+    assert len(state["questions"]) == 1 and "OpenVINO" in state["questions"][0]
+    assert settings[dependencies.ENGINE_OFFER_SETTING] == "declined" and state["installs"] == []
+    assert dependencies.offerEngine(None, settings) is False
+    assert len(state["questions"]) == 1  # not asked again
+
+
+def test_a_yes_installs_the_pinned_openvino_of_this_python_without_asking_twice(without_openvino):
+    dependencies, state = without_openvino
+    state["answer"] = True
+    assert dependencies.offerEngine(None, _Settings()) is True
+    [(lines, confirm)] = state["installs"]
+    assert lines == dependencies.requirementLines(dependencies.ENGINE_REQUIREMENTS_FILE)
+    assert [dependencies.requirementName(line) for line in lines] == ["openvino"] and confirm is False
+    assert dependencies.offerEngine(None, _Settings()) is True and len(state["questions"]) == 1
+
+
+def test_a_failed_openvino_install_is_offered_again_next_time(without_openvino):
+    dependencies, state = without_openvino
+    state["answer"], state["install_works"] = True, False
+    settings = _Settings()
+    assert dependencies.offerEngine(None, settings) is False
+    assert dependencies.ENGINE_OFFER_SETTING not in settings
+    dependencies.offerEngine(None, settings)
+    assert len(state["questions"]) == 2
+
+
+def test_the_run_goes_on_when_openvino_is_declined(run_panel, without_openvino, monkeypatch):
+    gui, panel = run_panel
+    monkeypatch.setattr(gui, "ensureDependencies", lambda parent: True)
+    monkeypatch.setattr(gui, "offerEngine", lambda parent: False)
+    started = []
+    panel.run(lambda: started.append(1) or _Task(running=True))
+    assert started == [1]
 
 
 def test_a_process_that_fails_to_start_does_not_leave_the_panel_running(run_panel, monkeypatch):

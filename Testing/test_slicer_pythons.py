@@ -78,6 +78,13 @@ def test_the_module_installs_the_pins_for_its_slicer_python(module_files, python
     assert all(";" not in line and "==" in line for line in lines)
 
 
+@pytest.mark.parametrize("python, pin", [("3.9", "openvino==2025.3.0"), ("3.12", "openvino==2026.4.1")])
+def test_the_openvino_offered_is_one_that_exists_for_the_slicer_python(module_files, python, pin):  # noqa: F811
+    dependencies = module_files["dependencies"]
+    lines = dependencies.requirementLines(dependencies.ENGINE_REQUIREMENTS_FILE, environment={"python_version": python})
+    assert lines == [pin]
+
+
 def pypi_reachable() -> bool:
     try:
         socket.create_connection(("pypi.org", 443), timeout=10).close()
@@ -113,6 +120,11 @@ def test_requirements_resolve_for_each_slicer_python_and_platform(module_files, 
     pins = module_files["dependencies"].requirementLines(environment={"python_version": python})
     ours = resolve(pins, python, platform, tmp_path, deps=False)
     assert sorted(f"{i['metadata']['name']}=={i['metadata']['version']}" for i in ours) == sorted(pins)
+    engine_file = module_files["dependencies"].ENGINE_REQUIREMENTS_FILE
+    engine_pins = module_files["dependencies"].requirementLines(engine_file, environment={"python_version": python})
+    (tmp_path / "engine").mkdir()
+    engine = resolve(engine_pins, python, platform, tmp_path / "engine", deps=False)
+    assert [f"{i['metadata']['name']}=={i['metadata']['version']}" for i in engine] == engine_pins
     # ... and what they need, but for what Slicer and the PyTorch extension already provide.
     needed = set()
     for item in ours:

@@ -5,7 +5,7 @@ from typing import Callable, Sequence
 import slicer
 from slicer.i18n import tr as _
 
-from .dependencies import ensureDependencies
+from .dependencies import ensureDependencies, offerEngine
 
 class BackgroundRunPanel:
     """The apply button, progress bar, status label and cancel button of a module whose work
@@ -53,9 +53,9 @@ class BackgroundRunPanel:
         self.applyButton.toolTip = reason or self.applyToolTip
 
     def run(self, startTask: Callable[[], object]) -> None:
-        """Offer to install missing packages, then follow the task `startTask()` starts. The
-        task's onFinished must call `taskFinished`. An error while starting is shown to the
-        user, then raised on (as `slicer.util.tryWithErrorDisplay` does).
+        """Offer to install missing packages (and, once, OpenVINO), then follow the task
+        `startTask()` starts. The task's onFinished must call `taskFinished`. An error while
+        starting is shown to the user, then raised on (as `slicer.util.tryWithErrorDisplay` does).
 
         pip's progress lets Qt events through: a second click while installing is ignored, and
         a scene closed meanwhile (`cancel()`) means the task is not started at all."""
@@ -65,6 +65,8 @@ class BackgroundRunPanel:
         self.updateButtons()
         try:
             ready = ensureDependencies(slicer.util.mainWindow())
+            if ready:
+                offerEngine(slicer.util.mainWindow())  # optional: the run goes on either way
         finally:
             self.preparing = False
             self.updateButtons()
