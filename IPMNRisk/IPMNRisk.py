@@ -335,7 +335,8 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
 
     def assess(self, t1Node, t2Node, roiNode, model: Optional[str] = None, device: str = "auto",
                testTimeAugmentation: bool = True, pointBoxSizeMm: float = 60.0,
-               progressCallback: Optional[Callable[[float, str], None]] = None, runner=None):
+               progressCallback: Optional[Callable[[float, str], None]] = None, runner=None,
+               engine: str = "auto", precision: str = "auto"):
         """Assess the IPMN risk from a T1 and a T2 volume node of one study; blocks until done.
 
         roiNode - the region around the pancreas: a markups ROI, a segmentation (the extent of
@@ -344,20 +345,22 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
         model - registry name or .safetensors path; None for the default model.
         progressCallback(fraction, status) - called as the work advances.
         runner - where the work runs; None: in this process (PancreasAILib.runners).
+        engine, precision - "auto" (the fastest allowed), or "openvino"/"pytorch" and "fp32"/"bf16".
 
         Returns the `AssessmentOutcome` (risk_class, class_name, class_names, probabilities,
-        spread, heat_map_node, table_node, grid_png, model_name, model_sha256, warnings,
-        seconds); the heat map and the table are added to the scene beside T2.
+        spread, heat_map_node, table_node, grid_png, model_name, model_sha256, engine, precision,
+        warnings, seconds); the heat map and the table are added to the scene beside T2.
         """
         from IPMNRiskLib.logic import assess
 
         return assess(t1Node, t2Node, roiNode, model, device, testTimeAugmentation, pointBoxSizeMm,
-                      progress=progressCallback, runner=runner)
+                      progress=progressCallback, runner=runner, engine=engine, precision=precision)
 
     def startAssessment(self, t1Node, t2Node, roiNode, model: Optional[str] = None, device: str = "auto",
                         testTimeAugmentation: bool = True, pointBoxSizeMm: float = 60.0,
                         onProgress: Optional[Callable[[float, str], None]] = None,
-                        onFinished: Optional[Callable] = None, runner=None):
+                        onFinished: Optional[Callable] = None, runner=None, engine: str = "auto",
+                        precision: str = "auto"):
         """Like `assess`, but returns the running task at once (`task.cancel()` stops it); by
         default in a PythonSlicer process, so Slicer stays responsive.
 
@@ -370,7 +373,7 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
 
         return start_assessment(runner or slicerBackgroundRunner(), t1Node, t2Node, roiNode, model, device,
                                 testTimeAugmentation, pointBoxSizeMm, on_progress=onProgress,
-                                on_finished=onFinished)
+                                on_finished=onFinished, engine=engine, precision=precision)
 
     def showResult(self, result, backgroundNode=None, opacity: float = 0.5) -> None:
         """Overlay the heat map on `backgroundNode` (None keeps the current background) in every

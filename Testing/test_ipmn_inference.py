@@ -135,19 +135,17 @@ def test_the_grid_picture_has_the_heat_map_in_colour_and_a_research_caption(asse
 def fixed_rollout(logits, patch_map, calls=None):
     """Injected rollout: the model's answer is `logits` (3,) for every view, its attention
     `patch_map` (12, 12); `calls` collects the (head_fusion, discard_ratio) it was asked for."""
-    import torch
-
-    def rollout(model, batch, head_fusion="mean", discard_ratio=0.0):
+    def rollout(engine, batch, grid, head_fusion="mean", discard_ratio=0.0):
         if calls is not None:
             calls.append((head_fusion, discard_ratio))
-        return (torch.tensor(np.tile(logits, (len(batch), 1)), dtype=torch.float32),
+        return (np.tile(np.asarray(logits, np.float32), (len(batch), 1)),
                 np.repeat(np.asarray(patch_map, float)[None], len(batch), 0))
     return rollout
 
 
 def test_the_class_and_probabilities_are_the_softmax_of_the_model_s_answer(mr_case, random_vit_card,
                                                                             monkeypatch):
-    monkeypatch.setattr(rollout_module, "logits_and_rollout_maps", fixed_rollout([0.0, 1.0, 3.0], np.ones((12, 12))))
+    monkeypatch.setattr(rollout_module, "engine_logits_and_rollout_maps", fixed_rollout([0.0, 1.0, 3.0], np.ones((12, 12))))
     t1, t2, region, _ = mr_case
     result = assess(t1, t2, region, random_vit_card)
     # softmax of (0, 1, 3): e^0, e^1, e^3 over their sum 1 + 2.718 + 20.09
@@ -158,7 +156,7 @@ def test_the_class_and_probabilities_are_the_softmax_of_the_model_s_answer(mr_ca
 
 
 def test_class_names_come_from_the_model_card(mr_case, random_vit_card, monkeypatch):
-    monkeypatch.setattr(rollout_module, "logits_and_rollout_maps", fixed_rollout([2.0, 0.0, 0.0], np.ones((12, 12))))
+    monkeypatch.setattr(rollout_module, "engine_logits_and_rollout_maps", fixed_rollout([2.0, 0.0, 0.0], np.ones((12, 12))))
     names = ["no IPMN", "IPMN, low grade", "IPMN, high grade"]
     card = ModelCard(random_vit_card.card_path, {**random_vit_card.data, "classes": names})
     t1, t2, region, _ = mr_case
@@ -168,7 +166,7 @@ def test_class_names_come_from_the_model_card(mr_case, random_vit_card, monkeypa
 
 def test_the_grid_heat_is_the_patch_map_in_16_pixel_blocks_scaled_to_one(mr_case, random_vit_card, monkeypatch):
     patch_map = np.random.default_rng(4).uniform(0.05, 0.5, (12, 12))  # peak below 1
-    monkeypatch.setattr(rollout_module, "logits_and_rollout_maps", fixed_rollout([0.0, 0.0, 0.0], patch_map))
+    monkeypatch.setattr(rollout_module, "engine_logits_and_rollout_maps", fixed_rollout([0.0, 0.0, 0.0], patch_map))
     t1, t2, region, _ = mr_case
     result = assess(t1, t2, region, random_vit_card, tta=False)
     expected = np.kron(patch_map, np.ones((16, 16))) / patch_map.max()
@@ -176,7 +174,7 @@ def test_the_grid_heat_is_the_patch_map_in_16_pixel_blocks_scaled_to_one(mr_case
 
 
 def test_attention_nowhere_gives_empty_heat_maps_not_undefined_ones(mr_case, random_vit_card, monkeypatch):
-    monkeypatch.setattr(rollout_module, "logits_and_rollout_maps", fixed_rollout([0.0, 0.0, 0.0], np.zeros((12, 12))))
+    monkeypatch.setattr(rollout_module, "engine_logits_and_rollout_maps", fixed_rollout([0.0, 0.0, 0.0], np.zeros((12, 12))))
     t1, t2, region, _ = mr_case
     result = assess(t1, t2, region, random_vit_card, tta=False)
     assert np.all(result.heat_map.array == 0) and np.all(result.grid_heat == 0)
@@ -185,7 +183,7 @@ def test_attention_nowhere_gives_empty_heat_maps_not_undefined_ones(mr_case, ran
 def test_the_rollout_options_reach_the_rollout_and_without_rollout_none_is_computed(mr_case, random_vit_card,
                                                                                       monkeypatch):
     calls = []
-    monkeypatch.setattr(rollout_module, "logits_and_rollout_maps",
+    monkeypatch.setattr(rollout_module, "engine_logits_and_rollout_maps",
                         fixed_rollout([0.0, 0.0, 0.0], np.ones((12, 12)), calls))
     t1, t2, region, _ = mr_case
     assess(t1, t2, region, random_vit_card, tta=False, head_fusion="max", discard_ratio=0.5)
@@ -204,18 +202,16 @@ def test_a_discard_ratio_outside_0_to_1_is_refused_even_without_rollout(mr_case,
 
 def test_the_model_runs_on_the_requested_device(mr_case, random_vit_card, monkeypatch):
     devices = []
-    load_vit = inference_module.load_vit
+    choose_engine = inference_module.choose_engine
 
-    def load_and_watch(card):
-        model = load_vit(card)
-        move = model.to
-        model.to = lambda device: (devices.append(device), move(device))[1]
-        return model
+    def choose_and_watch(card, engine, precision, device):
+        devices.append(device)
+        return choose_engine(card, engine, precision, device)
 
-    monkeypatch.setattr(inference_module, "load_vit", load_and_watch)
+    monkeypatch.setattr(inference_module, "choose_engine", choose_and_watch)
     t1, t2, region, _ = mr_case
-    assess(t1, t2, region, random_vit_card, tta=False, rollout=False, device="cpu")
-    assert devices == ["cpu"]
+    result = assess(t1, t2, region, random_vit_card, tta=False, rollout=False, device="cpu")
+    assert devices == ["cpu"] and result.engine.endswith(" cpu")
 
 
 @pytest.mark.parametrize("tta, classifying", [(True, "Classifying (8 test-time views)"), (False, "Classifying")])
@@ -441,19 +437,15 @@ def test_t1_given_on_t2_s_grid_is_used_without_interpolation(mr_case, random_vit
     np.testing.assert_array_equal(a.grid_image, b.grid_image)
 
 
-def patch_masses_of_t2(model, batch, head_fusion="mean", discard_ratio=0.0):
+def patch_masses_of_t2(engine, batch, grid, head_fusion="mean", discard_ratio=0.0):
     """Injected rollout: each patch's total T2 intensity, i.e. attention exactly on the lesion
     as the model sees it in the tile grid."""
-    import torch
-
-    with torch.no_grad():
-        logits = model(batch)
-    return logits, batch[:, 1].numpy().reshape(-1, 12, 16, 12, 16).sum(axis=(2, 4))
+    return engine(batch)[0], batch[:, 1].reshape(-1, 12, 16, 12, 16).sum(axis=(2, 4))
 
 
 @pytest.mark.parametrize("grid_name", list(T2_GRIDS))
 def test_the_heat_map_lands_on_the_lesion_in_patient_space(grid_name, random_vit_card, monkeypatch):
-    monkeypatch.setattr(rollout_module, "logits_and_rollout_maps", patch_masses_of_t2)
+    monkeypatch.setattr(rollout_module, "engine_logits_and_rollout_maps", patch_masses_of_t2)
     grid = T2_GRIDS[grid_name]
     t2 = volume_of(lambda ras: 100 + 900 * lesion_profile(ras), **grid)
     t1 = volume_of(lambda ras: 300 - 100 * lesion_profile(ras), **grid)
@@ -555,16 +547,12 @@ def expected_heat_on_canonical_grid(patch_map: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("order", list(STORAGE_ORDERS))
 def test_each_patch_s_attention_lands_on_the_voxels_of_its_tile_pixels(order, canonical_pair, random_vit_card,
                                                                           monkeypatch):
-    import torch
-
     patch_map = np.random.default_rng(3).uniform(0.1, 1.0, (12, 12))  # every patch different
 
-    def rollout_of_known_patches(model, batch, head_fusion="mean", discard_ratio=0.0):
-        with torch.no_grad():
-            logits = model(batch)
-        return logits, np.repeat(patch_map[None], len(batch), 0)
+    def rollout_of_known_patches(engine, batch, grid, head_fusion="mean", discard_ratio=0.0):
+        return engine(batch)[0], np.repeat(patch_map[None], len(batch), 0)
 
-    monkeypatch.setattr(rollout_module, "logits_and_rollout_maps", rollout_of_known_patches)
+    monkeypatch.setattr(rollout_module, "engine_logits_and_rollout_maps", rollout_of_known_patches)
     t1, t2 = (stored(array, order) for array in canonical_pair)
     heat = assess(t1, t2, region_of_canonical_box(), random_vit_card, tta=False).heat_map
     assert heat.shape == t2.shape

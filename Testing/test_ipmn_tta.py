@@ -6,7 +6,7 @@ import pytest
 
 from IPMNRiskLib import rollout as rollout_module
 from IPMNRiskLib.grids import DIHEDRAL_VIEWS, transform_tiles, undo_transform_tiles
-from IPMNRiskLib.tta import predict
+from IPMNRiskLib.tta import module_engine, predict
 
 
 def predict_with_tta(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,13 +88,12 @@ def test_a_double_precision_input_reaches_the_model_as_float32(x):
     assert model.seen[0].dtype == torch.float32
 
 
-def test_the_views_are_sent_to_the_device_of_the_model(x):
+def test_a_module_runs_as_a_float32_pytorch_engine_on_its_own_device(x):
     import torch
 
-    model = make_module(lambda batch: torch.zeros(batch.shape[0], 3)).to("meta")
-    prediction = predict(model, x, rollout=False)
-    assert model.seen[0].device.type == "meta"
-    np.testing.assert_allclose(prediction.probabilities, 1 / 3)
+    engine = module_engine(make_module(lambda batch: torch.zeros(batch.shape[0], 3)), rollout=False)
+    assert (engine.choice.engine, engine.choice.precision, engine.choice.device) == ("pytorch", "fp32", "cpu")
+    np.testing.assert_allclose(predict(engine, x, rollout=False).probabilities, 1 / 3)
 
 
 def test_without_rollout_there_is_no_patch_map(x):
@@ -104,29 +103,29 @@ def test_without_rollout_there_is_no_patch_map(x):
 def test_head_fusion_and_discard_ratio_reach_the_rollout(x, monkeypatch):
     requested = []
 
-    def recording_maps(model, batch, head_fusion, discard_ratio):
+    def recording_maps(engine, batch, grid, head_fusion, discard_ratio):
         requested.append((head_fusion, discard_ratio))
-        return pooled_t2_maps(model, batch)
+        return pooled_t2_maps(engine, batch, grid)
 
-    monkeypatch.setattr(rollout_module, "logits_and_rollout_maps", recording_maps)
-    predict(make_module(channel_means), x, tta=False, head_fusion="max", discard_ratio=0.3)
+    monkeypatch.setattr(rollout_module, "engine_logits_and_rollout_maps", recording_maps)
+    predict(logits_only(channel_means), x, tta=False, head_fusion="max", discard_ratio=0.3)
     assert requested == [("max", 0.3)]
 
 
-def pooled_t2_maps(model, batch, head_fusion="mean", discard_ratio=0.0):
-    """A stand-in rollout that follows the image: each patch's mean T2 intensity."""
-    import torch
+def logits_only(forward):
+    """A stand-in network as an engine that gives logits only (the rollout is injected)."""
+    return module_engine(make_module(forward), rollout=False)
 
-    with torch.no_grad():
-        logits = model(batch)
-    t2 = batch[:, 1].numpy()
-    return logits, t2.reshape(-1, 12, 16, 12, 16).mean(axis=(2, 4))
+
+def pooled_t2_maps(engine, batch, grid, head_fusion="mean", discard_ratio=0.0):
+    """A stand-in rollout that follows the image: each patch's mean T2 intensity."""
+    return engine(batch)[0], batch[:, 1].reshape(-1, 12, 16, 12, 16).mean(axis=(2, 4))
 
 
 def test_rollout_maps_are_turned_back_before_averaging(x, monkeypatch):
     # a map that follows the image must come out the same with and without TTA
-    monkeypatch.setattr(rollout_module, "logits_and_rollout_maps", pooled_t2_maps)
-    model = make_module(channel_means)
+    monkeypatch.setattr(rollout_module, "engine_logits_and_rollout_maps", pooled_t2_maps)
+    model = logits_only(channel_means)
     with_tta = predict(model, x, tta=True).patch_map
     without = predict(model, x, tta=False).patch_map
     np.testing.assert_allclose(with_tta, without, rtol=1e-6)

@@ -3,12 +3,15 @@
     python -m IPMNRiskLib assess --t1 T1 --t2 T2 --roi-center=R,A,S --roi-size=X,Y,Z --output DIR
     python -m IPMNRiskLib assess --t1 T1 --t2 T2 --roi-mask PANCREAS.nii.gz --output DIR
     python -m IPMNRiskLib batch cases.csv --output DIR        (also: ipmn-risk ...)
+    python -m IPMNRiskLib check-precision --model MODEL --cases cases.csv
 
 Per case it writes <case>_ipmn_result.json, <case>_ipmn_heatmap.nrrd (attention on T2's grid),
 <case>_ipmn_grid.png (the 3 x 3 T2 grid with the map) and <case>_ipmn_scene.mrb (T1, T2, the
 heat map, the region and a result table, for review in Slicer). The batch CSV has columns
 case, t1, t2 and either roi_center + roi_size ("R,A,S" in mm) or roi_mask; it writes
-results.csv. Every result is for research use only.
+results.csv. Every result is for research use only; each records the engine and precision that
+computed it. check-precision runs the cases of such a CSV in float32 and in bf16 and records in
+the model card whether they agree, which bf16 needs before it is used (PancreasAILib.engines).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from pathlib import Path
 from typing import Optional
 
 
-from PancreasAILib.cli_support import ProgressPrinter, ProgressSink, add_run_options, case_name, main_with
+from PancreasAILib.cli_support import (ProgressPrinter, ProgressSink, add_run_options, case_name, engine_message,
+                                       main_with)
 from PancreasAILib.errors import InputError, OutputError, PancreasAIError
 from PancreasAILib.output_files import all_or_nothing, prepare_output_folder, refuse_existing, user_path
 from PancreasAILib.progress import ProgressCallback
@@ -30,8 +34,13 @@ from PancreasAILib.progress import ProgressCallback
 from .grids import RegionBox
 
 RESULT_COLUMNS = ["case", "status", "risk_class", "class_name", "p_normal", "p_low_risk", "p_high_risk",
-                  "spread_normal", "spread_low_risk", "spread_high_risk", "model", "heat_map", "grid_png",
-                  "scene", "message"]
+                  "spread_normal", "spread_low_risk", "spread_high_risk", "model", "engine", "precision",
+                  "heat_map", "grid_png", "scene", "message"]
+#: The precision check's criterion (the issue's): bf16 is allowed when it changes no class and
+#: no class probability by more than this, on every case.
+MAX_PROBABILITY_DIFFERENCE = 0.02
+CRITERION = (f"the same class on every case and every class probability within {MAX_PROBABILITY_DIFFERENCE} "
+             "of float32's (8 test-time views, attention rollout on, as assessments run)")
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,8 @@ def output_paths(output_dir: Path, case: str) -> dict[str, Path]:
 
 def assess_case(case: Case, output_dir: Path, card, device: str = "cpu", tta: bool = True,
                 write_scene: bool = True, overwrite: bool = False,
-                progress: Optional[ProgressCallback] = None) -> dict:
+                progress: Optional[ProgressCallback] = None, engine: str = "auto",
+                precision: str = "auto") -> dict:
     """Assess one case and write its files (all or none); returns the summary."""
     from PancreasAILib.volume_io import read_volume, write_volume
 
@@ -76,7 +86,8 @@ def assess_case(case: Case, output_dir: Path, card, device: str = "cpu", tta: bo
     t1, t2 = read_volume(case.t1), read_volume(case.t2)
     region = case.region()
     started = time.perf_counter()
-    assessment = assess(t1, t2, region, card, tta=tta, device=device, progress=progress)
+    assessment = assess(t1, t2, region, card, tta=tta, device=device, engine=engine, precision=precision,
+                        progress=progress)
     summary = assessment_summary(assessment, region, case.name, card, time.perf_counter() - started)
     with all_or_nothing(list(paths.values()), overwrite) as temporary:
         temp = dict(zip(paths, temporary))
@@ -141,11 +152,13 @@ def parse_triple(text: Optional[str]) -> Optional[tuple[float, float, float]]:
 
 def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "auto", tta: bool = True,
               write_scene: bool = True, overwrite: bool = False, progress_format: str = "bar",
-              sink: Optional[ProgressSink] = None) -> list[dict]:
+              sink: Optional[ProgressSink] = None, engine: str = "auto", precision: str = "auto") -> list[dict]:
     """Assess every case; one failing case does not stop the others, but a result that cannot be
     written (full disk, another run's file) stops the batch with `OutputError`. Returns one row
-    per case. Progress and messages go to `sink` when given (a run in this process)."""
+    per case. Progress and messages go to `sink` when given (a run in this process). The engine
+    is chosen once (`engines.choose_engine`) and said once, with why a faster one was not."""
     from PancreasAILib.devices import resolve_device
+    from PancreasAILib.engines import choose_engine
 
     from .registry import model_registry
 
@@ -154,6 +167,8 @@ def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "au
     card = model_registry().resolve(model, progress=printer)
     device = resolve_device(device)
     printer.message(f"Model: {card.name}. For research use only.")
+    choice = choose_engine(card, engine, precision, device)
+    printer.message(engine_message(choice))
     if write_scene:
         from PancreasAILib.scene import scenes_unavailable
 
@@ -165,13 +180,15 @@ def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "au
     for index, case in enumerate(cases):
         printer.start_case(index, case.name)
         try:
-            result = assess_case(case, output_dir, card, device, tta, write_scene, overwrite, printer)
+            result = assess_case(case, output_dir, card, choice.device, tta, write_scene, overwrite, printer,
+                                 choice.engine, choice.precision)
             probabilities, spread = result["probabilities"], result["spread"]
             rows.append({"case": case.name, "status": "ok", "risk_class": result["risk_class"],
                          "class_name": result["class_name"],
                          **{f"p_{k}": f"{p:.4f}" for k, p in zip(("normal", "low_risk", "high_risk"), probabilities)},
                          **{f"spread_{k}": f"{s:.4f}" for k, s in zip(("normal", "low_risk", "high_risk"), spread)},
-                         "model": result["model"], "heat_map": result["heat_map"],
+                         "model": result["model"], "engine": result["engine"],
+                         "precision": result["precision"], "heat_map": result["heat_map"],
                          "grid_png": result["grid_png"], "scene": result.get("scene", ""), "message": ""})
             for warning in result["warnings"]:
                 printer.message(f"{case.name}: warning: {warning}")
@@ -217,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_run_options(command)
         command.add_argument("--no-tta", action="store_true", help="no test-time augmentation (8x faster)")
         command.add_argument("--no-scene", action="store_true", help="do not write the .mrb review scene")
+    check = commands.add_parser("check-precision", help="run the cases of a CSV in float32 and in bf16 and "
+                                "record in the model card whether they agree (bf16 is used only after a pass)")
+    check.add_argument("--model", help="registry name or .safetensors path (default: first in registry)")
+    check.add_argument("--cases", required=True, type=Path, help="a case list as for the batch command")
+    check.add_argument("--precision", default="bf16", choices=["bf16"], help="the precision to check")
+    check.add_argument("--progress-format", choices=["bar", "json"], default="bar")
     commands.add_parser("models", help="list the known models")
     return parser
 
@@ -229,6 +252,9 @@ def main(argv: list[str] | None = None, sink: Optional[ProgressSink] = None) -> 
 
 
 def _run(args, sink: Optional[ProgressSink] = None) -> int:
+    if args.command == "check-precision":
+        record = check_precision(read_cases_csv(args.cases), args.model, args.precision, args.progress_format, sink)
+        return 0 if record["passed"] else 1
     if args.command == "assess":
         if args.roi_mask is None and (args.roi_center is None or args.roi_size is None):
             raise InputError("Give the region: --roi-center and --roi-size, or --roi-mask.")
@@ -241,8 +267,101 @@ def _run(args, sink: Optional[ProgressSink] = None) -> int:
         cases = read_cases_csv(args.csv)
         refuse_existing([user_path(args.output) / "results.csv"], args.overwrite)
     rows = run_cases(cases, args.output, args.model, args.device, not args.no_tta, not args.no_scene,
-                     args.overwrite, args.progress_format, sink)
+                     args.overwrite, args.progress_format, sink, args.engine, args.precision)
     if args.command == "batch":
         path = write_results_csv(rows, user_path(args.output) / "results.csv", args.overwrite)
         print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} cases assessed; table: {path}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+# --- check-precision ------------------------------------------------------------------------------
+
+def check_precision(cases: list[Case], model=None, precision: str = "bf16", progress_format: str = "bar",
+                    sink: Optional[ProgressSink] = None) -> dict:
+    """Run every case in float32 and in `precision` on the CPU, compare them by `CRITERION` and
+    record the result in the model card (`engines.record_precision_check`); returns the record.
+
+    A case that cannot be assessed stops the check with its error and records nothing: an
+    agreement on fewer cases than asked is not the agreement asked for.
+    """
+    from PancreasAILib.engines import choose_engine
+
+    from .registry import model_registry
+
+    printer = ProgressPrinter(len(cases), progress_format, sink)
+    card = model_registry().resolve(model, progress=printer)
+    reference = choose_engine(card, "auto", "fp32", "cpu")
+    trial, native = low_precision_choice(precision)
+    printer.message(f"Model: {card.name}. float32 by {reference.label}; {precision} by {trial.label}.")
+    if not native:
+        printer.message(f"This CPU does not compute {precision} natively, so PyTorch emulates it (CPU autocast): "
+                        f"the agreement found holds for {precision} arithmetic, but runs here are not faster.")
+    compared = []
+    try:
+        for index, case in enumerate(cases):
+            printer.start_case(index, case.name)
+            compared.append(compare_case(case, card, reference, trial, printer))
+            printer.message(_case_line(compared[-1], precision))
+        record = precision_record(compared, trial, native, precision)
+        card = _record(card, precision, record)
+        verdict = "passed" if record["passed"] else "FAILED"
+        printer.message(f"{precision} check {verdict}: worst probability difference "
+                        f"{record['worst_difference']:.4f} (allowed {MAX_PROBABILITY_DIFFERENCE}); "
+                        f"recorded in {card.card_path}.")
+    finally:
+        printer.close()
+    return record
+
+
+def _record(card, precision: str, record: dict):
+    from PancreasAILib.engines import record_precision_check
+
+    try:
+        return record_precision_check(card, precision, record)
+    except OSError as error:
+        raise OutputError(f"The check's result could not be written into {card.card_path} ({error}): copy the "
+                          "card and its weights to a folder you may write to and check the copy.") from error
+
+
+def low_precision_choice(precision: str = "bf16"):
+    """(EngineChoice, native) for computing `precision` on this CPU: OpenVINO where the CPU has
+    it natively, else PyTorch's CPU autocast, which emulates it. Built directly, not through
+    `choose_engine`, whose gate refuses bf16 until this very check has passed."""
+    from PancreasAILib.cpu import detect_cpu_features
+    from PancreasAILib.engines import EngineChoice, openvino_available
+
+    native = detect_cpu_features().native_bf16
+    engine = "openvino" if native and openvino_available() else "pytorch"
+    return EngineChoice(engine, precision, "cpu"), native
+
+
+def compare_case(case: Case, card, reference, trial, progress: Optional[ProgressCallback] = None) -> dict:
+    """One case's input through both engines (as `assess` runs it): the classes and the
+    largest difference of a class probability."""
+    from PancreasAILib.volume_io import read_volume
+
+    from .inference import model_input, vit_engine
+    from .tta import predict
+
+    prepared = model_input(read_volume(case.t1), read_volume(case.t2), case.region(), card,
+                           progress or (lambda fraction, status: None))
+    exact = predict(vit_engine(card, reference), prepared.x)
+    lower = predict(vit_engine(card, trial), prepared.x)
+    return {"case": case.name, "fp32_class": int(exact.probabilities.argmax()),
+            f"{trial.precision}_class": int(lower.probabilities.argmax()),
+            "max_probability_difference": float(abs(exact.probabilities - lower.probabilities).max())}
+
+
+def precision_record(compared: list[dict], trial, native: bool, precision: str = "bf16") -> dict:
+    """The card's record of the check (see `engines.record_precision_check`)."""
+    worst = max((row["max_probability_difference"] for row in compared), default=0.0)
+    same_classes = all(row["fp32_class"] == row[f"{precision}_class"] for row in compared)
+    return {"passed": bool(compared) and same_classes and worst <= MAX_PROBABILITY_DIFFERENCE,
+            "criterion": CRITERION, "engine": trial.label, "native": bool(native), "cases": compared,
+            "worst_difference": worst}
+
+
+def _case_line(row: dict, precision: str) -> str:
+    same = "same class" if row["fp32_class"] == row[f"{precision}_class"] else "DIFFERENT class"
+    return (f"{row['case']}: fp32 class {row['fp32_class']}, {precision} class {row[f'{precision}_class']} "
+            f"({same}); largest probability difference {row['max_probability_difference']:.4f}")

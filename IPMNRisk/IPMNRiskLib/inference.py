@@ -3,8 +3,10 @@
 T1 + T2 + region -> optional pre-processing (model card) -> T2 in canonical axial order ->
 crop box = the region's voxels -> every box slice resized to 64 x 64 (T1 sampled at the same
 physical pixel positions) -> normalised per modality -> central 9 slices -> 2 x 192 x 192 ->
-ViT (over the test-time augmentations) -> class probabilities and spread; attention rollout
-12 x 12 -> back through the tiles and the crop box into T2's own grid as a heat map.
+ViT (over the test-time augmentations, as one batch through an inference engine: OpenVINO on
+the CPU, PyTorch on a GPU, see `PancreasAILib.engines`) -> class probabilities and spread;
+attention rollout 12 x 12 -> back through the tiles and the crop box into T2's own grid as a
+heat map.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from PancreasAILib.engines import EngineChoice, build_engine, choose_engine
 from PancreasAILib.errors import InputError, ModelFileError
 from PancreasAILib.progress import ProgressCallback, no_progress
 from PancreasAILib.resample import overlap_fraction, resample
@@ -24,12 +27,14 @@ from PancreasAILib.weights import ModelCard
 from .colormap import apply_colormap
 from .grids import (GRID_SIZE, TILE_SIZE, TILES_PER_SIDE, CropPlan, RegionBox, central_window,
                     crop_stacks, heat_stack, make_input, patch_map_to_slices, plan_crop)
-from .network import CLASS_NAMES, load_vit
+from .network import CLASS_NAMES
 from .preprocessing import check_preprocessing, preprocess_volume
+from .registry import ipmn_recipe
 from .rollout import HEAD_FUSIONS
 from .tta import predict
 
-__all__ = ["Assessment", "RegionBox", "assess", "render_grid_png", "RESEARCH_USE_NOTICE"]
+__all__ = ["Assessment", "ModelInput", "RegionBox", "assess", "model_input", "vit_engine", "render_grid_png",
+           "RESEARCH_USE_NOTICE"]
 
 RESEARCH_USE_NOTICE = (
     "For research use only. This risk class comes from a model, not from a clinical "
@@ -45,7 +50,9 @@ class Assessment:
     rollout); grid_image: (192, 192, 2) the model's input (channel 0 T1, 1 T2);
     grid_heat: (192, 192) rollout per pixel of the grid, max 1 (None without rollout);
     tile_centers_ras: (9, 3) RAS mm of the centre of each tile's slice;
-    warnings: what the user should know about the input (the result still stands).
+    warnings: what the user should know about the input (the result still stands);
+    engine: what ran the network (`EngineChoice.label`, e.g. 'openvino 2026.4.1 fp32 cpu'),
+    at `precision` ('fp32' or 'bf16').
     """
 
     risk_class: int
@@ -61,6 +68,8 @@ class Assessment:
     tile_centers_ras: np.ndarray
     views: int
     warnings: tuple[str, ...] = ()
+    engine: str = ""
+    precision: str = ""
 
 
 def _check_pair(t1: Volume, t2: Volume) -> None:
@@ -121,27 +130,23 @@ def _tile_centers_ras(t2_stack: Volume, window: np.ndarray) -> np.ndarray:
     return t2_stack.ijk_to_ras_points(ijk)
 
 
-def assess(t1: Volume, t2: Volume, region: RegionBox, card: ModelCard, *, tta: bool = True,
-           rollout: bool = True, head_fusion: str = "mean", discard_ratio: float = 0.0,
-           device: str = "cpu", progress: Optional[ProgressCallback] = None,
-           cancel=None) -> Assessment:
-    """Classify the IPMN risk in `region` of a T1/T2 pair; see the module docstring.
+@dataclass(frozen=True)
+class ModelInput:
+    """What the network sees of one case, and what maps its answer back: x (2, 192, 192);
+    window: the T2 stack's slices in the grid; t2: T2 after pre-processing (its own grid)."""
 
-    t1, t2: Volumes (any grids that overlap; T1 is sampled at T2's positions);
-    region: box around the pancreas in RAS; card: an IPMN ViT model card;
-    cancel: an object with raise_if_cancelled() (PancreasAILib.progress.CancelToken).
-    """
-    if head_fusion not in HEAD_FUSIONS:
-        raise ValueError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}")
-    if not 0.0 <= discard_ratio < 1.0:
-        raise ValueError("discard_ratio must be in [0, 1)")
-    report = progress or no_progress
+    x: np.ndarray
+    window: np.ndarray
+    t2_stack: Volume
+    plan: CropPlan
+    t2: Volume
+    class_names: tuple[str, ...]
 
-    def checkpoint(fraction: float, status: str) -> None:
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        report(fraction, status)
 
+def model_input(t1: Volume, t2: Volume, region: RegionBox, card: ModelCard,
+                checkpoint=lambda fraction, status: None) -> ModelInput:
+    """Check the pair and the card, pre-process, crop and tile: everything before the network
+    (shared by `assess` and the precision check, which runs one input through two engines)."""
     checkpoint(0.0, "Checking the T1 and T2 volumes and the region")
     _check_pair(t1, t2)
     class_names = _class_names(card)
@@ -158,28 +163,61 @@ def assess(t1: Volume, t2: Volume, region: RegionBox, card: ModelCard, *, tta: b
     t1_stack, t2_stack = crop_stacks(plan, t1, t2)
     window = central_window(t2_stack.shape[0])
     x = make_input(t1_stack[window], t2_stack.array[window])
+    return ModelInput(x, window, t2_stack, plan, t2, class_names)
 
+
+def vit_engine(card: ModelCard, choice: EngineChoice, rollout: bool = True, head_fusion: str = "mean"):
+    """The card's ViT on the engine of `choice`: with rollout, giving each block's attention
+    fused by `head_fusion`; without, the logits alone (timm's fused attention, faster)."""
+    return build_engine(card, ipmn_recipe(card, head_fusion if rollout else None), choice)
+
+
+def assess(t1: Volume, t2: Volume, region: RegionBox, card: ModelCard, *, tta: bool = True,
+           rollout: bool = True, head_fusion: str = "mean", discard_ratio: float = 0.0,
+           device: str = "auto", engine: str = "auto", precision: str = "auto",
+           progress: Optional[ProgressCallback] = None, cancel=None) -> Assessment:
+    """Classify the IPMN risk in `region` of a T1/T2 pair; see the module docstring.
+
+    t1, t2: Volumes (any grids that overlap; T1 is sampled at T2's positions);
+    region: box around the pancreas in RAS; card: an IPMN ViT model card;
+    device / engine / precision: see `PancreasAILib.engines.choose_engine` ('auto' picks the
+    fastest allowed; precision 'fp32' forces the exact float32 path);
+    cancel: an object with raise_if_cancelled() (PancreasAILib.progress.CancelToken).
+    """
+    if head_fusion not in HEAD_FUSIONS:
+        raise ValueError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ValueError("discard_ratio must be in [0, 1)")
+    report = progress or no_progress
+
+    def checkpoint(fraction: float, status: str) -> None:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        report(fraction, status)
+
+    prepared = model_input(t1, t2, region, card, checkpoint)
     checkpoint(0.55, "Loading the model")
-    model = load_vit(card).to(device)
+    choice = choose_engine(card, engine, precision, device)
+    network = vit_engine(card, choice, rollout, head_fusion)
     checkpoint(0.65, "Classifying" + (" (8 test-time views)" if tta else ""))
-    prediction = predict(model, x, tta=tta, rollout=rollout, head_fusion=head_fusion,
+    prediction = predict(network, prepared.x, tta=tta, rollout=rollout, head_fusion=head_fusion,
                          discard_ratio=discard_ratio)
 
     checkpoint(0.9, "Mapping attention back onto T2")
     heat_map = grid_heat = None
     if rollout:
-        heat_map = _heat_map(prediction.patch_map, window, t2_stack, plan, t2)
+        heat_map = _heat_map(prediction.patch_map, prepared.window, prepared.t2_stack, prepared.plan, prepared.t2)
         grid_heat = _grid_heat(prediction.patch_map)
     risk_class = int(np.argmax(prediction.probabilities))
     report(1.0, "Done")
-    warnings = _coverage_warnings(plan)
     return Assessment(
-        risk_class=risk_class, class_name=class_names[risk_class],
+        risk_class=risk_class, class_name=prepared.class_names[risk_class],
         probabilities=prediction.probabilities, spread=prediction.spread,
-        heat_map=heat_map, grid_image=np.ascontiguousarray(np.moveaxis(x, 0, -1)),
+        heat_map=heat_map, grid_image=np.ascontiguousarray(np.moveaxis(prepared.x, 0, -1)),
         grid_heat=grid_heat, model_name=card.name, research_use_notice=RESEARCH_USE_NOTICE,
-        class_names=class_names, tile_centers_ras=_tile_centers_ras(t2_stack, window),
-        views=prediction.views, warnings=warnings)
+        class_names=prepared.class_names, tile_centers_ras=_tile_centers_ras(prepared.t2_stack, prepared.window),
+        views=prediction.views, warnings=_coverage_warnings(prepared.plan), engine=choice.label,
+        precision=choice.precision)
 
 
 def _coverage_warnings(plan: CropPlan) -> tuple[str, ...]:

@@ -41,22 +41,27 @@ class AssessmentOutcome:
     grid_png: Optional[bytes]  # the 3 x 3 grid with the heat map, as PNG bytes
     model_name: str
     model_sha256: str
+    engine: str  # what ran the network, e.g. 'openvino 2026.4.1 fp32 cpu'
+    precision: str  # 'fp32' or 'bf16'
     warnings: list[str]
     seconds: float
     summary: dict  # everything the command line's <case>_ipmn_result.json holds
 
 
 def assessment_arguments(t1_path: str, t2_path: str, center_ras, size_mm, output_dir: str,
-                         model: Optional[str], device: str, tta: bool) -> list[str]:
+                         model: Optional[str], device: str, tta: bool, engine: str = "auto",
+                         precision: str = "auto") -> list[str]:
     """Command-line arguments of `python -m IPMNRiskLib` for one T1/T2 pair and a box. No scene
-    file: the caller puts the result into its own scene (and PythonSlicer cannot write one)."""
+    file: the caller puts the result into its own scene (and PythonSlicer cannot write one).
+    engine / precision: see `PancreasAILib.engines.choose_engine`."""
     def triple(values) -> str:
         return ",".join(f"{float(value):.3f}" for value in values)
 
     # "--option=value": a centre such as "-12.5,40,7" would otherwise be read as an option.
     arguments = ["assess", "--t1", str(t1_path), "--t2", str(t2_path), f"--roi-center={triple(center_ras)}",
                  f"--roi-size={triple(size_mm)}", "--case", CASE, "--output", str(output_dir),
-                 "--device", device, "--progress-format", "json", "--no-scene"]
+                 "--device", device, "--engine", engine, "--precision", precision, "--progress-format", "json",
+                 "--no-scene"]
     if model:
         arguments += ["--model", str(model)]
     if not tta:
@@ -66,7 +71,8 @@ def assessment_arguments(t1_path: str, t2_path: str, center_ras, size_mm, output
 
 def start_assessment(runner, t1_node, t2_node, region_node, model: Optional[str] = None, device: str = "auto",
                      tta: bool = True, point_box_size_mm: float = 60.0,
-                     on_progress: Optional[ProgressCallback] = None, on_finished: Optional[Callable] = None):
+                     on_progress: Optional[ProgressCallback] = None, on_finished: Optional[Callable] = None,
+                     engine: str = "auto", precision: str = "auto"):
     """Start assessing with `runner` and return the task (`task.cancel()` stops it).
 
     region_node - a markups ROI, a segmentation (the extent of its segments) or a markups point
@@ -74,6 +80,8 @@ def start_assessment(runner, t1_node, t2_node, region_node, model: Optional[str]
     on_finished(outcome, error_message) is called once at the end: (AssessmentOutcome, "") on
     success; (None, reason) on failure; (None, "") when cancelled. The scene changes only on
     success (a heat map and a table beside T2).
+    engine / precision: which inference engine runs the network, and at which precision
+    ('auto': the fastest allowed, see `PancreasAILib.engines.choose_engine`).
     """
     from .result_nodes import region_box_from_node
 
@@ -83,7 +91,7 @@ def start_assessment(runner, t1_node, t2_node, region_node, model: Optional[str]
         t2_path = export_volume_node(t2_node, work_folder / "t2.nrrd", "T2 volume")
         output_dir = work_folder / "output"
         arguments = assessment_arguments(t1_path, t2_path, region.center_ras, region.size_mm, output_dir,
-                                         model, device, tta)
+                                         model, device, tta, engine, precision)
         return start_then_import(runner, PACKAGE, arguments, [MODULE_DIR], work_folder,
                                  lambda: import_assessment(t2_node, output_dir, CASE),
                                  on_progress=on_progress, on_finished=on_finished)
@@ -91,14 +99,15 @@ def start_assessment(runner, t1_node, t2_node, region_node, model: Optional[str]
 
 def assess(t1_node, t2_node, region_node, model: Optional[str] = None, device: str = "auto", tta: bool = True,
            point_box_size_mm: float = 60.0, progress: Optional[ProgressCallback] = None,
-           cancel: Optional[CancelToken] = None, runner=None) -> AssessmentOutcome:
+           cancel: Optional[CancelToken] = None, runner=None, engine: str = "auto",
+           precision: str = "auto") -> AssessmentOutcome:
     """`start_assessment` run to its end (in this process unless `runner` says otherwise).
     Raises the input's problem (`InputError`...), `route.TaskFailed`, or `OperationCancelled`."""
     from PancreasAILib.runners import InProcessRunner
 
     return run_to_end(lambda finished: start_assessment(
         runner or InProcessRunner(), t1_node, t2_node, region_node, model, device, tta, point_box_size_mm,
-        on_progress=cancellable(progress, cancel), on_finished=finished))
+        on_progress=cancellable(progress, cancel), on_finished=finished, engine=engine, precision=precision))
 
 
 def import_assessment(t2_node, output_dir: Path, case: str) -> AssessmentOutcome:
@@ -125,4 +134,4 @@ def import_assessment(t2_node, output_dir: Path, case: str) -> AssessmentOutcome
         class_names=list(summary["class_names"]), probabilities=np.asarray(summary["probabilities"]),
         spread=np.asarray(summary["spread"]), heat_map_node=nodes.heat_map_node, table_node=nodes.table_node,
         grid_png=grid_png, model_name=summary["model"], model_sha256=summary["model_sha256"],
-        warnings=list(summary["warnings"]), seconds=float(summary["seconds"]), summary=summary)
+        engine=summary.get("engine", ""), precision=summary.get("precision", ""), warnings=list(summary["warnings"]), seconds=float(summary["seconds"]), summary=summary)

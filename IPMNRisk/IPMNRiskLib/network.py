@@ -30,6 +30,9 @@ PAPER_ARCHITECTURE = ("vit_base_patch16_224", {})
 DEMO_ARCHITECTURE = ("vit_tiny_patch16_224", {"depth": 4, "embed_dim": 96, "num_heads": 3})
 #: 16 x 16 patches: every 64 x 64 slice tile is exactly 4 x 4 patches.
 VIT_ARCHITECTURES = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
+PATCH_SIZE = 16
+#: The patch tokens of every IPMN ViT: 192 / 16 = 12 rows and columns (after one class token).
+PATCH_GRID = (GRID_SIZE // PATCH_SIZE, GRID_SIZE // PATCH_SIZE)
 
 # The input format is fixed by the tiling, not by the card.
 _FIXED_ARGUMENTS = {"in_chans": IN_CHANNELS, "img_size": GRID_SIZE, "num_classes": NUM_CLASSES}

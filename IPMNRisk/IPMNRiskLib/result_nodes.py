@@ -20,9 +20,12 @@ RESEARCH_LABEL = "For research use only"
 HEAT_MAP_OPACITY = 0.5
 
 
-# Attributes of the heat-map and table nodes: which model gave the result, and its warnings.
+# Attributes of the heat-map and table nodes: which model gave the result, what ran it at which
+# precision, and its warnings.
 MODEL_ATTRIBUTE = "IPMNRisk.Model"
 MODEL_SHA256_ATTRIBUTE = "IPMNRisk.ModelSHA256"
+ENGINE_ATTRIBUTE = "IPMNRisk.Engine"  # e.g. 'openvino 2026.4.1 fp32 cpu'
+PRECISION_ATTRIBUTE = "IPMNRisk.Precision"  # 'fp32' or 'bf16'
 WARNINGS_ATTRIBUTE = "IPMNRisk.Warnings"  # one warning per line
 
 
@@ -88,7 +91,7 @@ def _segmentation_box(segmentation_node) -> RegionBox:
 
 def add_assessment_to_scene(t2_node, heat_map: Volume, summary: dict) -> ResultNodes:
     """Heat-map volume (inferno, 0..1) and a result table, both beside T2 in the hierarchy, each
-    marked research-use-only and with the model and warnings of `summary`."""
+    marked research-use-only and with the model, engine, precision and warnings of `summary`."""
     scene = t2_node.GetScene()
     with removing_new_nodes_on_error(scene):
         # The heat map lies on T2's own grid; under T2's parent transform like T2.
@@ -103,6 +106,8 @@ def add_assessment_to_scene(t2_node, heat_map: Volume, summary: dict) -> ResultN
         for node in (heat_node, table_node):
             node.SetAttribute(MODEL_ATTRIBUTE, summary["model"])
             node.SetAttribute(MODEL_SHA256_ATTRIBUTE, summary.get("model_sha256", ""))
+            node.SetAttribute(ENGINE_ATTRIBUTE, summary.get("engine", ""))
+            node.SetAttribute(PRECISION_ATTRIBUTE, summary.get("precision", ""))
             node.SetAttribute(WARNINGS_ATTRIBUTE, "\n".join(summary.get("warnings", [])))
             place_beside(scene, node, t2_node)
     return ResultNodes(heat_map_node=heat_node, table_node=table_node)
@@ -133,6 +138,7 @@ def _result_table(scene, summary: dict, t2_name: str):
     rows += [(f"P({name})", f"{p:.3f} +- {s:.3f}") for name, p, s in
              zip(summary["class_names"], summary["probabilities"], summary["spread"])]
     rows += [("Test-time views", str(summary["test_time_views"])), ("Model", summary["model"]),
+             ("Engine", summary.get("engine", "")),
              ("Region centre RAS (mm)", " ".join(f"{v:.1f}" for v in summary["region"]["center_ras"])),
              ("Region size (mm)", " ".join(f"{v:.1f}" for v in summary["region"]["size_mm"])),
              ("Note", _research_note(summary["research_use_notice"]))]

@@ -27,6 +27,8 @@ def assessment_summary(assessment: Assessment, region: RegionBox, case: str, car
         "region": {"center_ras": [float(v) for v in region.center_ras],
                    "size_mm": [float(v) for v in region.size_mm]},
         "model_sha256": card.sha256 if card is not None else "",
+        "engine": assessment.engine,
+        "precision": assessment.precision,
         "warnings": list(assessment.warnings),
         "seconds": round(seconds, 3) if seconds is not None else None,
         "research_use_notice": assessment.research_use_notice,
