@@ -37,6 +37,7 @@ from PancreasAIApp.run_panel import BackgroundRunPanel
 from PancreasAIApp.self_tests import requireDependencies, runSelfTests
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")  # PancreasAILib.engines.PRECISIONS (not imported: it needs numpy)
 REGION_ROI = "ROI box"
 REGION_SEGMENTATION = "Segmentation"
 REGION_POINT = "Point"
@@ -95,6 +96,8 @@ class IPMNRiskParameterNode:
     regionPoint - the first point of this list is the centre of a cube of pointBoxSizeMm.
     model - a model registry name, or the path of a .safetensors model file.
     device - "auto" uses a CUDA GPU when PyTorch finds one, else the CPU.
+    precision - "auto": bf16 where the CPU computes it natively and the model card records a
+      passed agreement check, else float32; "fp32" always the exact float32 path.
     testTimeAugmentation - average over flipped and rotated copies; gives the spread.
     overlayOpacity - opacity of the heat map over the MRI in the slice views.
     """
@@ -108,6 +111,7 @@ class IPMNRiskParameterNode:
     pointBoxSizeMm: Annotated[float, WithinRange(10.0, 300.0)] = 60.0
     model: str
     device: Annotated[str, Choice(DEVICES)] = "auto"
+    precision: Annotated[str, Choice(PRECISIONS)] = "auto"
     testTimeAugmentation: bool = True
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
 
@@ -260,15 +264,15 @@ class IPMNRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         return self.logic.startAssessment(
             parameters.t1Volume, parameters.t2Volume, self._regionNode(), model=parameters.model,
-            device=parameters.device, testTimeAugmentation=parameters.testTimeAugmentation,
-            pointBoxSizeMm=parameters.pointBoxSizeMm,
+            device=parameters.device, precision=parameters.precision,
+            testTimeAugmentation=parameters.testTimeAugmentation, pointBoxSizeMm=parameters.pointBoxSizeMm,
             onProgress=self._runPanel.showProgress, onFinished=self._onAssessmentFinished)
 
     def _onAssessmentFinished(self, result, errorMessage: str) -> None:
         self._runPanel.taskFinished(result is not None, errorMessage)
         if result is None:
             return
-        self._runPanel.showDone(_("Done."), result.warnings)
+        self._runPanel.showDone(_("Done ({engine}).").format(engine=result.engine), result.warnings)
         self.ui.resultLabel.text = resultText(result)
         self._showGridImage(result.grid_png)
         self._heatMapNode = result.heat_map_node
