@@ -290,14 +290,26 @@ def write_folder_pair(images: Path, labels: Path, count: int = 3, shape=(12, 64,
 
 def copy_of_demo_monet(path: Path, name: str) -> Path:
     """A MoNet model file of one's own: the demo weights saved again under `name` with
-    `save_model`, as the README's "Adding a model" does."""
+    `save_model`, as the README's "Adding a model" does (without the demo card's checks)."""
+    from PancreasSegMoNetLib.registry import model_registry
+
+    return _copy_of_model(model_registry().resolve(None), path, name)
+
+
+def copy_of_demo_vit(path: Path, name: str) -> Path:
+    """The same for the demo IPMN ViT."""
+    from IPMNRiskLib.registry import model_registry
+
+    return _copy_of_model(model_registry().resolve(None), path, name)
+
+
+def _copy_of_model(card, path: Path, name: str) -> Path:
     from safetensors.torch import load_file
 
     from PancreasAILib.weights import save_model
-    from PancreasSegMoNetLib.registry import model_registry
 
-    card = model_registry().resolve(None)
-    fields = {k: v for k, v in card.data.items() if k not in ("weights_file", "sha256", "format_version")}
+    left_out = ("weights_file", "sha256", "format_version", "precision_checks")
+    fields = {k: v for k, v in card.data.items() if k not in left_out}
     return save_model(load_file(str(card.weights_path)), path, {**fields, "name": name}).weights_path
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from readme_examples import (ROOT, Workspace, block_text, code_spans, commands_of, console_example_problems, copy_of_demo_monet,
+                             copy_of_demo_vit,
                              markdown_table_after, mr_study, readme_block, readme_blocks, readme_text,
                              with_arguments, write_cohort_files, write_ct, write_dicom_ct, write_folder_pair,
                              write_image, write_msd_folder, write_pancreas_segmentation)
@@ -66,11 +67,11 @@ ipmn-risk batch cases.csv -o results/     # columns: case,t1,t2,roi_center,roi_s
     "layout": """
 CMakeLists.txt            the Slicer extension
 PancreasAI/               hidden module: PancreasAI.py (module + self-test of the process runner)
-  PancreasAILib/          the Qt-free core: geometry, files, weights, tasks, runners, route.py, scene.py
+  PancreasAILib/          the Qt-free core: geometry, files, weights, engines.py, cpu.py, tasks, runners, route.py, scene.py
   PancreasAIApp/          the Slicer application's side: installer, PythonSlicer runner, widgets
 PancreasSegMoNet/
   PancreasSegMoNet.py     Slicer module (GUI, Logic, Test), thin over the Lib
-  PancreasSegMoNetLib/    network.py, preprocessing.py, registry.py, segmentation.py, cli.py, pancreas_segment.py, logic.py
+  PancreasSegMoNetLib/    network.py, preprocessing.py, registry.py, segmentation.py, cli.py, precision_check.py, pancreas_segment.py, logic.py
   Resources/Models/       PancreasSegMoNet-models.json (registry) + demo weights and card
   Resources/SampleData/   the self-test's CT sample (its SHA256 is in PancreasAILib's sample list)
 IPMNRisk/                 the IPMN module, same layout
@@ -78,8 +79,13 @@ Resources/Training/       training and evaluation scripts (import the installed 
 Resources/PancreasAIPhantoms/  synthetic CT and MRI phantoms (demo, tests; not shipped)
 Resources/demo.py         the demo (and demo_render.py, its pictures)
 Resources/make_sample_data.py  writes the bundled sample volumes
+Resources/make_calibration_data.py  writes the phantoms the demo cards' bf16 checks ran on
 Testing/                  pytest suites (core, slicer-core MRML, CLI, training) and Benchmarks/
 pancreasai.sh             set-up, demo, test, bench
+""",
+    "check precision": """
+pancreas-seg check-precision calibration_cts/ --model my-monet.safetensors    # every mask Dice >= 0.99
+ipmn-risk check-precision --cases calibration.csv --model my-vit.safetensors  # same class, probabilities within 0.02
 """,
     "pip install": """
 pip install -r requirements-dev.txt
@@ -374,22 +380,23 @@ def test_console_check_finds_a_wrong_argument():
     assert console_example_problems("import PancreasSegMoNet\nlogic = PancreasSegMoNet.PancreasSegMoNetLogic()\n"
                                     "logic.segment(ct, thresh=0.6)\n") == \
         ["PancreasSegMoNet.PancreasSegMoNetLogic.segment has no argument 'thresh' (it has volumeNode, "
-         "segmentationNode, model, device, threshold, keepLargestComponent, progressCallback, runner)"]
+         "segmentationNode, model, device, threshold, keepLargestComponent, progressCallback, runner, precision)"]
 
 
 def test_console_check_finds_a_result_field_that_does_not_exist():
     """The grid picture is `grid_png` (PNG bytes); there is no path to it any more."""
     assert console_example_problems("import IPMNRisk\nlogic = IPMNRisk.IPMNRiskLogic()\n"
                                     "result = logic.assess(t1, t2, roi)\nprint(result.grid_png_path)\n") == \
-        ["the result of assess has no 'grid_png_path' (it has class_name, class_names, grid_png, heat_map_node, "
-         "model_name, model_sha256, probabilities, risk_class, seconds, spread, summary, table_node, warnings)"]
+        ["the result of assess has no 'grid_png_path' (it has class_name, class_names, engine, grid_png, "
+         "heat_map_node, model_name, model_sha256, precision, probabilities, risk_class, seconds, spread, summary, "
+         "table_node, warnings)"]
 
 
 def test_console_check_knows_that_segment_returns_an_outcome_not_a_node():
     assert console_example_problems("import PancreasSegMoNet\nlogic = PancreasSegMoNet.PancreasSegMoNetLogic()\n"
                                     "segmentation = logic.segment(ct)\nsegmentation.GetSegmentation()\n") == \
-        ["the result of segment has no 'GetSegmentation' (it has model_name, model_sha256, seconds, "
-         "segmentation_node, threshold, volume_ml, voxel_count, warnings)"]
+        ["the result of segment has no 'GetSegmentation' (it has engine, model_name, model_sha256, precision, "
+         "seconds, segmentation_node, threshold, volume_ml, voxel_count, warnings)"]
 
 
 # --- the command lines ----------------------------------------------------------------------------
@@ -427,6 +434,32 @@ def test_pancreas_seg_examples(workspace):
 
     listed = workspace.run(models, timeout=120).stdout
     assert "monet-demo-phantom-v3" in listed and f"cache: {workspace.path('.pancreasai-cache')}" in listed
+
+
+@pytest.mark.slow
+def test_check_precision_examples(workspace):
+    """Each check writes its verdict, with every case, into the card of the model it checked;
+    on a CPU without native bf16 it says that bf16 was emulated."""
+    check_monet, check_vit = example_commands("check precision")
+    copy_of_demo_monet(workspace.path("my-monet.safetensors"), "my-monet")
+    copy_of_demo_vit(workspace.path("my-vit.safetensors"), "my-vit")
+    write_ct(workspace.path("calibration_cts/site_ct_01.nii.gz"), seed=31)
+    study = mr_study(seed=32, risk_class=2)
+    write_image(study.t1, workspace.path("mr/t1.nii.gz"))
+    write_image(study.t2, workspace.path("mr/t2.nii.gz"))
+    center, size = (",".join(f"{v:.1f}" for v in values) for values in (study.center_ras, study.size_mm))
+    workspace.path("calibration.csv").write_text(
+        f'case,t1,t2,roi_center,roi_size\nsite_mr_01,mr/t1.nii.gz,mr/t2.nii.gz,"{center}","{size}"\n',
+        encoding="utf-8")
+
+    for command, card_name, case in ((check_monet, "my-monet", "site_ct_01"), (check_vit, "my-vit", "site_mr_01")):
+        completed = workspace.run(command, check=False, timeout=600)
+        record = card_of(workspace, card_name)["precision_checks"]["bf16"]
+        assert completed.returncode == (0 if record["passed"] else 1), completed.stderr
+        assert [c["case"] for c in record["cases"]] == [case]
+        assert record["weights_sha256"] == card_of(workspace, card_name)["sha256"]
+        assert "recorded in" in completed.stdout
+        assert ("emulat" in completed.stdout) == (not record["native"])
 
 
 @pytest.mark.slow

@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--precision", default="bf16", choices=["bf16"], help="the reduced precision to check")
     check.add_argument("--min-dice", type=float, default=CHECK_MIN_DICE,
                        help=f"the mask Dice every case must reach (default {CHECK_MIN_DICE})")
+    check.add_argument("--progress-format", choices=["bar", "json"], default="bar")
     commands.add_parser("models", help="list the known models and where they are")
     return parser
 
@@ -152,7 +153,8 @@ def _run(args, sink: Optional[ProgressSink] = None) -> int:
     if args.command == "check-precision":
         from .precision_check import check_precision
 
-        record = check_precision(expand_inputs(args.inputs), args.model, args.precision, args.min_dice, sink)
+        record = check_precision(expand_inputs(args.inputs), args.model, args.precision, args.min_dice, sink,
+                                 args.progress_format)
         return 0 if record["passed"] else 1
     failures = segment_files(
         expand_inputs(args.inputs), args.output, args.model, args.device, args.threshold,
