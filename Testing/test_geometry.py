@@ -7,7 +7,7 @@ from scipy.spatial.transform import Rotation
 
 from PancreasAILib import resample as resample_module
 from PancreasAILib.orientation import axial_reorientation, obliquity_degrees
-from PancreasAILib.resample import overlap_fraction, resample, resample_like
+from PancreasAILib.resample import overlap_fraction, resample, resample_like, resampled_at_least
 from PancreasAILib.volume import Volume, make_ijk_to_ras
 
 SPACING = (0.7, 0.9, 2.5)
@@ -518,3 +518,50 @@ def test_overlap_of_an_oblique_grid_is_taken_over_its_whole_bounding_box():
         low = np.full(3, -100.0)
         low[axis] = -half_width[axis] / 2
         assert overlap_fraction(one_voxel_box(low, np.full(3, 100.0)), oblique) == pytest.approx(0.75)
+
+
+# --- back-resampling only where the threshold can be reached -----------------------------------
+
+def awkward_grids():
+    """(name, slab IJK-to-RAS): oblique, anisotropic, flipped; the model grid is built from it
+    as the pipeline does (`inplane_grid`)."""
+    oblique = np.eye(4)
+    oblique[:3, :3] = Rotation.from_euler("xyz", [12, -20, 33], degrees=True).as_matrix() @ np.diag([0.7, 0.9, 2.5])
+    oblique[:3, 3] = [12.0, -40.0, 7.5]
+    flipped = make_ijk_to_ras((0.8, 0.8, 3.0), (100.0, 50.0, -20.0))
+    flipped[:3, :3] = flipped[:3, :3] @ np.diag([-1.0, 1.0, -1.0])
+    return [("oblique", oblique), ("anisotropic", make_ijk_to_ras((0.6, 1.4, 5.0), (0.0, 0.0, 0.0))),
+            ("flipped", flipped)]
+
+
+@pytest.mark.parametrize("name, slab_ijk_to_ras", awkward_grids())
+@pytest.mark.parametrize("where", ["centre", "edge", "nowhere", "everywhere"])
+@pytest.mark.parametrize("target_rows", [150, 23])  # finer than the 64 x 64 model grid, and coarser
+def test_thresholding_only_where_reachable_gives_the_full_resampling_s_mask(name, slab_ijk_to_ras, where,
+                                                                            target_rows):
+    from PancreasSegMoNetLib.preprocessing import inplane_grid
+
+    rng = np.random.default_rng(len(name) + len(where) + target_rows)
+    slab_shape = (9, target_rows, 131 * target_rows // 150)
+    grid = inplane_grid(Volume(np.zeros(slab_shape, np.float32), slab_ijk_to_ras), 64)
+    k, j, i = np.mgrid[:9, :64, :64]
+    probabilities = 0.3 * rng.random((9, 64, 64)).astype(np.float32)
+    if where == "centre":
+        probabilities += np.exp(-((j - 30) ** 2 + (i - 36) ** 2) / 60.0 - (k - 4) ** 2 / 4.0).astype(np.float32)
+    elif where == "edge":
+        probabilities[:, :, :2] = 0.9
+        probabilities[5, 63, 40] = 0.95
+    elif where == "everywhere":
+        probabilities += 0.45
+    source = Volume(probabilities, grid)
+    expected = resample(source, slab_shape, slab_ijk_to_ras, order=1) >= 0.5
+    found = resampled_at_least(source, slab_shape, slab_ijk_to_ras, 0.5)
+    assert found.dtype == bool and found.shape == slab_shape
+    np.testing.assert_array_equal(found, expected)
+    assert expected.any() == (where != "nowhere")
+
+
+def test_thresholding_needs_a_threshold_above_the_fill_value():
+    source = Volume(np.ones((2, 4, 4), np.float32), np.eye(4))
+    with pytest.raises(ValueError, match="above the fill value"):
+        resampled_at_least(source, (2, 4, 4), np.eye(4), 0.0)
