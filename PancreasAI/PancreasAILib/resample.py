@@ -94,8 +94,11 @@ def resampled_at_least(source: Volume, target_shape: tuple[int, int, int], targe
     source_to_target = np.linalg.inv(np.asarray(target_ijk_to_ras)) @ source.ijk_to_ras
     corners_ijk = np.c_[corners_kji[:, ::-1], np.ones(8)] @ source_to_target.T
     corners_kji_target = corners_ijk[:, 2::-1]
-    start = np.maximum(np.floor(corners_kji_target.min(0)) - 1, 0).astype(int)
-    stop = np.minimum(np.ceil(corners_kji_target.max(0)) + 2, target_shape).astype(int)
+    # Every target voxel whose source position lies inside the box (the box's image is convex);
+    # one on its surface is one voxel away from the nearest value at or above the threshold,
+    # so its value is below it.
+    start = np.maximum(np.ceil(corners_kji_target.min(0)), 0).astype(int)
+    stop = np.minimum(np.floor(corners_kji_target.max(0)) + 1, target_shape).astype(int)
     if np.any(stop <= start):
         return mask
     shift = np.eye(4)
