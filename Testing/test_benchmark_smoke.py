@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARK = ROOT / "Testing" / "Benchmarks" / "benchmark.py"
 
-# One quick run (about 20-40 s on 2 cores) serves all tests below.
+# One quick run (about 1-2 minutes on 2 cores) serves all tests below.
 pytestmark = pytest.mark.slow
 
 
@@ -48,9 +48,13 @@ def test_results_file_is_what_the_benchmark_prints(quick_run):
 def test_results_state_the_machine_they_were_measured_on(quick_run):
     _, markdown = quick_run
     machine = {row[0]: row[1] for row in table_rows(markdown, "| | |")}
-    for key in ("CPU", "cores", "PyTorch", "NumPy / SciPy", "date"):
+    for key in ("CPU", "CPU features", "cores", "float32 GEMM peak (measured)", "PyTorch", "OpenVINO",
+                "NumPy / SciPy", "date"):
         assert machine.get(key), f"machine table lacks {key}"
     assert "threads" in machine["PyTorch"]
+    for feature in ("AVX-512", "BF16", "AMX"):
+        assert feature in machine["CPU features"]
+    assert "GFLOP/s" in machine["float32 GEMM peak (measured)"]
 
 
 def test_quick_results_say_they_mean_nothing(quick_run):
@@ -58,40 +62,61 @@ def test_quick_results_say_they_mean_nothing(quick_run):
     assert "Quick run" in markdown.split("## Machine")[0]
 
 
-def test_network_table_lists_every_network_with_paper_figures(quick_run):
+def test_engine_table_lists_every_engine_of_monet_and_every_baseline(quick_run):
     _, markdown = quick_run
-    rows = table_rows(markdown, "| network |")
-    names = [row[0] for row in rows]
-    for expected in ("MoNet as shipped (prepare_for_inference)", "MoNet, plain eval mode",
-                     "U-Net-16", "U-Net-64", "Attention U-Net"):
-        assert expected in names
-    parameters = {row[0]: row[1] for row in rows}
-    assert parameters["MoNet as shipped (prepare_for_inference)"] == "403,556 (403,556)"
-    assert parameters["U-Net-64"] == "31,054,145 (31,054,145)"
-    assert all(row[6].endswith(("+- 0.32", "+- 0.21", "+- 1.77", "+- 0.53")) for row in rows)
+    rows = table_rows(markdown, "| network | engine |")
+    assert len({len(row) for row in rows}) == 1 and len(rows[0]) == 10
+    monet = [row for row in rows if row[0] == "MoNet"]
+    engines = {row[1] for row in monet}
+    for expected in ("PyTorch, plain eval (reference)", "PyTorch as shipped (prepare_for_inference)",
+                     "PyTorch, bf16 autocast", "OpenVINO"):
+        assert expected in engines
+    timed = [row for row in monet if row[3]]
+    assert {row[3] for row in timed if row[1].startswith("PyTorch as shipped")} == {"1", "2"}
+    # every timed row has its time, speed-up, GFLOP/s, share of the peak and agreement
+    assert all(row[4] and row[5] and row[6] and row[7].endswith("%") and row[8] and row[9] for row in timed)
+    openvino_bf16 = [row for row in monet if row[1] == "OpenVINO" and row[2] == "bf16"]
+    assert len(openvino_bf16) >= 1
+    assert all(row[3] or "not measured" in row[4] for row in openvino_bf16)
+    assert {row[0] for row in rows} == {"MoNet", "U-Net-16", "U-Net-64", "Attention U-Net"}
 
 
-def test_network_section_reports_prepared_vs_plain_difference_and_batch_sweep(quick_run):
+def test_network_table_gives_parameters_flops_and_the_papers_figures(quick_run):
     _, markdown = quick_run
-    assert "max abs difference of the output probabilities" in markdown
-    assert table_rows(markdown, "| batch | ms per slice |")
+    rows = {row[0]: row for row in table_rows(markdown, "| network | parameters (paper) |")}
+    assert rows["MoNet"][1] == "403,556 (403,556)"
+    assert rows["U-Net-64"][1] == "31,054,145 (31,054,145)"
+    assert rows["MoNet"][2] == "9.52 (256 x 256)"
+    assert all(row[4].endswith(("+- 0.32", "+- 0.21", "+- 1.77", "+- 0.53")) for row in rows.values())
 
 
-def test_segmentation_section_breaks_the_time_down_by_step(quick_run):
+def test_segmentation_section_breaks_the_time_down_by_step_for_both_engines(quick_run):
     _, markdown = quick_run
+    header = next(line for line in markdown.splitlines() if line.startswith("| step |"))
+    assert "automatic" in header and "pytorch" in header and "empty engine cache" in header
+    assert "cached" in header
     steps = [row[0] for row in table_rows(markdown, "| step |")]
+    assert any(step.startswith("model loading + conversion") for step in steps)
     assert any(step.startswith("network") for step in steps)
     assert any(step.startswith("back-resampling") for step in steps)
     assert any(step.startswith("clean-up") for step in steps)
-    assert steps[-1].startswith("**total**")
+    assert steps[-2].startswith("**total**") and steps[-1] == "batch size used"
 
 
 def test_segmentation_section_reports_peak_memory_for_both_ct_lengths(quick_run):
     _, markdown = quick_run
     rows = table_rows(markdown, "| CT (columns x rows x slices) |")
-    assert len(rows) == 2
-    assert rows[0][-1] in ("yes", "**no**")
-    assert "not measured" in rows[1][1]
+    assert len(rows) == 3
+    assert all(row[-1] in ("yes", "**no**") for row in rows[:2])
+    assert "not measured" in rows[2][2]
+
+
+def test_segmentation_section_states_the_targets_and_the_engines_mask_agreement(quick_run):
+    _, markdown = quick_run
+    rows = table_rows(markdown, "| target |")
+    assert len(rows) == 3
+    assert "<= 0.25" in rows[0][2] and ">= 80 %" in rows[1][2]
+    assert "voxels" in rows[2][1] and rows[2][3] in ("yes", "**no**")
 
 
 def test_ipmn_section_times_both_vits_without_and_with_rollout_and_tta(quick_run):
