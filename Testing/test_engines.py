@@ -2,8 +2,10 @@
 the OpenVINO conversion cache, batch sizes by measurement, and that the faster pipeline gives
 today's masks on awkward geometry."""
 
+import hashlib
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from PancreasAILib import engines
 from PancreasAILib.cpu import CpuFeatures, parse_cpuinfo
 from PancreasAILib.engines import (BatchSizes, EngineChoice, build_engine, choose_engine,
                                    passed_precision_check, record_precision_check)
-from PancreasAILib.errors import InputError
+from PancreasAILib.errors import InputError, ModelFileError
 from PancreasAILib.resample import resample
 from PancreasAILib.volume import Volume
 from PancreasAILib.weights import read_model_card
@@ -237,6 +239,42 @@ def test_other_weights_get_their_own_conversion(random_monet_card, demo_monet_ca
     outputs = [build_engine(card, monet_recipe(card), choice)(batch)[0] for card in (random_monet_card, demo_monet_card)]
     assert len([p for p in fresh_engines.iterdir() if p.is_dir()]) == 2
     assert not np.allclose(outputs[0], outputs[1])
+
+
+def test_a_missing_weights_file_is_said_even_with_a_cached_conversion(card_copy, fresh_engines, monkeypatch):
+    recipe = monet_recipe(card_copy)
+    choice = EngineChoice("openvino", "fp32", "cpu")
+    build_engine(card_copy, recipe, choice)
+    monkeypatch.setattr(engines, "_ENGINES", {})
+    card_copy.weights_path.unlink()
+    with pytest.raises(ModelFileError, match="missing"):
+        build_engine(card_copy, recipe, choice)
+
+
+def test_a_cached_conversion_whose_files_changed_is_converted_again(random_monet_card, small_ct_phantom,
+                                                                   fresh_engines, monkeypatch):
+    recipe = monet_recipe(random_monet_card)
+    choice = EngineChoice("openvino", "fp32", "cpu")
+    batch = slices_of(small_ct_phantom, 2)
+    first = build_engine(random_monet_card, recipe, choice)(batch)[0]
+    [folder] = [p for p in fresh_engines.iterdir() if p.is_dir()]
+    weights = bytearray((folder / "model.bin").read_bytes())
+    weights[len(weights) // 2] ^= 0xFF  # one flipped byte in a weight: the network still loads
+    (folder / "model.bin").write_bytes(bytes(weights))
+    monkeypatch.setattr(engines, "_ENGINES", {})
+    np.testing.assert_array_equal(build_engine(random_monet_card, recipe, choice)(batch)[0], first)
+    recorded = json.loads((folder / "source.json").read_text(encoding="utf-8"))["files_sha256"]
+    assert recorded["model.bin"] == hashlib.sha256((folder / "model.bin").read_bytes()).hexdigest()
+
+
+def test_without_openvino_the_pipeline_runs_on_pytorch_and_says_why(random_monet_card, small_ct_phantom,
+                                                                    monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` fails, as where it is not installed
+    choice = choose_engine(random_monet_card, precision="fp32")
+    assert choice.engine == "pytorch" and any("pip install openvino" in note for note in choice.notes)
+    result = segment_ct(Volume(small_ct_phantom.hu, small_ct_phantom.ijk_to_ras).slab(6, 8), random_monet_card,
+                        keep_largest_component=False)
+    assert result.engine.startswith("pytorch ") and result.precision == "fp32"
 
 
 # --- batch sizes -------------------------------------------------------------------------------

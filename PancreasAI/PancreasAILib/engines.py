@@ -32,7 +32,7 @@ import numpy as np
 
 from .cpu import CpuFeatures, detect_cpu_features, usable_cores
 from .errors import InputError
-from .weights import TEXT_ENCODING, ModelCard, default_cache_dir
+from .weights import TEXT_ENCODING, ModelCard, default_cache_dir, sha256_of_file, verify_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +244,9 @@ def _new_engine(card: ModelCard, recipe: NetworkRecipe, choice: EngineChoice, ca
         return TorchEngine(recipe.make_module(), choice)
     import openvino
 
+    # The weights are checked on every build, as without a cache: a missing or damaged file
+    # is said, never silently replaced by a conversion made from it earlier.
+    verify_weights_file(card)
     model = _openvino_model(card, recipe, cache_dir)
     config = {"INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[choice.precision],
               "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": usable_cores()}
@@ -286,11 +289,14 @@ def _openvino_model(card: ModelCard, recipe: NetworkRecipe, cache_dir: Path):
     folder = conversion_dir(cache_dir, recipe.kind, card.sha256)
     xml = folder / "model.xml"
     if xml.exists():
-        try:
-            return _core().read_model(str(xml))
-        except Exception as error:  # a damaged cache entry: convert again
-            logger.warning("Converting again: the cached network %s cannot be read (%s).", xml, error)
-            shutil.rmtree(folder, ignore_errors=True)
+        problem = _cached_conversion_problem(folder, card)
+        if problem is None:
+            try:
+                return _core().read_model(str(xml))
+            except Exception as error:  # unreadable although intact: OpenVINO's own complaint
+                problem = f"OpenVINO cannot read it ({error})"
+        logger.warning("Converting again: the cached network %s %s.", folder, problem)
+        shutil.rmtree(folder, ignore_errors=True)
     import torch
 
     module = recipe.make_module()
@@ -308,7 +314,9 @@ def _openvino_model(card: ModelCard, recipe: NetworkRecipe, cache_dir: Path):
             openvino.save_model(model, str(partial / "model.xml"), compress_to_fp16=False)
             (partial / "source.json").write_text(json.dumps(
                 {"weights_sha256": card.sha256, "card": card.name, "kind": recipe.kind,
-                 "conversion_version": CONVERSION_VERSION}, indent=2) + "\n", encoding=TEXT_ENCODING)
+                 "conversion_version": CONVERSION_VERSION,
+                 "files_sha256": {name: sha256_of_file(partial / name) for name in _CONVERTED_FILES}},
+                indent=2) + "\n", encoding=TEXT_ENCODING)
             os.replace(partial, folder)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
@@ -316,6 +324,26 @@ def _openvino_model(card: ModelCard, recipe: NetworkRecipe, cache_dir: Path):
         logger.warning("The converted network could not be cached in %s (%s); it is converted "
                        "again on each run.", folder.parent, error)
     return model
+
+
+#: The files of a saved conversion, whose SHA256 `source.json` records.
+_CONVERTED_FILES = ("model.xml", "model.bin")
+
+
+def _cached_conversion_problem(folder: Path, card: ModelCard) -> Optional[str]:
+    """Why a cached conversion cannot be used (None when it can): it must say it was made from
+    these weights, and its files must be the ones saved then (a damaged or edited file is
+    converted again)."""
+    try:
+        source = json.loads((folder / "source.json").read_text(encoding=TEXT_ENCODING))
+        recorded = source["files_sha256"]
+        if source["weights_sha256"] != card.sha256:
+            return "was made from other weights"
+        if any(sha256_of_file(folder / name) != recorded[name] for name in _CONVERTED_FILES):
+            return "has files that changed since it was saved"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "has no complete record of its source"
+    return None
 
 
 # --- batch size, by measurement ----------------------------------------------------------------

@@ -19,7 +19,7 @@ from scipy import ndimage
 from PancreasAILib.errors import InputError
 from PancreasAILib.orientation import axial_reorientation, obliquity_degrees
 from PancreasAILib.progress import CancelToken, ProgressCallback, no_progress
-from PancreasAILib.engines import EngineChoice, batch_sizes_for, build_engine, choose_engine
+from PancreasAILib.engines import EngineChoice, NetworkRecipe, batch_sizes_for, build_engine, choose_engine
 from PancreasAILib.resample import resampled_at_least
 from PancreasAILib.volume import Volume, check_geometry, check_scalar_volume
 from PancreasAILib.weights import ModelCard
@@ -86,13 +86,15 @@ def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optio
                keep_largest_component: bool = True, device: str = "auto", engine: str = "auto",
                precision: str = "auto", batch_size: Optional[int] = None,
                progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None,
-               choice: Optional[EngineChoice] = None) -> SegmentationResult:
+               choice: Optional[EngineChoice] = None, recipe: Optional[NetworkRecipe] = None) -> SegmentationResult:
     """Segment the pancreas in `ct` ((K, J, I) Hounsfield units with its IJK-to-RAS).
 
     engine / precision: see `PancreasAILib.engines.choose_engine` ('auto' picks the fastest
     allowed; precision 'fp32' forces the exact float32 path); batch_size: slices per network
     call (default: measured on this machine, see `engines.BatchSizes`); choice: an engine
-    taken as it is, without `choose_engine`'s checks (the precision check and benchmarks).
+    taken as it is, without `choose_engine`'s checks (the precision check and benchmarks);
+    recipe: another network than the card's MoNet, through exactly the same pre- and
+    post-processing (the evaluation of the paper's baselines).
     """
     started = time.perf_counter()
     cancel = cancel or CancelToken()
@@ -107,7 +109,7 @@ def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optio
         raise InputError(f"The probability threshold must lie between 0 and 1 (got {threshold}).")
     choice = choice or choose_engine(card, engine, precision, device)
     progress(0.0, "Loading model")
-    recipe = monet_recipe(card)
+    recipe = recipe or monet_recipe(card)
     network = build_engine(card, recipe, choice)
     batches = batch_sizes_for(recipe, choice, batch_size)
 

@@ -20,7 +20,6 @@ hd95_boxplot.png.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import logging
@@ -29,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -65,39 +64,31 @@ class ModelPredictor:
     threshold: Optional[float]
     keep_largest_component: bool
     batch_size: int
-    network: object = None
 
     def predict(self, case_id: str, ct: Volume) -> Volume:
         from PancreasSegMoNetLib.segmentation import segment_ct
 
-        with self._pipeline_network():
-            result = segment_ct(ct, self.card, threshold=self.threshold, device=self.device,
-                                keep_largest_component=self.keep_largest_component, batch_size=self.batch_size)
+        result = segment_ct(ct, self.card, threshold=self.threshold, device=self.device,
+                            keep_largest_component=self.keep_largest_component, batch_size=self.batch_size,
+                            recipe=self._recipe())
         for warning in result.warnings:
             logger.warning("Case %s, %s: %s", case_id, self.name, warning)
         return result.mask
 
-    @contextlib.contextmanager
-    def _pipeline_network(self) -> Iterator[None]:
-        """segment_ct builds its network with registry.build_monet, which takes MoNet cards only;
-        for a baseline card it is handed the baseline instead, so that every model goes through
-        exactly the same pre- and post-processing."""
+    def _recipe(self):
+        """The card's MoNet as the module runs it; a baseline through exactly the same pre- and
+        post-processing and engine (segment_ct's `recipe`)."""
         if self.card.architecture == "MoNet":
-            yield
-            return
-        from PancreasSegMoNetLib import segmentation
-        from PancreasAILib.devices import resolve_device
+            return None
+        from PancreasAILib.engines import NetworkRecipe
+        from PancreasSegMoNetLib.network import WithProbabilities
 
         from segmentation_networks import load_network
 
-        if self.network is None:
-            self.network = load_network(self.card, resolve_device(self.device))
-        original = segmentation.build_monet
-        segmentation.build_monet = lambda card, device: self.network
-        try:
-            yield
-        finally:
-            segmentation.build_monet = original
+        size = int(self.card.preprocessing.get("input_size", 256))
+        channels = int(self.card.architecture_params.get("in_channels", 1))
+        return NetworkRecipe(f"{self.card.architecture.lower()}-probabilities",
+                             lambda: WithProbabilities(load_network(self.card, "cpu")), (channels, size, size))
 
     def description(self) -> dict:
         parameters = self.card.data.get("parameters", {}).get("with_bn_running_stats")
