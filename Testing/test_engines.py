@@ -67,6 +67,13 @@ def test_native_bf16_is_read_from_the_flags_not_the_vendor(cpu, avx512, bf16, am
     assert ("BF16 yes" in cpu.describe()) == bf16
 
 
+def test_a_cpu_describes_itself_by_its_flags():
+    assert AVX2_EPYC.describe() == "AMD EPYC 7B13 (AVX2; AVX-512 no, BF16 no, AMX no; flags from test)"
+    assert AMX_XEON.describe() == ("Intel Xeon Platinum 8481C (AVX-512; AVX-512 yes, BF16 yes, AMX yes; "
+                                   "flags from test)")
+    assert CpuFeatures("Old", frozenset({"sse4_2"}), "test").describe().startswith("Old (no AVX2; ")
+
+
 # --- the choice ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cpu", [BF16_EPYC, AMX_XEON])
@@ -141,6 +148,37 @@ def test_recording_a_check_keeps_the_card_and_its_weights(card_copy):
     assert record["worst_dice"] == 0.995 and record["weights_sha256"] == card_copy.sha256
     assert updated.data == after
     assert [p.name for p in card_copy.card_path.parent.iterdir() if p.suffix == ".part"] == []
+
+
+def test_the_recorded_check_says_when_it_ran_in_utc(card_copy):
+    import datetime
+
+    record = record_precision_check(card_copy, "bf16", {"passed": True}).data["precision_checks"]["bf16"]
+    checked = datetime.datetime.fromisoformat(record["checked"])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert checked.utcoffset() == datetime.timedelta(0) and abs((now - checked).total_seconds()) < 60
+
+
+def test_a_card_whose_check_cannot_be_written_is_left_as_it_was(card_copy, monkeypatch):
+    before = card_copy.card_path.read_bytes()
+
+    def no_rename(source, destination):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(engines.os, "replace", no_rename)
+    with pytest.raises(OSError, match="No space"):
+        record_precision_check(card_copy, "bf16", {"passed": True})
+    assert card_copy.card_path.read_bytes() == before
+    assert sorted(p.name for p in card_copy.card_path.parent.iterdir()) == sorted(
+        [card_copy.card_path.name, card_copy.weights_path.name])
+
+
+@pytest.mark.parametrize("record", ["passed", ["passed"], None])
+def test_a_check_that_is_not_a_record_does_not_pass(card_copy, record):
+    data = json.loads(card_copy.card_path.read_text(encoding="utf-8"))
+    data["precision_checks"] = {"bf16": record}
+    card_copy.card_path.write_text(json.dumps(data), encoding="utf-8")
+    card = read_model_card(card_copy.card_path)
+    assert engines.precision_check(card, "bf16") is None and not passed_precision_check(card, "bf16")
 
 
 # --- simulated CPUs, end to end ----------------------------------------------------------------
@@ -315,6 +353,39 @@ def test_the_fastest_batch_size_is_measured_kept_and_reused(tmp_path):
     other = FakeClock(clock.seconds_per_item)
     BatchSizes("net B", store, clock=other).run(items[:4], other.network)
     assert other.sizes[:3] == [1, 1, 2]  # another network is measured for itself
+
+
+def measured(store, key: str = "net") -> BatchSizes:
+    clock = FakeClock({1: 0.3, 2: 0.1, 4: 0.2, 8: 0.4})
+    sizes = BatchSizes(key, store, clock=clock)
+    sizes.run(np.zeros((30, 1), np.float32), clock.network)
+    return sizes
+
+
+def test_a_measured_batch_size_joins_those_of_other_networks(tmp_path):
+    store = tmp_path / "cache" / "batch_sizes.json"  # the folder is made when first needed
+    store.parent.mkdir()
+    store.write_text(json.dumps({"other net": 8}), encoding="utf-8")
+    assert measured(store).chosen == 2
+    assert json.loads(store.read_text(encoding="utf-8")) == {"other net": 8, "net": 2}
+    store.write_text(json.dumps(["not", "a", "table"]), encoding="utf-8")
+    measured(store)
+    assert json.loads(store.read_text(encoding="utf-8")) == {"net": 2}
+    store.write_text("{damaged", encoding="utf-8")
+    measured(store)
+    assert json.loads(store.read_text(encoding="utf-8")) == {"net": 2}
+    fresh = tmp_path / "new" / "folder" / "batch_sizes.json"
+    measured(fresh)
+    assert json.loads(fresh.read_text(encoding="utf-8")) == {"net": 2}
+
+
+def test_a_batch_size_that_cannot_be_kept_is_still_used(tmp_path, caplog):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x", encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        sizes = measured(not_a_folder / "batch_sizes.json")
+    assert sizes.chosen == 2 and "could not be kept" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_a_fixed_batch_size_is_used_as_given(tmp_path):

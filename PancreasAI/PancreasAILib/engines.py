@@ -99,15 +99,21 @@ def record_precision_check(card: ModelCard, precision: str, record: dict) -> Mod
     checks = data.setdefault("precision_checks", {})
     checks[precision] = {**record, "weights_sha256": card.sha256,
                          "checked": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    handle, temporary = tempfile.mkstemp(dir=card.card_path.parent, prefix=card.card_path.name, suffix=".part")
+    write_json_atomically(card.card_path, data)
+    return ModelCard(card.card_path, data)
+
+
+def write_json_atomically(path: Path, data) -> None:
+    """`data` as JSON at `path`, whole or not at all: written under a temporary name in the same
+    folder, then renamed over it; nothing is left behind when that fails."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
     try:
         with os.fdopen(handle, "w", encoding=TEXT_ENCODING) as stream:
-            stream.write(json.dumps(data, indent=2) + "\n")
-        os.replace(temporary, card.card_path)
+            stream.write(json.dumps(data, indent=2) + "\n")  # pragma: no mutate (the layout is for people)
+        os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return ModelCard(card.card_path, data)
 
 
 # --- the choice --------------------------------------------------------------------------------
@@ -415,10 +421,7 @@ class BatchSizes:
         known[self.key] = self.chosen
         try:
             self.store.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=self.store.parent, prefix=self.store.name, suffix=".part")
-            with os.fdopen(handle, "w", encoding=TEXT_ENCODING) as stream:
-                stream.write(json.dumps(known, indent=2, sort_keys=True) + "\n")
-            os.replace(temporary, self.store)
+            write_json_atomically(self.store, known)
         except OSError as error:
             logger.warning("The measured batch size could not be kept in %s (%s).", self.store, error)
 
