@@ -143,9 +143,17 @@ def run_command(command) -> int:
     traceback: a problem the user can act on prints `error: ...` and exits 2; a cancel or
     Ctrl-C exits 130 and SIGTERM 143, each with one line, after every partial file is removed
     (results finished before are complete and kept)."""
-    from .errors import OperationCancelled, PancreasAIError
-    from .interrupts import Terminated, interrupts_at_safe_points
+    import signal
 
+    from .errors import OperationCancelled, PancreasAIError
+    from .interrupts import SIGNALS, Terminated, interrupts_at_safe_points, on_main_thread
+
+    if on_main_thread():
+        # What the block leaves behind is the handler once it ends: ignoring. By then every
+        # result is complete or removed, so a late Ctrl-C or SIGTERM (while Python shuts down,
+        # say) has nothing left to stop, and must not kill the process without its one line.
+        for number in SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
     try:
         with interrupts_at_safe_points():
             return command()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import inspect
 import json
 import os
@@ -399,11 +398,11 @@ def monet_subject(card, phantom, quick: bool) -> Subject:
 
 def baseline_subjects(workdir: Path, quick: bool) -> list[Subject]:
     """U-Net-16, U-Net-64 and Attention U-Net: random weights (BatchNorm randomised), uniform
-    noise input, stand-in model cards so that `build_engine` converts and caches them."""
+    noise input, saved as model files so that `build_engine` verifies, converts and caches them."""
     import torch
 
     from PancreasAILib.engines import NetworkRecipe
-    from PancreasAILib.weights import ModelCard
+    from PancreasAILib.weights import save_model
     from PancreasSegMoNetLib.network import WithProbabilities, prepare_for_inference
 
     if str(TRAINING_SCRIPTS) not in sys.path:
@@ -422,9 +421,9 @@ def baseline_subjects(workdir: Path, quick: bool) -> list[Subject]:
         network = make().eval()
         randomise_batch_norm(network, seed)
         slug = name.lower().replace(" ", "-")
-        # Stand-in card: engines key their caches by card path and weights SHA256.
-        card = ModelCard(workdir / f"{slug}.json", {
-            "name": slug, "sha256": hashlib.sha256(f"benchmark {slug} seed {seed}".encode()).hexdigest()})
+        # A model file of its own: engines verify the weights and key their caches by its SHA256.
+        card = save_model(network.state_dict(), workdir / f"{slug}.safetensors",
+                          {"name": slug, "architecture": type(network).__name__, "intended_use": "benchmark only"})
         recipe = NetworkRecipe(f"benchmark-{slug}-probabilities",
                                lambda network=network: WithProbabilities(prepare_for_inference(network)),
                                (1, size, size))
@@ -593,7 +592,7 @@ def render_network_section(subjects: list[Subject], rows: list[Row], coverage: d
         "with the network's recipe, numpy in, probabilities out); *plain eval* is the module in "
         "eval mode without `prepare_for_inference`, the float32 reference. "
         f"MoNet runs on {len(monet.slices)} {monet.input_note}; the baselines on "
-        f"{len(baselines.slices)} slices of {baselines.input_note} (stand-in model cards, "
+        f"{len(baselines.slices)} slices of {baselines.input_note} (saved as model files, "
         "BatchNorm statistics randomised so that folding changes the weights), at their "
         f"batch {baselines.batches[0]} only, to keep the run time sane. Times are the median of "
         f"{args.repeats} interleaved round(s) (each round times every row once, in rotating "
