@@ -16,7 +16,7 @@ def test_demo_writes_every_file_the_readme_lists(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "Resources" / "demo.py"), "--output", str(tmp_path)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for name in ("sample_ct_phantom.nii.gz", "sample_ct_phantom_pancreas.seg.nrrd",
                  "sample_ct_phantom_pancreas.nii.gz", "sample_ct_phantom_pancreas.png",
                  "sample_ct_phantom_scene.mrb", "sample_mr_phantom_ipmn_result.json",
@@ -27,6 +27,6 @@ def test_demo_writes_every_file_the_readme_lists(tmp_path):
         assert name in readme, f"README does not mention {name}"
         assert str(path) in result.stdout, f"the demo does not say where {name} is"
     assert any(n.endswith(".seg.nrrd") for n in zipfile.ZipFile(tmp_path / "sample_ct_phantom_scene.mrb").namelist())
-    summary = json.loads((tmp_path / "sample_mr_phantom_ipmn_result.json").read_text())
+    summary = json.loads((tmp_path / "sample_mr_phantom_ipmn_result.json").read_text(encoding="utf-8"))
     assert summary["class_name"] in summary["class_names"]
     assert "not a diagnosis" in result.stdout

@@ -56,7 +56,7 @@ def test_prediction_folder_gives_the_known_metrics_per_case(labelled_folders, tm
 
 def test_summary_table_and_box_plots_are_written(labelled_folders, tmp_path):
     assert evaluate(labelled_folders, tmp_path, "--predictions", labelled_folders / "predictions") == 0
-    table = (tmp_path / "summary.md").read_text()
+    table = (tmp_path / "summary.md").read_text(encoding="utf-8")
     assert "| model | parameters | weights (MB) | Dice | HD95 (mm) | cases |" in table
     assert "| predictions |" in table and " ± " in table
     for name in ("dice_boxplot.png", "hd95_boxplot.png"):
@@ -81,7 +81,7 @@ def test_monet_and_baseline_cards_run_through_the_module_pipeline(labelled_folde
     rows = read_rows(tmp_path / "out")
     assert sorted({row["model"] for row in rows}) == ["monet-random", "unet16-random"]
     assert len(rows) == 4
-    table = (tmp_path / "out" / "summary.md").read_text()
+    table = (tmp_path / "out" / "summary.md").read_text(encoding="utf-8")
     assert "| unet16-random | - | 7.8 |" in table  # a card without parameter counts, 7.8 MB of weights
     saved = tmp_path / "out" / "predictions" / "unet16-random" / "case_a.nii.gz"
     assert saved.exists()
@@ -92,7 +92,7 @@ def test_missing_prediction_names_the_case(labelled_folders, tmp_path):
     partial.mkdir()
     (partial / "case_a.nii.gz").write_bytes((labelled_folders / "predictions" / "case_a_pancreas.nii.gz").read_bytes())
     assert evaluate(labelled_folders, tmp_path / "out", "--predictions", partial) == 2
-    assert "Case case_b" in (tmp_path / "out" / "evaluate.log").read_text()
+    assert "Case case_b" in (tmp_path / "out" / "evaluate.log").read_text(encoding="utf-8")
 
 
 def test_prediction_on_another_grid_is_refused_naming_the_case(labelled_folders, tmp_path):
@@ -101,7 +101,7 @@ def test_prediction_on_another_grid_is_refused_naming_the_case(labelled_folders,
         write_volume(Volume(np.zeros((6, 32, 32), np.uint8), np.eye(4)), elsewhere / f"{name}.nii.gz")
     assert evaluate(labelled_folders, tmp_path / "out", "--predictions", elsewhere) == 2
     assert "Case case_a: the prediction of elsewhere is not on the ground truth's voxel grid" in \
-        (tmp_path / "out" / "evaluate.log").read_text()
+        (tmp_path / "out" / "evaluate.log").read_text(encoding="utf-8")
 
 
 def test_cases_of_a_run_are_its_validation_cases(labelled_folders, tmp_path):

@@ -142,7 +142,7 @@ def test_ipmn_assess_and_batch_write_into_relative_folders(mr_workdir):
     result = run("IPMNRiskLib", "batch", "cases.csv", "-o", "out", "--model", model, "--no-tta", "--no-scene",
                  cwd=folder)
     assert result.returncode == 0, result.stderr
-    assert (folder / "out" / "results.csv").read_text().count("\n") == 2
+    assert (folder / "out" / "results.csv").read_text(encoding="utf-8").count("\n") == 2
     assert partial_leftovers(folder) == []
 
 

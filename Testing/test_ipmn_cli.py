@@ -39,7 +39,7 @@ def test_assess_writes_result_heat_map_png_and_scene(tmp_path, case_files, rando
     result = run_cli("assess", "--t1", t1, "--t2", t2, f"--roi-center={center}", f"--roi-size={size}",
                      "--output", out, "--model", random_vit_card.weights_path, "--case", "p1")
     assert result.returncode == 0, result.stderr
-    summary = json.loads((out / "p1_ipmn_result.json").read_text())
+    summary = json.loads((out / "p1_ipmn_result.json").read_text(encoding="utf-8"))
     assert summary["class_name"] in ("normal", "low-risk IPMN", "high-risk IPMN")
     assert sum(summary["probabilities"]) == pytest.approx(1.0, abs=1e-4)
     assert (summary["model"], summary["model_sha256"]) == (random_vit_card.name, random_vit_card.sha256)
@@ -83,7 +83,7 @@ def test_cli_outputs_import_into_a_scene_as_the_gui_does(tmp_path, case_files, r
     assert not list(out.glob("*.mrb"))
     t2_node = add_volume_node(mrml_scene, read_volume(t2), "T2")
     result = import_assessment(t2_node, out, case_name(t2))  # without --case: named after the T2 file
-    summary = json.loads((out / "p1_t2_ipmn_result.json").read_text())
+    summary = json.loads((out / "p1_t2_ipmn_result.json").read_text(encoding="utf-8"))
     np.testing.assert_allclose(result.probabilities, summary["probabilities"])
     assert result.heat_map_node is not None and result.table_node is not None
     assert (result.model_sha256, result.summary) == (random_vit_card.sha256, summary)
@@ -97,7 +97,7 @@ def test_region_from_a_mask_file(tmp_path, case_files, small_mr_phantom, random_
     rows = cli.run_cases([cli.Case("m", t1, t2, roi_mask=mask)], tmp_path / "out", random_vit_card.weights_path,
                          device="cpu", tta=False, write_scene=False)
     assert rows[0]["status"] == "ok"
-    summary = json.loads((tmp_path / "out" / "m_ipmn_result.json").read_text())
+    summary = json.loads((tmp_path / "out" / "m_ipmn_result.json").read_text(encoding="utf-8"))
     assert summary["test_time_views"] == 1
 
 
@@ -133,4 +133,4 @@ def test_existing_results_are_kept_without_overwrite(tmp_path, case_files, rando
     mine.write_text("mine")
     rows = cli.run_cases([cli.Case("p1", t1, t2, cli.parse_triple(center), cli.parse_triple(size))], out,
                          random_vit_card.weights_path, device="cpu", tta=False)
-    assert rows[0]["status"] == "failed" and mine.read_text() == "mine"
+    assert rows[0]["status"] == "failed" and mine.read_text(encoding="utf-8") == "mine"

@@ -24,7 +24,7 @@ def write_json(path: Path, tag: str) -> None:
 
 
 def tag_of(path: Path) -> str:
-    return json.loads(path.read_text())["tag"]
+    return json.loads(path.read_text(encoding="utf-8"))["tag"]
 
 
 def write_label_volume(path: Path, value: int = 1) -> None:
@@ -168,7 +168,7 @@ def test_an_output_folder_that_is_a_file_is_refused_before_anything_runs(tmp_pat
         prepare_output_folder(tmp_path / "results")
     with pytest.raises(InputError, match="Cannot write in the output folder"):
         prepare_output_folder(tmp_path / "results" / "inside")
-    assert (tmp_path / "results").read_text() == "my notes"
+    assert (tmp_path / "results").read_text(encoding="utf-8") == "my notes"
 
 
 @pytest.fixture
@@ -235,7 +235,7 @@ def test_a_segmentation_s_result_record_is_one_of_its_all_or_nothing_outputs(tmp
     assert segment_files([ct], out, random_monet_card.weights_path, overwrite=True, progress_format="json") == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "case_pancreas.json", "case_pancreas.nii.gz", "case_pancreas.seg.nrrd"]
-    assert json.loads((out / "case_pancreas.json").read_text())["case"] == "case"
+    assert json.loads((out / "case_pancreas.json").read_text(encoding="utf-8"))["case"] == "case"
 
 
 def test_without_hard_links_the_final_name_is_still_claimed_exclusively(tmp_path, monkeypatch):

@@ -107,7 +107,7 @@ def ipmn_case(tmp_path_factory, small_mr_phantom, random_vit_card):
                          random_vit_card.weights_path, device="cpu", tta=False)
     assert rows[0]["status"] == "ok", rows[0]
     paths = cli.output_paths(folder / "out", "p1")
-    return {"t1": t1, "t2": t2, **paths, "summary": json.loads(paths["result"].read_text())}
+    return {"t1": t1, "t2": t2, **paths, "summary": json.loads(paths["result"].read_text(encoding="utf-8"))}
 
 
 @pytest.fixture(scope="module")

@@ -175,7 +175,7 @@ def test_no_two_modules_ship_a_resource_at_the_same_path():
 
 def test_requirements_are_pinned_and_leave_torch_and_simpleitk_alone():
     lines = [line.split("#", 1)[0].strip()
-             for line in (ROOT / "PancreasAI" / "Resources" / "requirements.txt").read_text().splitlines()]
+             for line in (ROOT / "PancreasAI" / "Resources" / "requirements.txt").read_text(encoding="utf-8").splitlines()]
     requirements = [line for line in lines if line]
     names = {re.split(r"[\s<>=!~;\[]", line, maxsplit=1)[0].lower() for line in requirements}
     assert {"timm", "safetensors"} <= names
@@ -357,7 +357,7 @@ LAUNCHER = ("import subprocess, sys; "
 def _process_is_running(pid: int) -> bool:
     """True while `pid` runs (a zombie waiting to be reaped has stopped running)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")

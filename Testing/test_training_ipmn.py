@@ -46,11 +46,11 @@ def crossvalidate(*arguments) -> int:
 
 
 def card_of(output: Path) -> dict:
-    return json.loads(output.with_suffix(".json").read_text())
+    return json.loads(output.with_suffix(".json").read_text(encoding="utf-8"))
 
 
 def log_of(output: Path) -> str:
-    return (output.with_suffix(".run") / "train.log").read_text()
+    return (output.with_suffix(".run") / "train.log").read_text(encoding="utf-8")
 
 
 def phantom_volumes(seed: int, risk_class: int):
@@ -145,7 +145,7 @@ def test_card_records_protocol_data_hash_and_metrics(phantom_run):
 
 def test_run_writes_a_readable_log_curves_and_a_checkpoint(phantom_run):
     assert "IPMN ViT step 2: train loss" in log_of(phantom_run)
-    curves = (phantom_run.with_suffix(".run") / "curves.csv").read_text().splitlines()
+    curves = (phantom_run.with_suffix(".run") / "curves.csv").read_text(encoding="utf-8").splitlines()
     assert curves[0].startswith("step,train_loss,val_accuracy")
     assert len(curves) == 2
     assert (phantom_run.with_suffix(".run") / "checkpoints" / "epoch-0002.json").exists()
@@ -228,11 +228,11 @@ def test_resume_refuses_a_checkpoint_made_with_other_settings(phantom_run, tmp_p
 
 def test_resumed_cross_validation_keeps_finished_folds(cv_run):
     result = cv_run / "early-fusion" / "fold-01" / "result.json"
-    before = result.read_text()
+    before = result.read_text(encoding="utf-8")
     assert crossvalidate(*TINY_CV, "--methods", "early-fusion", "resnet18", "--gradcam-cases", "2",
                          "--output", cv_run, "--resume") == 0
-    assert result.read_text() == before
-    assert "early-fusion fold 1: done earlier" in (cv_run / "cv.log").read_text()
+    assert result.read_text(encoding="utf-8") == before
+    assert "early-fusion fold 1: done earlier" in (cv_run / "cv.log").read_text(encoding="utf-8")
 
 
 # --- nested cross-validation -------------------------------------------------------------------------
@@ -333,16 +333,16 @@ def test_holdout_split_keeps_patients_on_one_side():
 def test_cross_validation_writes_per_fold_and_summary_tables(cv_run):
     folds = read_rows(cv_run / "early-fusion" / "folds.csv")
     assert [row["fold"] for row in folds] == ["1", "2", "mean", "sd"]
-    table = (cv_run / "results.md").read_text()
+    table = (cv_run / "results.md").read_text(encoding="utf-8")
     assert "| ViT, early fusion" in table and "| ResNet18 |" in table and " +- " in table
-    summary = json.loads((cv_run / "cv.json").read_text())
+    summary = json.loads((cv_run / "cv.json").read_text(encoding="utf-8"))
     assert summary["protocol"]["learning_rate"] == 0.003 and summary["folds"] == 2
     predictions = read_rows(cv_run / "predictions.csv")
     assert len(predictions) == 2 * 12  # two methods, every case tested once
 
 
 def test_every_case_is_tested_exactly_once(cv_run):
-    split = json.loads((cv_run / "split.json").read_text())["cases"]
+    split = json.loads((cv_run / "split.json").read_text(encoding="utf-8"))["cases"]
     tested = [row["case"] for row in read_rows(cv_run / "predictions.csv") if row["method"] == "early-fusion"]
     assert sorted(tested) == sorted(case["case_id"] for case in split)
 

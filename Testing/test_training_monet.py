@@ -46,7 +46,7 @@ def two_epoch_run(tmp_path_factory):
 
 
 def card_of(output: Path) -> dict:
-    return json.loads(output.with_suffix(".json").read_text())
+    return json.loads(output.with_suffix(".json").read_text(encoding="utf-8"))
 
 
 def checkpoint_tensors(output: Path, epoch: int) -> dict:
@@ -56,7 +56,7 @@ def checkpoint_tensors(output: Path, epoch: int) -> dict:
 
 
 def log_of(output: Path) -> str:
-    return (output.with_suffix(".run") / "train.log").read_text()
+    return (output.with_suffix(".run") / "train.log").read_text(encoding="utf-8")
 
 
 # --- the model card -------------------------------------------------------------------------------
@@ -89,17 +89,17 @@ def test_card_records_protocol_data_hash_and_metrics(two_epoch_run):
 
 def test_run_writes_a_readable_log_curves_and_a_checkpoint(two_epoch_run):
     assert "epoch 2: train loss" in log_of(two_epoch_run)
-    curves = (two_epoch_run.with_suffix(".run") / "curves.csv").read_text().splitlines()
+    curves = (two_epoch_run.with_suffix(".run") / "curves.csv").read_text(encoding="utf-8").splitlines()
     assert curves[0].startswith("epoch,train_loss,val_loss")
     assert len(curves) == 3
     assert (two_epoch_run.with_suffix(".run") / "checkpoints" / "epoch-0002.json").exists()
 
 
 def test_data_manifest_keeps_the_split_out_of_the_card(two_epoch_run):
-    manifest = json.loads((two_epoch_run.with_suffix(".run") / "data.json").read_text())
+    manifest = json.loads((two_epoch_run.with_suffix(".run") / "data.json").read_text(encoding="utf-8"))
     splits = [case["split"] for case in manifest["cases"]]
     assert sorted(splits) == ["training", "training", "validation"]
-    assert "phantom-0000" not in two_epoch_run.with_suffix(".json").read_text()
+    assert "phantom-0000" not in two_epoch_run.with_suffix(".json").read_text(encoding="utf-8")
 
 
 # --- resume ---------------------------------------------------------------------------------------

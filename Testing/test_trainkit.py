@@ -129,7 +129,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
 
 def test_checkpoint_files_hold_no_pickle(tmp_path):
     save_checkpoint(tmp_path, 1, {"x": torch.zeros(2)}, {"note": "plain"})
-    json.loads((tmp_path / "epoch-0001.json").read_text())
+    json.loads((tmp_path / "epoch-0001.json").read_text(encoding="utf-8"))
     assert (tmp_path / "epoch-0001.safetensors").read_bytes()[8:9] == b"{"  # safetensors JSON header
 
 
@@ -186,7 +186,7 @@ def test_curves_csv_has_one_row_per_epoch(tmp_path):
     for epoch in (1, 2):
         history.append({"epoch": epoch, "loss": 1.0 / epoch})
         curves.write(history)
-    assert (tmp_path / "curves.csv").read_text().splitlines() == ["epoch,loss", "1,1.0", "2,0.5"]
+    assert (tmp_path / "curves.csv").read_text(encoding="utf-8").splitlines() == ["epoch,loss", "1,1.0", "2,0.5"]
 
 
 def test_one_process_shards_nothing_away_and_sums_to_itself():
@@ -210,7 +210,7 @@ def run_example_script(tmp_path, body):
     log_file = tmp_path / "train.log"
     code = run_script("train_example.py", [], log_file=log_file, device="cpu", body=body,
                       logger=logging.getLogger("train_example"), on_interrupt="Run it again with --resume.")
-    return code, log_file.read_text()
+    return code, log_file.read_text(encoding="utf-8")
 
 
 def test_a_training_script_stopped_by_sigterm_says_how_to_continue(tmp_path):

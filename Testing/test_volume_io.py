@@ -647,7 +647,7 @@ def test_a_nan_voxel_far_into_a_large_nifti_file_is_found(tmp_path):
 
 def test_a_metaimage_data_file_with_an_equals_sign_in_its_name_is_checked(tmp_path):
     header = write_volume(oblique_volume(np.float32), tmp_path / "phase=arterial.mhd", compress=False)
-    assert "ElementDataFile = phase=arterial.raw" in header.read_text()
+    assert "ElementDataFile = phase=arterial.raw" in header.read_text(encoding="utf-8")
     data = tmp_path / "phase=arterial.raw"
     data.write_bytes(data.read_bytes()[:-4])
     with pytest.raises(InputError, match=r"is incomplete \(it is cut short: it holds 836 bytes of image data of the 840"):

@@ -58,7 +58,7 @@ def sha256(path: Path) -> str:
 def test_save_model_writes_weights_and_a_card_with_their_sha256(tmp_path):
     card = save_model(seeded_tiny_net().state_dict(), tmp_path / "tiny.safetensors", CARD_FIELDS)
     assert card.weights_path == tmp_path / "tiny.safetensors" and card.weights_path.exists()
-    data = json.loads((tmp_path / "tiny.json").read_text())
+    data = json.loads((tmp_path / "tiny.json").read_text(encoding="utf-8"))
     assert data["sha256"] == sha256(tmp_path / "tiny.safetensors")
     assert data["weights_file"] == "tiny.safetensors"
     assert data["format_version"] == weights.CARD_FORMAT_VERSION
@@ -74,7 +74,7 @@ def test_weights_file_records_its_architecture_in_its_own_header(tiny_card):
 
 
 def test_card_is_written_one_field_per_line_for_people_to_read(tiny_card):
-    text = tiny_card.card_path.read_text()
+    text = tiny_card.card_path.read_text(encoding="utf-8")
     assert text.startswith('{\n  "format_version": 1,\n  "name": "tiny",\n  "architecture": "TinyNet",\n')
     assert '\n  "architecture_params": {\n    "width": 3\n  },\n' in text
     assert text.endswith('"\n}\n')
@@ -87,7 +87,7 @@ def windows_code_page(monkeypatch, tmp_path):
     monkeypatch.setattr(io, "text_encoding", lambda encoding, stacklevel=2: encoding or "cp1252")
     probe = tmp_path / "probe.txt"
     probe.write_bytes("für".encode("utf-8"))
-    assert probe.read_text() == "fÃ¼r"  # the simulation takes effect
+    assert probe.read_text(encoding="utf-8") == "fÃ¼r"  # the simulation takes effect
 
 
 def test_card_written_in_utf8_reads_the_same_under_a_windows_code_page(tiny_card, windows_code_page):
@@ -204,7 +204,7 @@ def test_card_that_is_not_a_json_object_is_refused(tiny_card):
 
 
 def test_card_lacking_required_fields_names_them(tiny_card):
-    data = json.loads(tiny_card.card_path.read_text())
+    data = json.loads(tiny_card.card_path.read_text(encoding="utf-8"))
     del data["architecture"], data["sha256"]
     tiny_card.card_path.write_text(json.dumps(data))
     with pytest.raises(ModelFileError, match="lacks architecture, sha256"):
@@ -288,7 +288,7 @@ def test_loading_never_unpickles(monkeypatch, tiny_card):
 def test_file_with_a_pickle_inside_is_not_loaded(tiny_card):
     """A pickled checkpoint renamed to .safetensors (with a matching card) is refused, not run."""
     torch.save(seeded_tiny_net().state_dict(), tiny_card.weights_path)
-    data = json.loads(tiny_card.card_path.read_text())
+    data = json.loads(tiny_card.card_path.read_text(encoding="utf-8"))
     data["sha256"] = sha256(tiny_card.weights_path)
     tiny_card.card_path.write_text(json.dumps(data))
     with pytest.raises(ModelFileError, match="not a valid .safetensors file"):
@@ -498,7 +498,7 @@ def test_cache_that_cannot_be_written_is_reported_with_what_to_do(tiny_card, tmp
     monkeypatch.setenv("PANCREASAI_CACHE", str(not_a_folder))
     with pytest.raises(ModelFileError, match="Cannot write .*tiny.safetensors .*set PANCREASAI_CACHE"):
         ModelRegistry([entry_for(tiny_card)]).resolve("tiny")
-    assert not_a_folder.read_text() == "a file where the cache folder should be"
+    assert not_a_folder.read_text(encoding="utf-8") == "a file where the cache folder should be"
 
 
 def test_deleting_a_model_that_is_not_cached_does_nothing(tiny_card, cache):

@@ -346,7 +346,11 @@ def compare_case(case: Case, card, reference, trial, progress: Optional[Progress
     prepared = model_input(read_volume(case.t1), read_volume(case.t2), case.region(), card,
                            progress or (lambda fraction, status: None))
     exact = predict(vit_engine(card, reference), prepared.x)
-    lower = predict(vit_engine(card, trial), prepared.x)
+    lower_engine = vit_engine(card, trial)
+    if lower_engine.choice.precision != trial.precision:
+        raise InputError(f"{lower_engine.choice.label} could not compute {trial.precision} on this CPU, so "
+                         "there is nothing to check; nothing was recorded in the card.")
+    lower = predict(lower_engine, prepared.x)
     return {"case": case.name, "fp32_class": int(exact.probabilities.argmax()),
             f"{trial.precision}_class": int(lower.probabilities.argmax()),
             "max_probability_difference": float(abs(exact.probabilities - lower.probabilities).max())}

@@ -216,8 +216,8 @@ def assess(t1: Volume, t2: Volume, region: RegionBox, card: ModelCard, *, tta: b
         heat_map=heat_map, grid_image=np.ascontiguousarray(np.moveaxis(prepared.x, 0, -1)),
         grid_heat=grid_heat, model_name=card.name, research_use_notice=RESEARCH_USE_NOTICE,
         class_names=prepared.class_names, tile_centers_ras=_tile_centers_ras(prepared.t2_stack, prepared.window),
-        views=prediction.views, warnings=_coverage_warnings(prepared.plan), engine=choice.label,
-        precision=choice.precision)
+        views=prediction.views, warnings=_coverage_warnings(prepared.plan), engine=network.choice.label,
+        precision=network.choice.precision)
 
 
 def _coverage_warnings(plan: CropPlan) -> tuple[str, ...]:

@@ -67,7 +67,11 @@ def check_precision(inputs: list[Path], model=None, precision: str = "bf16", min
         name = case_name(path)
         printer.start_case(index, name)
         ct = read_volume(path)
-        masks = [segment_ct(ct, card, choice=choice, progress=printer).mask.array for choice in (exact, reduced)]
+        results = [segment_ct(ct, card, choice=choice, progress=printer) for choice in (exact, reduced)]
+        if results[1].precision != precision:
+            raise InputError(f"{results[1].engine} could not compute {precision} on this CPU, so there is "
+                             "nothing to check; nothing was recorded in the card.")
+        masks = [result.mask.array for result in results]
         dice = mask_dice(*masks)
         cases.append({"case": name, "dice": round(dice, 6), "fp32_voxels": int(np.count_nonzero(masks[0])),
                       "bf16_voxels": int(np.count_nonzero(masks[1]))})

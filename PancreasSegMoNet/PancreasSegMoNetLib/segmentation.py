@@ -135,7 +135,7 @@ def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optio
     mask = np.ascontiguousarray(reorientation.undo(canonical_mask))
     progress(1.0, "Done")
     return SegmentationResult(Volume(mask, ct.ijk_to_ras), card.name, threshold, warnings,
-                              time.perf_counter() - started, choice.label, choice.precision)
+                              time.perf_counter() - started, network.choice.label, network.choice.precision)
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
