@@ -315,7 +315,7 @@ def test_without_openvino_the_pipeline_runs_on_pytorch_and_says_why(random_monet
     assert result.engine.startswith("pytorch ") and result.precision == "fp32"
 
 
-def test_bf16_that_openvino_cannot_compile_here_runs_in_float32_and_says_so(random_monet_card, small_ct_phantom,
+def test_bf16_that_openvino_cannot_compile_here_runs_in_float32_and_says_so(card_copy, small_ct_phantom,
                                                                             fresh_engines, monkeypatch):
     """A CPU whose flags promise bf16 that OpenVINO then does not compile (simulated: this CPU
     has none): the engine falls back to float32, and its own choice, which the results record,
@@ -325,7 +325,7 @@ def test_bf16_that_openvino_cannot_compile_here_runs_in_float32_and_says_so(rand
     monkeypatch.setattr(engines, "detect_cpu_features", lambda: AMX_XEON)
     if openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES").count("BF16"):
         pytest.skip("this CPU compiles bf16: nothing falls back")
-    checked = passed_bf16(random_monet_card_copy(random_monet_card, fresh_engines.parent))
+    checked = passed_bf16(card_copy)
     choice = choose_engine(checked, have_openvino=True)
     assert (choice.engine, choice.precision) == ("openvino", "bf16")
     engine = build_engine(checked, monet_recipe(checked), choice)
@@ -334,7 +334,7 @@ def test_bf16_that_openvino_cannot_compile_here_runs_in_float32_and_says_so(rand
     assert result.precision == "fp32" and " fp32 " in result.engine
 
 
-def test_a_precision_check_that_cannot_compute_bf16_records_nothing(random_monet_card, small_ct_phantom,
+def test_a_precision_check_that_cannot_compute_bf16_records_nothing(card_copy, small_ct_phantom,
                                                                     fresh_engines, monkeypatch):
     import openvino
 
@@ -344,20 +344,12 @@ def test_a_precision_check_that_cannot_compute_bf16_records_nothing(random_monet
     if openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES").count("BF16"):
         pytest.skip("this CPU compiles bf16")
     monkeypatch.setattr("PancreasSegMoNetLib.precision_check.detect_cpu_features", lambda: AMX_XEON)
-    card = random_monet_card_copy(random_monet_card, fresh_engines.parent)
+    card = card_copy
     before = card.card_path.read_bytes()
     ct = write_volume(Volume(small_ct_phantom.hu[6:8], small_ct_phantom.ijk_to_ras), fresh_engines.parent / "ct.nii.gz")
     with pytest.raises(InputError, match="could not compute bf16.*nothing was recorded"):
         check_precision([ct], card.weights_path, progress_format="json")
     assert card.card_path.read_bytes() == before
-
-
-def random_monet_card_copy(card, folder):
-    folder = folder / "model"
-    folder.mkdir()
-    for path in (card.weights_path, card.card_path):
-        shutil.copy(path, folder / path.name)
-    return read_model_card(folder / card.card_path.name)
 
 
 # --- batch sizes -------------------------------------------------------------------------------
