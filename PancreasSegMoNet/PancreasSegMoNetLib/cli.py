@@ -7,7 +7,8 @@
 For each case it writes <case>_pancreas.seg.nrrd (opens in Slicer with name, colour and
 terminology) and <case>_pancreas.nii.gz (label map, 1 = pancreas) on the input's grid, and
 <case>_pancreas.json (model and its SHA256, engine and precision, threshold, warnings,
-volume, seconds).
+volume, seconds). A CT given as a DICOM series folder also gets <case>_pancreas.dcm, a DICOM
+Segmentation (SEG) referring to the series' images, to send to a PACS (needs highdicom).
 """
 
 from __future__ import annotations
@@ -31,16 +32,25 @@ CHECK_MIN_DICE = 0.99
 PANCREAS_SEGMENT = SegmentInfo(1, SEGMENT_ID, SEGMENT_NAME, SEGMENT_COLOR, PANCREAS_TERMINOLOGY)
 
 
-def output_paths(output_dir: Path, case: str) -> dict[str, Path]:
-    """The files of one case: the only place that names them (the Slicer route reads them back)."""
-    return {"segmentation": output_dir / f"{case}_pancreas.seg.nrrd",
-            "labelmap": output_dir / f"{case}_pancreas.nii.gz",
-            "result": output_dir / f"{case}_pancreas.json"}
+def output_paths(output_dir: Path, case: str, dicom_seg: bool = False) -> dict[str, Path]:
+    """The files of one case: the only place that names them (the Slicer route reads them back);
+    `dicom_seg` adds the DICOM SEG of a case read from a DICOM series."""
+    paths = {"segmentation": output_dir / f"{case}_pancreas.seg.nrrd",
+             "labelmap": output_dir / f"{case}_pancreas.nii.gz",
+             "result": output_dir / f"{case}_pancreas.json"}
+    if dicom_seg:
+        paths["dicom_seg"] = output_dir / f"{case}_pancreas.dcm"
+    return paths
 
 
-def result_record(result, card, case: str) -> dict:
-    """What `<case>_pancreas.json` holds: everything about the result but the voxels."""
-    return {"case": case, "model": card.name, "model_sha256": card.sha256,
+def result_record(result, card, case: str, source: Optional[Path] = None,
+                  dicom_seg: Optional[Path] = None) -> dict:
+    """What `<case>_pancreas.json` holds: everything about the result but the voxels, and the
+    CT it came from (`input`, absolute), which a review (PancreasAILib.review) shows under it;
+    `dicom_seg`, the DICOM SEG's file name, when one was written beside it."""
+    return {"case": case, **({"input": str(Path(source).resolve())} if source is not None else {}),
+            **({"dicom_seg": Path(dicom_seg).name} if dicom_seg is not None else {}),
+            "model": card.name, "model_sha256": card.sha256,
             "engine": result.engine, "precision": result.precision, "threshold": result.threshold,
             "warnings": list(result.warnings), "voxel_count": result.voxel_count,
             "volume_ml": round(result.volume_ml, 3), "seconds": round(result.seconds, 3)}
@@ -57,9 +67,9 @@ def segment_files(inputs: list[Path], output_dir: Path, model=None, device: str 
     """Segment every input; returns the number of cases that failed. A result that cannot be
     written (full disk, another run's file) stops the batch with `OutputError`. Progress and
     messages go to `sink` when given (a run in this process), else as `progress_format` says."""
-    from PancreasAILib.volume_io import read_volume, write_volume
-
+    from PancreasAILib.dicom_seg import dicom_seg_unavailable
     from PancreasAILib.engines import choose_engine
+    from PancreasAILib.volume_io import read_volume, write_volume
 
     from .registry import model_registry
     from .segmentation import segment_ct
@@ -71,22 +81,33 @@ def segment_files(inputs: list[Path], output_dir: Path, model=None, device: str 
     choice = choose_engine(card, engine, precision, device)
     printer.message(f"Model: {card.name}. {card.intended_use}".strip())
     printer.message(engine_message(choice))
+    no_dicom_seg = dicom_seg_unavailable() if any(path.is_dir() for path in inputs) else ""
+    if no_dicom_seg:  # the other files are complete without it
+        printer.message(f"warning: no DICOM SEG (.dcm) for the DICOM series: {no_dicom_seg}")
     failures = 0
     for index, path in enumerate(inputs):
         name = case_name(path)
         printer.start_case(index, name)
-        paths = output_paths(output_dir, name)
+        paths = output_paths(output_dir, name, dicom_seg=path.is_dir() and not no_dicom_seg)
         try:
             refuse_existing(list(paths.values()), overwrite)
             ct = read_volume(path)
             result = segment_ct(ct, card, threshold=threshold, keep_largest_component=keep_largest_component,
                                 device=choice.device, engine=choice.engine, precision=choice.precision,
                                 batch_size=batch_size, progress=printer)
-            with all_or_nothing(list(paths.values()), overwrite) as (seg_temp, label_temp, result_temp):
-                write_segmentation(result.mask, seg_temp, [PANCREAS_SEGMENT])
-                write_volume(result.mask, label_temp)
-                result_temp.write_text(json.dumps(result_record(result, card, name), indent=2) + "\n",
-                                       encoding="utf-8")
+            dicom_seg = None
+            if "dicom_seg" in paths:
+                dicom_seg = _dicom_seg_or_warning(result.mask, path, card, name, printer)
+                if dicom_seg is None:
+                    paths.pop("dicom_seg")
+            with all_or_nothing(list(paths.values()), overwrite) as temporary:
+                temp = dict(zip(paths, temporary))
+                write_segmentation(result.mask, temp["segmentation"], [PANCREAS_SEGMENT])
+                write_volume(result.mask, temp["labelmap"])
+                if dicom_seg is not None:
+                    dicom_seg.save_as(temp["dicom_seg"])
+                record = result_record(result, card, name, path, paths.get("dicom_seg"))
+                temp["result"].write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
             for warning in result.warnings:
                 printer.message(f"{name}: warning: {warning}")
             printer.message(f"{name}: pancreas {result.volume_ml:.1f} ml ({result.voxel_count} voxels), "
@@ -99,6 +120,18 @@ def segment_files(inputs: list[Path], output_dir: Path, model=None, device: str 
             printer.case_failed(name, error)
     printer.close()
     return failures
+
+
+def _dicom_seg_or_warning(mask, series_folder: Path, card, name: str, printer: ProgressPrinter):
+    """The case's DICOM SEG, or None with a warning: a series the SEG cannot refer to slice by
+    slice spoils only the SEG, not the segmentation."""
+    from PancreasAILib.dicom_seg import dicom_segmentation
+
+    try:
+        return dicom_segmentation(mask, series_folder, PANCREAS_SEGMENT, card)
+    except PancreasAIError as error:
+        printer.message(f"{name}: warning: {error}")
+        return None
 
 
 def expand_inputs(items: list[str]) -> list[Path]:
