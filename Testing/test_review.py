@@ -131,6 +131,7 @@ def test_a_malformed_folder_is_listed_not_raised(results):
     (results / "ct_b_pancreas.nii.gz").unlink()  # the model's mask gone
     (results.parent / "inputs" / "mr_b_t1.nii.gz").unlink()  # only T1 gone: still shown
     record = json.loads((results / "mr_a_ipmn_result.json").read_text(encoding="utf-8"))
+    (results / "odd_ipmn_heatmap.nrrd").write_bytes((results / "mr_a_ipmn_heatmap.nrrd").read_bytes())
     (results / "odd_ipmn_result.json").write_text(json.dumps({**record, "class_name": "cancer"}), encoding="utf-8")
     (results / "results.csv").write_text("case,status,message\nmr_c,failed,T2 has NaNs\nmr_a,ok,\n",
                                          encoding="utf-8")
