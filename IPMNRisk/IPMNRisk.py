@@ -33,6 +33,7 @@ from slicer.util import VTKObservationMixin
 
 from PancreasAIApp.model_chooser import ModelChooser
 from PancreasAIApp.parameter_gui import connectParameterNodeGui
+from PancreasAIApp.review_panel import ReviewPanel
 from PancreasAIApp.run_panel import BackgroundRunPanel
 from PancreasAIApp.self_tests import requireDependencies, runSelfTests
 
@@ -129,6 +130,7 @@ class IPMNRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._modelChooser = None
+        self._reviewPanel = None  # the Review section
         self._runPanel = None  # runs the assessment in the background
         self._heatMapNode = None  # the heat map shown in the slice views
 
@@ -161,10 +163,14 @@ class IPMNRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.resultLabel.text = _("No assessment yet.")
         self.initializeParameterNode()
+        # Review: a results folder's cases, one at a time, verdicts to review.csv
+        self._reviewPanel = ReviewPanel(self.layout, "ipmn")
 
     def cleanup(self) -> None:
         if self._runPanel is not None:
             self._runPanel.cancel()
+        if self._reviewPanel is not None:
+            self._reviewPanel.close()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -179,6 +185,7 @@ class IPMNRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         # The nodes the running assessment would write into are about to disappear.
         self._runPanel.cancel()
+        self._reviewPanel.close()  # its case's nodes go with the scene
         self._heatMapNode = None
         self.setParameterNode(None)
 

@@ -25,6 +25,7 @@ from slicer.util import VTKObservationMixin
 
 from PancreasAIApp.model_chooser import ModelChooser
 from PancreasAIApp.parameter_gui import connectParameterNodeGui
+from PancreasAIApp.review_panel import ReviewPanel
 from PancreasAIApp.run_panel import BackgroundRunPanel
 from PancreasAIApp.self_tests import requireDependencies, runSelfTests
 
@@ -113,6 +114,7 @@ class PancreasSegMoNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._modelChooser = None
+        self._reviewPanel = None  # the Review section
         self._runPanel = None  # runs the segmentation in the background
 
     def setup(self) -> None:
@@ -141,10 +143,14 @@ class PancreasSegMoNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
 
         self.initializeParameterNode()
+        # Review: a results folder's cases, one at a time, verdicts to review.csv
+        self._reviewPanel = ReviewPanel(self.layout, "segmentation")
 
     def cleanup(self) -> None:
         if self._runPanel is not None:
             self._runPanel.cancel()
+        if self._reviewPanel is not None:
+            self._reviewPanel.close()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -159,6 +165,7 @@ class PancreasSegMoNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         # The nodes the running segmentation would write into are about to disappear.
         self._runPanel.cancel()
+        self._reviewPanel.close()  # its case's nodes go with the scene
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:

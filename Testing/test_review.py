@@ -441,3 +441,56 @@ def test_a_corrected_pancreas_is_saved_beside_the_models_never_over_it(results, 
     again = review_scene.load_case(case, mrml_scene, reviewed_file=path)
     assert again.reviewed_segmentation is not None
     assert not again.segmentation.GetDisplayNode().GetVisibility()
+
+
+# --- one reviewer's session (what the Slicer Review sections run) --------------------------------
+
+def test_a_session_shows_one_case_at_a_time_and_records_verdicts(results, mrml_scene):
+    from PancreasAILib.review_session import ReviewSession
+
+    before = node_ids(mrml_scene)
+    session = ReviewSession(results, "Dr A", mrml_scene, task="ipmn")
+    assert [c.name for c in session.cases] == ["mr_a", "mr_b"]
+    session.go_to(session.first_unreviewed())
+    assert session.current.name == "mr_a" and session.loaded.foreground is not None
+    shown_first = set(n.GetID() for n in session.loaded.nodes)
+    assert session.record("disagree", "low-risk IPMN", "nodule not seen").reviewer_class == "low-risk IPMN"
+    assert session.first_unreviewed() == 1
+    session.next()
+    assert session.current.name == "mr_b"
+    assert not shown_first & node_ids(mrml_scene)  # the first case's nodes are gone
+    session.next()  # past the end: stays on the last
+    assert session.current.name == "mr_b"
+    session.record("agree")
+    assert [(c.name, v.verdict if v else None) for c, v in session.rows()] == [("mr_a", "disagree"), ("mr_b", "agree")]
+    session.previous()
+    assert session.current.name == "mr_a"
+    session.close()
+    assert all("Slice" in n or "Color" in n for n in node_ids(mrml_scene) - before)
+
+
+def test_a_session_corrects_a_pancreas_and_records_it_edited(results, mrml_scene):
+    from PancreasAILib.review_session import ReviewSession
+
+    session = ReviewSession(results, "Dr A", mrml_scene, task="segmentation")
+    session.go_to(0)
+    with pytest.raises(ReviewError, match="saved"):
+        session.record("edited")
+    path = session.save_correction()
+    stored = session.record("edited", comment="tail trimmed")
+    assert stored.edited_file == path.name == "ct_a_pancreas_reviewed.seg.nrrd"
+    session.go_to(1)
+    session.go_to(0)  # back: the reviewer's correction is shown
+    assert session.loaded.reviewed_segmentation is not None
+
+
+def test_a_session_says_why_a_case_cannot_be_shown(results, mrml_scene):
+    from PancreasAILib.review_session import ReviewSession
+
+    (results / "ct_a_pancreas.nii.gz").unlink()
+    session = ReviewSession(results, "", mrml_scene, task="segmentation")
+    with pytest.raises(ReviewError, match="label map is missing"):
+        session.go_to(0)
+    assert session.current.name == "ct_a" and session.loaded is None
+    with pytest.raises(ReviewError, match="reviewer's name"):
+        session.record("reject")

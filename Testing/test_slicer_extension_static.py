@@ -287,7 +287,8 @@ def test_importing_the_module_files_loads_no_torch_or_timm(import_report):
 
 # --- the helpers of the module files that run without the application ------------------------------
 
-APP_MODULES = ("dependencies", "model_chooser", "parameter_gui", "run_panel", "self_tests", "slicer_process")
+APP_MODULES = ("dependencies", "model_chooser", "parameter_gui", "review_panel", "run_panel", "self_tests",
+               "slicer_process")
 
 
 @pytest.fixture(scope="module")

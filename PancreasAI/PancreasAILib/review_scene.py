@@ -172,6 +172,9 @@ def save_reviewed_segmentation(worklist: Worklist, case: ReviewCase, segmentatio
         with all_or_nothing([path], overwrite=True) as (temporary,):
             write_segmentation(reference.with_array((np.asarray(mask.array) > 0).astype(np.uint8)), temporary,
                                [PANCREAS_SEGMENT])
-    finally:
+    finally:  # the export's display and storage nodes too: the scene is left as it was
+        for helper in (labelmap.GetDisplayNode(), labelmap.GetStorageNode()):
+            if helper is not None:
+                scene.RemoveNode(helper)
         scene.RemoveNode(labelmap)
     return path
