@@ -19,12 +19,14 @@ import numpy as np
 
 from PancreasAILib.engines import EngineChoice, build_engine, choose_engine
 from PancreasAILib.errors import InputError, ModelFileError
+from PancreasAILib.picture import (PixelGeometry, draw_colour_bar, draw_edge_labels, draw_scale_bar, draw_text,
+                                   label_font, slice_position_text)
 from PancreasAILib.progress import ProgressCallback, no_progress
 from PancreasAILib.resample import overlap_fraction, resample
 from PancreasAILib.volume import Volume, check_geometry, check_scalar_volume
 from PancreasAILib.weights import ModelCard
 
-from .colormap import apply_colormap
+from .colormap import apply_colormap, colormap_table
 from .grids import (GRID_SIZE, TILE_SIZE, TILES_PER_SIDE, CropPlan, RegionBox, central_window,
                     crop_stacks, heat_stack, make_input, patch_map_to_slices, plan_crop)
 from .network import CLASS_NAMES
@@ -52,7 +54,10 @@ class Assessment:
     tile_centers_ras: (9, 3) RAS mm of the centre of each tile's slice;
     warnings: what the user should know about the input (the result still stands);
     engine: what ran the network (`EngineChoice.label`, e.g. 'openvino 2026.4.1 fp32 cpu'),
-    at `precision` ('fp32' or 'bf16').
+    at `precision` ('fp32' or 'bf16');
+    tile_ijk_to_ras: 4 x 4, where the tiles' pixels lie: pixel (row r, column c) of a tile cut
+    from crop-stack slice s is at (i, j, k) = (c, r, s) (None: not known, the grid picture then
+    has no orientation letters or scale bar).
     """
 
     risk_class: int
@@ -70,6 +75,7 @@ class Assessment:
     warnings: tuple[str, ...] = ()
     engine: str = ""
     precision: str = ""
+    tile_ijk_to_ras: Optional[np.ndarray] = None
 
 
 def _check_pair(t1: Volume, t2: Volume) -> None:
@@ -217,7 +223,7 @@ def assess(t1: Volume, t2: Volume, region: RegionBox, card: ModelCard, *, tta: b
         grid_heat=grid_heat, model_name=card.name, research_use_notice=RESEARCH_USE_NOTICE,
         class_names=prepared.class_names, tile_centers_ras=_tile_centers_ras(prepared.t2_stack, prepared.window),
         views=prediction.views, warnings=_coverage_warnings(prepared.plan), engine=network.choice.label,
-        precision=network.choice.precision)
+        precision=network.choice.precision, tile_ijk_to_ras=prepared.t2_stack.ijk_to_ras)
 
 
 def _coverage_warnings(plan: CropPlan) -> tuple[str, ...]:
@@ -234,12 +240,35 @@ def _coverage_warnings(plan: CropPlan) -> tuple[str, ...]:
 
 # --- the 3 x 3 grid as a picture -----------------------------------------------------------------
 
+HEAT_SCALE_TITLE = "attention rollout, relative to its peak (not a probability)"
+
+
+def grid_pixel_geometry(tile_ijk_to_ras: np.ndarray, scale: int) -> PixelGeometry:
+    """How the pixels of every tile lie in the patient once each grid pixel is drawn as
+    scale x scale picture pixels (the tiles are resized crops: one tile pixel spans the crop
+    box's extent / (TILE_SIZE - 1), which `tile_ijk_to_ras` already holds)."""
+    tile = PixelGeometry(row_step_ras=tile_ijk_to_ras[:3, 1], column_step_ras=tile_ijk_to_ras[:3, 0])
+    return tile.resized((TILE_SIZE, TILE_SIZE), (TILE_SIZE * scale, TILE_SIZE * scale))
+
+
+def tile_position_texts(assessment: Assessment) -> list[str]:
+    """Each tile's slice position along its normal, e.g. 'S -12.5 mm', row by row from the top left.
+
+    The crop stack is in canonical axial order, so its slices' normal is the patient axis
+    nearest to S whatever the scan's orientation; without tile geometry that is assumed.
+    """
+    normal = (0.0, 0.0, 1.0) if assessment.tile_ijk_to_ras is None else assessment.tile_ijk_to_ras[:3, 2]
+    return [slice_position_text(center, normal) for center in assessment.tile_centers_ras]
+
+
 def render_grid_png(assessment: Assessment, path: str | Path, scale: int = 2,
                     max_opacity: float = 0.6) -> Path:
     """Write the T2 grid with the attention heat map blended in (inferno) as a PNG.
 
-    The heat map's opacity grows with its value, so unattended tissue stays plain grey; a
-    caption gives the class and the research-use notice.
+    The heat map's opacity grows with its value, so unattended tissue stays plain grey. Around
+    the grid: orientation letters (all tiles share them) and a scale bar for the tiles' pixels;
+    on each tile its slice position; below, a colour bar of the heat map and a caption with the
+    class and the research-use notice.
     """
     from PIL import Image, ImageDraw
 
@@ -249,18 +278,36 @@ def render_grid_png(assessment: Assessment, path: str | Path, scale: int = 2,
         opacity = max_opacity * np.clip(assessment.grid_heat, 0.0, 1.0)[..., None]
         rgb = (1.0 - opacity) * rgb + opacity * apply_colormap(assessment.grid_heat)
     side = GRID_SIZE * scale
-    caption_height = 36
-    picture = np.zeros((side + caption_height, side, 3), np.uint8)  # black below: the caption
-    picture[:side] = np.repeat(np.repeat(np.round(rgb), scale, 0), scale, 1)
+    grid = np.repeat(np.repeat(np.round(rgb), scale, 0), scale, 1).astype(np.uint8)
     borders = np.arange(1, TILES_PER_SIDE) * (side // TILES_PER_SIDE)  # each tile is another slice
-    picture[borders] = 90
-    picture[:side, borders] = 90
-    canvas = Image.fromarray(picture)
+    grid[borders] = 90
+    grid[:, borders] = 90
+
+    margin, colour_bar_height, caption_height = 22, 50, 40
+    heat_height = colour_bar_height if assessment.grid_heat is not None else 0
+    canvas = Image.new("RGB", (side + 2 * margin, side + 2 * margin + heat_height + caption_height))
+    canvas.paste(Image.fromarray(grid), (margin, margin))
     draw = ImageDraw.Draw(canvas)
+    font, small_font, letter_font = label_font(13), label_font(11), label_font(15)
+    box = (margin, margin, margin + side, margin + side)
+    tile_side = side // TILES_PER_SIDE
+    for n, text in enumerate(tile_position_texts(assessment)):
+        row, column = divmod(n, TILES_PER_SIDE)
+        draw_text(draw, (margin + column * tile_side + 3, margin + row * tile_side + 2), text, small_font)
+    if assessment.tile_ijk_to_ras is not None:
+        geometry = grid_pixel_geometry(assessment.tile_ijk_to_ras, scale)
+        draw_edge_labels(draw, box, geometry.edge_labels(), letter_font, margin)
+        # in the bottom-left corner of the margin: a vertical arm (pixels not square) rises beside the tiles
+        draw_scale_bar(draw, (margin - 6, box[3] + margin // 2 + 3), geometry, tile_side - 8, font)
+    y = box[3] + margin
+    if assessment.grid_heat is not None:
+        draw_colour_bar(canvas, (margin, y + 18, margin + side, y + 30),
+                        np.round(colormap_table() * 255).astype(np.uint8), HEAT_SCALE_TITLE,
+                        "0 low", "1 high (the peak)", font)
+        y += heat_height
     probability = assessment.probabilities[assessment.risk_class]
-    draw.text((4, side + 3), f"{assessment.class_name} (p = {probability:.2f}), {assessment.model_name}",
-              fill=(255, 255, 255))  # pragma: no mutate (white is Pillow's default; 256 is clamped to 255)
-    draw.text((4, side + 19), "For research use only", fill=(255, 200, 0))  # pragma: no mutate (256 is clamped to 255)
+    draw_text(draw, (margin, y + 3), f"{assessment.class_name} (p = {probability:.2f}), {assessment.model_name}", font)
+    draw_text(draw, (margin, y + 21), "For research use only", font, fill=(255, 200, 0))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, format="PNG")  # pragma: no mutate: Pillow upper-cases the format name
