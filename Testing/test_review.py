@@ -353,7 +353,13 @@ def test_an_ipmn_case_shows_the_heat_map_over_t2_centred_on_the_region(results, 
         assert composite.GetBackgroundVolumeID() == loaded.background.GetID()
         assert composite.GetForegroundVolumeID() == loaded.foreground.GetID()
         assert composite.GetForegroundOpacity() == pytest.approx(0.7)
-    np.testing.assert_allclose(loaded.center_ras, small_mr_phantom.pancreas_box_ras[0])
+    # the slices go through the heat map's peak (here the lesion), the region outlined and locked
+    peak = np.unravel_index(np.argmax(heat.array), heat.shape)
+    np.testing.assert_allclose(loaded.center_ras, (heat.ijk_to_ras @ np.r_[peak[::-1], 1])[:3], atol=1e-4)
+    assert small_mr_phantom.lesion[peak] > 0
+    assert loaded.roi.GetLocked() and not loaded.roi.GetDisplayNode().GetFillVisibility()
+    display = loaded.foreground.GetDisplayNode()
+    assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(review_scene.HEAT_MAP_FLOOR)
     center = [0.0] * 3
     loaded.roi.GetCenter(center)
     np.testing.assert_allclose(center, small_mr_phantom.pancreas_box_ras[0], atol=1e-6)

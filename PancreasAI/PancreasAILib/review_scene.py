@@ -21,6 +21,7 @@ from .scene import add_volume_node, removing_new_nodes_on_error, show_in_slice_v
 from .volume_io import read_volume
 
 HEAT_MAP_OPACITY = 0.5
+HEAT_MAP_FLOOR = 0.1  # heat below this share of the peak is not drawn
 # Window / level presets a radiologist expects for abdominal CT (HU); MR is windowed automatically.
 CT_PRESETS = {"abdomen": (400.0, 40.0), "pancreas": (350.0, 50.0), "liver": (150.0, 90.0)}
 
@@ -98,13 +99,42 @@ def _load_ipmn(case: ReviewCase, scene) -> LoadedCase:
                "spread": [0, 0, 0], "test_time_views": "", "research_use_notice": "",
                "region": {"center_ras": [0, 0, 0], "size_mm": [0, 0, 0]}, **case.record}
     result = add_assessment_to_scene(t2_node, heat_map, summary)
+    # Below a tenth of its peak the heat map is transparent: the T2 shows as it is, and the colour
+    # only where the model looked (inferno's black end would otherwise darken the whole image).
+    display = result.heat_map_node.GetDisplayNode()
+    display.SetApplyThreshold(True)
+    display.SetLowerThreshold(HEAT_MAP_FLOOR)
+    display.SetUpperThreshold(1.0)
     center, size = summary["region"]["center_ras"], summary["region"]["size_mm"]
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"{case.name} IPMN region")
     roi.SetCenter(*center)
     roi.SetSize(*size)
     roi.CreateDefaultDisplayNodes()
+    _outline_only(roi)
+    # The slices go through the heat map's peak (where the model looked), the view spans the region.
+    focus = _peak_ras(heat_map) if float(np.max(heat_map.array)) > 0 else np.asarray(center, float)
     return LoadedCase(case, t2_node, foreground=result.heat_map_node, alternate_background=t1_node,
-                      roi=roi, table=result.table_node, center_ras=tuple(center), size_mm=tuple(size))
+                      roi=roi, table=result.table_node, center_ras=tuple(float(v) for v in focus),
+                      size_mm=tuple(size))
+
+
+def _peak_ras(volume) -> np.ndarray:
+    """The world position of the volume's largest value (the first, if it is reached twice)."""
+    index = np.unravel_index(int(np.argmax(volume.array)), volume.shape)
+    return (volume.ijk_to_ras @ np.r_[index[::-1], 1.0])[:3]
+
+
+def _outline_only(roi_node) -> None:
+    """The region as a thin outline a reviewer cannot drag: a filled box would hide the heat map,
+    and the region is the model's input, not something to edit in a review."""
+    display = roi_node.GetDisplayNode()
+    if display is None:
+        return
+    display.SetFillVisibility(False)
+    display.SetHandlesInteractive(False)
+    display.SetPropertiesLabelVisibility(False)
+    display.SetPointLabelsVisibility(False)
+    roi_node.SetLocked(True)
 
 
 def show_case(scene, loaded: LoadedCase, opacity: float = HEAT_MAP_OPACITY, background: str = "default") -> None:
