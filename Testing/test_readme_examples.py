@@ -64,11 +64,14 @@ ipmn-risk assess --t1 t1.nii.gz --t2 t2.nii.gz --roi-center=-10,45,12 --roi-size
 ipmn-risk assess --t1 patient8/t1.nrrd --t2 patient8/t2.nrrd --roi-mask patient8/pancreas.seg.nrrd --case patient8 -o results/
 ipmn-risk batch cases.csv -o results/     # columns: case,t1,t2,roi_center,roi_size (or roi_mask)
 """,
+    "evaluate review": """
+python Resources/Training/evaluate_review.py results/ --output agreement/
+""",
     "layout": """
 CMakeLists.txt            the Slicer extension
 PancreasAI/               hidden module: PancreasAI.py (module + self-test of the process runner)
-  PancreasAILib/          the Qt-free core: geometry, files, weights, engines.py, cpu.py, tasks, runners, route.py, scene.py
-  PancreasAIApp/          the Slicer application's side: installer, PythonSlicer runner, widgets
+  PancreasAILib/          the Qt-free core: geometry, files, weights, engines.py, cpu.py, tasks, runners, route.py, scene.py, review.py, review_web.py
+  PancreasAIApp/          the Slicer application's side: installer, PythonSlicer runner, widgets, review_panel.py
 PancreasSegMoNet/
   PancreasSegMoNet.py     Slicer module (GUI, Logic, Test), thin over the Lib
   PancreasSegMoNetLib/    network.py, preprocessing.py, registry.py, segmentation.py, cli.py, precision_check.py, pancreas_segment.py, logic.py
@@ -495,6 +498,31 @@ def test_ipmn_risk_examples(workspace):
     assert [row["case"] for row in rows] == ["c1", "c2"] and {row["status"] for row in rows} == {"ok"}
     for column in ("class_name", "p_normal", "spread_high_risk", "heat_map", "grid_png", "scene"):
         assert all(row[column] for row in rows), column
+
+
+def test_evaluate_review_example(workspace):
+    """Two reviewers' verdicts on four IPMN cases and one segmentation, as the review writes them."""
+    from PancreasAILib.review import REVIEW_COLUMNS
+
+    classes = ("normal", "low-risk IPMN", "high-risk IPMN")
+    rows = []
+    for reviewer, theirs in (("Dr A", (0, 1, 2, 2)), ("Dr B", (0, 2, 2, 1))):
+        for number, (model, own) in enumerate(zip((0, 1, 2, 1), theirs)):
+            rows.append({"reviewer": reviewer, "case": f"c{number}", "task": "ipmn", "time": "2026-11-30T10:00:00Z",
+                         "model": "m", "model_sha256": "0" * 64, "model_class": classes[model],
+                         "verdict": "agree" if model == own else "disagree", "reviewer_class": classes[own],
+                         "edited_file": "", "comment": ""})
+    rows.append({**rows[0], "case": "ct1", "task": "segmentation", "model_class": "", "verdict": "accept",
+                 "reviewer_class": ""})
+    workspace.path("results").mkdir()
+    with open(workspace.path("results/review.csv"), "w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=REVIEW_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    completed = workspace.run(example("evaluate review"), timeout=300)
+    report = workspace.path("agreement/review_agreement.md").read_text(encoding="utf-8")
+    assert "Dr A" in report and "Dr B" in report and "kappa" in report.lower() and report.strip() in completed.stdout
+    assert workspace.path("agreement/review_agreement.png").stat().st_size > 0
 
 
 # --- what the README names in the clone ------------------------------------------------------------
