@@ -58,8 +58,9 @@ def test_the_result_record_names_the_model_its_sha256_and_the_result(tmp_path, c
     record = json.loads((out / "case_001_pancreas.json").read_text(encoding="utf-8"))
     label = read_volume(out / "case_001_pancreas.nii.gz")
     voxel_ml = abs(np.linalg.det(label.ijk_to_ras[:3, :3])) / 1000
-    assert set(record) == {"case", "model", "model_sha256", "engine", "precision", "threshold", "warnings",
+    assert set(record) == {"case", "input", "model", "model_sha256", "engine", "precision", "threshold", "warnings",
                            "voxel_count", "volume_ml", "seconds"}
+    assert record["input"] == str(Path(ct_file).resolve())  # the review shows the CT under the result
     assert (record["case"], record["model"], record["model_sha256"]) == (
         "case_001", random_monet_card.name, random_monet_card.sha256)
     # OpenVINO is installed here, and the card records no bf16 check: the exact float32 path

@@ -7,7 +7,8 @@
 
 Per case it writes <case>_ipmn_result.json, <case>_ipmn_heatmap.nrrd (attention on T2's grid),
 <case>_ipmn_grid.png (the 3 x 3 T2 grid with the map) and <case>_ipmn_scene.mrb (T1, T2, the
-heat map, the region and a result table, for review in Slicer). The batch CSV has columns
+heat map, the region and a result table, for review in Slicer). T1 and T2 are NIfTI/NRRD files
+or DICOM series folders, each on its own grid. The batch CSV has columns
 case, t1, t2 and either roi_center + roi_size ("R,A,S" in mm) or roi_mask; it writes
 results.csv. Every result is for research use only; each records the engine and precision that
 computed it. check-precision runs the cases of such a CSV in float32 and in bf16 and records in
@@ -131,7 +132,7 @@ def read_cases_csv(path: Path) -> list[Case]:
     for number, row in enumerate(rows, start=2):
         def path_of(key: str) -> Optional[Path]:
             value = (row.get(key) or "").strip()
-            return (base / os.path.expanduser(value)) if value else None
+            return user_path(base / os.path.expanduser(value)) if value else None  # "." named, not ""
 
         name = (row.get("case") or "").strip() or case_name(path_of("t2") or Path(f"case{number}"))
         try:
@@ -223,12 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     one = commands.add_parser("assess", help="assess one T1/T2 pair")
-    one.add_argument("--t1", required=True, type=Path)
-    one.add_argument("--t2", required=True, type=Path)
+    one.add_argument("--t1", required=True, type=Path, help="NIfTI/NRRD file or DICOM series folder")
+    one.add_argument("--t2", required=True, type=Path, help="NIfTI/NRRD file or DICOM series folder")
     one.add_argument("--roi-center", help="R,A,S of the box centre in mm (write --roi-center=-12,40,7)")
     one.add_argument("--roi-size", help="X,Y,Z box size in mm")
     one.add_argument("--roi-mask", type=Path, help="a mask (e.g. pancreas segmentation) whose extent is the region")
-    one.add_argument("--case", help="case name for the output files (default: from the T2 file name)")
+    one.add_argument("--case", help="case name for the output files (default: the T2 file's or folder's name)")
     batch = commands.add_parser("batch", help="assess every case of a CSV")
     batch.add_argument("csv", type=Path)
     for command in (one, batch):
@@ -261,7 +262,7 @@ def _run(args, sink: Optional[ProgressSink] = None) -> int:
         if args.roi_mask is None and (args.roi_center is None or args.roi_size is None):
             raise InputError("Give the region: --roi-center and --roi-size, or --roi-mask.")
         try:
-            cases = [Case(args.case or case_name(args.t2), args.t1, args.t2, parse_triple(args.roi_center),
+            cases = [Case(args.case or case_name(user_path(args.t2)), args.t1, args.t2, parse_triple(args.roi_center),
                           parse_triple(args.roi_size), args.roi_mask)]
         except ValueError as error:
             raise InputError(str(error)) from error
