@@ -80,9 +80,9 @@ def _attributes(node, prefix: str) -> dict:
 
 
 def _without_seconds(record: dict) -> dict:
-    """A result record without the time it took, and with the file names it lists (each route
-    has its own work folder)."""
-    return {key: Path(value).name if key in ("heat_map", "grid_png", "scene") else value
+    """A result record without the time it took, and with the names of the files it lists, inputs
+    included (each route has its own work folder)."""
+    return {key: Path(value).name if key in ("heat_map", "grid_png", "scene", "input", "t1", "t2") else value
             for key, value in record.items() if key != "seconds"}
 
 
