@@ -90,6 +90,7 @@ def test_all_or_nothing_replaces_nothing_when_an_output_was_not_written(tmp_path
     ("case_scene.mrb", "truncated"),
     ("case_grid.png", "truncated"),
     ("case_result.json", "truncated"),
+    ("case_pancreas.dcm", "truncated"),
 ])
 def test_a_damaged_output_is_refused_and_replaces_nothing(tmp_path, name, damage):
     """What a full disk leaves (an empty or cut-short file) never takes a result's name."""
@@ -106,11 +107,34 @@ def test_a_damaged_output_is_refused_and_replaces_nothing(tmp_path, name, damage
                 from PIL import Image
 
                 Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(temp)
+            elif name.endswith(".dcm"):
+                write_small_dicom(temp)
             else:
                 write_json(temp, "x" * 100)
             data = temp.read_bytes()
             temp.write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
     assert list(tmp_path.iterdir()) == []
+
+
+def write_small_dicom(path):
+    """A 64 x 64 x 4-frame 8-bit DICOM image with its pixels (what a DICOM SEG holds, unpacked)."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset = pydicom.Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    dataset.Rows = dataset.Columns = 64
+    dataset.NumberOfFrames = 4
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 8, 8, 7, 0
+    dataset.PixelData = np.random.default_rng(0).integers(0, 255, (4, 64, 64), np.uint8).tobytes()
+    dataset.save_as(path, enforce_file_format=True)
 
 
 def test_a_result_written_meanwhile_by_another_run_is_kept(tmp_path):

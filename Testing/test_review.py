@@ -349,6 +349,9 @@ def test_an_ipmn_case_shows_the_heat_map_over_t2_centred_on_the_region(results, 
     np.testing.assert_allclose(heat.ijk_to_ras, small_mr_phantom.ijk_to_ras, atol=1e-5)
     np.testing.assert_array_equal(heat.array > 0.5, small_mr_phantom.lesion > 0)
     for layout in ("Red", "Green", "Yellow"):
+        slice_node = mrml_scene.GetSingletonNode(layout, "vtkMRMLSliceNode")
+        assert slice_node.GetOrientationMarkerType() == slice_node.OrientationMarkerTypeAxes
+        assert slice_node.GetRulerType() == slice_node.RulerTypeThin
         composite = mrml_scene.GetSingletonNode(layout, "vtkMRMLSliceCompositeNode")
         assert composite.GetBackgroundVolumeID() == loaded.background.GetID()
         assert composite.GetForegroundVolumeID() == loaded.foreground.GetID()

@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import InputError, PancreasAIError
 from .review import REVIEWED_SUFFIX, ReviewCase, ReviewError, Worklist, reviewed_segmentation_name
-from .scene import add_volume_node, removing_new_nodes_on_error, show_in_slice_views, volume_from_node
+from .scene import SLICE_VIEWS, add_volume_node, removing_new_nodes_on_error, show_in_slice_views, volume_from_node
 from .volume_io import read_volume
 
 HEAT_MAP_OPACITY = 0.5
@@ -140,9 +140,18 @@ def _outline_only(roi_node) -> None:
 def show_case(scene, loaded: LoadedCase, opacity: float = HEAT_MAP_OPACITY, background: str = "default") -> None:
     """The case in the three slice views, centred on the region or the pancreas: the heat map
     over T2 (or over T1 with background='t1') at `opacity`."""
+    import slicer
+
     back = loaded.alternate_background if background == "t1" and loaded.alternate_background else loaded.background
     show_in_slice_views(scene, back, loaded.foreground, float(np.clip(opacity, 0.0, 1.0)),
                         loaded.center_ras, loaded.size_mm)
+    # Where the patient's axes point and how long a centimetre is, in every view (Slicer's own
+    # orientation marker and ruler; the web views draw them too).
+    views = slicer.vtkMRMLAbstractViewNode
+    for layout_name, _, _ in SLICE_VIEWS:
+        slice_node = scene.GetSingletonNode(layout_name, "vtkMRMLSliceNode")
+        slice_node.SetOrientationMarkerType(views.OrientationMarkerTypeAxes)
+        slice_node.SetRulerType(views.RulerTypeThin)
 
 
 def unload_case(scene, loaded: Optional[LoadedCase]) -> None:
