@@ -361,6 +361,10 @@ def test_an_ipmn_case_shows_the_heat_map_over_t2_centred_on_the_region(results, 
     np.testing.assert_allclose(loaded.center_ras, (heat.ijk_to_ras @ np.r_[peak[::-1], 1])[:3], atol=1e-4)
     assert small_mr_phantom.lesion[peak] > 0
     assert loaded.roi.GetLocked() and not loaded.roi.GetDisplayNode().GetFillVisibility()
+    legends = [loaded.foreground.GetNthDisplayNode(n) for n in range(loaded.foreground.GetNumberOfDisplayNodes())
+               if loaded.foreground.GetNthDisplayNode(n).IsA("vtkMRMLColorLegendDisplayNode")]
+    assert len(legends) == 1 and "not a probability" in legends[0].GetTitleText() and legends[0].GetVisibility()
+    assert legends[0] in loaded.nodes  # removed with the case
     display = loaded.foreground.GetDisplayNode()
     assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(review_scene.HEAT_MAP_FLOOR)
     center = [0.0] * 3

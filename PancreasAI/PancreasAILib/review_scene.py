@@ -105,6 +105,7 @@ def _load_ipmn(case: ReviewCase, scene) -> LoadedCase:
     display.SetApplyThreshold(True)
     display.SetLowerThreshold(HEAT_MAP_FLOOR)
     display.SetUpperThreshold(1.0)
+    _colour_legend(result.heat_map_node)
     center, size = summary["region"]["center_ras"], summary["region"]["size_mm"]
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"{case.name} IPMN region")
     roi.SetCenter(*center)
@@ -116,6 +117,25 @@ def _load_ipmn(case: ReviewCase, scene) -> LoadedCase:
     return LoadedCase(case, t2_node, foreground=result.heat_map_node, alternate_background=t1_node,
                       roi=roi, table=result.table_node, center_ras=tuple(float(v) for v in focus),
                       size_mm=tuple(size))
+
+
+def _colour_legend(heat_map_node):
+    """Slicer's colour legend beside the heat map in the slice views, saying what it shows."""
+    import slicer
+
+    scene = heat_map_node.GetScene()
+    if not scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):  # the Colors module's job
+        scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
+    # What vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode does in the application (outside
+    # it, without the Colors module's logic, that returns nothing).
+    legend = scene.AddNewNodeByClass("vtkMRMLColorLegendDisplayNode", f"{heat_map_node.GetName()} legend")
+    legend.SetAndObservePrimaryDisplayNode(heat_map_node.GetDisplayNode())
+    heat_map_node.AddAndObserveDisplayNodeID(legend.GetID())
+    legend.SetTitleText("Attention rollout\n(relative to its peak,\nnot a probability)")
+    legend.SetNumberOfLabels(3)
+    legend.SetLabelFormat("%.1f")
+    legend.SetVisibility(True)
+    return legend
 
 
 def _peak_ras(volume) -> np.ndarray:
