@@ -53,6 +53,7 @@ GROUPS = {
     "route": (["PancreasAI/PancreasAILib/tasks.py", "PancreasAI/PancreasAILib/route.py"],
               ["test_tasks.py", "test_route.py"]),
     "engines": (["PancreasAI/PancreasAILib/engines.py", "PancreasAI/PancreasAILib/cpu.py"], ["test_engines.py"]),
+    "review": (["PancreasAI/PancreasAILib/review.py"], ["test_review.py"]),
     "training": (["Resources/Training/segmentation_metrics.py", "Resources/Training/ipmn_folds.py",
                   "Resources/Training/trainkit/checkpoint.py"],
                  ["test_segmentation_metrics.py", "test_trainkit.py", "test_training_ipmn.py"]),
