@@ -507,3 +507,134 @@ def test_a_session_says_why_a_case_cannot_be_shown(results, mrml_scene):
     assert session.current.name == "ct_a" and session.loaded is None
     with pytest.raises(ReviewError, match="reviewer's name"):
         session.record("reject")
+
+
+# --- what the mutation run of review.py found untested --------------------------------------------
+
+def test_the_files_a_case_has_are_named_and_what_is_missing_says_where_it_was(results, small_ct_phantom):
+    inputs = results.parent / "inputs"
+    for name in ("ct_a_pancreas.png", "ct_a_scene.mrb", "ct_a_pancreas.dcm", "mr_a_ipmn_scene.mrb",
+                 "mr_a_ipmn_grid.png"):
+        (results / name).write_bytes(b"x")
+    worklist = review.open_worklist(results)
+    ct, mr = worklist.case("ct_a"), worklist.case("mr_a")
+    assert {k: p.name for k, p in ct.files.items()} == {
+        "ct": "ct_a.nrrd", "labelmap": "ct_a_pancreas.nii.gz", "segmentation": "ct_a_pancreas.seg.nrrd",
+        "picture": "ct_a_pancreas.png", "scene": "ct_a_scene.mrb", "dicom_seg": "ct_a_pancreas.dcm"}
+    assert {k: p.name for k, p in mr.files.items()} == {
+        "t1": "mr_a_t1.nii.gz", "t2": "mr_a_t2.nii.gz", "heat_map": "mr_a_ipmn_heatmap.nrrd",
+        "grid_png": "mr_a_ipmn_grid.png", "scene": "mr_a_ipmn_scene.mrb"}
+    (inputs / "ct_a.nrrd").unlink()
+    (results / "ct_a_pancreas.nii.gz").unlink()
+    (results / "mr_b_ipmn_heatmap.nrrd").unlink()
+    worklist = review.open_worklist(results)
+    ct_a, mr_b = worklist.case("ct_a"), worklist.case("mr_b")
+    assert ct_a.missing == (f"the CT is missing ({inputs / 'ct_a.nrrd'})", "the pancreas label map is missing")
+    assert ct_a.problem == "cannot be shown: the CT and the pancreas label map are missing"
+    assert mr_b.problem == "cannot be shown: the heat map is missing"
+    assert mr_b.missing == ("the heat map is missing", "the grid picture is missing")
+
+
+def test_outputs_and_inputs_are_found_where_the_result_says(results, small_mr_phantom):
+    """A heat map and grid kept elsewhere (the result's own paths), inputs given relative to the folder."""
+    elsewhere = results.parent / "elsewhere"
+    elsewhere.mkdir()
+    record = json.loads((results / "mr_a_ipmn_result.json").read_text(encoding="utf-8"))
+    (results / "mr_a_ipmn_heatmap.nrrd").rename(elsewhere / "heat.nrrd")
+    (elsewhere / "grid.png").write_bytes(b"x")
+    (results / "sub").mkdir()
+    for key in ("t1", "t2"):
+        Path(record[key]).rename(results / "sub" / Path(record[key]).name)
+        record[key] = f"sub/{Path(record[key]).name}"
+    record.update(heat_map=str(elsewhere / "heat.nrrd"), grid_png=str(elsewhere / "grid.png"))
+    (results / "mr_a_ipmn_result.json").write_text(json.dumps(record), encoding="utf-8")
+    case = review.open_worklist(results).case("mr_a")
+    assert case.reviewable
+    assert (case.files["heat_map"], case.files["grid_png"]) == (elsewhere / "heat.nrrd", elsewhere / "grid.png")
+    assert case.files["t2"] == results / "sub" / "mr_a_t2.nii.gz"
+
+
+def test_failed_batch_rows_and_an_unreadable_table(results):
+    table = results / "results.csv"
+    table.write_text("\ufeffcase,status,message\nmr_c,failed,\nmr_a,failed,stale row\nmr_d,ok,\n,failed,x\n"
+                     "mr_c,failed,again\n", encoding="utf-8")
+    worklist = review.open_worklist(results)
+    failed = [c for c in worklist.cases if c.result_file is None]
+    assert [(c.name, c.task, c.problem) for c in failed] == [("mr_c", "ipmn", "the assessment failed: no reason recorded")]
+    assert worklist.case("mr_a").reviewable  # its result file wins over a stale row
+    table.write_bytes(b"case,status\n\xff\xfe,failed\n")
+    assert review.open_worklist(results).problems == ("results.csv could not be read "
+                                                      "('utf-8' codec can't decode byte 0xff in position 12: "
+                                                      "invalid start byte).",)
+
+
+def test_an_empty_folder_says_it_holds_no_results(tmp_path):
+    assert review.open_worklist(tmp_path).problems == (
+        f"{tmp_path} holds no results (no *_pancreas.json or *_ipmn_result.json).",)
+
+
+@pytest.fixture
+def windows_code_page(monkeypatch):
+    """Files opened without an encoding decode as cp1252, as on a Western-European Windows."""
+    import io
+
+    monkeypatch.setattr(io, "text_encoding", lambda encoding, stacklevel=2: encoding or "cp1252")
+
+
+def test_names_and_comments_round_trip_in_utf8_under_a_windows_code_page(results, windows_code_page):
+    record = json.loads((results / "mr_a_ipmn_result.json").read_text(encoding="utf-8"))
+    record["warnings"] = ["T2 für die Prüfung"]
+    (results / "mr_a_ipmn_result.json").write_bytes(json.dumps(record, ensure_ascii=False).encode("utf-8"))
+    (results / "results.csv").write_bytes("case,status,message\nmr_ü,failed,Größe\n".encode("utf-8"))
+    worklist = review.open_worklist(results)
+    assert worklist.case("mr_a").warnings == ["T2 für die Prüfung"]
+    assert worklist.case("mr_ü").problem == "the assessment failed: Größe"
+    comment = "Zyste im Kopf, Größe 3 cm\r\nzweite Zeile"
+    review.record_verdict(worklist, ipmn_verdict(reviewer="Dr Müller", comment=comment))
+    [stored] = review.read_verdicts(results)
+    assert (stored.reviewer, stored.comment) == ("Dr Müller", comment)
+    assert "Dr Müller".encode("utf-8") in (results / "review.csv").read_bytes()
+    assert "Dr Müller".encode("utf-8") in (results / "review_history.csv").read_bytes()
+    assert (results / "review.csv").read_bytes().count(b"\r\n") == 1  # only the one in the comment
+
+
+def test_the_reviewer_is_normalised_and_the_time_is_utc(results, monkeypatch):
+    import time as clock
+    from datetime import datetime, timezone
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    clock.tzset()
+    try:
+        stored = review.record_verdict(results, ipmn_verdict(reviewer="  Dr \t A  "))
+    finally:
+        monkeypatch.delenv("TZ")
+        clock.tzset()
+    assert stored.reviewer == "Dr A" and review.read_verdicts(results)[0].reviewer == "Dr A"
+    recorded = datetime.strptime(stored.time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    assert abs((datetime.now(timezone.utc) - recorded).total_seconds()) < 60
+    review.record_verdict(results, ipmn_verdict(reviewer="x" * 100))
+    with pytest.raises(ReviewError, match="longer than 100"):
+        review.record_verdict(results, ipmn_verdict(reviewer="x" * 101))
+
+
+def test_a_lock_released_while_waiting_is_taken(results, monkeypatch):
+    import threading
+
+    lock = results / review.LOCK_FILE
+    lock.write_text("12345", encoding="utf-8")
+    monkeypatch.setattr(review, "LOCK_WAIT_SECONDS", 5.0)
+    threading.Timer(0.5, lock.unlink).start()
+    review.record_verdict(results, ipmn_verdict())
+    assert len(rows(results)) == 1 and not lock.exists()
+
+
+@pytest.mark.parametrize("reviewer, expected", [("Dr B/2", "ct_a_pancreas_reviewed_Dr_B_2.seg.nrrd"),
+                                                ("..Dr. B.", "ct_a_pancreas_reviewed_Dr._B.seg.nrrd"),
+                                                ("?!", "ct_a_pancreas_reviewed_reviewer.seg.nrrd")])
+def test_a_second_reviewers_correction_gets_a_file_name_of_its_own(results, reviewer, expected):
+    worklist = review.open_worklist(results)
+    assert review.reviewed_segmentation_name(worklist, "ct_a", "Dr A") == "ct_a_pancreas_reviewed.seg.nrrd"
+    (results / "ct_a_pancreas_reviewed.seg.nrrd").write_bytes(b"x")
+    review.record_verdict(worklist, Verdict("Dr A", "ct_a", "segmentation", "edited"))
+    assert review.reviewed_segmentation_name(worklist, "ct_a", "Dr A") == "ct_a_pancreas_reviewed.seg.nrrd"
+    assert review.reviewed_segmentation_name(worklist, "ct_a", reviewer) == expected

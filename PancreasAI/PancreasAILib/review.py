@@ -20,7 +20,7 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -38,6 +38,8 @@ LOCK_FILE = ".review.csv.lock"
 # What each kind of result is called in the folder (the command lines' own names).
 RESULT_SUFFIXES = {"segmentation": "_pancreas.json", "ipmn": "_ipmn_result.json"}
 REVIEWED_SUFFIX = "_pancreas_reviewed"
+# The inputs a result records (file kind: field of the result JSON).
+INPUT_FIELDS = {"ct": "input", "t1": "t1", "t2": "t2"}
 # Without these a case cannot be shown; the others are listed as missing but do not stop it.
 ESSENTIAL_FILES = {"segmentation": ("ct", "labelmap"), "ipmn": ("t2", "heat_map")}
 FILE_LABELS = {"ct": "the CT", "labelmap": "the pancreas label map", "segmentation": "the .seg.nrrd",
@@ -132,9 +134,6 @@ class Worklist:
         raise ReviewError(f"{self.folder} holds both a segmentation and an IPMN result called '{name}'; "
                           "say which (task='segmentation' or 'ipmn').")
 
-    def index(self, case: ReviewCase) -> int:
-        return self.cases.index(case)
-
 
 @dataclass(frozen=True)
 class Verdict:
@@ -198,7 +197,7 @@ def _read_case(folder: Path, task: str, path: Path, suffix: str) -> ReviewCase:
 def _case_files(folder: Path, task: str, name: str, record: dict) -> tuple[dict, list]:
     """The case's files that exist, and a sentence for each expected file that does not."""
     if task == "segmentation":
-        expected = {"ct": _recorded(folder, record.get("input")) + _named_volumes(folder, name),
+        expected = {"ct": _recorded(folder, record.get(INPUT_FIELDS["ct"])) + _named_volumes(folder, name),
                     "labelmap": [folder / f"{name}_pancreas.nii.gz"],
                     "segmentation": [folder / f"{name}_pancreas.seg.nrrd"]}
         optional = {"picture": folder / f"{name}_pancreas.png", "scene": folder / f"{name}_scene.mrb",
@@ -215,13 +214,17 @@ def _case_files(folder: Path, task: str, name: str, record: dict) -> tuple[dict,
         if found is not None:
             files[key] = found
         else:
-            recorded = record.get({"ct": "input"}.get(key, key))
-            where = f" ({recorded})" if recorded else (
-                "" if key in ("labelmap", "segmentation", "heat_map", "grid_png")
-                else " (the result does not say where it is)")
-            missing.append(f"{FILE_LABELS[key]} is missing{where}")
+            missing.append(f"{FILE_LABELS[key]} is missing{_where(record, key)}")
     files.update({key: path for key, path in optional.items() if path.exists()})
     return files, missing
+
+
+def _where(record: dict, key: str) -> str:
+    """Where the result says an input file was (the outputs have fixed names in the folder)."""
+    if key not in INPUT_FIELDS:
+        return ""
+    recorded = record.get(INPUT_FIELDS[key])
+    return f" ({recorded})" if recorded else " (the result does not say where it is)"
 
 
 def _recorded(folder: Path, value) -> list:
@@ -308,7 +311,7 @@ def check_verdict(worklist: Worklist, verdict: Verdict) -> Verdict:
                                   f"first ({edited_file} is not there).")
         elif edited_file:
             raise ReviewError(f"Only an 'edited' verdict names an edited file (this one is '{verdict.verdict}').")
-    return replace(verdict, reviewer=reviewer, case=case.name, task=case.task, reviewer_class=reviewer_class,
+    return replace(verdict, reviewer=reviewer, reviewer_class=reviewer_class,
                    edited_file=edited_file, comment=str(verdict.comment).strip(), model=case.model,
                    model_sha256=case.model_sha256, model_class=case.class_name,
                    time=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
@@ -359,7 +362,8 @@ def _read_rows(path: Path) -> list:
     if not path.exists():
         return []
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with open(path, encoding="utf-8-sig", newline="") as stream:  # as csv needs: a comment's CR LF kept
+            text = stream.read()
     except (OSError, UnicodeDecodeError) as error:
         raise ReviewError(f"{path} could not be read ({_short(error)}); nothing was changed.") from error
     reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -421,13 +425,13 @@ class _locked:
                 os.close(descriptor)
                 return self
             except FileExistsError:
-                if self._stale():
+                if self._stale():  # its process died: take it over (the next try creates it anew)
                     self.path.unlink(missing_ok=True)
-                    continue
-                if time.monotonic() > deadline:
+                elif time.monotonic() > deadline:
                     raise ReviewError(f"review.csv is being saved by another reviewer ({self.path} exists); "
                                       "try again. If no one is saving, delete that file.") from None
-                time.sleep(0.05)
+                else:
+                    time.sleep(0.05)
             except OSError as error:
                 raise ReviewError(f"Cannot save verdicts in {self.path.parent} ({_short(error)}): "
                                   "the results folder must be writable.") from error
@@ -441,14 +445,3 @@ class _locked:
     def __exit__(self, *exc):
         self.path.unlink(missing_ok=True)
         return False
-
-
-def as_dict(case: ReviewCase) -> dict:
-    """A case as plain data (for the web page and JSON), paths as strings."""
-    data = asdict(case)
-    data["result_file"] = str(case.result_file) if case.result_file else ""
-    data["files"] = {key: str(path) for key, path in case.files.items()}
-    data["missing"] = list(case.missing)
-    data.update(class_name=case.class_name, summary=case.summary, reviewable=case.reviewable,
-                model=case.model, model_sha256=case.model_sha256, warnings=case.warnings)
-    return data
