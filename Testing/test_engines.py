@@ -227,15 +227,22 @@ def test_openvino_float32_matches_pytorch_float32(random_monet_card, small_ct_ph
     np.testing.assert_allclose(openvino_out, torch_out, atol=1e-5)
 
 
+def first_conversion(card, phantom, cache):
+    """`card`'s MoNet converted for OpenVINO float32 into the empty `cache`: its recipe, engine
+    choice, a batch of two slices, the output on it, and the one cache folder it made."""
+    recipe = monet_recipe(card)
+    choice = EngineChoice("openvino", "fp32", "cpu")
+    batch = slices_of(phantom, 2)
+    first = build_engine(card, recipe, choice)(batch)[0]
+    [folder] = [p for p in cache.iterdir() if p.is_dir()]
+    return recipe, choice, batch, first, folder
+
+
 def test_the_conversion_is_cached_by_the_weights_and_reused(random_monet_card, small_ct_phantom,
                                                             fresh_engines, monkeypatch):
     import openvino
 
-    recipe = monet_recipe(random_monet_card)
-    choice = EngineChoice("openvino", "fp32", "cpu")
-    batch = slices_of(small_ct_phantom, 2)
-    first = build_engine(random_monet_card, recipe, choice)(batch)[0]
-    [folder] = [p for p in fresh_engines.iterdir() if p.is_dir()]
+    recipe, choice, batch, first, folder = first_conversion(random_monet_card, small_ct_phantom, fresh_engines)
     assert random_monet_card.sha256[:16] in folder.name and openvino.__version__.split("-")[0] in folder.name
     source = json.loads((folder / "source.json").read_text(encoding="utf-8"))
     assert source["weights_sha256"] == random_monet_card.sha256
@@ -250,11 +257,7 @@ def test_the_conversion_is_cached_by_the_weights_and_reused(random_monet_card, s
 
 def test_a_damaged_cached_conversion_is_converted_again(random_monet_card, small_ct_phantom, fresh_engines,
                                                         monkeypatch):
-    recipe = monet_recipe(random_monet_card)
-    choice = EngineChoice("openvino", "fp32", "cpu")
-    batch = slices_of(small_ct_phantom, 2)
-    first = build_engine(random_monet_card, recipe, choice)(batch)[0]
-    [folder] = [p for p in fresh_engines.iterdir() if p.is_dir()]
+    recipe, choice, batch, first, folder = first_conversion(random_monet_card, small_ct_phantom, fresh_engines)
     (folder / "model.xml").write_text("<not a network", encoding="utf-8")
     monkeypatch.setattr(engines, "_ENGINES", {})
     np.testing.assert_array_equal(build_engine(random_monet_card, recipe, choice)(batch)[0], first)
@@ -291,11 +294,7 @@ def test_a_missing_weights_file_is_said_even_with_a_cached_conversion(card_copy,
 
 def test_a_cached_conversion_whose_files_changed_is_converted_again(random_monet_card, small_ct_phantom,
                                                                    fresh_engines, monkeypatch):
-    recipe = monet_recipe(random_monet_card)
-    choice = EngineChoice("openvino", "fp32", "cpu")
-    batch = slices_of(small_ct_phantom, 2)
-    first = build_engine(random_monet_card, recipe, choice)(batch)[0]
-    [folder] = [p for p in fresh_engines.iterdir() if p.is_dir()]
+    recipe, choice, batch, first, folder = first_conversion(random_monet_card, small_ct_phantom, fresh_engines)
     weights = bytearray((folder / "model.bin").read_bytes())
     weights[len(weights) // 2] ^= 0xFF  # one flipped byte in a weight: the network still loads
     (folder / "model.bin").write_bytes(bytes(weights))

@@ -265,3 +265,28 @@ def test_a_folder_that_is_not_there_is_an_error_with_exit_code_2(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "is not a folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_without_trame_slicer_the_command_says_what_to_install(tmp_path, monkeypatch, capsys):
+    from PancreasAILib import pancreasai_cli
+
+    monkeypatch.setitem(sys.modules, "trame_slicer", None)  # as in a Python without it
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    assert pancreasai_cli.main(["review", "results", "--no-browser"]) == 2
+    error = capsys.readouterr().err
+    assert "pip install 'trame-slicer[standalone]==2.0.0'" in error and "Traceback" not in error
+
+
+def test_a_folder_under_home_is_found_from_another_directory(tmp_path, monkeypatch, capsys):
+    """`~` and relative paths are the user's; a folder that is not there is said before any server starts."""
+    from PancreasAILib import pancreasai_cli
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "trame_slicer", None)  # stops right after the folder check
+    (tmp_path / "my results").mkdir()
+    assert pancreasai_cli.main(["review", "~/my results", "--no-browser"]) == 2
+    assert "trame-slicer" in capsys.readouterr().err  # the folder was found: the next check spoke
+    assert pancreasai_cli.main(["review", "~/elsewhere", "--no-browser"]) == 2
+    assert f"{tmp_path / 'elsewhere'} is not a folder of results" in capsys.readouterr().err

@@ -97,7 +97,7 @@ def assess_case(case: Case, output_dir: Path, card, device: str = "cpu", tta: bo
         if write_scene:
             write_review_scene(t1, t2, assessment.heat_map, summary, temp["scene"])
         # the inputs, so that a review (PancreasAILib.review) can show them beside the result
-        summary = {**summary, "t1": str(Path(case.t1).resolve()), "t2": str(Path(case.t2).resolve())}
+        summary = {**summary, "t1": str(user_path(case.t1)), "t2": str(user_path(case.t2))}
         write_summary({**summary, **{k: str(v) for k, v in paths.items() if k != "result"}}, temp["result"])
     return {**summary, **{k: str(v) for k, v in paths.items()}}
 

@@ -14,6 +14,7 @@ import numpy as np
 from .errors import InputError, MissingDependencyError
 from .segmentation_file import SegmentInfo
 from .volume import Volume
+from .volume_io import dicom_series_files
 
 #: How far (in voxels) a CT image's position may lie from its slice of the grid read from the
 #: series: in its plane (rounding only), and along the slice normal, where the reader accepts
@@ -71,7 +72,7 @@ def source_images_by_slice(mask: Volume, series_folder: Path) -> list:
     """The series' CT images (pydicom datasets, no pixels) in the grid's slice order: image n is
     the one whose position is voxel (0, 0, n), checked on every image, not assumed from an order."""
     _, pydicom = _dicom_libraries()
-    files = _series_files(series_folder)
+    files = dicom_series_files(series_folder)
     n_slices, rows, columns = mask.array.shape[:3]
     if len(files) != n_slices:
         raise InputError(f"The DICOM series in {series_folder} has {len(files)} image files for {n_slices} "
@@ -109,16 +110,6 @@ def terminology_codes(terminology: str) -> tuple:
     if len(codes) != 2 or not all(len(code) == 3 and all(code) for code in codes):
         raise ValueError(f"'{terminology}' names no category and type codes.")
     return tuple(hd.sr.CodedConcept(value, scheme, meaning) for scheme, value, meaning in codes)
-
-
-def _series_files(folder: Path) -> list[str]:
-    """The files of the folder's one series, as SimpleITK's series reader is given them."""
-    import SimpleITK as sitk
-
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or []
-    if len(series_ids) != 1:
-        raise InputError(f"{folder} holds {len(series_ids)} DICOM series; a DICOM SEG refers to exactly one.")
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
 
 
 def _dicom_libraries():

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
-from .errors import PancreasAIError
+from .errors import MissingDependencyError, PancreasAIError
+from .output_files import user_path
 
 _log = logging.getLogger(__name__)
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -577,7 +578,7 @@ def serve(folder: Path, host: str = "127.0.0.1", port: int = 0, token: Optional[
           reviewer: str = "", open_browser: bool = True) -> int:
     """Run the review server until Ctrl-C / SIGTERM; prints the address (with the token) once it
     listens. Returns the exit code."""
-    folder = Path(folder).expanduser().resolve()
+    folder = user_path(folder)
     token = access_token(host, token)
     guard = AccessGuard(token=token, loopback_only=is_loopback(host))
     # trame would otherwise read this process's command line as its own options.
@@ -616,11 +617,25 @@ def serve(folder: Path, host: str = "127.0.0.1", port: int = 0, token: Optional[
 
 
 def main_review(args) -> int:
-    """The `review` subcommand of `pancreasai`."""
-    folder = Path(args.results_dir)
-    if not folder.is_dir():
-        print(f"error: {folder} is not a folder: give the folder the segmentation or IPMN run wrote.",
-              file=sys.stderr)
-        return 2
+    """The `review` subcommand of `pancreasai`: a folder that is not there, or a Python without
+    trame-slicer, is said (PancreasAIError) before any server starts."""
+    from .review import open_worklist
+
+    folder = user_path(args.results_dir)
+    open_worklist(folder)
+    require_trame()
     return serve(folder, host=args.host, port=args.port, token=args.token, reviewer=args.reviewer or "",
                  open_browser=not args.no_browser)
+
+
+def require_trame() -> None:
+    """The web app's packages, or the error that says how to install them."""
+    import importlib
+
+    try:
+        for name in ("trame", "trame_slicer"):
+            importlib.import_module(name)
+    except ImportError as error:
+        raise MissingDependencyError(
+            "The review web app needs trame-slicer: pip install 'trame-slicer[standalone]==2.0.0' (what "
+            "requirements-dev.txt pins). In Slicer, use the Review section of the modules instead.") from error

@@ -217,7 +217,9 @@ def _nifti_layout(header: bytes) -> Optional[tuple[int, int, Optional[np.dtype]]
     return offset, offset + voxels * _NIFTI_VOXEL_BYTES[datatype], float_type
 
 
-def _read_dicom_series(folder: Path):
+def dicom_series_files(folder: Path) -> list[str]:
+    """The files of the folder's one DICOM series, in the order GDCM sorts them for the reader
+    (a DICOM SEG refers to these very files)."""
     sitk = _sitk()
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or []
     if not series_ids:
@@ -227,8 +229,13 @@ def _read_dicom_series(folder: Path):
         listing = ", ".join(f"{sid} ({len(files)} files)" for sid, files in files_per_series.items())
         raise InputError(f"{folder} holds {len(series_ids)} DICOM series ({listing}); "
                          "put each series in a folder of its own.")
+    return list(files_per_series[series_ids[0]])
+
+
+def _read_dicom_series(folder: Path):
+    sitk = _sitk()
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files_per_series[series_ids[0]])
+    reader.SetFileNames(dicom_series_files(folder))
     reader.MetaDataDictionaryArrayUpdateOn()
     image = reader.Execute()
     _check_even_slice_spacing(reader, image, folder)

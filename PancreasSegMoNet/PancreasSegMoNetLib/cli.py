@@ -48,7 +48,7 @@ def result_record(result, card, case: str, source: Optional[Path] = None,
     """What `<case>_pancreas.json` holds: everything about the result but the voxels, and the
     CT it came from (`input`, absolute), which a review (PancreasAILib.review) shows under it;
     `dicom_seg`, the DICOM SEG's file name, when one was written beside it."""
-    return {"case": case, **({"input": str(Path(source).resolve())} if source is not None else {}),
+    return {"case": case, **({"input": str(user_path(source))} if source is not None else {}),
             **({"dicom_seg": Path(dicom_seg).name} if dicom_seg is not None else {}),
             "model": card.name, "model_sha256": card.sha256,
             "engine": result.engine, "precision": result.precision, "threshold": result.threshold,
