@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 
 from PancreasAILib.errors import InputError
+from PancreasAILib.resample import resample
 from PancreasAILib.volume import Volume, make_ijk_to_ras
-from IPMNRiskLib.grids import (DIHEDRAL_VIEWS, CropBox, RegionBox, _box_with_margin, central_window,
-                               crop_box_for_region, crop_box_stack, heat_stack, make_input, normalise_volume,
-                               patch_map_to_slices, crop_stacks, plan_crop, same_grid, slice_window_starts, tile_grid,
-                               transform_tiles, undo_transform_tiles, untile_grid)
+from IPMNRiskLib.grids import (DIHEDRAL_VIEWS, INPUT_FORMAT, NORMALISATIONS, CropBox, RegionBox, _box_with_margin,
+                               central_window, crop_box_for_region, crop_box_stack, heat_stack, input_format,
+                               make_input, normalise_volume, patch_map_to_slices, crop_stacks, plan_crop, same_grid,
+                               slice_window_starts, tile_grid, transform_tiles, undo_transform_tiles, untile_grid)
 
 
 def numbered_slices(n=9, size=64):
@@ -384,6 +385,95 @@ def test_t1_on_another_grid_is_sampled_at_the_t2_pixels_and_normalised_where_it_
     covered = ramp_at_voxels(Volume(np.zeros(plan.stack_shape), plan.stack_ijk_to_ras), t1_weights)[:3]
     np.testing.assert_allclose(t1_stack[:3], min_max(covered), atol=1e-4)
     assert np.all(t1_stack[3] == 0)
+
+
+# --- the T1/T2 pair: whole-volume normalisation (the paper's) ----------------------------------------
+
+# 10 x 10 x 4 voxels of a 1 x 1 x 2 mm LPS grid: i, j 10..19 and k 1..4. Ten voxels across
+# resize to 64 pixels with pixel 7 v on voxel v, so every voxel value reaches the crop stack.
+TEN_VOXEL_REGION = RegionBox((-14.5, -14.5, 5.0), (10.0, 10.0, 6.0))
+
+
+def noise_with_a_bright_voxel_outside_the_region(seed):
+    """(6, 30, 30) on a 1 x 1 x 2 mm LPS grid: uniform noise in [100, 200], exactly 100 and 200
+    at two voxels inside `TEN_VOXEL_REGION`, and 400 at one voxel outside it."""
+    array = np.random.default_rng(seed).uniform(100.0, 200.0, (6, 30, 30))
+    array[2, 12, 13], array[3, 17, 15] = 100.0, 200.0
+    array[5, 0, 0] = 400.0
+    return Volume(array, make_ijk_to_ras((1.0, 1.0, 2.0), direction=LPS))
+
+
+def test_the_card_input_format_names_its_normalisation_and_defaults_to_the_crop_stack():
+    assert input_format() == INPUT_FORMAT and INPUT_FORMAT["normalisation"] == "crop_stack_min_max"
+    paper = input_format("volume_min_max")
+    assert paper == {**INPUT_FORMAT, "normalisation": "volume_min_max"}
+    paper["tile_size"] = 32  # a copy: changing it leaves INPUT_FORMAT alone
+    assert INPUT_FORMAT["tile_size"] == 64 and NORMALISATIONS == ("crop_stack_min_max", "volume_min_max")
+
+
+def test_whole_volume_normalisation_keeps_a_crop_below_one_when_a_brighter_voxel_lies_outside():
+    t1, t2 = noise_with_a_bright_voxel_outside_the_region(1), noise_with_a_bright_voxel_outside_the_region(2)
+    plan = plan_crop(t1, t2, TEN_VOXEL_REGION)
+    assert plan.box == CropBox((10, 10, 1), (20, 20, 5))
+    t1_crop, t2_crop = crop_stacks(plan, t1, t2)
+    t1_volume, t2_volume = crop_stacks(plan, t1, t2, normalisation="volume_min_max")
+    assert t1_crop.max() == 1.0 and t2_crop.array.max() == 1.0
+    # inside the crop the voxels span 100 .. 200; the volume spans 100 .. 400
+    assert t1_volume.max() == pytest.approx(1 / 3) and t2_volume.array.max() == pytest.approx(1 / 3)
+    np.testing.assert_allclose(t1_volume, t1_crop / 3, atol=1e-6)
+    np.testing.assert_allclose(t2_volume.array, t2_crop.array / 3, atol=1e-6)
+    np.testing.assert_array_equal(t2_volume.ijk_to_ras, t2_crop.ijk_to_ras)
+
+
+def test_whole_volume_normalisation_ignores_a_scaling_and_offset_of_the_intensities():
+    t1, t2 = noise_with_a_bright_voxel_outside_the_region(3), noise_with_a_bright_voxel_outside_the_region(4)
+    plan = plan_crop(t1, t2, TEN_VOXEL_REGION)
+    t1_stack, t2_stack = crop_stacks(plan, t1, t2, normalisation="volume_min_max")
+    rescaled = crop_stacks(plan, t1.with_array(3.7 * t1.array - 250.0), t2.with_array(0.02 * t2.array + 9.0),
+                           normalisation="volume_min_max")
+    np.testing.assert_allclose(rescaled[0], t1_stack, atol=1e-5)
+    np.testing.assert_allclose(rescaled[1].array, t2_stack.array, atol=1e-5)
+
+
+def test_t1_on_an_oblique_grid_is_normalised_over_its_whole_volume_then_sampled_at_the_t2_pixels():
+    t2, _ = linear_ramp_volume((6, 20, 20), make_ijk_to_ras((1.0, 1.0, 1.0), direction=LPS))
+    t1_geometry = make_ijk_to_ras((0.8, 0.9, 1.1), origin=(1.0, 1.5, 0.5), direction=oblique_direction(10))
+    t1, _ = linear_ramp_volume((6, 26, 30), t1_geometry, weights=(-1.0, 0.3, 0.7))
+    plan = plan_crop(t1, t2, RegionBox((-9.5, -9.5, 2.5), (20.0, 20.0, 6.0)))
+    assert 0.75 < plan.t1_inside.mean() < 1.0  # T1 covers most of the crop stack, not all of it
+    t1_stack, _ = crop_stacks(plan, t1, t2, normalisation="volume_min_max")
+    whole_t1_normalised = t1.with_array(min_max(t1.array))
+    expected = resample(whole_t1_normalised, plan.stack_shape, plan.stack_ijk_to_ras)
+    assert np.all(t1_stack[~plan.t1_inside] == 0)
+    np.testing.assert_allclose(t1_stack[plan.t1_inside], expected[plan.t1_inside], atol=1e-5)
+    assert t1_stack.min() >= 0.0 and t1_stack.max() <= 1.0
+
+
+def test_an_unknown_normalisation_is_refused_naming_the_known_ones():
+    t1, t2 = noise_with_a_bright_voxel_outside_the_region(5), noise_with_a_bright_voxel_outside_the_region(6)
+    plan = plan_crop(t1, t2, TEN_VOXEL_REGION)
+    with pytest.raises(ValueError, match="z_score.*crop_stack_min_max, volume_min_max"):
+        crop_stacks(plan, t1, t2, normalisation="z_score")
+    with pytest.raises(ValueError, match="z_score"):
+        input_format("z_score")
+
+
+def test_whole_volume_normalisation_stays_within_zero_to_one_when_float32_rounding_passes_the_maximum():
+    # a one-unit range at 1000: the maximum 1001 - 1e-7 becomes 1001.0 in the float32 stack
+    t2 = noise_with_a_bright_voxel_outside_the_region(8)
+    array = 1000.0 + (t2.array - 100.0) / 400.0
+    array[5, 0, 0] = 1001.0 - 1e-7
+    array[3, 17, 15] = 1001.0 - 1e-7  # the maximum inside the region as well
+    t2 = t2.with_array(array)
+    _, t2_stack = crop_stacks(plan_crop(t2, t2, TEN_VOXEL_REGION), t2, t2, normalisation="volume_min_max")
+    assert t2_stack.array.max() == 1.0
+
+
+def test_a_constant_volume_normalises_to_zeros_over_its_whole_volume():
+    t1 = noise_with_a_bright_voxel_outside_the_region(7)
+    t2 = t1.with_array(np.full(t1.shape, 42.0))
+    _, t2_stack = crop_stacks(plan_crop(t1, t2, TEN_VOXEL_REGION), t1, t2, normalisation="volume_min_max")
+    assert t2_stack.array.dtype == np.float32 and np.all(t2_stack.array == 0)
 
 
 # --- augmentation ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from PancreasAILib.volume import Volume, make_ijk_to_ras
 from PancreasAILib.weights import ModelCard
 from IPMNRiskLib import inference as inference_module
 from IPMNRiskLib import rollout as rollout_module
-from IPMNRiskLib.inference import RESEARCH_USE_NOTICE, Assessment, RegionBox, assess, render_grid_png
+from IPMNRiskLib.inference import RESEARCH_USE_NOTICE, Assessment, RegionBox, assess, model_input, render_grid_png
 
 CLASSES = ["normal", "low-risk IPMN", "high-risk IPMN"]
 LPS = np.diag([-1.0, -1.0, 1.0])
@@ -106,6 +106,38 @@ def test_pre_processing_named_in_the_card_is_applied(mr_case, random_vit_card, t
         return np.abs(np.diff(image, axis=1)).mean() / image.std()
 
     assert roughness(smoothed.grid_image[..., 1]) < 0.9 * roughness(plain.grid_image[..., 1])
+
+
+@pytest.fixture(scope="module")
+def demo_vit_card():
+    """The bundled demo IPMN ViT's card (its weights are not loaded by `model_input`)."""
+    from IPMNRiskLib.registry import model_registry
+
+    return model_registry().resolve(None)
+
+
+def with_preprocessing(card, preprocessing):
+    return ModelCard(card.card_path, {**card.data, "preprocessing": preprocessing})
+
+
+def test_a_card_normalised_over_the_whole_volume_feeds_the_model_another_input(mr_case, demo_vit_card):
+    # the phantom's brightest T1 and T2 voxels lie outside the region around the pancreas
+    t1, t2, region, _ = mr_case
+    crop_stack = model_input(t1, t2, region, demo_vit_card)
+    whole_volume = model_input(t1, t2, region, with_preprocessing(
+        demo_vit_card, {**demo_vit_card.preprocessing, "normalisation": "volume_min_max"}))
+    assert np.abs(whole_volume.x - crop_stack.x).max() > 0.05
+    assert whole_volume.t2_stack.array.max() < 1.0
+    assert whole_volume.x[0].max() < crop_stack.x[0].max()
+
+
+def test_the_demo_card_and_a_card_without_normalisation_keep_the_crop_stack_normalisation(mr_case, demo_vit_card):
+    t1, t2, region, _ = mr_case
+    assert demo_vit_card.preprocessing["normalisation"] == "crop_stack_min_max"
+    demo = model_input(t1, t2, region, demo_vit_card)
+    assert demo.t2_stack.array.min() == 0.0 and demo.t2_stack.array.max() == 1.0
+    unnamed = {key: value for key, value in demo_vit_card.preprocessing.items() if key != "normalisation"}
+    np.testing.assert_array_equal(model_input(t1, t2, region, with_preprocessing(demo_vit_card, unnamed)).x, demo.x)
 
 
 def test_progress_reaches_done_and_cancelling_stops_the_assessment(mr_case, random_vit_card):

@@ -6,8 +6,8 @@ import pytest
 from PancreasAILib.errors import ModelFileError
 from PancreasAILib.volume import Volume, make_ijk_to_ras
 from PancreasAILib.volume_io import sitk_from_volume
-from IPMNRiskLib.grids import INPUT_FORMAT
-from IPMNRiskLib.preprocessing import (DEFAULT_PERCENTILES, edge_preserving_smoothing,
+from IPMNRiskLib.grids import INPUT_FORMAT, NORMALISATIONS, input_format
+from IPMNRiskLib.preprocessing import (DEFAULT_PERCENTILES, check_preprocessing, edge_preserving_smoothing,
                                        intensity_landmarks, n4_bias_correction, preprocess_volume,
                                        standardise_intensities)
 from ipmn_data import fit_standard_scale
@@ -114,6 +114,22 @@ def test_a_card_built_with_another_input_format_is_refused():
 def test_a_card_recording_this_input_format_is_accepted():
     volume, _, _ = disc_phantom()
     assert preprocess_volume(volume, dict(INPUT_FORMAT), "t1") is volume
+
+
+@pytest.mark.parametrize("normalisation", NORMALISATIONS)
+def test_a_card_normalised_over_the_crop_stack_or_the_whole_volume_is_accepted(normalisation):
+    check_preprocessing(input_format(normalisation))
+    check_preprocessing({"normalisation": normalisation})
+
+
+def test_a_card_with_another_normalisation_is_refused_naming_both_known_ones():
+    with pytest.raises(ModelFileError, match=r"normalisation = 'z_score'.*'crop_stack_min_max' or 'volume_min_max'"):
+        check_preprocessing({**INPUT_FORMAT, "normalisation": "z_score"})
+
+
+def test_a_card_normalised_over_the_whole_volume_must_still_match_the_rest_of_the_input_format():
+    with pytest.raises(ModelFileError, match="tile_size = 32"):
+        check_preprocessing({**input_format("volume_min_max"), "tile_size": 32})
 
 
 def test_preprocessing_runs_n4_when_the_card_asks_for_it():

@@ -8,7 +8,8 @@ One family of functions shared by inference and training, so both see identical 
   grid, `crop_box_stack` resizes every slice of the box to 64 x 64 and keeps the physical
   position of each 64 x 64 pixel as an IJK-to-RAS matrix (`stack_grid`), which is what lets
   the attention map go back into the scan;
-- intensities: `normalise_volume` maps one modality's crop stack to [0, 1];
+- intensities: `normalise_volume` maps one modality's crop stack to [0, 1], over the stack's
+  own range or over the whole volume's (`NORMALISATIONS`);
 - the pair: `plan_crop` (geometry checks, no pixels touched) then `crop_stacks` gives both
   normalised stacks, T1 sampled at the physical positions of T2's pixels;
 - layout: `tile_grid` / `untile_grid` (3 x 3 tiles, row by row from the top left) and
@@ -22,10 +23,18 @@ Conventions chosen here (model cards record them: `INPUT_FORMAT`):
   first and last pixel centres ("align corners"). Every pixel then lies inside the box, so
   both directions (scan -> tiles and heat map -> scan) sample only real values, never the
   zero padding outside a grid.
-- Normalisation is computed over the crop stack (all slices of the crop box, after
-  resizing) rather than the whole scan: it does not depend on the field of view, on bright
-  structures far from the pancreas, or on the empty margin a resampled T1 may have, and a
-  training window sees the same scaling as the central window at inference.
+- Normalisation to [0, 1] is min-max per modality, over one of two ranges (the card's
+  "normalisation"):
+  "crop_stack_min_max" (ours; the default, also for a card without the entry): the range of
+  the crop stack (all slices of the crop box, after resizing). It does not depend on
+  the field of view, on bright structures far from the pancreas, or on the empty margin a
+  resampled T1 may have, and a training window sees the same scaling as the central window at
+  inference.
+  "volume_min_max" (the paper's): the range of each whole volume as passed in (after any
+  pre-processing), T1 over its own grid's voxels. Normalising first and then cropping gives
+  what cropping first and then mapping the crop through the volume's min-max gives (bilinear
+  weights sum to 1, and every pixel is either inside a scan or 0), so the second is done and
+  no whole-volume copy is made.
 """
 
 from __future__ import annotations
@@ -44,16 +53,33 @@ SLICES_PER_SAMPLE = 9
 TILE_SIZE = 64
 TILES_PER_SIDE = 3
 GRID_SIZE = TILE_SIZE * TILES_PER_SIDE  # 192
+#: How each modality is scaled to [0, 1] (min-max = the authors' z-score then min-max, see
+#: `normalise_volume`): over its crop stack (ours, the default) or over its whole volume (the
+#: paper's). See the module docstring.
+NORMALISATIONS = ("crop_stack_min_max", "volume_min_max")
 #: What a model file's card records under "preprocessing" so the input can be rebuilt exactly:
 #: 9 slices of 64 x 64, resized bilinearly with aligned corners, each modality's crop stack
-#: min-max normalised to [0, 1] (= the authors' z-score then min-max, see `normalise_volume`).
+#: min-max normalised to [0, 1]; `input_format` gives it for another normalisation.
 INPUT_FORMAT = {"slices_per_sample": SLICES_PER_SAMPLE, "tile_size": TILE_SIZE,
-                "tile_resize": "bilinear_align_corners", "normalisation": "crop_stack_min_max"}
+                "tile_resize": "bilinear_align_corners", "normalisation": NORMALISATIONS[0]}
 #: Every training / test-time augmentation: (horizontal flip first?, quarter turns after).
 DIHEDRAL_VIEWS: tuple[tuple[bool, int], ...] = tuple(
     (flip, turns) for flip in (False, True) for turns in range(4))
 
 _BOUNDARY_TOLERANCE = 1e-6  # voxel units: a region edge this close to a voxel centre includes it
+
+
+def _check_normalisation(normalisation: str) -> None:
+    """ValueError unless `normalisation` is one of `NORMALISATIONS`."""
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"Unknown normalisation {normalisation!r}: use one of {', '.join(NORMALISATIONS)}.")
+
+
+def input_format(normalisation: str = NORMALISATIONS[0]) -> dict:
+    """A new copy of `INPUT_FORMAT` with `normalisation` (one of `NORMALISATIONS`): what a card
+    records under "preprocessing" for a model trained on that input."""
+    _check_normalisation(normalisation)
+    return {**INPUT_FORMAT, "normalisation": normalisation}
 
 
 # --- which slices ------------------------------------------------------------------------------
@@ -216,22 +242,37 @@ def crop_box_stack(volume_canonical: Volume, box: CropBox, tile_size: int = TILE
 
 # --- intensities -------------------------------------------------------------------------------
 
-def normalise_volume(array: np.ndarray, valid: Optional[np.ndarray] = None) -> np.ndarray:
+def normalise_volume(array: np.ndarray, valid: Optional[np.ndarray] = None,
+                     intensity_range: Optional[tuple[float, float]] = None) -> np.ndarray:
     """One modality's crop stack -> float32 in [0, 1] (the authors' z-score then min-max).
 
     Min-max is unchanged by the z-score (an increasing affine map) in front of it, so only
-    min-max is computed. `valid` (same shape, bool) limits the range to pixels that lie inside
-    the scan (a T1 that does not cover the whole box); the others become 0. A constant array
-    gives zeros.
+    min-max is computed. `valid` (same shape, bool) marks the pixels that lie inside the scan
+    (a T1 that does not cover the whole box); the others become 0. The range mapped onto
+    [0, 1] is that of the valid pixels, or `intensity_range` (low, high) in the array's units
+    when given (the whole volume's, for "volume_min_max"). A constant range gives zeros.
     """
     array = np.asarray(array, dtype=np.float64)
     valid = np.ones(array.shape, bool) if valid is None else np.asarray(valid, bool)
     if not valid.any():
         return np.zeros(array.shape, np.float32)
-    low, high = float(array[valid].min()), float(array[valid].max())
+    if intensity_range is None:
+        low, high = float(array[valid].min()), float(array[valid].max())
+    else:
+        low, high = (float(v) for v in intensity_range)
     if high <= low:
         return np.zeros(array.shape, np.float32)
-    return np.where(valid, (array - low) / (high - low), 0.0).astype(np.float32)
+    scaled = np.where(valid, (array - low) / (high - low), 0.0)
+    if intensity_range is not None:
+        # resampled float32 values may pass the volume's extremes by a rounding error
+        np.clip(scaled, 0.0, 1.0, out=scaled)
+    return scaled.astype(np.float32)
+
+
+def _volume_intensity_range(volume: Volume) -> tuple[float, float]:
+    """(lowest, highest) voxel value of the whole volume, in its units, without copying it."""
+    array = np.asarray(volume.array)
+    return float(array.min()), float(array.max())
 
 
 # --- the T1/T2 pair: plan the crop (geometry only), then cut both stacks ------------------------
@@ -290,21 +331,29 @@ def plan_crop(t1: Volume, t2: Volume, region: RegionBox) -> CropPlan:
     return CropPlan(reorientation, box, stack_shape, stack_ijk_to_ras, t1_inside)
 
 
-def crop_stacks(plan: CropPlan, t1: Volume, t2: Volume) -> tuple[np.ndarray, Volume]:
+def crop_stacks(plan: CropPlan, t1: Volume, t2: Volume,
+                normalisation: str = NORMALISATIONS[0]) -> tuple[np.ndarray, Volume]:
     """Both modalities' crop stacks, each normalised to [0, 1]: T1 (K, 64, 64) float32, and T2
     as a Volume whose ijk_to_ras places every pixel in patient space.
 
     T1 on T2's grid is cut exactly like T2; T1 on another grid is interpolated once, straight
-    to the pixel positions of T2's stack (that is "T1 resampled onto T2's grid"), and
-    normalised over the pixels it covers, the others being 0.
+    to the pixel positions of T2's stack (that is "T1 resampled onto T2's grid"), the pixels it
+    does not cover being 0. `normalisation` (one of `NORMALISATIONS`, ValueError otherwise):
+    "crop_stack_min_max" maps each stack's own range (T1's over the pixels it covers) onto
+    [0, 1]; "volume_min_max" maps each whole volume's range, as the paper does (see the module
+    docstring for why the two orders of cropping and normalising agree).
     """
+    _check_normalisation(normalisation)
     t2_stack = crop_box_stack(plan.reorientation.apply_volume(t2), plan.box)
     if plan.t1_inside is None:
         t1_values = crop_box_stack(plan.reorientation.apply_volume(t1), plan.box).array
     else:
         t1_values = resample(t1, plan.stack_shape, plan.stack_ijk_to_ras)
-    return (normalise_volume(t1_values, plan.t1_inside),
-            t2_stack.with_array(normalise_volume(t2_stack.array)))
+    t1_range = t2_range = None
+    if normalisation == "volume_min_max":
+        t1_range, t2_range = _volume_intensity_range(t1), _volume_intensity_range(t2)
+    return (normalise_volume(t1_values, plan.t1_inside, t1_range),
+            t2_stack.with_array(normalise_volume(t2_stack.array, intensity_range=t2_range)))
 
 
 # --- layout --------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 T1 + T2 + region -> optional pre-processing (model card) -> T2 in canonical axial order ->
 crop box = the region's voxels -> every box slice resized to 64 x 64 (T1 sampled at the same
-physical pixel positions) -> normalised per modality -> central 9 slices -> 2 x 192 x 192 ->
-ViT (over the test-time augmentations, as one batch through an inference engine: OpenVINO on
-the CPU, PyTorch on a GPU, see `PancreasAILib.engines`) -> class probabilities and spread;
+physical pixel positions) -> normalised per modality (over the crop stack or the whole
+volume, as the card says) -> central 9 slices -> 2 x 192 x 192 -> ViT (over the test-time
+augmentations, as one batch through an inference engine: OpenVINO on the CPU, PyTorch on a
+GPU, see `PancreasAILib.engines`) -> class probabilities and spread;
 attention rollout 12 x 12 -> back through the tiles and the crop box into T2's own grid as a
 heat map.
 """
@@ -166,7 +167,7 @@ def model_input(t1: Volume, t2: Volume, region: RegionBox, card: ModelCard,
     t2 = preprocess_volume(t2, options, "t2")
 
     checkpoint(0.45, "Cropping the region")
-    t1_stack, t2_stack = crop_stacks(plan, t1, t2)
+    t1_stack, t2_stack = crop_stacks(plan, t1, t2, options.get("normalisation", "crop_stack_min_max"))
     window = central_window(t2_stack.shape[0])
     x = make_input(t1_stack[window], t2_stack.array[window])
     return ModelInput(x, window, t2_stack, plan, t2, class_names)

@@ -6,7 +6,8 @@ with which parameters, is read from the model card's "preprocessing" entry, so a
 always fed the way it was trained:
 
     "preprocessing": {
-      ...grids.INPUT_FORMAT (slices, tile size, resize, normalisation),
+      ...grids.INPUT_FORMAT (slices, tile size, resize, normalisation: any of
+         grids.NORMALISATIONS),
       "n4_bias_correction": {"shrink_factor": 4, "iterations": [50, 50, 30]},   (or absent: off)
       "smoothing": {"iterations": 5, "conductance": 1.0},                         (or absent: off)
       "standardisation": {"percentiles": [1, 10, ..., 99],
@@ -27,7 +28,7 @@ from PancreasAILib.errors import ModelFileError
 from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import sitk_from_volume, volume_from_sitk
 
-from .grids import INPUT_FORMAT
+from .grids import INPUT_FORMAT, NORMALISATIONS
 
 STEPS = ("n4_bias_correction", "smoothing", "standardisation")
 #: Nyul-Udupa landmarks: intensity percentiles mapped onto a standard scale.
@@ -117,12 +118,14 @@ def standardise_intensities(volume: Volume, percentiles: Sequence[float],
 
 
 def check_preprocessing(options: dict) -> None:
-    """Refuse a card whose pre-processing this version cannot reproduce."""
+    """Refuse a card whose pre-processing this version cannot reproduce: every input-format
+    entry must be `INPUT_FORMAT`'s, except "normalisation", which may be any of `NORMALISATIONS`."""
     for key, value in INPUT_FORMAT.items():
-        if key in options and options[key] != value:
+        allowed = NORMALISATIONS if key == "normalisation" else (value,)
+        if key in options and options[key] not in allowed:
             raise ModelFileError(
                 f"The model was trained with {key} = {options[key]!r}; this version of IPMNRisk builds "
-                f"its input with {value!r} and cannot reproduce it.")
+                f"its input with {' or '.join(map(repr, allowed))} and cannot reproduce it.")
     for step in STEPS:
         value = options.get(step)
         if value not in (None, False) and not isinstance(value, dict):
