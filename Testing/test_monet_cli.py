@@ -14,6 +14,7 @@ import pytest
 from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import read_volume, write_volume
 from PancreasSegMoNetLib import cli
+from test_segmentation_pipeline import card_variant, ct_with_a_stray_pancreas, pieces
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -249,3 +250,68 @@ def test_check_precision_records_the_agreement_in_the_card(tmp_path, small_ct_ph
 def test_check_precision_refuses_an_impossible_criterion(tmp_path, ct_file, random_monet_card):
     result = run_cli("check-precision", ct_file, "--model", random_monet_card.weights_path, "--min-dice", "1.5")
     assert result.returncode == 2 and "between 0 and 1" in result.stderr
+
+
+# --- the card's post-processing and pre-processing, and the flags that override them -----------------
+
+@pytest.mark.parametrize("flags, keep", [([], None), (["--largest-component"], True),
+                                         (["--no-largest-component"], False)])
+def test_largest_component_flags_say_keep_it_keep_every_piece_or_as_the_card_says(flags, keep):
+    args = cli.build_parser().parse_args(["segment", "ct.nii.gz", "-o", "out", *flags])
+    assert cli.largest_component_choice(args) is keep
+
+
+def test_largest_component_and_no_largest_component_together_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["segment", "ct.nii.gz", "-o", "out", "--largest-component",
+                                       "--no-largest-component"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.fixture
+def stray_ct_file(tmp_path, small_ct_phantom):
+    """A CT with a second, smaller pancreas piece apart from the first."""
+    return write_volume(ct_with_a_stray_pancreas(small_ct_phantom), tmp_path / "in" / "stray.nii.gz")
+
+
+@pytest.fixture
+def all_pieces_card(tmp_path, demo_monet_card):
+    """The demo weights with a card whose post-processing keeps every piece."""
+    return card_variant(demo_monet_card, tmp_path / "model", "demo-all-pieces",
+                        postprocessing={"keep_largest_component": False})
+
+
+def segmented_pieces(out: Path, case: str) -> int:
+    return pieces(read_volume(out / f"{case}_pancreas.nii.gz").array)
+
+
+def test_without_a_flag_the_command_line_keeps_every_piece_when_the_card_says_so(tmp_path, stray_ct_file,
+                                                                                 all_pieces_card):
+    out = tmp_path / "out"
+    assert cli.main(["segment", str(stray_ct_file), "-o", str(out), "--model", str(all_pieces_card.weights_path)]) == 0
+    assert segmented_pieces(out, "stray") == 2
+
+
+def test_largest_component_flag_overrides_a_card_keeping_every_piece(tmp_path, stray_ct_file, all_pieces_card):
+    out = tmp_path / "out"
+    assert cli.main(["segment", str(stray_ct_file), "-o", str(out), "--model", str(all_pieces_card.weights_path),
+                     "--largest-component"]) == 0
+    assert segmented_pieces(out, "stray") == 1
+
+
+def test_no_largest_component_flag_overrides_a_card_keeping_the_largest(tmp_path, stray_ct_file, demo_monet_card):
+    out = tmp_path / "out"
+    assert demo_monet_card.data["postprocessing"]["keep_largest_component"] is True
+    assert cli.main(["segment", str(stray_ct_file), "-o", str(out), "--model", str(demo_monet_card.weights_path),
+                     "--no-largest-component"]) == 0
+    assert segmented_pieces(out, "stray") == 2
+
+
+def test_a_card_with_an_unknown_intensity_scaling_stops_the_run_before_any_file_is_written(tmp_path, ct_file,
+                                                                                          demo_monet_card):
+    card = card_variant(demo_monet_card, tmp_path / "model", "demo-typo", preprocessing={"intensity_scaling": "minmax"})
+    out = tmp_path / "out"
+    result = run_cli("segment", ct_file, "-o", out, "--model", card.weights_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "intensity_scaling 'minmax'" in result.stderr and "'window' and 'volume_min_max'" in result.stderr
+    assert list(out.glob("*")) == []

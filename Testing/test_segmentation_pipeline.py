@@ -1,19 +1,23 @@
 """The CT-to-mask pipeline keeps geometry: same physical CT in any storage -> same physical mask."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from conftest import dice
-from PancreasAILib.errors import InputError, OperationCancelled
+from PancreasAILib.errors import InputError, ModelFileError, OperationCancelled
 from PancreasAILib.progress import CancelToken
 from PancreasAILib.resample import resample
 from PancreasAILib.volume import Volume, make_ijk_to_ras
 from PancreasAILib.weights import read_model_card
-from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING, inplane_grid, model_slices
-from PancreasSegMoNetLib.segmentation import SegmentationResult, check_ct, largest_component, segment_ct
+from PancreasSegMoNetLib.preprocessing import (DEFAULT_PREPROCESSING, INTENSITY_SCALINGS, check_preprocessing,
+                                               inplane_grid, intensity_range, model_slices)
+from PancreasSegMoNetLib.segmentation import (SegmentationResult, card_keeps_largest_component, check_card, check_ct,
+                                              largest_component, segment_ct)
 from segmentation_data import label_slices
 
 
@@ -447,3 +451,208 @@ def test_label_slices_lie_on_the_grid_of_model_slices():
         np.testing.assert_allclose(images[k], expected_image, atol=1e-6)
         np.testing.assert_array_equal(masks[k], expected_mask)
     np.testing.assert_allclose(grid, inplane_grid(canonical_slab(labels), 4))
+
+
+# --- intensity scaling: the fixed window or the CT's own range (the MoNet authors') ----------------
+
+VOLUME_MIN_MAX = {**DEFAULT_PREPROCESSING, "intensity_scaling": "volume_min_max"}
+
+
+def card_variant(card, folder, name: str, **sections):
+    """A copy of `card` and its weights in `folder` under `name`, with the given card sections
+    ("preprocessing", "postprocessing") updated key by key; the weights' SHA256 stays valid."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / f"{name}.safetensors"
+    shutil.copy(card.weights_path, weights)
+    data = {**card.data, "name": name, "weights_file": weights.name}
+    for section, changes in sections.items():
+        data[section] = {**data.get(section, {}), **changes}
+    (folder / f"{name}.json").write_text(json.dumps(data), encoding="utf-8")
+    return read_model_card(weights)
+
+
+def soft_tissue_ct(phantom) -> Volume:
+    """Slices 4-11 of the phantom with every voxel clipped into -100..150 HU, inside the window."""
+    return Volume(np.clip(phantom.hu[4:12], -100, 150), phantom.ijk_to_ras)
+
+
+def test_volume_min_max_scales_the_cts_own_range_to_0_and_1_not_the_fill():
+    """A 4 x 8 slice from -100 to 200 HU: -100 HU is black and 200 HU white, and so is the fill
+    of the rows outside the slice (-1024 HU clipped to the CT's minimum); the fixed window
+    would show them at 60/400 and 360/400."""
+    hu = np.full((2, 4, 8), -100.0, np.float32)
+    hu[:, 2:4, 6:8] = 200.0
+    images, _ = model_slices(canonical_slab(hu), {**VOLUME_MIN_MAX, "input_size": 4})
+    windowed, _ = model_slices(canonical_slab(hu), {**DEFAULT_PREPROCESSING, "input_size": 4})
+    expected = np.zeros((4, 4), np.float32)
+    expected[2, 3] = 1.0
+    for k in range(2):
+        np.testing.assert_allclose(images[k], expected, atol=1e-6)
+    assert not np.allclose(images, windowed, atol=0.1)
+
+
+def test_volume_min_max_equals_the_min_max_of_the_clipped_volume_computed_by_hand():
+    hu = np.random.default_rng(4).uniform(-120, 170, (3, 8, 8)).astype(np.float32)
+    slices, _ = model_slices(canonical_slab(hu), {**VOLUME_MIN_MAX, "input_size": 4})
+    block_means = hu.reshape(3, 4, 2, 4, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(slices, (block_means - hu.min()) / (hu.max() - hu.min()), atol=1e-6)
+
+
+@pytest.mark.parametrize("low, high, expected", [
+    (-100, 150, (-100, 150)),  # inside the window: the CT's own range
+    (-1000, 1500, (-160, 240)),  # air to bone: the window
+    (-1000, 100, (-160, 100)),
+    (-50, 900, (-50, 240)),
+])
+def test_volume_min_max_range_is_the_window_narrowed_to_the_voxels_range(low, high, expected):
+    assert intensity_range(ct_of_range(low, high), VOLUME_MIN_MAX) == expected
+
+
+def test_window_range_is_the_window_whatever_the_ct():
+    assert intensity_range(ct_of_range(-100, 150), DEFAULT_PREPROCESSING) == (-160.0, 240.0)
+
+
+@pytest.mark.parametrize("low, high", [(100, 100), (-1000, -500)])
+def test_a_volume_constant_after_clipping_gives_zeros_not_a_division_by_zero(low, high):
+    """100 HU everywhere, or air only (all of it clipped to -160 HU): the authors' code stops on
+    an assertion; here the slices are black."""
+    volume = ct_of_range(low, high, (2, 8, 8), canonical_slab(np.zeros((1, 1, 1))).ijk_to_ras)
+    with np.errstate(all="raise"):
+        slices, _ = model_slices(volume, {**VOLUME_MIN_MAX, "input_size": 4})
+    assert slices.dtype == np.float32
+    np.testing.assert_array_equal(slices, 0.0)
+
+
+def test_cards_without_intensity_scaling_see_the_window_bit_for_bit_as_before():
+    """The arithmetic every existing card was trained and checked with: bilinear slices, clipped
+    to -160..240 HU, minus -160, divided by 400, in float32."""
+    hu = np.random.default_rng(5).uniform(-1100, 1600, (2, 6, 10)).astype(np.float32)
+    preprocessing = {**DEFAULT_PREPROCESSING, "input_size": 8}
+    slices, grid = model_slices(canonical_slab(hu), preprocessing)
+    before = resample(canonical_slab(hu), (2, 8, 8), grid, order=1, fill_value=-1024.0)
+    np.clip(before, -160.0, 240.0, out=before)
+    before -= -160.0
+    before /= 400.0
+    np.testing.assert_array_equal(slices, before)
+    assert "intensity_scaling" not in DEFAULT_PREPROCESSING
+
+
+def test_the_default_cards_mask_is_the_window_scalings_mask(demo_monet_card, small_ct_phantom, tmp_path):
+    """On a CT whose range lies inside the window, where the two scalings differ: the bundled
+    card (no intensity_scaling) segments exactly as "window" does, and not as "volume_min_max"."""
+    ct = soft_tissue_ct(small_ct_phantom)
+    window_card = card_variant(demo_monet_card, tmp_path, "demo-window",
+                               preprocessing={"intensity_scaling": "window"})
+    min_max_card = card_variant(demo_monet_card, tmp_path, "demo-min-max",
+                                preprocessing={"intensity_scaling": "volume_min_max"})
+    default = segment_ct(ct, demo_monet_card, keep_largest_component=False).mask.array
+    np.testing.assert_array_equal(default, segment_ct(ct, window_card, keep_largest_component=False).mask.array)
+    assert not np.array_equal(default, segment_ct(ct, min_max_card, keep_largest_component=False).mask.array)
+
+
+def test_slab_by_slab_inference_scales_every_slab_by_the_whole_volumes_range(demo_monet_card, small_ct_phantom,
+                                                                           tmp_path, monkeypatch):
+    """8 slices in slabs of 2 give the mask of one 8-slice slab, though the upper slabs alone
+    span only -50..80 HU (the whole CT: air to bone, so the window)."""
+    from PancreasSegMoNetLib import segmentation
+
+    hu = small_ct_phantom.hu[4:12].copy()
+    hu[4:] = np.clip(hu[4:], -50, 80)
+    ct = Volume(hu, small_ct_phantom.ijk_to_ras)
+    card = card_variant(demo_monet_card, tmp_path, "demo-min-max",
+                        preprocessing={"intensity_scaling": "volume_min_max"})
+    assert ct.shape[0] <= segmentation.SLAB_SLICES
+    one_slab = segment_ct(ct, card, keep_largest_component=False).mask.array
+    monkeypatch.setattr(segmentation, "SLAB_SLICES", 2)
+    slabs = segment_ct(ct, card, keep_largest_component=False).mask.array
+    assert one_slab[4:].any()  # the slices where a slab's own range would differ hold pancreas
+    np.testing.assert_array_equal(slabs, one_slab)
+
+
+def test_a_card_with_an_unknown_intensity_scaling_is_refused_before_any_work(demo_monet_card, small_ct_phantom,
+                                                                            tmp_path):
+    card = card_variant(demo_monet_card, tmp_path, "demo-typo", preprocessing={"intensity_scaling": "min_max"})
+    reports = []
+    with pytest.raises(ModelFileError, match=r"intensity_scaling 'min_max'.*'window' and 'volume_min_max'"):
+        segment_ct(as_volume(small_ct_phantom), card, progress=lambda f, s: reports.append(s))
+    assert reports == []
+    assert INTENSITY_SCALINGS == ("window", "volume_min_max")
+
+
+@pytest.mark.parametrize("window_hu, message", [([240, -160], "is empty"), ([-160], "not two numbers"),
+                                                ("soft tissue", "not two numbers")])
+def test_a_card_with_an_unusable_window_is_refused(window_hu, message):
+    with pytest.raises(ModelFileError, match=message):
+        check_preprocessing({**DEFAULT_PREPROCESSING, "window_hu": window_hu})
+
+
+def test_a_card_lacking_the_slice_settings_is_refused_naming_them():
+    with pytest.raises(ModelFileError, match="lacks input_size, fill_hu"):
+        check_preprocessing({"window_hu": [-160, 240]})
+
+
+# --- the card's post-processing: keeping the largest component --------------------------------------
+
+def ct_with_a_stray_pancreas(phantom) -> Volume:
+    """The phantom's slices 4-9, 2 slices of air, then its slices 5-7 again: two separate
+    pancreas pieces, the second the smaller."""
+    air = np.full((2,) + phantom.hu.shape[1:], -1000, phantom.hu.dtype)
+    return Volume(np.concatenate([phantom.hu[4:10], air, phantom.hu[5:8]]), phantom.ijk_to_ras)
+
+
+def pieces(mask: np.ndarray) -> int:
+    return ndimage.label(mask, structure=np.ones((3, 3, 3)))[1]
+
+
+def test_a_card_keeping_every_piece_keeps_the_stray_one(demo_monet_card, small_ct_phantom, tmp_path):
+    ct = ct_with_a_stray_pancreas(small_ct_phantom)
+    card = card_variant(demo_monet_card, tmp_path, "demo-all-pieces", postprocessing={"keep_largest_component": False})
+    assert pieces(segment_ct(ct, card).mask.array) == 2
+    assert pieces(segment_ct(ct, demo_monet_card).mask.array) == 1  # the bundled card keeps the largest
+
+
+def test_an_explicit_keep_largest_component_overrides_the_cards(demo_monet_card, small_ct_phantom, tmp_path):
+    ct = ct_with_a_stray_pancreas(small_ct_phantom)
+    card = card_variant(demo_monet_card, tmp_path, "demo-all-pieces", postprocessing={"keep_largest_component": False})
+    assert pieces(segment_ct(ct, card, keep_largest_component=True).mask.array) == 1
+    assert pieces(segment_ct(ct, demo_monet_card, keep_largest_component=False).mask.array) == 2
+
+
+def test_a_card_without_keep_largest_component_keeps_the_largest(random_monet_card, tmp_path):
+    assert "keep_largest_component" not in random_monet_card.data["postprocessing"]
+    assert card_keeps_largest_component(random_monet_card) is True
+
+
+def test_a_card_whose_keep_largest_component_is_not_true_or_false_is_refused(demo_monet_card, tmp_path):
+    card = card_variant(demo_monet_card, tmp_path, "demo-text", postprocessing={"keep_largest_component": "false"})
+    with pytest.raises(ModelFileError, match="keep_largest_component as 'false'; it must be true or false"):
+        check_card(card)
+
+
+# --- the training slice cache scales as inference does ----------------------------------------------
+
+def test_cached_training_slices_of_a_volume_min_max_card_are_the_slices_inference_makes(small_ct_phantom, tmp_path):
+    """A CT within the window whose halves span different ranges: the cache holds the slices
+    `model_slices` makes of the whole canonical CT (the range of the whole CT, as segment_ct
+    uses), not the window's."""
+    from PancreasAILib.orientation import axial_reorientation
+    from PancreasAILib.volume_io import write_volume
+    from segmentation_data import FileCase, SliceCache, prepare_cases
+    from trainkit.hashing import FileHashes
+
+    hu = np.clip(small_ct_phantom.hu, -100, 150)
+    hu[8:] = np.clip(hu[8:], -50, 80)
+    ct = Volume(hu, small_ct_phantom.ijk_to_ras)
+    labels = Volume(small_ct_phantom.pancreas.astype(np.uint8), small_ct_phantom.ijk_to_ras)
+    case = FileCase("case_001", write_volume(ct, tmp_path / "images" / "case_001.nii.gz"),
+                    write_volume(labels, tmp_path / "labels" / "case_001.nii.gz"), "case_001")
+    preprocessing = {**VOLUME_MIN_MAX, "input_size": 64}
+    cache = SliceCache(tmp_path / "cache", preprocessing)
+    [prepared], _ = prepare_cases([case], cache, FileHashes(None), show_progress=False)
+    cached = cache.get(prepared.cache_key).images
+    canonical = axial_reorientation(ct).apply_volume(ct)
+    inference, _ = model_slices(canonical, preprocessing, intensity_range(canonical, preprocessing))
+    np.testing.assert_array_equal(cached, inference.astype(np.float16))
+    windowed, _ = model_slices(canonical, {**DEFAULT_PREPROCESSING, "input_size": 64})
+    assert not np.allclose(cached, windowed, atol=0.05)
+    assert cache.folder != SliceCache(tmp_path / "cache", {**DEFAULT_PREPROCESSING, "input_size": 64}).folder

@@ -336,6 +336,16 @@ def test_segmentation_arguments_are_accepted_by_the_command_line():
         True, "json")
 
 
+@pytest.mark.parametrize("keep, expected", [(True, True), (False, False), (None, None)])
+def test_the_largest_component_choice_reaches_the_command_line_even_against_the_card(keep, expected):
+    """A ticked box must win over a card whose post-processing keeps every piece (the paper's)."""
+    from PancreasSegMoNetLib.cli import build_parser, largest_component_choice
+    from PancreasSegMoNetLib.logic import segmentation_arguments
+
+    arguments = segmentation_arguments("/work/input.nrrd", "/work/output", None, "cpu", None, keep)
+    assert largest_component_choice(build_parser().parse_args(arguments)) is expected
+
+
 def test_assessment_arguments_with_negative_coordinates_are_accepted_by_the_command_line():
     from IPMNRiskLib import cli
     from IPMNRiskLib.logic import CASE, assessment_arguments

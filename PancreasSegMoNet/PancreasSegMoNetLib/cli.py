@@ -61,22 +61,24 @@ def read_result_record(path: Path) -> dict:
 
 
 def segment_files(inputs: list[Path], output_dir: Path, model=None, device: str = "auto",
-                  threshold=None, keep_largest_component: bool = True, overwrite: bool = False,
+                  threshold=None, keep_largest_component: Optional[bool] = None, overwrite: bool = False,
                   progress_format: str = "bar", sink: Optional[ProgressSink] = None,
                   engine: str = "auto", precision: str = "auto", batch_size: Optional[int] = None) -> int:
     """Segment every input; returns the number of cases that failed. A result that cannot be
     written (full disk, another run's file) stops the batch with `OutputError`. Progress and
-    messages go to `sink` when given (a run in this process), else as `progress_format` says."""
+    messages go to `sink` when given (a run in this process), else as `progress_format` says.
+    threshold, keep_largest_component: None takes the model card's post-processing."""
     from PancreasAILib.dicom_seg import dicom_seg_unavailable
     from PancreasAILib.engines import choose_engine
     from PancreasAILib.volume_io import read_volume, write_volume
 
     from .registry import model_registry
-    from .segmentation import segment_ct
+    from .segmentation import check_card, segment_ct
 
     output_dir = prepare_output_folder(output_dir)
     printer = ProgressPrinter(len(inputs), progress_format, sink)
     card = model_registry().resolve(model, progress=printer)
+    check_card(card)  # a card this version cannot follow: said once, not per case
     # no PyTorch, no GPU, no OpenVINO, or bf16 not allowed: said once, not per case
     choice = choose_engine(card, engine, precision, device)
     printer.message(f"Model: {card.name}. {card.intended_use}".strip())
@@ -158,7 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--output", "-o", required=True, type=Path, help="folder for the results")
     add_run_options(segment)
     segment.add_argument("--threshold", type=float, help="probability threshold (default: model card)")
-    segment.add_argument("--no-largest-component", action="store_true",
+    largest = segment.add_mutually_exclusive_group()
+    largest.add_argument("--largest-component", action="store_true",
+                         help="keep only the largest connected piece (default: as the model card says; "
+                              "a card that says nothing keeps only the largest)")
+    largest.add_argument("--no-largest-component", action="store_true",
                          help="keep every connected piece, not only the largest")
     segment.add_argument("--batch-size", type=int,
                          help="slices per network call (default: the fastest, measured once on this machine)")
@@ -182,6 +188,13 @@ def main(argv: list[str] | None = None, sink: Optional[ProgressSink] = None) -> 
     return main_with(build_parser(), _run, model_registry, argv, sink)
 
 
+def largest_component_choice(args) -> Optional[bool]:
+    """--largest-component: True, --no-largest-component: False, neither: None (the card's)."""
+    if args.no_largest_component:
+        return False
+    return True if args.largest_component else None
+
+
 def _run(args, sink: Optional[ProgressSink] = None) -> int:
     if args.command == "check-precision":
         from .precision_check import check_precision
@@ -191,6 +204,6 @@ def _run(args, sink: Optional[ProgressSink] = None) -> int:
         return 0 if record["passed"] else 1
     failures = segment_files(
         expand_inputs(args.inputs), args.output, args.model, args.device, args.threshold,
-        not args.no_largest_component, args.overwrite, args.progress_format, sink,
+        largest_component_choice(args), args.overwrite, args.progress_format, sink,
         args.engine, args.precision, args.batch_size)
     return 1 if failures else 0

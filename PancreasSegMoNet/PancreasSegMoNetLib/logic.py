@@ -48,7 +48,7 @@ class SegmentationOutcome:
 
 
 def segmentation_arguments(input_path: str, output_dir: str, model: Optional[str], device: str,
-                           threshold: Optional[float], keep_largest_component: bool,
+                           threshold: Optional[float], keep_largest_component: Optional[bool],
                            precision: str = "auto", engine: str = "auto") -> list[str]:
     """Command-line arguments of `python -m PancreasSegMoNetLib` for one CT file."""
     arguments = ["segment", str(input_path), "--output", str(output_dir), "--device", device,
@@ -57,8 +57,8 @@ def segmentation_arguments(input_path: str, output_dir: str, model: Optional[str
         arguments += ["--model", str(model)]
     if threshold is not None:
         arguments += ["--threshold", repr(float(threshold))]
-    if not keep_largest_component:
-        arguments.append("--no-largest-component")
+    if keep_largest_component is not None:  # None: as the model card says
+        arguments.append("--largest-component" if keep_largest_component else "--no-largest-component")
     return arguments
 
 

@@ -1,9 +1,10 @@
 """From a CT volume to a pancreas mask on the same voxel grid.
 
 CT (any orientation, spacing, oblique direction) -> canonical axial (a view, no copy) ->
-slabs of slices -> 256 x 256 windowed slices -> MoNet -> probabilities back onto the
+slabs of slices -> 256 x 256 slices scaled to [0, 1] -> MoNet -> probabilities back onto the
 canonical slab -> threshold -> 3D clean-up -> original axis order. Work is done slab by slab,
-so memory stays near the size of the input plus one uint8 mask.
+so memory stays near the size of the input plus one uint8 mask; what belongs to the whole CT
+(the intensity range of a "volume_min_max" card) is computed once, before the first slab.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from PancreasAILib.errors import InputError
+from PancreasAILib.errors import InputError, ModelFileError
 from PancreasAILib.orientation import axial_reorientation, obliquity_degrees
 from PancreasAILib.progress import CancelToken, ProgressCallback, no_progress
 from PancreasAILib.engines import EngineChoice, NetworkRecipe, batch_sizes_for, build_engine, choose_engine
@@ -25,7 +26,7 @@ from PancreasAILib.volume import Volume, check_geometry, check_scalar_volume
 from PancreasAILib.weights import ModelCard
 
 from .registry import model_registry, monet_recipe
-from .preprocessing import model_slices
+from .preprocessing import check_preprocessing, intensity_range, model_slices
 
 logger = logging.getLogger(__name__)
 
@@ -82,19 +83,38 @@ def check_ct(ct: Volume) -> list[str]:
     return warnings
 
 
+def card_keeps_largest_component(card: ModelCard) -> bool:
+    """The card's `postprocessing.keep_largest_component`; True when the card has none, as every
+    card written before the key existed was used."""
+    keep = card.data.get("postprocessing", {}).get("keep_largest_component", True)
+    if not isinstance(keep, bool):
+        raise ModelFileError(
+            f"The model card {card.card_path.name} gives postprocessing.keep_largest_component as {keep!r}; "
+            "it must be true or false. Correct the card.")
+    return keep
+
+
+def check_card(card: ModelCard) -> None:
+    """Refuse, before any work, a card whose pre- or post-processing this version cannot repeat."""
+    check_preprocessing(card.preprocessing)
+    card_keeps_largest_component(card)
+
+
 def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optional[float] = None,
-               keep_largest_component: bool = True, device: str = "auto", engine: str = "auto",
+               keep_largest_component: Optional[bool] = None, device: str = "auto", engine: str = "auto",
                precision: str = "auto", batch_size: Optional[int] = None,
                progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None,
                choice: Optional[EngineChoice] = None, recipe: Optional[NetworkRecipe] = None) -> SegmentationResult:
     """Segment the pancreas in `ct` ((K, J, I) Hounsfield units with its IJK-to-RAS).
 
-    engine / precision: see `PancreasAILib.engines.choose_engine` ('auto' picks the fastest
-    allowed; precision 'fp32' forces the exact float32 path); batch_size: slices per network
-    call (default: measured on this machine, see `engines.BatchSizes`); choice: an engine
-    taken as it is, without `choose_engine`'s checks (the precision check and benchmarks);
-    recipe: another network than the card's MoNet, through exactly the same pre- and
-    post-processing (the evaluation of the paper's baselines).
+    threshold, keep_largest_component: None takes the card's post-processing (threshold 0.5
+    and keeping the largest component when the card says nothing); engine / precision: see
+    `PancreasAILib.engines.choose_engine` ('auto' picks the fastest allowed; precision 'fp32'
+    forces the exact float32 path); batch_size: slices per network call (default: measured on
+    this machine, see `engines.BatchSizes`); choice: an engine taken as it is, without
+    `choose_engine`'s checks (the precision check and benchmarks); recipe: another network than
+    the card's MoNet, through exactly the same pre- and post-processing (the evaluation of the
+    paper's baselines).
     """
     started = time.perf_counter()
     cancel = cancel or CancelToken()
@@ -102,7 +122,10 @@ def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optio
     for warning in warnings:
         logger.warning(warning)
     card = card or model_registry().resolve(None)
+    check_card(card)
     preprocessing = card.preprocessing
+    if keep_largest_component is None:
+        keep_largest_component = card_keeps_largest_component(card)
     threshold = float(card.data.get("postprocessing", {}).get("threshold", 0.5)
                       if threshold is None else threshold)
     if not 0.0 < threshold < 1.0:
@@ -115,13 +138,14 @@ def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optio
 
     reorientation = axial_reorientation(ct)
     canonical = reorientation.apply_volume(ct)
+    intensity = intensity_range(canonical, preprocessing)
     n_slices = canonical.shape[0]
     canonical_mask = np.zeros(canonical.shape, dtype=np.uint8)
     for k0 in range(0, n_slices, SLAB_SLICES):
         cancel.raise_if_cancelled()
         progress(0.05 + 0.85 * k0 / n_slices, f"Segmenting slices {k0 + 1}-{min(k0 + SLAB_SLICES, n_slices)} of {n_slices}")
         slab = canonical.slab(k0, min(k0 + SLAB_SLICES, n_slices))
-        slices, grid = model_slices(slab, preprocessing)
+        slices, grid = model_slices(slab, preprocessing, intensity)
         probabilities = batches.run(slices[:, None], network)[0][:, 0]
         canonical_mask[k0:k0 + slab.shape[0]] = resampled_at_least(
             Volume(probabilities, grid), slab.shape, slab.ijk_to_ras, threshold)

@@ -6,9 +6,10 @@ Sources: the Medical Segmentation Decathlon Task07_Pancreas folder as distribute
 names, or synthetic CT phantoms. Every non-zero label is pancreas (Task07's 1 pancreas and
 2 tumour merged, as in the paper).
 
-Slices go through PancreasSegMoNetLib.preprocessing, the code inference uses, and are cached
-per case as .npy (CT float16 in [0, 1], mask uint8) under a folder named for the
-pre-processing parameters, so a large data set is read from disk as needed (memory-mapped)
+Slices go through PancreasSegMoNetLib.preprocessing, the code inference uses (its intensity
+scaling, a "volume_min_max" range included, taken over the whole CT as inference takes it),
+and are cached per case as .npy (CT float16 in [0, 1], mask uint8) under a folder named for
+the pre-processing parameters, so a large data set is read from disk as needed (memory-mapped)
 instead of sitting in memory as float32.
 """
 
@@ -257,8 +258,10 @@ def label_slices(canonical_labels: Volume, preprocessing: dict) -> np.ndarray:
 
 
 def slices_on_model_grid(ct: Volume, labels: Volume, preprocessing: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(K, S, S) float32 windowed CT in [0, 1] and (K, S, S) uint8 pancreas mask: canonical
-    axial slices exactly as the module feeds them to the network."""
+    """(K, S, S) float32 CT in [0, 1] and (K, S, S) uint8 pancreas mask: canonical axial slices
+    exactly as the module feeds them to the network. The whole CT goes to `model_slices` at
+    once, so its intensity range (`preprocessing.intensity_range`) is the whole CT's, as in
+    `segment_ct`."""
     reorientation = axial_reorientation(ct)
     images, _ = model_slices(reorientation.apply_volume(ct), preprocessing)
     pancreas = labels.with_array(labels.array > 0)
