@@ -23,6 +23,7 @@ from PancreasAILib.volume_io import write_volume
 from PancreasAILib.weights import read_model_card
 from PancreasAIPhantoms.ct import make_ct_phantom
 from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING
+from trainkit.protocol import protocol_from_arguments
 from segmentation_data import FileCase, folder_cases, msd_cases, slices_on_model_grid
 
 SCRIPT = Path(train_monet.__file__)
@@ -79,9 +80,11 @@ def test_card_records_protocol_data_hash_and_metrics(two_epoch_run):
     assert training["protocol"]["optimizer"] == "NAdam"
     assert training["protocol"]["rotation_degrees"] == 10.0
     assert len(training["data_sha256"]) == 64
-    assert training["cases"] == {"training": 2, "validation": 1}
+    assert training["cases"] == {"training": 1, "validation": 1, "test": 1}
+    assert training["split"]["test_fraction"] == 0.3
     assert "val_slice_dice" in card["metrics"]["validation"]
     assert card["metrics"]["validation_patients"]["cases"] == 1
+    assert card["metrics"]["test_patients"]["cases"] == 1
     assert [row["epoch"] for row in card["history"]] == [1, 2]
     assert "--phantoms 3" in training["command"]
     assert card["preprocessing"]["input_size"] == 64
@@ -98,7 +101,7 @@ def test_run_writes_a_readable_log_curves_and_a_checkpoint(two_epoch_run):
 def test_data_manifest_keeps_the_split_out_of_the_card(two_epoch_run):
     manifest = json.loads((two_epoch_run.with_suffix(".run") / "data.json").read_text(encoding="utf-8"))
     splits = [case["split"] for case in manifest["cases"]]
-    assert sorted(splits) == ["training", "training", "validation"]
+    assert sorted(splits) == ["test", "training", "validation"]
     assert "phantom-0000" not in two_epoch_run.with_suffix(".json").read_text(encoding="utf-8")
 
 
@@ -211,7 +214,7 @@ def test_msd_folder_trains_end_to_end(tmp_path):
                         "--output", output) == 0
     card = card_of(output)
     assert card["training"]["data_source"]["kind"] == "msd"
-    assert card["training"]["cases"] == {"training": 2, "validation": 1}
+    assert card["training"]["cases"] == {"training": 1, "validation": 1, "test": 1}
     assert (card["training"]["protocol"]["crop"], card["training"]["protocol"]["loss"]) == (32, "dice+bce")
 
 
@@ -233,7 +236,7 @@ def test_tumour_label_counts_as_pancreas(tmp_path):
 def test_folder_pairs_are_matched_by_file_name(tmp_path):
     task = write_msd_folder(tmp_path, count=2)
     output = tmp_path / "monet-folders"
-    assert run_training("--images", task / "imagesTr", "--labels", task / "labelsTr", "--validation-fraction", "0.5",
+    assert run_training("--images", task / "imagesTr", "--labels", task / "labelsTr", "--test-fraction", "0",
                         *TINY_FILES, "--output", output) == 0
     assert card_of(output)["training"]["data_source"]["kind"] == "folders"
 
@@ -293,21 +296,74 @@ def test_fractional_label_map_is_refused_naming_the_case(tmp_path):
 
 # --- protocol pieces -------------------------------------------------------------------------------
 
-def test_split_is_the_seeded_permutation_of_the_first_version():
+def test_split_without_a_test_set_is_the_seeded_permutation_of_the_first_version():
     ids = [f"phantom-{n:04d}" for n in range(40)]
     rng, reference = np.random.default_rng(0), np.random.default_rng(0)
-    is_validation = monet_data.split_by_patient(ids, 0.3, rng)
-    assert set(np.flatnonzero(is_validation)) == set(reference.permutation(40)[:12].tolist())
+    split = monet_data.split_by_patient(ids, 0.0, 0.3, rng)
+    assert set(np.flatnonzero(split == "validation")) == set(reference.permutation(40)[:12].tolist())
+    assert "test" not in split
     assert rng.random() == reference.random()  # later draws (slice selection) unchanged too
 
 
 def test_split_keeps_all_cases_of_a_patient_on_one_side():
     patients = [f"p{n // 3}" for n in range(30)]  # 10 patients, 3 scans each
-    is_validation = monet_data.split_by_patient(patients, 0.3, np.random.default_rng(1))
+    split = monet_data.split_by_patient(patients, 0.3, 0.3, np.random.default_rng(1))
     for patient in set(patients):
-        sides = {bool(v) for p, v in zip(patients, is_validation) if p == patient}
+        sides = {str(v) for p, v in zip(patients, split) if p == patient}
         assert len(sides) == 1
-    assert is_validation.sum() == 9
+    assert (split == "test").sum() == 9 and (split == "validation").sum() == 9
+
+
+def test_papers_281_cases_split_into_85_test_20_validation_and_176_training():
+    """The authors' two train_test_split calls: 30 % test (281 -> 85, rounded up as
+    scikit-learn does), then 10 % of the rest validates."""
+    split = monet_data.split_by_patient([f"pancreas_{n:03d}" for n in range(281)], 0.3, 0.1,
+                                        np.random.default_rng(0))
+    assert {side: int((split == side).sum()) for side in ("training", "validation", "test")} == \
+        {"training": 176, "validation": 20, "test": 85}
+
+
+def test_split_refuses_fractions_that_leave_no_training_patient():
+    with pytest.raises(InputError, match="at least 3 patients"):
+        monet_data.split_by_patient(["a", "b", "c"], 0.5, 0.5, np.random.default_rng(0))
+
+
+def test_test_cases_give_no_training_or_validation_slice():
+    cases = [monet_data.CachedSlices(np.zeros((6, 4, 4), np.float16), np.ones((6, 4, 4), np.uint8),
+                                     np.ones(6, bool)) for _ in range(3)]
+    split = np.array(["training", "test", "validation"])
+    protocol = monet_protocol.MoNetProtocol(slices="pancreas-and-fraction")
+    train, val = monet_data.select_slices(cases, split, protocol, 10**9, np.random.default_rng(0))
+    assert set(train.index[:, 0]) == {0} and set(val.index[:, 0]) == {2}
+
+
+def test_no_slice_of_a_test_case_is_read_while_training_or_validating(tmp_path, monkeypatch):
+    """End to end: every slice the training steps and the validations read belongs to a
+    training or validation case; the test case is only scored at the end."""
+    read = []
+    original = monet_data.SliceSet.batch
+
+    def spying_batch(self, positions):
+        read.extend(int(self.index[p][0]) for p in positions)
+        return original(self, positions)
+
+    monkeypatch.setattr(monet_data.SliceSet, "batch", spying_batch)
+    output = tmp_path / "monet"
+    assert run_training(*TINY, "--epochs", "1", "--output", output) == 0
+    manifest = json.loads((output.with_suffix(".run") / "data.json").read_text(encoding="utf-8"))
+    test_cases = {i for i, case in enumerate(manifest["cases"]) if case["split"] == "test"}
+    assert test_cases and read
+    assert not test_cases & set(read)
+
+
+def test_pancreas_range_keeps_the_pancreas_slices_and_the_margin_on_each_side():
+    pancreas = np.zeros(40, bool)
+    pancreas[[12, 15, 20]] = True  # a gap inside the range is kept too
+    case = monet_data.CachedSlices(np.zeros((40, 2, 2), np.float16), np.zeros((40, 2, 2), np.uint8), pancreas)
+    protocol = monet_protocol.MoNetProtocol(slices="pancreas-range", z_margin=16)
+    assert monet_data.used_slices(case, protocol, np.random.default_rng(0)).tolist() == list(range(0, 37))
+    narrow = monet_protocol.MoNetProtocol(slices="pancreas-range", z_margin=2)
+    assert monet_data.used_slices(case, narrow, np.random.default_rng(0)).tolist() == list(range(10, 23))
 
 
 def test_soft_dice_loss_is_the_papers_formula_on_the_sigmoid_of_the_logits():
@@ -397,6 +453,67 @@ def test_augmented_masks_keep_their_edges_on_the_image_edges():
     moved_images, moved_masks = monet_augmentation.apply_affine(images, images.clone(), theta)
     assert set(torch.unique(moved_masks).tolist()) == {0.0, 1.0}
     assert torch.equal(moved_masks, (moved_images >= 0.5).float())
+
+
+def test_isotropic_zoom_draws_the_numbers_of_the_first_version():
+    protocol = monet_protocol.MoNetProtocol(zoom_axes="isotropic")
+    theta = monet_augmentation.random_affine(5, torch.Generator().manual_seed(4), protocol)
+    generator = torch.Generator().manual_seed(4)
+    angle = (torch.rand(5, generator=generator) * 2 - 1) * np.radians(10.0)
+    scale = 1 + (torch.rand(5, generator=generator) * 2 - 1) * 0.25
+    assert torch.allclose(theta[:, 0, 0], torch.cos(angle) * scale)
+    assert torch.allclose(theta[:, 0, 1], -torch.sin(angle) * scale)
+
+
+def test_independent_zoom_scales_the_two_axes_apart_and_isotropic_alike():
+    def axis_scales(zoom_axes):
+        protocol = monet_protocol.MoNetProtocol(zoom_axes=zoom_axes)
+        theta = monet_augmentation.random_affine(64, torch.Generator().manual_seed(0), protocol)
+        return theta[:, :, 0].norm(dim=1), theta[:, :, 1].norm(dim=1)  # the columns: rotation x scale
+
+    x, y = axis_scales("independent")
+    assert (x - y).abs().max() > 0.1
+    x, y = axis_scales("isotropic")
+    assert torch.allclose(x, y)
+
+
+def test_nearest_fill_repeats_the_edge_where_zeros_fill_leaves_air():
+    image = torch.linspace(0.2, 1.0, 16).repeat(16, 1)[None, None]  # brighter to the right
+    theta = torch.tensor([[[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]]])  # look a quarter slice to the right
+    nearest, _ = monet_augmentation.apply_affine(image, torch.zeros_like(image), theta, "nearest")
+    zeros, _ = monet_augmentation.apply_affine(image, torch.zeros_like(image), theta, "zeros")
+    assert torch.allclose(nearest[0, 0, :, -1], torch.ones(16))
+    assert torch.equal(zeros[0, 0, :, -1], torch.zeros(16))
+
+
+def test_paper_preset_is_the_default_and_ours_differs_where_recorded():
+    paper = train_monet.build_parser().parse_args(["--phantoms", "3", "--output", "x"])
+    ours = train_monet.build_parser().parse_args(["--phantoms", "3", "--output", "x", "--protocol", "ours"])
+    paper, ours = (protocol_from_arguments(monet_protocol.MoNetProtocol, a) for a in (paper, ours))
+    assert paper == monet_protocol.MoNetProtocol()
+    assert (paper.batch_size, paper.window_low, paper.intensity_scaling, paper.keep_largest_component) == \
+        (16, -150.0, "volume_min_max", False)
+    assert (ours.batch_size, ours.window_low, ours.intensity_scaling, ours.keep_largest_component) == \
+        (8, -160.0, "window", True)
+    assert ours.learning_rate == paper.learning_rate  # where the paper speaks and we agree
+
+
+def test_an_option_given_wins_over_the_preset_and_the_card_says_whose_value_it_is(two_epoch_run):
+    arguments = train_monet.build_parser().parse_args(["--phantoms", "3", "--output", "x", "--protocol", "ours",
+                                                       "--batch-size", "4"])
+    protocol = protocol_from_arguments(monet_protocol.MoNetProtocol, arguments)
+    assert protocol.batch_size == 4 and protocol.preset == "ours"
+    origins = card_of(two_epoch_run)["training"]["protocol"]["origins"]
+    assert origins["batch_size"] == "command line"  # TINY gives --batch-size 2
+    assert origins["learning_rate"] == "paper and ours (article)"
+    assert origins["window_low"].startswith("paper (authors' code")
+
+
+def test_paper_card_records_the_authors_intensities_and_raw_masks(two_epoch_run):
+    card = card_of(two_epoch_run)
+    assert card["preprocessing"]["window_hu"] == [-150.0, 200.0]
+    assert card["preprocessing"]["intensity_scaling"] == "volume_min_max"
+    assert card["postprocessing"]["keep_largest_component"] is False
 
 
 def test_crops_hold_the_pancreas_when_the_slice_shows_it():

@@ -9,13 +9,15 @@ import random
 from typing import ClassVar
 
 import numpy as np
+import pytest
 import torch
 
 from trainkit.checkpoint import (from_json_value, load_latest_checkpoint, optimizer_parts, restore_optimizer,
                                  save_checkpoint, to_json_value)
 from trainkit.distributed import Distributed
 from trainkit.hashing import FileHashes
-from trainkit.protocol import add_protocol_arguments, changed_fields, option, protocol_from_arguments, protocol_record
+from trainkit.protocol import (add_protocol_arguments, changed_fields, option, preset_field, protocol_from_arguments,
+                               protocol_record, protocol_table)
 from trainkit.runlog import Curves
 from trainkit.seeding import (checkpoint_rng_states, generator_states, restore_checkpoint_rng_states,
                               restore_generator_states)
@@ -46,6 +48,52 @@ def test_protocol_fields_are_overridden_by_their_options():
 def test_protocol_record_holds_fixed_choices_and_every_field():
     assert protocol_record(ExampleProtocol()) == {"optimizer": "Adam", "learning_rate": 0.003,
                                                   "batch_size": 8, "flips": True}
+
+
+@dataclasses.dataclass(frozen=True)
+class PresetProtocol:
+    preset: str = preset_field()
+    learning_rate: float = option(0.003, "Adam learning rate", flags=("--lr",), source="article")
+    batch_size: int = option(16, "samples per step", source="authors' code", ours=8, why="CPU memory")
+    jitter: int = option(0, "window jitter")
+
+
+def parse_preset(*arguments) -> PresetProtocol:
+    parser = argparse.ArgumentParser()
+    add_protocol_arguments(parser, PresetProtocol)
+    return protocol_from_arguments(PresetProtocol, parser.parse_args(list(arguments)))
+
+
+def test_paper_preset_is_the_default_and_ours_takes_our_values():
+    assert parse_preset() == PresetProtocol() == PresetProtocol("paper", 0.003, 16, 0)
+    assert parse_preset("--protocol", "ours") == PresetProtocol("ours", 0.003, 8, 0)
+
+
+def test_an_option_given_wins_over_either_preset():
+    assert parse_preset("--protocol", "ours", "--batch-size", "16").batch_size == 16
+    assert parse_preset("--batch-size", "8").batch_size == 8
+
+
+def test_record_says_whose_value_each_setting_has():
+    origins = protocol_record(parse_preset("--protocol", "ours", "--lr", "0.01"))["origins"]
+    assert origins == {"learning_rate": "command line", "batch_size": "ours (CPU memory)",
+                       "jitter": "ours (not in the paper)"}
+    origins = protocol_record(parse_preset())["origins"]
+    assert origins["learning_rate"] == "paper and ours (article)"
+    assert origins["batch_size"] == "paper (authors' code)"
+
+
+def test_a_setting_that_differs_between_presets_must_say_why():
+    with pytest.raises(ValueError, match="why"):
+        option(16, "samples per step", ours=8)
+
+
+def test_protocol_table_lists_each_setting_with_both_values_and_sources():
+    rows = {row["setting"]: row for row in protocol_table(PresetProtocol)}
+    assert set(rows) == {"learning_rate", "batch_size", "jitter"}
+    assert (rows["batch_size"]["paper"], rows["batch_size"]["ours"], rows["batch_size"]["option"]) == \
+        (16, 8, "--batch-size")
+    assert rows["learning_rate"]["option"] == "--lr"
 
 
 def test_changed_fields_name_what_differs():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -57,28 +58,54 @@ def describe_data(args, count: int) -> tuple[str, dict]:
                   "shape": list(args.phantom_shape)}
 
 
-def split_by_patient(patient_ids: Sequence[str], validation_fraction: float,
-                     rng: np.random.Generator) -> np.ndarray:
-    """(n_cases,) bool, True for validation: a seeded random `validation_fraction` of the
-    patients, all cases of a patient on the same side."""
+SPLITS = ("training", "validation", "test")
+
+
+def _held_out_count(count: int, fraction: float) -> int:
+    """Patients a fraction of `count` holds out: rounded up, as scikit-learn's train_test_split
+    does (281 cases x 0.3 -> 85, the paper's number); 0 for a fraction of 0."""
+    return math.ceil(round(count * fraction, 6)) if fraction > 0 else 0
+
+
+def _draw_patients(patient_ids: Sequence[str], count: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_cases,) bool: the cases of `count` patients drawn at random (GroupShuffleSplit)."""
     from sklearn.model_selection import GroupShuffleSplit
 
-    n_patients = len(set(patient_ids))
-    n_validation = max(1, int(round(n_patients * validation_fraction)))
-    if n_patients < 2 or n_validation >= n_patients:
-        raise InputError(
-            f"A training/validation split needs at least 2 patients and a validation fraction that "
-            f"leaves some for training; there are {n_patients} patient(s) and the fraction is "
-            f"{validation_fraction}.")
     # scikit-learn draws from a RandomState that shares rng's bit generator: the same
     # permutation rng.permutation(n_patients) gives (the first version of this script), and rng
     # goes on from where it would have.
-    splitter = GroupShuffleSplit(n_splits=1, test_size=n_validation,
-                                 random_state=np.random.RandomState(rng.bit_generator))
-    _, validation = next(splitter.split(np.zeros(len(patient_ids)), groups=list(patient_ids)))
-    is_validation = np.zeros(len(patient_ids), dtype=bool)
-    is_validation[validation] = True
-    return is_validation
+    splitter = GroupShuffleSplit(n_splits=1, test_size=count, random_state=np.random.RandomState(rng.bit_generator))
+    _, drawn = next(splitter.split(np.zeros(len(patient_ids)), groups=list(patient_ids)))
+    chosen = np.zeros(len(patient_ids), dtype=bool)
+    chosen[drawn] = True
+    return chosen
+
+
+def split_by_patient(patient_ids: Sequence[str], test_fraction: float, validation_fraction: float,
+                     rng: np.random.Generator) -> np.ndarray:
+    """(n_cases,) str array of "training", "validation" or "test", all cases of a patient on
+    one side: a seeded random `test_fraction` of the patients is the test set, then
+    `validation_fraction` of the others validates (as the authors' loader: two successive
+    train_test_split). Without a test set the draws are those of the first version of this
+    script, which had only a validation set."""
+    patients = list(patient_ids)
+    n_patients = len(set(patients))
+    n_test = _held_out_count(n_patients, test_fraction)
+    n_validation = max(1, _held_out_count(n_patients - n_test, validation_fraction))
+    if n_patients - n_test - n_validation < 1:
+        raise InputError(
+            f"A training/validation{'/test' if n_test else ''} split needs at least "
+            f"{3 if n_test else 2} patients and fractions that leave some for training; there are "
+            f"{n_patients} patient(s), the test fraction is {test_fraction} and the validation fraction "
+            f"{validation_fraction}.")
+    split = np.full(len(patients), "training", dtype=object)
+    if n_test:
+        is_test = _draw_patients(patients, n_test, rng)
+        split[is_test] = "test"
+    rest = np.flatnonzero(split == "training")
+    is_validation = _draw_patients([patients[i] for i in rest], n_validation, rng)
+    split[rest[is_validation]] = "validation"
+    return split.astype(str)
 
 
 @dataclass
@@ -101,15 +128,31 @@ class SliceSet:
         return torch.from_numpy(images[:, None]), torch.from_numpy(masks[:, None])
 
 
-def select_slices(cached: list[CachedSlices], is_validation: np.ndarray, empty_fraction: float,
-                  max_val_slices: int, rng: np.random.Generator) -> tuple[SliceSet, SliceSet]:
-    """All slices with pancreas plus a random `empty_fraction` of the others, case by case in
-    order; validation limited to a fixed random subset of `max_val_slices`."""
+def used_slices(slices: CachedSlices, protocol, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the slices of one case used for training or validation: the pancreas's
+    first to last slice with `z_margin` more on each side (pancreas-range, the authors'), or
+    every slice with pancreas plus a random `empty_fraction` of the others (ours)."""
+    pancreas = np.asarray(slices.pancreas_slices, dtype=bool)
+    if protocol.slices == "pancreas-range":
+        present = np.flatnonzero(pancreas)
+        if not len(present):
+            return present
+        first, last = max(int(present[0]) - protocol.z_margin, 0), min(int(present[-1]) + protocol.z_margin,
+                                                                         len(pancreas) - 1)
+        return np.arange(first, last + 1)
+    return np.flatnonzero(pancreas | (rng.random(len(pancreas)) < protocol.empty_fraction))
+
+
+def select_slices(cached: list[CachedSlices], split: np.ndarray, protocol, max_val_slices: int,
+                  rng: np.random.Generator) -> tuple[SliceSet, SliceSet]:
+    """The training and validation slices (`used_slices`), case by case in order; the test
+    cases give none. Validation limited to a fixed random subset of `max_val_slices`."""
     train_pairs, val_pairs = [], []
     for case_index, slices in enumerate(cached):
-        keep = slices.pancreas_slices | (rng.random(len(slices.pancreas_slices)) < empty_fraction)
-        pairs = [(case_index, int(s)) for s in np.flatnonzero(keep)]
-        (val_pairs if is_validation[case_index] else train_pairs).extend(pairs)
+        if split[case_index] == "test":
+            continue
+        pairs = [(case_index, int(s)) for s in used_slices(slices, protocol, rng)]
+        (val_pairs if split[case_index] == "validation" else train_pairs).extend(pairs)
     if len(val_pairs) > max_val_slices:
         pick = np.sort(rng.choice(len(val_pairs), max_val_slices, replace=False))
         val_pairs = [val_pairs[i] for i in pick]
@@ -118,15 +161,16 @@ def select_slices(cached: list[CachedSlices], is_validation: np.ndarray, empty_f
 
 
 def write_data_manifest(path: Path, prepared: list[PreparedCase], data_sha256: str, description: str,
-                        cache: SliceCache, is_validation: Optional[np.ndarray] = None) -> None:
-    """The run's cases (with split once known): stays in the run folder, not in the model card,
-    because a site's case names may identify patients."""
+                        cache: SliceCache, split: Optional[np.ndarray] = None) -> None:
+    """The run's cases (with their split, "training", "validation" or "test", once known):
+    stays in the run folder, not in the model card, because a site's case names may identify
+    patients. evaluate_segmentation.py --cases-of reads the test cases from it."""
     cases = []
     for index, case in enumerate(prepared):
         item = {"case_id": case.case_id, "patient_id": case.patient_id, "cache_key": case.cache_key,
                 "slice_count": case.slice_count}
-        if is_validation is not None:
-            item["split"] = "validation" if is_validation[index] else "training"
+        if split is not None:
+            item["split"] = str(split[index])
         cases.append(item)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomically(path, {"data": description, "data_sha256": data_sha256,

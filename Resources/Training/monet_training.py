@@ -4,7 +4,8 @@ checkpoint after each, the best model and its card.
 `start_run` builds a `Run` from the command-line arguments (data, split, network, optimiser,
 schedule; or the state of the last checkpoint with --resume), `train_epochs` trains and
 validates epoch by epoch and saves the model whenever the validation loss improves, `finish`
-writes the final card with the per-patient validation Dice.
+writes the final card with the per-patient Dice of the validation and the test cases. The test
+cases (a third side of the split by patient) are never trained on and never choose anything.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from PancreasAILib.weights import save_model
 from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING
 
 from monet_augmentation import apply_affine, crop_batch, random_affine, random_crop_corners
-from monet_data import SliceSet, pancreas_fraction, prepare_data, select_slices, split_by_patient, write_data_manifest
+from monet_data import (SPLITS, SliceSet, pancreas_fraction, prepare_data, select_slices, split_by_patient,
+                        write_data_manifest)
 from monet_losses import training_loss
 from monet_protocol import RESUMABLE_CHANGES, MoNetProtocol, check_settings
 from monet_validation import patient_dice_on_model_grid, recalibrated_batch_norm, validation_loss
@@ -46,6 +48,11 @@ logger = logging.getLogger("train_monet")
 
 #: The script whose command line the model card records.
 SCRIPT = "Resources/Training/train_monet.py"
+
+
+def case_counts(split: np.ndarray) -> dict:
+    """{"training": n, "validation": n, "test": n} cases of each side of the split."""
+    return {side: int(np.count_nonzero(split == side)) for side in SPLITS}
 
 
 def set_output_prior(network, fraction: float) -> None:
@@ -80,7 +87,7 @@ class Run:
     data_source: dict
     data_sha256: str
     prepared: list
-    is_validation: np.ndarray
+    split: np.ndarray  # (n_cases,) "training", "validation" or "test"
     train: SliceSet
     val: SliceSet
     network: object
@@ -109,7 +116,7 @@ def start_run(args, argv, dist: Distributed) -> Run:
     protocol = protocol_from_arguments(MoNetProtocol, args)
     spec = ARCHITECTURES[args.architecture]
     initial_weights_record(args.initial_weights)  # a missing or broken model file fails before the data are read
-    preprocessing = {**DEFAULT_PREPROCESSING, "input_size": args.input_size}
+    preprocessing = protocol.preprocessing({**DEFAULT_PREPROCESSING, "input_size": args.input_size})
     files = RunFiles.for_output(args.output)
     check_settings(protocol, spec, preprocessing, dist)
 
@@ -119,10 +126,11 @@ def start_run(args, argv, dist: Distributed) -> Run:
     use_deterministic_kernels()
     rng = np.random.default_rng(args.seed)
     description, source, data_sha256, prepared, cached, cache = prepare_data(args, dist, files, preprocessing)
-    is_validation = split_by_patient([case.patient_id for case in prepared], protocol.validation_fraction, rng)
-    train, val = select_slices(cached, is_validation, protocol.empty_fraction, args.max_val_slices, rng)
+    split = split_by_patient([case.patient_id for case in prepared], protocol.test_fraction,
+                             protocol.validation_fraction, rng)
+    train, val = select_slices(cached, split, protocol, args.max_val_slices, rng)
     if dist.is_main:
-        write_data_manifest(files.data_manifest, prepared, data_sha256, description, cache, is_validation)
+        write_data_manifest(files.data_manifest, prepared, data_sha256, description, cache, split)
     if len(train) == 0 or len(val) == 0:
         raise InputError("No slice is left for training or for validation: the label maps hold (almost) "
                          "no pancreas. Check that the label files belong to the CTs.")
@@ -143,7 +151,7 @@ def start_run(args, argv, dist: Distributed) -> Run:
     sampler = torch.Generator().manual_seed(args.seed)
     steps = protocol.steps_per_epoch or math.ceil(len(train) / protocol.batch_size)
     run = Run(args, argv, protocol, spec, preprocessing, files, dist, description, source, data_sha256,
-              prepared, is_validation, train, val, network, None, optimizer, scheduler, sampler, rng,
+              prepared, split, train, val, network, None, optimizer, scheduler, sampler, rng,
               training_loss(protocol), steps, RunState())
     if args.resume:
         resume(run)
@@ -153,12 +161,12 @@ def start_run(args, argv, dist: Distributed) -> Run:
         for stale in files.checkpoints.glob("epoch-*"):
             stale.unlink()
     run.model = dist.wrap(network)
-    n_val_patients = len({p.patient_id for p, v in zip(prepared, is_validation) if v})
     logger.info("%s: %s parameters (%s with BatchNorm statistics); %s", spec.title,
                 f"{parameter_counts(network)['trainable']:,}", f"{parameter_counts(network)['with_bn_running_stats']:,}",
                 dist.describe())
-    logger.info("%d training slices from %d cases, %d validation slices from %d cases (%d patients)",
-                len(train), int((~is_validation).sum()), len(val), int(is_validation.sum()), n_val_patients)
+    counts = case_counts(split)
+    logger.info("%d training slices from %d cases, %d validation slices from %d cases; %d test cases held out",
+                len(train), counts["training"], len(val), counts["validation"], counts["test"])
     logger.info("Protocol: %s", json.dumps(protocol_record(protocol)))
     return run
 
@@ -195,7 +203,7 @@ def train_epoch(run: Run, epoch: int) -> float:
         picks = torch.randint(len(run.train), (protocol.batch_size,), generator=run.sampler)
         theta = random_affine(protocol.batch_size, run.sampler, protocol)
         images, masks = run.train.batch(picks.numpy())
-        images, masks = apply_affine(images.to(dist.device), masks.to(dist.device), theta)
+        images, masks = apply_affine(images.to(dist.device), masks.to(dist.device), theta, protocol.fill)
         if protocol.crop:
             corners = random_crop_corners(masks, protocol.crop, run.sampler)
             images, masks = crop_batch(images, masks, corners, protocol.crop)
@@ -239,14 +247,20 @@ def model_card(run: Run, metrics: dict) -> dict:
         "task": "pancreas segmentation on CT",
         "classes": ["pancreas"],
         "preprocessing": run.preprocessing,
-        "postprocessing": {"threshold": 0.5, "keep_largest_component": True},
+        "postprocessing": {"threshold": 0.5, "keep_largest_component": run.protocol.keep_largest_component},
         "intended_use": run.args.intended_use,
         "training": {
             "data": run.description,
             "data_source": run.data_source,
             "data_sha256": run.data_sha256,
             "labels": PANCREAS_RULE,
-            "cases": {"training": int((~run.is_validation).sum()), "validation": int(run.is_validation.sum())},
+            "cases": case_counts(run.split),
+            "split": {"test_fraction": run.protocol.test_fraction,
+                      "validation_fraction": run.protocol.validation_fraction,
+                      "how": "by patient: the test patients are drawn first and never used in training or "
+                             "selection; the validation patients, drawn from the others, drive the "
+                             "learning-rate drops and choose the checkpoint; the cases are in the run's "
+                             "data.json"},
             "slices": {"training": len(run.train), "validation": len(run.val)},
             "protocol": protocol_record(run.protocol),
             "epochs_run": len(history),
@@ -309,7 +323,8 @@ def train_epochs(run: Run) -> None:
 
 
 def finish(run: Run) -> None:
-    """Re-write the best model's card with the final history and per-patient validation Dice."""
+    """Re-write the best model's card with the final history and the per-patient Dice of the
+    validation cases (which chose it) and of the test cases (held out)."""
     if not run.dist.is_main:
         return
     if not run.files.weights.exists() or not run.state.history:
@@ -319,22 +334,24 @@ def finish(run: Run) -> None:
 
     best = build_network(run.spec).to(run.dist.device)
     best.load_state_dict(load_file(str(run.files.weights)))
-    every_case = run.train.cases  # a SliceSet refers to the slices of all cases
-    val_cases = [slices for slices, v in zip(every_case, run.is_validation) if v]
-    scores = [s for s in patient_dice_on_model_grid(best, val_cases, run.dist.device) if not math.isnan(s)]
     best_row = next(row for row in run.state.history if row["epoch"] == run.state.best_epoch)
     metrics = {"validation": best_row}
-    if scores:
-        metrics["validation_patients"] = {
-            "dice_mean": float(np.mean(scores)), "dice_sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
-            "cases": len(scores),
-            "how": "per case, all its slices on the model's grid, threshold 0.5, no clean-up; "
-                   "evaluate_segmentation.py gives Dice and HD95 on the original grid"}
+    every_case = run.train.cases  # a SliceSet refers to the slices of all cases
+    for split, key, role in (("validation", "validation_patients", "chose the checkpoint: optimistic"),
+                             ("test", "test_patients", "held out: never used in training or selection")):
+        cases = [slices for slices, side in zip(every_case, run.split) if side == split]
+        scores = [s for s in patient_dice_on_model_grid(best, cases, run.dist.device) if not math.isnan(s)]
+        if scores:
+            metrics[key] = {
+                "dice_mean": float(np.mean(scores)), "dice_sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
+                "cases": len(scores), "role": role,
+                "how": "per case, all its slices on the model's grid, threshold 0.5, no clean-up; "
+                       "evaluate_segmentation.py gives Dice and Hausdorff distances on the original grid"}
     save_model(best.state_dict(), run.files.weights, model_card(run, metrics))
     logger.info("Best validation loss %.4f at epoch %d; model: %s", run.state.best_val_loss,
                 run.state.best_epoch, run.files.weights)
-    if scores:
-        spread = metrics["validation_patients"]["dice_sd"]
-        logger.info("Validation Dice per patient (model grid): %.3f%s over %d case(s)",
-                    metrics["validation_patients"]["dice_mean"],
-                    "" if spread is None else f" +- {spread:.3f}", len(scores))
+    for key, label in (("validation_patients", "Validation"), ("test_patients", "Test")):
+        if key in metrics:
+            spread = metrics[key]["dice_sd"]
+            logger.info("%s Dice per patient (model grid): %.3f%s over %d case(s)", label, metrics[key]["dice_mean"],
+                        "" if spread is None else f" +- {spread:.3f}", metrics[key]["cases"])

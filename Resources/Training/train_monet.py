@@ -11,9 +11,17 @@ Slices go through exactly the pre-processing the module uses at inference
 (PancreasSegMoNetLib.preprocessing) and the networks are the module's own classes, so training
 and inference cannot drift apart.
 
-Protocol defaults (Knolle, Kaissis et al. 2021): 70/30 split by patient, 256 x 256 slices,
-soft Dice loss, NAdam lr 5e-4, lr / 10 after 2 epochs without validation improvement,
-rotation +-10 degrees, zoom +-0.25, shift 0.2, He-uniform initialisation.
+Protocol: `--protocol paper` (the default) reproduces the article (Knolle, Kaissis et al.,
+PLOS ONE 2021) and, where it is silent, the authors' public code (TUM-AIMED/MoNet): test 30 %
+of the patients, validation 10 % of the others, the pancreas's slices with 16 more on each
+side, CT clipped to -150..200 HU and scaled per volume, soft Dice, NAdam lr 5e-4, lr / 10 after
+2 epochs without validation improvement, batch 16, rotation +-10 degrees, zoom +-0.25 per
+axis, shift 0.2, nearest fill, raw masks. `--protocol ours` is what we recommend instead
+(Resources/Training/PROTOCOLS.md lists every setting, its source and why ours differs). Any
+option given wins over the preset; the model card records each value and whose it is.
+
+The test patients are held out: never trained on, never used for the learning-rate schedule or
+the checkpoint. evaluate_segmentation.py --cases-of scores them.
 
   one GPU or the CPU:  python Resources/Training/train_monet.py --msd Task07_Pancreas --output runs/monet
   several GPUs:        torchrun --nproc_per_node 4 Resources/Training/train_monet.py --msd ... --output ...
