@@ -1,16 +1,24 @@
-"""Per-patient segmentation metrics: Dice and the 95th-percentile Hausdorff distance in mm.
+"""Per-patient segmentation metrics: Dice, the Hausdorff distance (maximum, as the MoNet paper
+reports it) and its 95th percentile (HD95), in mm.
 
-HD95 follows MONAI's convention (compute_hausdorff_distance with percentile=95): surface
-voxels are mask voxels with a background face-neighbour (outside the array counts as
-background); for each surface voxel of one mask, the distance to the nearest surface voxel
-of the other, in mm with the voxel spacing; the 95th percentile (linear interpolation) of
-each direction; the larger of the two. The tests check our numbers against MONAI's.
+Both distances follow MONAI's convention (compute_hausdorff_distance, percentile None and 95):
+surface voxels are mask voxels with a background face-neighbour (outside the array counts as
+background); for each surface voxel of one mask, the distance to the nearest surface voxel of
+the other, in mm with the voxel spacing; the maximum (HD) or the 95th percentile with linear
+interpolation (HD95) of each direction; the larger of the two. The tests check our numbers
+against MONAI's.
+
+A case with no pancreas predicted (and some in the reference) has no surface distance at all;
+`case_metrics` gives it the largest distance possible in its scan, the diagonal of the
+reference's voxel grid, as HD and HD95, so that a mean over cases counts it as the worst case
+instead of leaving it out. A case without pancreas in its reference says nothing about
+segmentation quality: its Dice and distances are NaN.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -54,28 +62,60 @@ def directed_surface_distances(from_surface: np.ndarray, to_surface: np.ndarray,
     return distance_to_surface[from_surface]
 
 
-def hausdorff_distance_95(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]) -> float:
-    """Symmetric 95 % Hausdorff distance in mm between two binary masks; NaN when either is empty.
-
-    spacing: voxel size in mm along each array axis, e.g. (sz, sy, sx) for a (K, J, I) array.
-    """
+def _symmetric_surface_distance(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float],
+                                statistic: Callable[[np.ndarray], float]) -> float:
+    """The larger of `statistic` over the two directed surface distances (mm); NaN when either
+    mask is empty."""
     prediction, reference = np.asarray(prediction) > 0, np.asarray(reference) > 0
     if not prediction.any() or not reference.any():
         return math.nan
     # Every surface voxel lies in the union's bounding box: working there is exact and small.
     box = _bounding_box(prediction | reference)
     prediction_surface, reference_surface = surface(prediction[box]), surface(reference[box])
-    return float(max(
-        np.percentile(directed_surface_distances(prediction_surface, reference_surface, spacing), 95),
-        np.percentile(directed_surface_distances(reference_surface, prediction_surface, spacing), 95)))
+    return float(max(statistic(directed_surface_distances(prediction_surface, reference_surface, spacing)),
+                     statistic(directed_surface_distances(reference_surface, prediction_surface, spacing))))
+
+
+def hausdorff_distance(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]) -> float:
+    """Symmetric Hausdorff distance in mm (the largest surface distance either way) between two
+    binary masks; NaN when either is empty.
+
+    spacing: voxel size in mm along each array axis, e.g. (sz, sy, sx) for a (K, J, I) array.
+    """
+    return _symmetric_surface_distance(prediction, reference, spacing, np.max)
+
+
+def hausdorff_distance_95(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]) -> float:
+    """Symmetric 95 % Hausdorff distance in mm between two binary masks; NaN when either is empty.
+
+    spacing: voxel size in mm along each array axis, e.g. (sz, sy, sx) for a (K, J, I) array.
+    """
+    return _symmetric_surface_distance(prediction, reference, spacing, lambda d: np.percentile(d, 95))
+
+
+def grid_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """The largest distance between two voxel centres of a grid: sqrt(sum(((n - 1) * s)^2)) in mm.
+
+    shape: voxels along each array axis, e.g. (K, J, I); spacing: mm along the same axes."""
+    return float(math.sqrt(sum(((n - 1) * s) ** 2 for n, s in zip(shape, spacing))))
 
 
 def case_metrics(prediction: Volume, reference: Volume) -> dict:
-    """Dice, HD95 (mm) and both volumes (ml) of two label maps on the same grid (non-zero = in)."""
+    """Dice, HD and HD95 (mm) and both volumes (ml) of two label maps on the same grid (non-zero = in).
+
+    empty_prediction: no pancreas predicted where the reference has some; HD and HD95 are then
+    the diagonal of the reference's voxel grid (see the module), not NaN.
+    """
     spacing_kji = tuple(float(s) for s in reference.spacing[::-1])
     voxel_ml = float(np.prod(reference.spacing)) / 1000.0
     predicted, truth = prediction.array > 0, reference.array > 0
-    return {"dice": dice_coefficient(predicted, truth),
-            "hd95_mm": hausdorff_distance_95(predicted, truth, spacing_kji),
+    empty_prediction = bool(truth.any()) and not predicted.any()
+    if empty_prediction:
+        hd_mm = hd95_mm = grid_diagonal_mm(truth.shape, spacing_kji)
+    else:
+        hd_mm = hausdorff_distance(predicted, truth, spacing_kji)
+        hd95_mm = hausdorff_distance_95(predicted, truth, spacing_kji)
+    return {"dice": dice_coefficient(predicted, truth), "hd_mm": hd_mm, "hd95_mm": hd95_mm,
+            "empty_prediction": empty_prediction,
             "reference_ml": int(np.count_nonzero(truth)) * voxel_ml,
             "predicted_ml": int(np.count_nonzero(predicted)) * voxel_ml}
