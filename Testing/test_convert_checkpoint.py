@@ -210,7 +210,8 @@ def test_converted_monet_gives_exactly_the_outputs_of_the_original_module(monet_
 def test_converted_monet_segments_exactly_as_the_original_weights(random_monet_card, monet_checkpoint, tmp_path,
                                                                    small_ct_phantom):
     output = tmp_path / "converted.safetensors"
-    assert convert(monet_checkpoint, "--architecture", "monet", "--output", output) == 0
+    # --protocol ours: the pre- and post-processing of the original card (window, largest component)
+    assert convert(monet_checkpoint, "--architecture", "monet", "--output", output, "--protocol", "ours") == 0
     card = monet_registry().resolve(output)
     slices = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
@@ -230,11 +231,32 @@ def test_card_records_architecture_preprocessing_source_and_unknown_metrics(mone
     verify_weights_file(card)
     assert (card.name, card.data["title"], card.intended_use) == ("site-monet", "Site MoNet", "research on site data")
     assert (card.architecture, card.architecture_params) == ("MoNet", {"in_channels": 1, "n_classes": 1})
-    assert card.preprocessing == DEFAULT_PREPROCESSING  # what train_monet.py records by default
+    # train_monet.py's default protocol, the paper's: the authors' CT intensities, raw masks
+    assert card.preprocessing == {**DEFAULT_PREPROCESSING, "window_hu": [-150.0, 200.0],
+                                  "intensity_scaling": "volume_min_max"}
     assert card.classes == ["pancreas"]
-    assert card.data["postprocessing"] == {"threshold": 0.5, "keep_largest_component": True}
+    assert card.data["postprocessing"] == {"threshold": 0.5, "keep_largest_component": False}
     assert card.data["source"] == {"converted_from": "monet.pth", "sha256": sha256(monet_checkpoint)}
     assert "unknown" in card.data["metrics"]["note"]
+
+
+def test_ours_protocol_records_our_window_and_clean_up(monet_checkpoint, tmp_path):
+    output = tmp_path / "ours.safetensors"
+    assert convert(monet_checkpoint, "--architecture", "monet", "--output", output, "--protocol", "ours") == 0
+    card = read_model_card(output)
+    assert card.preprocessing == {**DEFAULT_PREPROCESSING, "intensity_scaling": "window"}
+    assert card.data["postprocessing"]["keep_largest_component"] is True
+
+
+@pytest.mark.parametrize("protocol, normalisation", [("paper", "volume_min_max"), ("ours", "crop_stack_min_max")])
+def test_ipmn_vit_card_records_the_normalisation_of_the_protocol(tmp_path, protocol, normalisation):
+    params = {"depth": 1, "embed_dim": 48, "num_heads": 3}
+    checkpoint = tmp_path / "ipmn.pt"
+    torch.save(create_vit("vit_tiny_patch16_224", params).state_dict(), checkpoint)
+    output = tmp_path / "ipmn.safetensors"
+    assert convert(checkpoint, "--architecture", "vit_tiny_patch16_224", "--architecture-params",
+                   json.dumps(params), "--output", output, "--protocol", protocol) == 0
+    assert ipmn_registry().resolve(output).preprocessing["normalisation"] == normalisation
 
 
 @pytest.mark.parametrize("key", ["state_dict", "model", "model_state_dict"])

@@ -34,7 +34,9 @@ TINY_PHANTOMS = ["--phantom-shape", *map(str, PHANTOM_SHAPE), "--phantom-spacing
 TINY_RUN = [*TINY_VIT, "--batch-size", "2", "--eval-every", "2", "--device", "cpu"]
 # 2 phantom patients for training and 1 for validation, each with all three classes.
 TINY_TRAIN = ["--patients", "2", "--val-patients", "1", *TINY_PHANTOMS, *TINY_RUN]
-TINY_CV = ["--phantoms", "4", "--folds", "2", "--inner-folds", "2", *TINY_PHANTOMS, *TINY_RUN, "--steps", "2"]
+# One learning rate in the grid: 2 inner runs and a refit per fold (test_ipmn_protocol.py tries more).
+TINY_CV = ["--phantoms", "4", "--folds", "2", "--inner-folds", "2", *TINY_PHANTOMS, *TINY_RUN, "--steps", "2",
+           "--lr-grid", "0.003"]
 
 
 def train(*arguments) -> int:
@@ -133,8 +135,10 @@ def test_card_records_protocol_data_hash_and_metrics(phantom_run):
     card = card_of(phantom_run)
     protocol = card["training"]["protocol"]
     assert protocol["learning_rate"] == 0.003 and protocol["optimizer"] == "Adam"
-    assert protocol["class_weights"] == [1.0, 0.65, 0.45]
+    assert protocol["preset"] == "paper" and protocol["class_weights"] == "1 0.65 0.45"
+    assert protocol["class_weights_used"] == [1.0, 0.65, 0.45]
     assert protocol["checkpoint_selection"] == "best validation balanced accuracy"
+    assert card["preprocessing"]["normalisation"] == "volume_min_max"
     assert len(card["training"]["data_sha256"]) == 64
     assert card["training"]["cases"] == {"training": 6, "validation": 3}
     assert set(card["metrics"]["validation"]) >= {"accuracy", "macro_precision", "macro_recall", "balanced_accuracy"}
@@ -152,12 +156,18 @@ def test_run_writes_a_readable_log_curves_and_a_checkpoint(phantom_run):
 
 
 def test_documented_demo_command_keeps_its_meaning():
+    from ipmn_training import ipmn_protocol_from_arguments
+
     args = train_ipmn.build_parser().parse_args(
         "--patients 60 --val-patients 20 --steps 2500 --eval-every 100 --lr 0.0003 --class-weights 1 1 1 "
-        "--window-jitter 2 --output demo".split())
-    assert (args.patients, args.val_patients, args.steps, args.eval_every) == (60, 20, 2500, 100)
-    assert (args.learning_rate, args.class_weights, args.window_jitter) == (0.0003, [1.0, 1.0, 1.0], 2)
-    assert args.cohort is None and args.architecture is None and args.batch_size == 8
+        "--window-jitter 2 --lr-schedule warmup-cosine --output demo".split())
+    protocol = ipmn_protocol_from_arguments(args)
+    assert (args.patients, args.val_patients, protocol.steps, protocol.eval_every) == (60, 20, 2500, 100)
+    assert (protocol.learning_rate, protocol.class_weights, protocol.window_jitter) == (0.0003, "1 1 1", 2)
+    assert protocol.lr_schedule == "warmup-cosine"
+    assert args.cohort is None and args.architecture is None and protocol.batch_size == 8
+    # the paper's preset, whose normalisation is not the shipped demo ViT's (crop_stack_min_max)
+    assert protocol.preset == "paper" and protocol.normalisation == "volume_min_max"
 
 
 def test_cohort_csv_trains_with_the_papers_preprocessing_that_assess_repeats(cohort_csv, tmp_path):
@@ -336,7 +346,9 @@ def test_cross_validation_writes_per_fold_and_summary_tables(cv_run):
     table = (cv_run / "results.md").read_text(encoding="utf-8")
     assert "| ViT, early fusion" in table and "| ResNet18 |" in table and " +- " in table
     summary = json.loads((cv_run / "cv.json").read_text(encoding="utf-8"))
-    assert summary["protocol"]["learning_rate"] == 0.003 and summary["folds"] == 2
+    assert summary["protocol"]["learning_rate_grid"] == [0.003] and summary["folds"] == 2
+    assert summary["inner_selection"] == "grid" and summary["trainings_per_method"] == 2 * (1 * 2 + 1)
+    assert list(folds[0])[-2:] == ["learning_rate", "steps"] and folds[0]["steps"] == "2"
     predictions = read_rows(cv_run / "predictions.csv")
     assert len(predictions) == 2 * 12  # two methods, every case tested once
 

@@ -4,7 +4,8 @@ PancreasAI never unpickles model files, because a pickle can run any code hidden
 script reads the checkpoint with torch.load(weights_only=True), which accepts only tensors and
 plain containers, so a checkpoint that needs code to load is refused. The tensors are then
 loaded strictly into the network the module would build (--architecture), and written with a
-model card: the architecture, the pre-processing the training scripts use by default, --title,
+model card: the architecture, the pre-processing of the training protocol --protocol names
+(paper, the default, or ours; Resources/Training/PROTOCOLS.md), --title,
 --intended-use, the source file's name and SHA256, and a note that the metrics are unknown.
 
 MoNet, for PancreasSegMoNet:
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 # trainkit first: importing it says how to install the project's packages when they are missing.
 from trainkit.model_card import command_line, software_versions
+from trainkit.protocol import PRESETS, protocol_preset
 
 from PancreasAILib.cli_support import run_command
 from PancreasAILib.errors import InputError, ModelFileError
@@ -59,18 +61,21 @@ class Target:
     card_fields: dict
 
 
-def segmentation_target(architecture: str) -> Target:
-    """MoNet or a baseline of the MoNet paper, as train_monet.py builds and describes it."""
+def segmentation_target(architecture: str, preset: str) -> Target:
+    """MoNet or a baseline of the MoNet paper, as train_monet.py builds and describes it, with
+    the CT intensities and post-processing of the protocol `preset`."""
     from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING
+    from monet_protocol import MoNetProtocol
     from segmentation_networks import build_network, parameter_counts
 
+    protocol = protocol_preset(MoNetProtocol, preset)
     spec = ARCHITECTURES[architecture]
     network = build_network(spec)
     return Target(network, spec.title, {
         "architecture": spec.class_name, "architecture_params": spec.params,
         "parameters": parameter_counts(network), "task": "pancreas segmentation on CT",
-        "classes": ["pancreas"], "preprocessing": dict(DEFAULT_PREPROCESSING),
-        "postprocessing": {"threshold": 0.5, "keep_largest_component": True}})
+        "classes": ["pancreas"], "preprocessing": protocol.preprocessing(DEFAULT_PREPROCESSING),
+        "postprocessing": {"threshold": 0.5, "keep_largest_component": protocol.keep_largest_component}})
 
 
 def ipmn_target(args) -> Target:
@@ -78,6 +83,7 @@ def ipmn_target(args) -> Target:
     from ipmn_data import card_preprocessing, preprocessing_steps
     from ipmn_networks import build_network, parameter_count
     from ipmn_setup import architecture_of
+    from ipmn_training import IPMNProtocol
 
     architecture, params = architecture_of(args, phantoms=False)
     network = build_network("early-fusion", architecture, params)
@@ -88,7 +94,8 @@ def ipmn_target(args) -> Target:
         "classes": list(CLASS_NAMES),
         # The paper's MRI pre-processing needs landmarks fitted on the training cohort, which a
         # checkpoint does not hold: the card states the input format without it.
-        "preprocessing": card_preprocessing(preprocessing_steps("none"))})
+        "preprocessing": card_preprocessing(preprocessing_steps("none"),
+                                            protocol_preset(IPMNProtocol, args.protocol).normalisation)})
 
 
 def target_for(args) -> Target:
@@ -96,7 +103,7 @@ def target_for(args) -> Target:
         if args.architecture_params:
             raise InputError("--architecture-params is for the IPMN ViTs; the segmentation networks are "
                              "fixed by --architecture.")
-        return segmentation_target(args.architecture)
+        return segmentation_target(args.architecture, args.protocol)
     return ipmn_target(args)
 
 
@@ -198,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="path of the .safetensors to write (its card goes beside it)")
     parser.add_argument("--title", help="title in the model card (default: the architecture's name)")
     parser.add_argument("--intended-use", default="", help="intended use, written into the model card")
+    parser.add_argument("--protocol", choices=PRESETS, default="paper",
+                        help="the training protocol whose input the checkpoint expects: paper (default: MoNet's CT "
+                             "clipped to -150..200 HU and scaled per volume, raw masks; the IPMN ViT's sequences "
+                             "normalised per whole volume) or ours (window -160..240 HU, largest component; crop-"
+                             "stack normalisation); see Resources/Training/PROTOCOLS.md")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model file and card")
     return parser
 

@@ -1,6 +1,5 @@
-"""Nested cross-validation of the IPMN risk ViT, its ablations and the CNN baselines, with the
-paper's protocol: per-fold and mean +- sd accuracy, macro precision and macro recall, like the
-paper's Tables I and II.
+"""Nested cross-validation of the IPMN risk ViT, its ablations and the CNN baselines: per-fold and
+mean +- sd accuracy, macro precision and macro recall, like the paper's Tables I and II.
 
 Data (one of):
   --cohort CSV      one row per scan: patient, t1, t2, label and the region (roi_center +
@@ -8,10 +7,29 @@ Data (one of):
   --phantoms N      N synthetic phantom patients, each seen with all three risk classes
 
 Folds (scikit-learn StratifiedGroupKFold: all scans of a patient in one fold, classes
-stratified): each of --folds outer folds is once the test set; the rest is split into
---inner-folds inner folds, the first of which validates (it picks the checkpoint with the best
-balanced accuracy) while the others train. The selected model classifies the central 9-slice
-window of every test case, as IPMNRisk does.
+stratified): each of --folds outer folds is once the test set; the other patients, its
+training part, are split into --inner-folds inner folds.
+
+Inner selection (--inner-selection):
+  grid (default)    for each learning rate of --lr-grid and each inner fold, a network trains on
+                    the other inner folds for --steps steps and is validated on that inner fold
+                    every --eval-every steps (balanced accuracy of the central windows). The
+                    learning rate and number of steps with the best mean over the inner folds
+                    (ties: fewer steps, then the larger learning rate) are refit on the whole
+                    training part, without validation or checkpoint selection, and that model
+                    is tested. Every test score is then free of any choice made on the test fold.
+  checkpoint        (the earlier behaviour) inner fold 1 validates and picks the checkpoint of
+                    one network trained on the other inner folds with --lr; no hyperparameter
+                    is selected, so this selects only the checkpoint.
+
+Cost: grid trains folds x (learning rates x inner folds + 1) networks per method, of up to
+--steps steps each: 10 x (3 x 9 + 1) = 280 with the defaults, 28 times the 10 of checkpoint. On
+a cohort that is days of GPU time for ViT-B: try it on few folds, or --inner-selection checkpoint.
+
+Nothing fitted on data sees a test case: the standardisation landmarks (--preprocessing paper)
+are fitted per outer fold on its training part, and every case of that fold is prepared with
+them; balanced class weights (--class-weights balanced) are fitted on the cases each network
+trains on.
 
 Methods (--methods, several at once; or all, ablations, baselines):
   early-fusion      the method: one ViT on T1 + T2 as 2 channels (what IPMNRisk runs)
@@ -23,7 +41,8 @@ Methods (--methods, several at once; or all, ablations, baselines):
 
   python Resources/Training/crossvalidate_ipmn.py --cohort cohort.csv --methods all --pretrained-hub --output runs/cv
   several GPUs: torchrun --standalone --nproc_per_node 4 Resources/Training/crossvalidate_ipmn.py ...
-  continue:     the same command with --resume (finished folds are kept, a started fold goes on)
+  continue:     the same command with --resume (finished folds and finished inner runs are kept,
+                a started training goes on from its checkpoint)
 
 Then train the model for IPMNRisk on all the data: train_ipmn.py --cohort cohort.csv --cv-results runs/cv ...
 """
@@ -32,10 +51,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -45,7 +66,6 @@ import numpy as np
 from trainkit.checkpoint import to_json_value, write_json_atomically
 from trainkit.distributed import Distributed
 from trainkit.model_card import command_line, hardware_record, software_versions
-from trainkit.protocol import add_protocol_arguments, protocol_from_arguments
 from trainkit.script import run_script
 from trainkit.runlog import Curves
 from trainkit.seeding import derived_seed, seed_everything, use_deterministic_kernels
@@ -53,24 +73,37 @@ from trainkit.seeding import derived_seed, seed_everything, use_deterministic_ke
 from PancreasAILib.errors import InputError
 from IPMNRiskLib.network import CLASS_NAMES
 
-from ipmn_data import (card_preprocessing, central_samples, data_sha256, phantom_cases,
+from ipmn_data import (PreparedCase, card_preprocessing, central_samples, data_sha256, inputs_sha256, phantom_cases,
                        read_cohort_csv, training_samples)
 from ipmn_folds import OuterFold, nested_folds
-from ipmn_metrics import classification_metrics, write_fold_table, write_results_table
+from ipmn_metrics import (SELECTION_RULE, chosen_setting, classification_metrics, selection_table, write_fold_table,
+                          write_results_table)
 from ipmn_networks import (METHOD_GROUPS, METHODS, build_network, gradcam_maps, parameter_count,
                            write_gradcam_png)
 from ipmn_setup import (add_model_arguments, add_phantom_shape_arguments, add_preprocessing_arguments,
                         add_run_arguments, architecture_of, cache_of, prepare_everywhere, pretrained_of,
                         pretrained_record, steps_of)
-from ipmn_training import (IPMNProtocol, TrainingRun, add_class_weights_argument, check_protocol,
-                           full_protocol_record, predict_probabilities)
+from ipmn_training import (TrainingRun, add_ipmn_protocol_arguments, check_protocol, fit_class_weights,
+                           full_protocol_record, ipmn_protocol_from_arguments, predict_probabilities)
 
 logger = logging.getLogger("crossvalidate_ipmn")
 
 SCRIPT = "Resources/Training/crossvalidate_ipmn.py"
-HOW = ("nested cross-validation: outer folds test, the first inner fold of the rest validates (best balanced "
-       "accuracy picks the checkpoint); scikit-learn StratifiedGroupKFold by patient; test on the central "
-       "9-slice window of each case; mean and sample standard deviation over outer folds")
+#: The paper's 0.003 and two smaller rates, each a third of the one before.
+DEFAULT_LR_GRID = (0.003, 0.001, 0.0003)
+INNER_SELECTIONS = ("grid", "checkpoint")
+_COMMON_HOW = ("standardisation landmarks fitted on each outer fold's training part, balanced class weights on the "
+               "cases each network trains on; scikit-learn StratifiedGroupKFold by patient; test on the central "
+               "9-slice window of each case; mean and sample standard deviation over outer folds")
+HOW = {
+    "grid": "nested cross-validation: outer folds test; on the rest, every learning rate of the grid trains on each "
+            "inner training part and validates on its inner fold every eval_every steps (balanced accuracy); the "
+            f"learning rate and number of steps chosen by {SELECTION_RULE} are refit on the whole outer training "
+            f"part without validation or checkpoint selection, then tested; {_COMMON_HOW}",
+    "checkpoint": "cross-validation selecting only the checkpoint: outer folds test, the first inner fold of the rest "
+                  "validates (its best balanced accuracy picks the checkpoint of one network trained on the other "
+                  f"inner folds; no hyperparameter is selected); {_COMMON_HOW}",
+}
 
 
 def selected_methods(names: Sequence[str]) -> list[str]:
@@ -82,6 +115,29 @@ def selected_methods(names: Sequence[str]) -> list[str]:
             if method not in methods:
                 methods.append(method)
     return methods
+
+
+def trainings_per_method(selection: str, folds: int, inner_folds: int, learning_rates: int) -> int:
+    """Networks one method trains: folds x (learning rates x inner folds + 1 refit) for the grid
+    selection, one per fold for the checkpoint selection."""
+    return folds * (learning_rates * inner_folds + 1) if selection == "grid" else folds
+
+
+def learning_rate_grid(args) -> tuple[float, ...]:
+    """The learning rates the inner folds choose from (grid selection); checked."""
+    if args.inner_selection == "checkpoint":
+        if args.lr_grid is not None:
+            raise InputError("--lr-grid is for --inner-selection grid; with the checkpoint selection give one "
+                             "learning rate with --lr.")
+        return ()
+    if args.learning_rate is not None:
+        raise InputError("With --inner-selection grid the inner folds choose the learning rate: give the candidates "
+                         "with --lr-grid (e.g. --lr-grid 0.001), or use --inner-selection checkpoint with --lr.")
+    grid = tuple(float(lr) for lr in (args.lr_grid or DEFAULT_LR_GRID))
+    if min(grid) <= 0 or len(set(grid)) != len(grid):
+        given = " ".join(f"{lr:g}" for lr in grid)
+        raise InputError(f"--lr-grid needs distinct positive learning rates (got {given}).")
+    return grid
 
 
 def load_cases(args):
@@ -96,15 +152,19 @@ def load_cases(args):
             f"{args.phantoms} synthetic phantom patients (seeds {seeds[0]}-{seeds[-1]}) x 3 classes")
 
 
-def write_split(path: Path, prepared, folds: list[OuterFold]) -> None:
-    """Which case is where: stays in the output folder (case names may identify patients)."""
-    outer_of, validation_of = {}, {}
+def write_split(path: Path, cases, folds: list[OuterFold]) -> None:
+    """Which case is where: stays in the output folder (case names may identify patients).
+    Per case: the outer fold that tests it, and for every other outer fold the inner fold it
+    validates in (inner fold 1 is the checkpoint selection's validation set)."""
+    outer_of, inner_of = {}, {}
     for fold in folds:
         outer_of.update({int(i): fold.number for i in fold.test})
-        validation_of.update({int(i): fold.number for i in fold.validation})
-    cases = [{"case_id": c.case_id, "patient_id": c.patient_id, "label": c.label, "test_in_outer_fold": outer_of[i],
-              "validates_in_outer_fold": validation_of.get(i)} for i, c in enumerate(prepared)]
-    write_json_atomically(path, {"cases": cases})
+        for inner_number, (_, validation) in enumerate(fold.inner, start=1):
+            for i in validation:
+                inner_of.setdefault(int(i), {})[str(fold.number)] = inner_number
+    records = [{"case_id": c.case_id, "patient_id": c.patient_id, "label": c.label, "test_in_outer_fold": outer_of[i],
+                "validates_in_inner_fold": inner_of.get(i, {})} for i, c in enumerate(cases)]
+    write_json_atomically(path, {"cases": records})
 
 
 def gradcam_choice(labels: np.ndarray, count: int) -> list[int]:
@@ -114,80 +174,154 @@ def gradcam_choice(labels: np.ndarray, count: int) -> list[int]:
     return chosen[:count]
 
 
+@dataclass
+class FoldData:
+    """Every case of the cohort prepared for one outer fold: the standardisation landmarks in
+    `steps` are fitted on the fold's training part alone."""
+
+    prepared: list[PreparedCase]
+    steps: dict
+    inputs_sha256: str
+
+    def cases(self, positions: Sequence[int]) -> list[PreparedCase]:
+        return [self.prepared[int(i)] for i in positions]
+
+
+@dataclass
+class TestedModel:
+    """The weights a fold tests and how they were made: learning rate, optimiser steps, the
+    class weights used, the training history, and the selection's record for result.json."""
+
+    network: object
+    weights: dict
+    learning_rate: float
+    steps: int
+    class_weights: list
+    history: list
+    record: dict
+
+
 class CrossValidation:
     """One run: the data, its folds, and every method over every outer fold."""
 
     def __init__(self, args, argv, dist: Distributed) -> None:
         self.args, self.argv, self.dist = args, argv, dist
         self.output = Path(args.output)
-        self.protocol = protocol_from_arguments(IPMNProtocol, args)
-        check_protocol(self.protocol, args.class_weights, dist)
+        self.protocol = ipmn_protocol_from_arguments(args)
+        check_protocol(self.protocol, dist)
+        self.selection = args.inner_selection
+        self.lr_grid = learning_rate_grid(args)
         self.methods = selected_methods(args.methods)
         phantoms = not args.cohort
         self.architecture, self.params = architecture_of(args, phantoms)
         seed_everything(args.seed)
         use_deterministic_kernels()
-        cases, self.description = load_cases(args)
-        cache = cache_of(args, self.output, phantoms)
-        self.prepared, self.steps = prepare_everywhere(cases, steps_of(args, phantoms), cache, dist)
-        self.data_sha256 = data_sha256(self.prepared)
-        self.folds = nested_folds([c.label for c in self.prepared], [c.patient_id for c in self.prepared],
+        self.cases, self.description = load_cases(args)
+        self.cache = cache_of(args, self.output, phantoms)
+        self.steps = steps_of(args, phantoms)
+        self.data_sha256: Optional[str] = None  # from the first fold's cases (the same for every fold)
+        self._fold_data: Optional[tuple[object, FoldData]] = None
+        self.folds = nested_folds([c.label for c in self.cases], [c.patient_id for c in self.cases],
                                   args.folds, args.inner_folds, args.seed)
         if dist.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
-            write_split(self.output / "split.json", self.prepared, self.folds)
+            write_split(self.output / "split.json", self.cases, self.folds)
+        trainings = trainings_per_method(self.selection, len(self.folds), args.inner_folds, len(self.lr_grid))
         logger.info("Data: %s; %d outer folds of %s test cases, %d inner folds", self.description, len(self.folds),
                     "/".join(str(len(f.test)) for f in self.folds), args.inner_folds)
+        if self.selection == "grid":
+            logger.info("Inner selection: learning rate (of %s) and number of steps (every %d up to %d) on the inner "
+                        "folds, then a refit on each outer training part: %d trainings per method = %d outer folds "
+                        "x (%d learning rates x %d inner folds + 1), %d for %d method(s).",
+                        ", ".join(f"{lr:g}" for lr in self.lr_grid), self.protocol.eval_every, self.protocol.steps,
+                        trainings, len(self.folds), len(self.lr_grid), args.inner_folds,
+                        trainings * len(self.methods), len(self.methods))
+        else:
+            logger.info("Inner selection: checkpoint only (inner fold 1 validates; learning rate %g fixed): %d "
+                        "trainings per method, %d for %d method(s).", self.protocol.learning_rate, trainings,
+                        trainings * len(self.methods), len(self.methods))
+
+    # --- data of one outer fold ---
+
+    def fold_data(self, fold: OuterFold) -> FoldData:
+        """Every case prepared with the statistics fitted on `fold`'s training part (the last
+        fold's preparation is kept: without standardisation it serves every fold)."""
+        fitted = bool(self.steps.get("standardisation"))
+        key = tuple(int(i) for i in fold.training_part) if fitted else "no fitted statistics"
+        if self._fold_data is None or self._fold_data[0] != key:
+            if fitted:
+                logger.info("Outer fold %d: standardisation landmarks fitted on its %d training cases.", fold.number,
+                            len(fold.training_part))
+            prepared, steps = prepare_everywhere(self.cases, self.steps, self.cache, self.dist,
+                                                 fit_on=fold.training_part, normalisation=self.protocol.normalisation)
+            self._fold_data = (key, FoldData(prepared, steps, inputs_sha256(prepared)))
+            self.data_sha256 = self.data_sha256 or data_sha256(prepared)
+        return self._fold_data[1]
+
+    # --- what results depend on ---
+
+    def protocol_record(self) -> dict:
+        """The protocol as cv.json records it; with the grid selection, the learning rate is
+        chosen per fold and no checkpoint is selected, which the record says."""
+        record = full_protocol_record(self.protocol)
+        if self.selection == "grid":
+            record["learning_rate"] = None
+            record["learning_rate_grid"] = list(self.lr_grid)
+            record["origins"]["learning_rate"] = "chosen per outer fold on its inner folds from learning_rate_grid"
+            record["checkpoint_selection"] = ("none: the refit on the whole outer training part trains for the number "
+                                              "of steps the inner folds chose")
+        return record
+
+    def selection_settings(self) -> dict:
+        return {"inner_selection": self.selection, **({"lr_grid": list(self.lr_grid)} if self.lr_grid else {})}
 
     def settings(self) -> dict:
-        """What the results depend on (recorded in cv.json; a finished fold is reused on
-        --resume only when these are unchanged)."""
+        """What the whole run depends on (cv.json); the landmarks, fitted per fold, are in each
+        fold's result.json."""
         return to_json_value({
             "data_sha256": self.data_sha256, "architecture": self.architecture, "architecture_params": self.params,
-            "preprocessing": card_preprocessing(self.steps),
-            "protocol": full_protocol_record(self.protocol, self.args.class_weights),
-            "folds": self.args.folds, "inner_folds": self.args.inner_folds, "seed": self.args.seed,
-            "test_tta": self.args.test_tta})
+            "preprocessing": card_preprocessing(self.steps, self.protocol.normalisation),
+            "protocol": self.protocol_record(), "folds": self.args.folds, "inner_folds": self.args.inner_folds,
+            "seed": self.args.seed, "test_tta": self.args.test_tta, **self.selection_settings()})
 
-    def method_settings(self, method: str) -> dict:
+    def training_settings(self, method: str, data: FoldData) -> dict:
+        """What a training in one outer fold depends on (its resumption and reuse check)."""
         pretrained = pretrained_of(self.args, method, self.architecture)
-        return {**self.settings(), "method": method, "pretrained": pretrained_record(pretrained)}
+        return to_json_value({
+            "data_sha256": self.data_sha256, "inputs_sha256": data.inputs_sha256, "architecture": self.architecture,
+            "architecture_params": self.params,
+            "preprocessing": card_preprocessing(data.steps, self.protocol.normalisation),
+            "protocol": full_protocol_record(self.protocol), "folds": self.args.folds,
+            "inner_folds": self.args.inner_folds, "seed": self.args.seed, "method": method,
+            "pretrained": pretrained_record(pretrained)})
+
+    def fold_settings(self, method: str, data: FoldData) -> dict:
+        """What a fold's result depends on (a finished fold is reused on --resume only when
+        these are unchanged)."""
+        return {**self.training_settings(method, data), "test_tta": self.args.test_tta, **self.selection_settings()}
+
+    def method_pretrained(self, method: str) -> Optional[dict]:
+        return pretrained_record(pretrained_of(self.args, method, self.architecture))
 
     # --- one fold ---
 
     def run_fold(self, method: str, fold: OuterFold) -> dict:
-        """Train on the fold's training cases, select on its validation cases, test; returns the
-        fold's row (and writes result.json)."""
+        """Select, train and test one outer fold; returns its row (and writes result.json)."""
         folder = self.output / method / f"fold-{fold.number:02d}"
         result_path = folder / "result.json"
-        settings = self.method_settings(method)
+        data = self.fold_data(fold)
+        settings = self.fold_settings(method, data)
         if self.args.resume and result_path.is_file():
             result = json.loads(result_path.read_text(encoding="utf-8"))
             if result.get("settings") == settings:
                 logger.info("%s fold %d: done earlier (test accuracy %.3f).", method, fold.number,
                             result["metrics"]["accuracy"])
                 return result["row"]
-        seed = derived_seed(self.args.seed, fold.number)
-        import torch
-
-        torch.manual_seed(seed)  # the same initial weights whichever folds ran before
-        pretrained = pretrained_of(self.args, method, self.architecture)
-        network = build_network(method, self.architecture, self.params, pretrained)
-        train = training_samples([self.prepared[i] for i in fold.train], self.protocol.window_jitter)
-        val = central_samples([self.prepared[i] for i in fold.validation])
-        curves = Curves(folder / "curves.csv", folder / "tensorboard", enabled=self.dist.is_main)
-        run = TrainingRun(network, train, val, self.protocol, self.args.class_weights, seed, self.dist,
-                          folder / "checkpoints", settings, curves, name=f"{method} fold {fold.number}")
-        logger.info("%s fold %d: %d training windows (%d cases), %d validation cases, %d test cases; %s parameters",
-                    method, fold.number, len(train), len(fold.train), len(val), len(fold.test),
-                    f"{parameter_count(network):,}")
-        if self.args.resume:
-            run.resume()
-        try:
-            best = run.run()
-        finally:
-            curves.close()
-        self.dist.run_on_main(lambda: self.test_fold(method, fold, network, best, run.state, settings, result_path))
+        if self.selection == "grid":
+            tested = self.grid_selected_model(method, fold, data, folder)
+        else:
+            tested = self.checkpoint_selected_model(method, fold, data, folder)
+        self.dist.run_on_main(lambda: self.test_fold(method, fold, data, tested, settings, result_path))
         self.dist.barrier()
         if self.dist.is_main and not self.args.keep_checkpoints:
             # A finished fold is reused from result.json; its checkpoint (weights, best weights and
@@ -195,24 +329,131 @@ class CrossValidation:
             shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         return json.loads(result_path.read_text(encoding="utf-8"))["row"]
 
-    def test_fold(self, method: str, fold: OuterFold, network, best: dict, state, settings: dict,
+    def new_network(self, method: str, seed: int):
+        import torch
+
+        torch.manual_seed(seed)  # the same initial weights whichever runs came before
+        pretrained = pretrained_of(self.args, method, self.architecture)
+        return build_network(method, self.architecture, self.params, pretrained)
+
+    def checkpoint_selected_model(self, method: str, fold: OuterFold, data: FoldData, folder: Path) -> TestedModel:
+        """Train on the first inner training part, keep the checkpoint with the best balanced
+        accuracy on inner fold 1 (the checkpoint is all that is selected)."""
+        seed = derived_seed(self.args.seed, fold.number)
+        network = self.new_network(method, seed)
+        train_cases, val_cases = data.cases(fold.train), data.cases(fold.validation)
+        class_weights = fit_class_weights(self.protocol.class_weights, train_cases)
+        train, val = training_samples(train_cases, self.protocol.window_jitter), central_samples(val_cases)
+        curves = Curves(folder / "curves.csv", folder / "tensorboard", enabled=self.dist.is_main)
+        fingerprint = {**self.training_settings(method, data), "class_weights_used": class_weights}
+        run = TrainingRun(network, train, val, self.protocol, class_weights, seed, self.dist, folder / "checkpoints",
+                          fingerprint, curves, name=f"{method} fold {fold.number}")
+        logger.info("%s fold %d: %d training windows (%d cases), %d validation cases, %d test cases; %s parameters",
+                    method, fold.number, len(train), len(train_cases), len(val), len(fold.test),
+                    f"{parameter_count(network):,}")
+        if self.args.resume:
+            run.resume()
+        try:
+            best = run.run()
+        finally:
+            curves.close()
+        return TestedModel(network, best, self.protocol.learning_rate, run.state.best_step, class_weights,
+                           run.state.history, {"best_row": run.state.best_row})
+
+    def grid_selected_model(self, method: str, fold: OuterFold, data: FoldData, folder: Path) -> TestedModel:
+        """Every (learning rate, inner fold) run, the choice of learning rate and steps, and the
+        refit with them on the whole outer training part."""
+        curves = {(lr, inner_number): self.inner_curve(method, fold, data, folder, lr, inner_number, train, validation)
+                  for lr in self.lr_grid
+                  for inner_number, (train, validation) in enumerate(fold.inner, start=1)}
+        table = selection_table(curves)
+        chosen = chosen_setting(table)
+        logger.info("%s fold %d: learning rate %g and %d steps chosen (mean inner-validation balanced accuracy %.3f)",
+                    method, fold.number, chosen["learning_rate"], chosen["step"], chosen["mean_balanced_accuracy"])
+        learning_rate, steps = chosen["learning_rate"], chosen["step"]
+        seed = derived_seed(self.args.seed, fold.number)
+        network = self.new_network(method, seed)
+        cases = data.cases(fold.training_part)
+        class_weights = fit_class_weights(self.protocol.class_weights, cases)
+        train = training_samples(cases, self.protocol.window_jitter)
+        fingerprint = {**self.training_settings(method, data), "class_weights_used": class_weights,
+                       "refit": {"learning_rate": learning_rate, "number_of_steps": steps}}
+        curves_file = Curves(folder / "curves.csv", folder / "tensorboard", enabled=self.dist.is_main)
+        # The schedule spans --steps, as in the inner runs; the refit stops where they were best.
+        run = TrainingRun(network, train, None, dataclasses.replace(self.protocol, learning_rate=learning_rate),
+                          class_weights, seed, self.dist, folder / "checkpoints", fingerprint, curves_file,
+                          name=f"{method} fold {fold.number} refit", last_step=steps)
+        logger.info("%s fold %d refit: %d training windows (%d cases), %d test cases; %s parameters", method,
+                    fold.number, len(train), len(cases), len(fold.test), f"{parameter_count(network):,}")
+        if self.args.resume:
+            run.resume()
+        try:
+            weights = run.run()
+        finally:
+            curves_file.close()
+        selection = {"rule": SELECTION_RULE, "learning_rates": list(self.lr_grid), "table": table, "chosen": chosen}
+        return TestedModel(network, weights, learning_rate, steps, class_weights, run.state.history,
+                           {"selection": selection})
+
+    def inner_curve(self, method: str, fold: OuterFold, data: FoldData, folder: Path, learning_rate: float,
+                    inner_number: int, train_positions: np.ndarray, validation_positions: np.ndarray) -> list[dict]:
+        """The validation curve [{"step", "balanced_accuracy", ...}] of one inner run: trained on
+        an inner training part with `learning_rate` for --steps steps, validated on its inner
+        fold. Kept in a small JSON, reused on --resume when its settings are unchanged."""
+        name = f"lr-{learning_rate:g}-inner-{inner_number:02d}"
+        path = folder / "inner" / f"{name}.json"
+        settings = {**self.training_settings(method, data), "outer_fold": fold.number,
+                    "learning_rate": learning_rate, "inner_fold": inner_number}
+        if self.args.resume and path.is_file():
+            document = json.loads(path.read_text(encoding="utf-8"))
+            if document.get("settings") == settings:
+                logger.info("%s fold %d, learning rate %g, inner fold %d: done earlier.", method, fold.number,
+                            learning_rate, inner_number)
+                return document["curve"]
+        seed = derived_seed(self.args.seed, fold.number, inner_number)  # the same start for every learning rate
+        network = self.new_network(method, seed)
+        train_cases, val_cases = data.cases(train_positions), data.cases(validation_positions)
+        class_weights = fit_class_weights(self.protocol.class_weights, train_cases)
+        run = TrainingRun(network, training_samples(train_cases, self.protocol.window_jitter),
+                          central_samples(val_cases), dataclasses.replace(self.protocol, learning_rate=learning_rate),
+                          class_weights, seed, self.dist, folder / "inner" / name / "checkpoints",
+                          {**settings, "class_weights_used": class_weights},
+                          name=f"{method} fold {fold.number} lr {learning_rate:g} inner {inner_number}",
+                          keep_best=False)
+        if self.args.resume:
+            run.resume()
+        run.run()
+        curve = [{"step": row["step"], "balanced_accuracy": row["val_balanced_accuracy"],
+                  "accuracy": row["val_accuracy"], "train_loss": row["train_loss"]} for row in run.state.history]
+        if self.dist.is_main:
+            write_json_atomically(path, {"settings": settings, "class_weights_used": class_weights,
+                                         "training_cases": len(train_cases), "validation_cases": len(val_cases),
+                                         "curve": curve})
+            shutil.rmtree(folder / "inner" / name, ignore_errors=True)
+        self.dist.barrier()
+        return curve
+
+    def test_fold(self, method: str, fold: OuterFold, data: FoldData, tested: TestedModel, settings: dict,
                   result_path: Path) -> None:
-        network.load_state_dict(best)
-        test = central_samples([self.prepared[i] for i in fold.test])
+        network = tested.network
+        network.load_state_dict(tested.weights)
+        test = central_samples(data.cases(fold.test))
         probabilities = predict_probabilities(network, test, self.dist.device, tta=self.args.test_tta)
         predicted, truth = probabilities.argmax(1), test.labels
         metrics = classification_metrics(truth, predicted)
         predictions = [{"case_id": case.case_id, "truth": int(t), "predicted": int(p),
                         "probabilities": [round(float(v), 6) for v in row]}
                        for case, t, p, row in zip(test.cases, truth, predicted, probabilities)]
-        row = {"fold": fold.number, **metrics, "test_cases": len(test), "best_step": state.best_step}
+        row = {"fold": fold.number, **metrics, "test_cases": len(test), "learning_rate": tested.learning_rate,
+               "steps": tested.steps}
         if METHODS[method].family == "cnn" and self.args.gradcam_cases > 0:
             self.write_gradcam(method, fold, network, test, predicted, probabilities)
-        write_json_atomically(result_path, {"settings": settings, "row": row, "metrics": metrics,
-                                            "predictions": predictions, "best_row": state.best_row,
-                                            "history": state.history})
-        logger.info("%s fold %d: test accuracy %.3f, precision %.3f, recall %.3f (best step %d)", method, fold.number,
-                    metrics["accuracy"], metrics["macro_precision"], metrics["macro_recall"], state.best_step)
+        write_json_atomically(result_path, to_json_value({
+            "settings": settings, "row": row, "metrics": metrics, "predictions": predictions,
+            "class_weights_used": tested.class_weights, **tested.record, "history": tested.history}))
+        logger.info("%s fold %d: test accuracy %.3f, precision %.3f, recall %.3f (learning rate %g, %d steps)", method,
+                    fold.number, metrics["accuracy"], metrics["macro_precision"], metrics["macro_recall"],
+                    tested.learning_rate, tested.steps)
 
     def write_gradcam(self, method, fold, network, test, predicted, probabilities) -> None:
         chosen = gradcam_choice(test.labels, self.args.gradcam_cases)
@@ -235,7 +476,7 @@ class CrossValidation:
             if self.dist.is_main:
                 summary = write_fold_table(self.output / method, METHODS[method].title, rows)
                 results[method] = {"title": METHODS[method].title, "summary": summary, "folds": rows,
-                                   "pretrained": self.method_settings(method)["pretrained"]}
+                                   "pretrained": self.method_pretrained(method)}
                 self.write_results(results)
                 logger.info("%s: accuracy %.3f, precision %.3f, recall %.3f (means over %d folds)", method,
                             summary["accuracy"]["mean"], summary["macro_precision"]["mean"],
@@ -256,8 +497,10 @@ class CrossValidation:
                     for item in document["predictions"]:
                         writer.writerow([method, fold.number, item["case_id"], item["truth"], item["predicted"],
                                          *item["probabilities"]])
+        trainings = trainings_per_method(self.selection, len(self.folds), self.args.inner_folds, len(self.lr_grid))
         write_json_atomically(self.output / "cv.json", {
-            **self.settings(), "data": self.description, "how": HOW, "methods": results,
+            **self.settings(), "data": self.description, "how": HOW[self.selection],
+            "trainings_per_method": trainings, "methods": results,
             "hardware": hardware_record(self.dist), "software": software_versions(),
             "command": command_line(SCRIPT, self.argv)})
 
@@ -266,7 +509,8 @@ def crossvalidate(args, argv: Optional[Sequence[str]] = None) -> int:
     """Run the cross-validation the arguments describe; returns the exit code (0 done, 2 refused)."""
     return run_script(SCRIPT, argv, log_file=Path(args.output) / "cv.log", device=args.device,
                       body=lambda dist: CrossValidation(args, argv, dist).run(), logger=logger,
-                      on_interrupt="Finished folds and validations are kept: run the same command with --resume.")
+                      on_interrupt="Finished folds, inner runs and validations are kept: run the same command "
+                                   "with --resume.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,15 +527,25 @@ def build_parser() -> argparse.ArgumentParser:
                             help=f"{', '.join(METHODS)}; or all, ablations, baselines (default: early-fusion)")
     evaluation.add_argument("--folds", type=int, default=10, help="outer folds (default: %(default)s, the paper's)")
     evaluation.add_argument("--inner-folds", type=int, default=9,
-                            help="inner folds of each outer training set; the first validates (default: %(default)s)")
+                            help="inner folds of each outer training part (default: %(default)s)")
+    evaluation.add_argument("--inner-selection", choices=INNER_SELECTIONS, default="grid",
+                            help="grid (default): the inner folds choose the learning rate (of --lr-grid) and the "
+                                 "number of steps, then a refit on the whole outer training part is tested; costs "
+                                 "folds x (learning rates x inner folds + 1) trainings per method, 10 x (3 x 9 + 1) = "
+                                 "280 with the defaults. checkpoint: inner fold 1 picks the checkpoint of one "
+                                 "network trained with --lr (selects only the checkpoint; 10 trainings per method)")
+    evaluation.add_argument("--lr-grid", type=float, nargs="+", metavar="LR",
+                            help="with --inner-selection grid: the learning rates tried (default: "
+                                 f"{' '.join(f'{lr:g}' for lr in DEFAULT_LR_GRID)}: the paper's 0.003 and two smaller "
+                                 "ones, each a third of the one before); the steps tried are every --eval-every up "
+                                 "to --steps")
     evaluation.add_argument("--test-tta", action="store_true",
                             help="classify test cases over the 8 flip / quarter-turn views, as IPMNRisk does by "
                                  "default (the paper: one view)")
     evaluation.add_argument("--gradcam-cases", type=int, default=3,
                             help="CNN baselines: Grad-CAM PNGs of this many test cases per fold (default: %(default)s)")
     add_model_arguments(parser)
-    add_protocol_arguments(parser, IPMNProtocol)
-    add_class_weights_argument(parser)
+    add_ipmn_protocol_arguments(parser)
     run = parser.add_argument_group("run")
     run.add_argument("--output", required=True, help="folder for tables, logs, curves, checkpoints and Grad-CAM maps")
     run.add_argument("--keep-checkpoints", action="store_true",

@@ -7,10 +7,16 @@ phantoms (PancreasAIPhantoms.mr; one patient per seed, seen once per risk class)
 Each case goes through exactly what IPMNRisk runs at inference: the card's optional MRI
 pre-processing (IPMNRiskLib.preprocessing), then `plan_crop` / `crop_stacks` of
 IPMNRiskLib.grids (T2 in canonical axial order, the region's voxels, every slice resized to
-64 x 64, T1 sampled at T2's pixel positions, each modality normalised to [0, 1]). What is kept
-per case is its two crop stacks, (K, 64, 64) float32 each: every 9-slice window (sliding
-window for training, the central one for validation and test) is tiled from them on demand.
-Stacks are cached on disk, so N4 and smoothing run once per case and data set.
+64 x 64, T1 sampled at T2's pixel positions, each modality normalised to [0, 1] over its whole
+volume or its crop stack: the protocol's `normalisation`). What is kept per case is its two
+crop stacks, (K, 64, 64) float32 each: every 9-slice window (sliding window for training, the
+central one for validation and test) is tiled from them on demand. Stacks are cached on disk,
+so N4 and smoothing run once per case and data set.
+
+The one statistic fitted on data, the standardisation landmarks, is fitted on a training part
+only (`prepare_cases(..., fit_on=...)`): each case's own mapped landmarks are computed once
+(`case_landmarks`) and averaged over the training cases, so the cross-validation refits them
+for every outer fold at little cost.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -32,8 +38,8 @@ from PancreasAILib.errors import InputError, PancreasAIError
 from PancreasAILib.resample import overlap_fraction
 from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import read_volume
-from IPMNRiskLib.grids import (INPUT_FORMAT, SLICES_PER_SAMPLE, RegionBox, central_window, crop_stacks,
-                               make_input, plan_crop, slice_window_starts, window_indices)
+from IPMNRiskLib.grids import (NORMALISATIONS, SLICES_PER_SAMPLE, RegionBox, central_window, crop_stacks,
+                               input_format, make_input, plan_crop, slice_window_starts, window_indices)
 from IPMNRiskLib.network import CLASS_NAMES
 from PancreasAIPhantoms.mr import make_mr_phantom
 from IPMNRiskLib.preprocessing import DEFAULT_PERCENTILES, intensity_landmarks, preprocess_volume
@@ -44,14 +50,19 @@ from trainkit.runlog import progress_bar
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
+#: The normalisation of stacks prepared without saying which (IPMNRisk's default for a card
+#: without the entry).
+DEFAULT_NORMALISATION = NORMALISATIONS[0]
 #: The paper's MRI pre-processing, with the parameters IPMNRisk records in a model card; the
-#: standardisation landmarks are fitted on the cohort (`fit_landmarks`).
+#: standardisation landmarks are fitted on the training cases (`fit_landmarks`).
 PAPER_PREPROCESSING = {
     "n4_bias_correction": {"shrink_factor": 4, "iterations": [50, 50, 30]},
     "smoothing": {"iterations": 5, "conductance": 1.0},
     "standardisation": {"percentiles": list(DEFAULT_PERCENTILES)},
 }
 NO_PREPROCESSING = {"n4_bias_correction": False, "smoothing": False, "standardisation": False}
+#: Only the intensity standardisation (for volumes already bias-corrected and smoothed).
+STANDARDISATION_ONLY = {**NO_PREPROCESSING, "standardisation": {"percentiles": list(DEFAULT_PERCENTILES)}}
 
 CSV_REQUIRED = ("patient", "t1", "t2", "label")
 _LABEL_WORDS = {"normal": 0, "low risk ipmn": 1, "low risk": 1, "low grade": 1, "low": 1,
@@ -290,17 +301,31 @@ def _existing_file(text: str, what: str, where: str, folder: Path) -> Path:
 # --- pre-processing options ----------------------------------------------------------------------
 
 def preprocessing_steps(choice: str) -> dict:
-    """'paper' or 'none' -> the steps' options (standardisation still without landmarks)."""
+    """'paper', 'standardisation' (that step alone) or 'none' -> the steps' options
+    (standardisation still without landmarks)."""
     if choice == "paper":
         return json.loads(json.dumps(PAPER_PREPROCESSING))
+    if choice == "standardisation":
+        return json.loads(json.dumps(STANDARDISATION_ONLY))
     if choice == "none":
         return dict(NO_PREPROCESSING)
     raise ValueError(f"unknown pre-processing '{choice}'")
 
 
-def card_preprocessing(steps: dict) -> dict:
-    """The model card's "preprocessing": the input format plus the steps (False when off)."""
-    return {**INPUT_FORMAT, **{key: steps.get(key) or False for key in NO_PREPROCESSING}}
+def card_preprocessing(steps: dict, normalisation: str = DEFAULT_NORMALISATION) -> dict:
+    """The model card's "preprocessing": the input format with `normalisation` (one of
+    IPMNRiskLib.grids.NORMALISATIONS) plus the steps (False when off)."""
+    return {**input_format(normalisation), **{key: steps.get(key) or False for key in NO_PREPROCESSING}}
+
+
+def without_fitted_statistics(preprocessing: dict) -> dict:
+    """A card's "preprocessing" without the standardisation landmarks (fitted on a training
+    part): what two runs on different training parts of one cohort have in common."""
+    standard = preprocessing.get("standardisation")
+    if not isinstance(standard, dict):
+        return dict(preprocessing)
+    return {**preprocessing, "standardisation": {key: value for key, value in standard.items()
+                                                 if not key.endswith("_landmarks")}}
 
 
 def _without_standardisation(steps: dict) -> dict:
@@ -335,18 +360,20 @@ def _key(document) -> str:
 
 
 class StackCache:
-    """Crop stacks per (case identity, pre-processing), and the volumes after N4 and smoothing
-    (needed twice when the standardisation landmarks are fitted). folder None: nothing is
-    kept (phantoms, which are quicker to make again than to read)."""
+    """Crop stacks per (case identity, pre-processing, normalisation), the volumes after N4 and
+    smoothing (needed twice when the standardisation landmarks are fitted), and each case's
+    mapped standardisation landmarks. folder None: nothing is kept on disk (phantoms, which are
+    quicker to make again than to read); the landmarks are kept in memory in any case."""
 
     def __init__(self, folder: Optional[Path]) -> None:
         self.folder = Path(folder) if folder is not None else None
         self.hashes = FileHashes(self.folder / "file-hashes.json" if self.folder is not None else None)
+        self.landmarks: dict[str, dict] = {}
 
-    def stacks_path(self, identity: str, steps: dict) -> Optional[Path]:
+    def stacks_path(self, identity: str, steps: dict, normalisation: str = DEFAULT_NORMALISATION) -> Optional[Path]:
         if self.folder is None:
             return None
-        setting = _key({"format": CACHE_FORMAT, "input": INPUT_FORMAT, "steps": steps})
+        setting = _key({"format": CACHE_FORMAT, "input": input_format(normalisation), "steps": steps})
         return self.folder / f"stacks-{setting[:16]}" / f"{identity[:32]}.npz"
 
     def volumes_path(self, identity: str, steps: dict) -> Optional[Path]:
@@ -355,13 +382,19 @@ class StackCache:
         setting = _key({"format": CACHE_FORMAT, "steps": _without_standardisation(steps)})
         return self.folder / f"volumes-{setting[:16]}" / f"{identity[:32]}.npz"
 
+    def landmarks_key(self, identity: str, steps: dict) -> str:
+        """Which mapped landmarks: the case, the steps before standardisation, the percentiles."""
+        return _key({"format": CACHE_FORMAT, "identity": identity, "steps": _without_standardisation(steps),
+                     "percentiles": list(steps["standardisation"].get("percentiles", DEFAULT_PERCENTILES))})
+
 
 # --- prepared cases ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class PreparedCase:
     """A case ready for the model: t1, t2 (K, 64, 64) float32 in [0, 1] crop stacks of the
-    region, T1 at T2's pixel positions; sha256 of identity, label and stacks."""
+    region, T1 at T2's pixel positions; sha256 of identity, label and stacks; identity: SHA256
+    of the case's source (files and region, or phantom parameters)."""
 
     case_id: str
     patient_id: str
@@ -369,6 +402,7 @@ class PreparedCase:
     t1: np.ndarray
     t2: np.ndarray
     sha256: str
+    identity: str = ""
 
     @property
     def slice_count(self) -> int:
@@ -422,45 +456,75 @@ def _corrected_volumes(case: Case, steps: dict, cache: StackCache, identity: str
     return Volume(stored["t1"], t1.ijk_to_ras), Volume(stored["t2"], t2.ijk_to_ras), region
 
 
+def mapped_landmarks(array: np.ndarray, percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+                     scale: tuple[float, float] = (0.0, 100.0)) -> np.ndarray:
+    """(P,) float64: one volume's percentile landmarks, mapped linearly so that the first and
+    last land on `scale` (unchanged by any linear rescaling of the volume's intensities)."""
+    marks = intensity_landmarks(array, percentiles)
+    span = max(marks[-1] - marks[0], 1e-12)
+    return scale[0] + (marks - marks[0]) / span * (scale[1] - scale[0])
+
+
 def fit_standard_scale(arrays: Iterable[np.ndarray], percentiles: Sequence[float] = DEFAULT_PERCENTILES,
                        scale: tuple[float, float] = (0.0, 100.0)) -> list[float]:
-    """Standard-scale landmarks for one modality from training volumes (for the model card).
-
-    Each volume's landmarks are mapped linearly so its first and last land on `scale`;
-    the standard landmarks are their means.
-    """
-    mapped = []
-    for array in arrays:
-        marks = intensity_landmarks(array, percentiles)
-        span = max(marks[-1] - marks[0], 1e-12)
-        mapped.append(scale[0] + (marks - marks[0]) / span * (scale[1] - scale[0]))
+    """Standard-scale landmarks for one modality from training volumes (for the model card):
+    the mean of the volumes' `mapped_landmarks`."""
+    mapped = [mapped_landmarks(array, percentiles, scale) for array in arrays]
     if not mapped:
         raise ValueError("no training volumes given")
     return np.mean(mapped, axis=0).tolist()
 
 
+def case_landmarks(case: Case, steps: dict, cache: StackCache, identity: str) -> dict:
+    """{"t1": (P,), "t2": (P,)} the case's own mapped landmarks after N4 and smoothing, computed
+    once per case and steps (kept in `cache`, and on disk when it has a folder). Per case, so
+    averaging them over any training part uses no other case."""
+    key = cache.landmarks_key(identity, steps)
+    if key in cache.landmarks:
+        return cache.landmarks[key]
+    path = cache.folder / "landmarks" / f"{key[:32]}.json" if cache.folder is not None else None
+    if path is not None and path.is_file():
+        try:
+            cache.landmarks[key] = json.loads(path.read_text(encoding="utf-8"))
+            return cache.landmarks[key]
+        except (OSError, ValueError) as error:  # a damaged file only costs recomputing it
+            logger.warning("Ignoring the damaged cache file %s (%s).", path, error)
+    percentiles = steps["standardisation"].get("percentiles", list(DEFAULT_PERCENTILES))
+    t1, t2, _ = _corrected_volumes(case, steps, cache, identity)
+    marks = {modality: mapped_landmarks(np.asarray(volume.array), percentiles).tolist()
+             for modality, volume in (("t1", t1), ("t2", t2))}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".part")
+        temporary.write_text(json.dumps(marks), encoding="utf-8")
+        os.replace(temporary, path)
+    cache.landmarks[key] = marks
+    return marks
+
+
 def fit_landmarks(cases: Sequence[Case], steps: dict, cache: StackCache, identities: Sequence[str],
                   show_progress: bool = True) -> dict:
-    """Standard-scale landmarks of T1 and T2 over `cases` (after N4 and smoothing), as the
-    model card records them; `steps` unchanged when standardisation is off."""
+    """Standard-scale landmarks of T1 and T2 over `cases` (after N4 and smoothing; give the
+    training cases only), as the model card records them; `steps` unchanged when
+    standardisation is off."""
     standard = steps.get("standardisation")
     if not standard:
         return steps
+    if not cases:
+        raise ValueError("no training cases to fit the standardisation landmarks on")
     percentiles = standard.get("percentiles", list(DEFAULT_PERCENTILES))
-    landmarks = {}
-    for modality, index in (("t1", 0), ("t2", 1)):
-        def arrays() -> Iterator[np.ndarray]:
-            bar = progress_bar(list(zip(cases, identities)), description=f"{modality.upper()} landmarks",
-                               enabled=show_progress)
-            for case, identity in bar:
-                yield np.asarray(_corrected_volumes(case, steps, cache, identity)[index].array)
-        landmarks[f"{modality}_landmarks"] = fit_standard_scale(arrays(), percentiles)
+    bar = progress_bar(list(zip(cases, identities)), description="landmarks", enabled=show_progress)
+    per_case = [case_landmarks(case, steps, cache, identity) for case, identity in bar]
+    landmarks = {f"{modality}_landmarks": np.mean([marks[modality] for marks in per_case], axis=0).tolist()
+                 for modality in ("t1", "t2")}
     return {**steps, "standardisation": {"percentiles": list(percentiles), **landmarks}}
 
 
-def prepare_case(case: Case, steps: dict, cache: StackCache, identity: str) -> PreparedCase:
-    """The case's crop stacks through the inference code path (cached)."""
-    path = cache.stacks_path(identity, steps)
+def prepare_case(case: Case, steps: dict, cache: StackCache, identity: str,
+                 normalisation: str = DEFAULT_NORMALISATION) -> PreparedCase:
+    """The case's crop stacks through the inference code path (cached); `steps` with the
+    fitted landmarks when standardisation is on."""
+    path = cache.stacks_path(identity, steps, normalisation)
     stored = _load_npz(path)
     if stored is None:
         t1, t2, region = _corrected_volumes(case, steps, cache, identity)
@@ -469,7 +533,7 @@ def prepare_case(case: Case, steps: dict, cache: StackCache, identity: str) -> P
             only_standardisation = {"standardisation": steps["standardisation"]}
             t1 = preprocess_volume(t1, only_standardisation, "t1")
             t2 = preprocess_volume(t2, only_standardisation, "t2")
-        t1_stack, t2_stack = _in_case(case, lambda: crop_stacks(plan, t1, t2))
+        t1_stack, t2_stack = _in_case(case, lambda: crop_stacks(plan, t1, t2, normalisation))
         stored = {"t1": np.ascontiguousarray(t1_stack, np.float32),
                   "t2": np.ascontiguousarray(t2_stack.array, np.float32)}
         _save_npz(path, **stored)
@@ -477,16 +541,27 @@ def prepare_case(case: Case, steps: dict, cache: StackCache, identity: str) -> P
     digest.update(stored["t1"].tobytes())
     digest.update(stored["t2"].tobytes())
     return PreparedCase(case.case_id, case.patient_id, int(case.label), stored["t1"], stored["t2"],
-                        digest.hexdigest())
+                        digest.hexdigest(), identity)
 
 
-def prepare_cases(cases: Sequence[Case], steps: dict, cache: StackCache, show_progress: bool = True,
+def case_identities(cases: Sequence[Case], cache: StackCache) -> list[str]:
+    """Each case's identity (SHA256 of its files and region, or of its phantom parameters)."""
+    return [_in_case(case, lambda case=case: case.identity(cache.hashes)) for case in cases]
+
+
+def prepare_cases(cases: Sequence[Case], steps: dict, cache: StackCache, fit_on: Optional[Sequence[int]] = None,
+                  normalisation: str = DEFAULT_NORMALISATION, show_progress: bool = True,
                   save_hashes: bool = True) -> tuple[list[PreparedCase], dict]:
-    """All cases prepared (landmarks fitted first when standardisation is on); returns the
-    prepared cases and the steps as the model card records them."""
-    identities = [_in_case(case, lambda case=case: case.identity(cache.hashes)) for case in cases]
-    steps = fit_landmarks(cases, steps, cache, identities, show_progress)
-    prepared = [prepare_case(case, steps, cache, identity) for case, identity in
+    """All cases prepared with the standardisation landmarks fitted on the cases at positions
+    `fit_on` (the training part: never a case that validates or tests) when standardisation is
+    on; returns the prepared cases and the steps as the model card records them."""
+    identities = case_identities(cases, cache)
+    if steps.get("standardisation") and fit_on is None:
+        raise ValueError("say which cases are the training part (fit_on): the standardisation landmarks are "
+                         "fitted on them alone")
+    fit_on = [] if fit_on is None else [int(i) for i in fit_on]
+    steps = fit_landmarks([cases[i] for i in fit_on], steps, cache, [identities[i] for i in fit_on], show_progress)
+    prepared = [prepare_case(case, steps, cache, identity, normalisation) for case, identity in
                 zip(progress_bar(cases, description="cases", enabled=show_progress), identities)]
     if save_hashes:
         cache.hashes.save()
@@ -494,7 +569,17 @@ def prepare_cases(cases: Sequence[Case], steps: dict, cache: StackCache, show_pr
 
 
 def data_sha256(cases: Sequence[PreparedCase]) -> str:
-    """SHA256 of the data set: every case's inputs, label and crop stacks, in order."""
+    """SHA256 of the data set: every case's source (files and region, or phantom parameters)
+    and label, in any order. The same whatever the pre-processing and whichever training part
+    its landmarks were fitted on, so runs on one cohort can be matched."""
+    digest = hashlib.sha256()
+    for line in sorted(f"{case.identity}\t{case.label}" for case in cases):
+        digest.update(f"{line}\n".encode())
+    return digest.hexdigest()
+
+
+def inputs_sha256(cases: Sequence[PreparedCase]) -> str:
+    """SHA256 of what the network sees: every case's source, label and crop stacks, in order."""
     digest = hashlib.sha256()
     for case in cases:
         digest.update(f"{case.sha256}\n".encode())

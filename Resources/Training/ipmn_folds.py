@@ -1,10 +1,14 @@
 """Patient-grouped, class-stratified folds for nested cross-validation (scikit-learn
 StratifiedGroupKFold).
 
-Outer level: `folds` folds; each in turn is the test set. Inner level: the other cases of that
-outer fold are split again into `inner_folds` folds; inner fold 1 is the validation set that
-picks the checkpoint, the rest train. With the paper's 10 outer and 9 inner folds a model
-trains on 8/10 of the patients, is selected on 1/10 and tested on 1/10.
+Outer level: `folds` folds; each in turn is the test set, and the other cases are its training
+part. Inner level: that training part is split again into `inner_folds` folds, each in turn
+validating while the others train (`OuterFold.inner`). crossvalidate_ipmn.py uses every inner
+fold to choose the learning rate and the number of steps, then refits on the whole training
+part (--inner-selection grid), or only inner fold 1 to pick a checkpoint of a network trained
+on the other inner folds (--inner-selection checkpoint). With the paper's 10 outer and 9 inner
+folds an inner run trains on 8/10 of the patients and validates on 1/10; the refit trains on
+9/10; every test is on the remaining 1/10.
 
 All scans of a patient stay in one fold at each level, and every fold must hold every class
 (the metrics are macro averages over the three classes): otherwise the run stops naming the
@@ -34,8 +38,14 @@ class OuterFold:
     inner: tuple[tuple[np.ndarray, np.ndarray], ...]
 
     @property
+    def training_part(self) -> np.ndarray:
+        """Every case outside the test fold: what the refit trains on, and where fitted
+        statistics (standardisation landmarks) come from."""
+        return np.union1d(*self.inner[0])
+
+    @property
     def train(self) -> np.ndarray:
-        """The cases the model trains on (inner fold 1 is the validation set)."""
+        """The cases a checkpoint-selected model trains on (inner fold 1 is its validation set)."""
         return self.inner[0][0]
 
     @property

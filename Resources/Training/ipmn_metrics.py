@@ -1,9 +1,11 @@
 """Classification metrics of the IPMN paper (scikit-learn) and its tables: per fold, and
-mean +- standard deviation over folds, as CSV and Markdown.
+mean +- standard deviation over folds, as CSV and Markdown; and the inner selection table of
+the nested cross-validation (mean inner-validation balanced accuracy per learning rate and
+number of steps, and the setting it chooses).
 
 Accuracy; precision and recall macro-averaged over the three classes (a class never predicted
 has precision 0); balanced accuracy (= macro recall when every class is present), which
-selects checkpoints.
+selects checkpoints and settings.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import csv
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -20,6 +22,9 @@ METRICS = ("accuracy", "macro_precision", "macro_recall", "balanced_accuracy")
 TITLES = {"accuracy": "accuracy", "macro_precision": "precision", "macro_recall": "recall",
           "balanced_accuracy": "balanced accuracy"}
 LABELS = (0, 1, 2)
+#: How the inner selection chooses among equal mean balanced accuracies.
+SELECTION_RULE = ("the highest mean inner-validation balanced accuracy over the inner folds; ties: fewer steps, "
+                  "then the larger learning rate")
 
 
 def classification_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict:
@@ -53,23 +58,58 @@ def _plus_minus(entry: dict) -> str:
     return f"{entry['mean']:.2f}" + ("" if entry["sd"] is None else f" +- {entry['sd']:.2f}")
 
 
+def selection_table(curves: Mapping[tuple[float, int], Sequence[dict]]) -> list[dict]:
+    """The inner selection table of one outer fold.
+
+    curves: {(learning rate, inner fold number): [{"step", "balanced_accuracy"}, ...]}, the
+    validation curve of every inner run (all validated at the same steps). Returns one row per
+    (learning rate, step): {"learning_rate", "step", "mean_balanced_accuracy",
+    "inner_balanced_accuracy": {inner fold number: value}}, by learning rate (as given) then step.
+    """
+    learning_rates = list(dict.fromkeys(lr for lr, _ in curves))
+    inner_folds = sorted({inner for _, inner in curves})
+    rows = []
+    for learning_rate in learning_rates:
+        by_step = [{row["step"]: row["balanced_accuracy"] for row in curves[learning_rate, inner]}
+                   for inner in inner_folds]
+        steps = sorted(set.intersection(*(set(values) for values in by_step)))
+        for step in steps:
+            inner_values = {inner: float(values[step]) for inner, values in zip(inner_folds, by_step)}
+            rows.append({"learning_rate": float(learning_rate), "step": int(step),
+                         "mean_balanced_accuracy": float(np.mean(list(inner_values.values()))),
+                         "inner_balanced_accuracy": inner_values})
+    return rows
+
+
+def chosen_setting(table: Sequence[dict]) -> dict:
+    """The row of `selection_table` that SELECTION_RULE picks."""
+    if not table:
+        raise ValueError("the selection table is empty")
+    # Means of the same values in the same order are equal to the bit; rounding keeps sums of
+    # equal sets in other orders tied too.
+    return min(table, key=lambda row: (-round(row["mean_balanced_accuracy"], 12), row["step"], -row["learning_rate"]))
+
+
 def write_fold_table(folder: Path, title: str, fold_rows: Sequence[dict]) -> dict:
-    """`folds.csv` and `folds.md` of one method (one row per fold, then mean and sd); returns
-    the summary."""
+    """`folds.csv` and `folds.md` of one method (one row per fold with the learning rate and
+    the number of steps of the tested model, then mean and sd); returns the summary."""
     folder.mkdir(parents=True, exist_ok=True)
     summary = mean_and_sd(fold_rows)
     with open(folder / "folds.csv", "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["fold", *METRICS, "test_cases", "best_step"])
+        writer.writerow(["fold", *METRICS, "test_cases", "learning_rate", "steps"])
         for row in fold_rows:
-            writer.writerow([row["fold"], *(f"{row[m]:.4f}" for m in METRICS), row["test_cases"], row["best_step"]])
-        writer.writerow(["mean", *(f"{summary[m]['mean']:.4f}" for m in METRICS), "", ""])
-        writer.writerow(["sd", *("" if summary[m]["sd"] is None else f"{summary[m]['sd']:.4f}" for m in METRICS), "", ""])
-    lines = [f"### {title}", "", "| fold | " + " | ".join(TITLES[m] for m in METRICS) + " | test cases |",
-             "|---|" + "---|" * (len(METRICS) + 1)]
+            writer.writerow([row["fold"], *(f"{row[m]:.4f}" for m in METRICS), row["test_cases"],
+                             f"{row['learning_rate']:g}", row["steps"]])
+        writer.writerow(["mean", *(f"{summary[m]['mean']:.4f}" for m in METRICS), "", "", ""])
+        writer.writerow(["sd", *("" if summary[m]["sd"] is None else f"{summary[m]['sd']:.4f}" for m in METRICS),
+                         "", "", ""])
+    lines = [f"### {title}", "", "| fold | " + " | ".join(TITLES[m] for m in METRICS)
+             + " | test cases | learning rate | steps |", "|---|" + "---|" * (len(METRICS) + 3)]
     for row in fold_rows:
-        lines.append(f"| {row['fold']} | " + " | ".join(f"{row[m]:.2f}" for m in METRICS) + f" | {row['test_cases']} |")
-    lines.append("| mean +- sd | " + " | ".join(_plus_minus(summary[m]) for m in METRICS) + " | |")
+        lines.append(f"| {row['fold']} | " + " | ".join(f"{row[m]:.2f}" for m in METRICS)
+                     + f" | {row['test_cases']} | {row['learning_rate']:g} | {row['steps']} |")
+    lines.append("| mean +- sd | " + " | ".join(_plus_minus(summary[m]) for m in METRICS) + " | | | |")
     (folder / "folds.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return summary
 

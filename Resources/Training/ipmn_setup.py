@@ -16,7 +16,7 @@ from PancreasAILib.weights import sha256_of_file
 from IPMNRiskLib.network import DEMO_ARCHITECTURE, PAPER_ARCHITECTURE, VIT_ARCHITECTURES
 from PancreasAIPhantoms.mr import make_mr_phantom
 
-from ipmn_data import Case, PreparedCase, StackCache, prepare_cases, preprocessing_steps
+from ipmn_data import DEFAULT_NORMALISATION, Case, PreparedCase, StackCache, prepare_cases, preprocessing_steps
 from ipmn_networks import METHODS, Pretrained, default_hub_name
 from trainkit.distributed import Distributed
 
@@ -36,11 +36,13 @@ def add_phantom_shape_arguments(group) -> None:
 
 
 def add_preprocessing_arguments(group) -> None:
-    group.add_argument("--preprocessing", choices=["auto", "paper", "none"], default="auto",
+    group.add_argument("--preprocessing", choices=["auto", "paper", "standardisation", "none"], default="auto",
                        help="MRI pre-processing before cropping, recorded in the model card and repeated by "
                             "IPMNRisk: 'paper' = N4 bias-field correction, edge-preserving smoothing and "
-                            "intensity standardisation (landmarks fitted on the cohort); 'none'; "
-                            "auto (default): paper for a cohort CSV, none for phantoms")
+                            "intensity standardisation (landmarks fitted on the training cases only: in the "
+                            "cross-validation on each outer fold's training part); 'standardisation' = that "
+                            "step alone (for volumes already corrected); 'none'; auto (default): paper for a "
+                            "cohort CSV, none for phantoms")
     group.add_argument("--cache-dir", metavar="DIR",
                        help="where pre-processed crop stacks are kept (default: ipmn-cache beside the output; "
                             "phantoms: not kept)")
@@ -127,11 +129,13 @@ def cache_of(args, output: Path, phantoms: bool) -> StackCache:
     return StackCache(None if phantoms else Path(output).parent / "ipmn-cache")
 
 
-def prepare_everywhere(cases: Sequence[Case], steps: dict, cache: StackCache,
-                       dist: Distributed) -> tuple[list[PreparedCase], dict]:
-    """Prepared cases in every process: the main one fills the cache first (its errors stop
-    all processes), then the others read it (or, without a cache, make them too)."""
-    result = dist.run_on_main(lambda: prepare_cases(cases, steps, cache, show_progress=True))
+def prepare_everywhere(cases: Sequence[Case], steps: dict, cache: StackCache, dist: Distributed,
+                       fit_on: Optional[Sequence[int]] = None,
+                       normalisation: str = DEFAULT_NORMALISATION) -> tuple[list[PreparedCase], dict]:
+    """Prepared cases in every process, the standardisation landmarks fitted on the cases at
+    positions `fit_on` (the training part): the main process fills the cache first (its errors
+    stop all processes), then the others read it (or, without a cache, make them too)."""
+    result = dist.run_on_main(lambda: prepare_cases(cases, steps, cache, fit_on, normalisation, show_progress=True))
     if dist.is_main:
         return result
-    return prepare_cases(cases, steps, cache, show_progress=False, save_hashes=False)
+    return prepare_cases(cases, steps, cache, fit_on, normalisation, show_progress=False, save_hashes=False)

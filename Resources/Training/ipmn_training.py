@@ -1,13 +1,17 @@
 """Training one IPMN risk network with the paper's protocol: the loop shared by the final model
-(train_ipmn.py) and every fold of the cross-validation (crossvalidate_ipmn.py).
+(train_ipmn.py) and every run of the cross-validation (crossvalidate_ipmn.py).
 
 Each optimiser step draws `batch_size` training windows at random (with replacement) and one
 of the 8 flip / quarter-turn views per window, applied to every 64 x 64 tile in place (all 9
 slices and both channels alike: IPMNRiskLib.grids.transform_tiles, the function test-time
 augmentation uses); cross-entropy with class weights; Adam. Every `eval_every` steps the
-central window of each validation case is classified; the weights with the best balanced
-accuracy are kept. A checkpoint (.safetensors + JSON) is written at each validation, so a
-stopped run resumes exactly where it was.
+central window of each validation case is classified and the weights with the best balanced
+accuracy are kept; a run without validation cases (the cross-validation's refit) just trains
+for its number of steps. A checkpoint (.safetensors + JSON) is written every `eval_every` steps,
+so a stopped run resumes exactly where it was.
+
+The protocol (`IPMNProtocol`) holds, for every setting, the paper's value with its source (the
+article, or the authors' public code) and ours where it differs, with the reason.
 """
 
 from __future__ import annotations
@@ -23,30 +27,51 @@ from typing import Callable, ClassVar, Optional, Sequence
 import numpy as np
 
 from PancreasAILib.errors import InputError
-from IPMNRiskLib.grids import DIHEDRAL_VIEWS, transform_tiles
+from IPMNRiskLib.grids import DIHEDRAL_VIEWS, NORMALISATIONS, transform_tiles
+from IPMNRiskLib.network import CLASS_NAMES
 
-from ipmn_data import WindowSamples
+from ipmn_data import PreparedCase, WindowSamples
 from ipmn_metrics import classification_metrics
 from trainkit.checkpoint import (load_checkpoint_of_run, optimizer_parts, restore_optimizer, save_checkpoint,
                                  to_json_value)
 from trainkit.distributed import Distributed
-from trainkit.protocol import option, protocol_record
+from trainkit.protocol import add_protocol_arguments, option, preset_field, protocol_from_arguments, protocol_record
 from trainkit.runlog import Curves, progress_bar
 from trainkit.seeding import checkpoint_rng_states, restore_checkpoint_rng_states
 
 logger = logging.getLogger(__name__)
 
-#: normal, low-risk, high-risk (the authors' code).
-PAPER_CLASS_WEIGHTS = (1.0, 0.65, 0.45)
+ARTICLE = "article (Proietto Salanitri et al., EMBC 2022)"
+AUTHORS_CODE = "authors' code"
+#: --class-weights balanced: scikit-learn's rule, fitted on the cases of each training part.
+BALANCED = "balanced"
 EVALUATION_BATCH = 32
 #: Settings that may change when a run is resumed (to train longer).
 RESUMABLE_CHANGES = ("steps",)
 
 
+def class_weights_setting(words: Sequence[str]) -> str:
+    """--class-weights as given (three numbers, or the word balanced; as separate words or one
+    string) -> the protocol's setting: 'balanced', or the three numbers as '1 0.65 0.45'.
+    InputError for anything else."""
+    parts = [part for word in words for part in str(word).replace(",", " ").split()]
+    if len(parts) == 1 and parts[0].lower() == BALANCED:
+        return BALANCED
+    try:
+        numbers = [float(part) for part in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) != len(CLASS_NAMES) or not all(math.isfinite(n) for n in numbers):
+        raise InputError(f"--class-weights takes three numbers (normal, low-risk, high-risk), e.g. 1 0.65 0.45, "
+                         f"or the word balanced; got '{' '.join(parts)}'.")
+    return " ".join(str(int(n)) if n.is_integer() else repr(n) for n in numbers)
+
+
 @dataclass(frozen=True)
 class IPMNProtocol:
-    """The paper's training protocol; each field is a command-line option of the same name.
-    The class weights (three numbers) are the option --class-weights, default PAPER_CLASS_WEIGHTS."""
+    """The training protocol: the paper's (defaults) or ours (`--protocol ours`); each field is a
+    command-line option of the same name (trainkit.protocol), recorded in the model card with
+    whose value it is."""
 
     FIXED: ClassVar[dict] = {
         "loss": "cross-entropy with class weights",
@@ -58,18 +83,54 @@ class IPMNProtocol:
         "checkpoint_selection": "best validation balanced accuracy",
     }
 
-    learning_rate: float = option(0.003, "Adam learning rate", flags=("--learning-rate", "--lr"))
-    batch_size: int = option(8, "grids per optimiser step, over all processes")
-    steps: int = option(3000, "optimiser steps (the authors' code counts steps)")
+    preset: str = preset_field()
+    learning_rate: float = option(0.003, "Adam learning rate", flags=("--learning-rate", "--lr"), source=ARTICLE)
+    batch_size: int = option(8, "grids per optimiser step, over all processes", source=ARTICLE)
+    steps: int = option(3000, "optimiser steps (the cross-validation's grid selection: of each inner run; its refit "
+                              "stops at the number chosen)",
+                        source=f"{ARTICLE} (3000); {AUTHORS_CODE} (counted as optimiser steps)")
     window_jitter: int = option(-1, "training windows: -1 every sliding window of 9 slices (the paper's); "
-                                    "N >= 0 only those starting within N slices of the central one")
-    eval_every: int = option(100, "optimiser steps between validations (and checkpoints)")
+                                    "N >= 0 only those starting within N slices of the central one",
+                                source=f"{ARTICLE} (every window of 9 consecutive slices)")
+    eval_every: int = option(100, "optimiser steps between validations (and checkpoints); the grid selection of "
+                                  "the cross-validation tries every multiple of it as the number of steps")
     lr_schedule: str = option("constant", "constant (the paper's), or warmup-cosine: linear warm-up over 5%% of "
                                           "the steps, then cosine decay to 0 (helps a ViT trained from scratch)",
-                              choices=("constant", "warmup-cosine"))
-    precision: str = option("fp32", "arithmetic of the training steps: fp32 (the paper's), or bf16 mixed precision "
+                              choices=("constant", "warmup-cosine"),
+                              source=f"{ARTICLE} (Adam at lr 0.003; no schedule)")
+    precision: str = option("fp32", "arithmetic of the training steps: fp32, or bf16 mixed precision "
                                     "(torch.autocast: matrix products in bfloat16, weights and loss in float32; "
                                     "faster on CPUs with AMX and on recent GPUs)", choices=("fp32", "bf16"))
+    normalisation: str = option(
+        "volume_min_max", "how each sequence is scaled to [0, 1]: volume_min_max (min-max of each whole volume "
+                          "after the MRI pre-processing) or crop_stack_min_max (min-max of the region's crop "
+                          "stack); recorded in the model card, which IPMNRisk follows", choices=NORMALISATIONS,
+        source=f"{ARTICLE} (each volume normalised to [0, 1]); {AUTHORS_CODE} (z-score, then min-max of each volume)",
+        ours="crop_stack_min_max",
+        why="independent of the field of view, of bright organs far from the pancreas and of the empty margin of "
+            "a resampled T1, and a training window sees the scaling of the central window at inference")
+    class_weights: str = option(
+        "1 0.65 0.45", "cross-entropy weight of each class: three numbers (normal, low-risk, high-risk), or "
+                       "balanced (scikit-learn's rule, cases / (3 x cases of the class), over the cases of each "
+                       "training part)", source=f"{AUTHORS_CODE} (class weights [1, 0.65, 0.45])", ours=BALANCED,
+        why="the authors' numbers fit their cohort's class shares; balanced weights are fitted on each training part",
+        nargs="+", metavar="WEIGHT")
+
+
+def add_ipmn_protocol_arguments(parser: argparse.ArgumentParser) -> None:
+    """--protocol paper|ours and one option per setting of `IPMNProtocol`; --class-weights takes
+    three numbers (`--class-weights 1 1 1`) or the word balanced."""
+    add_protocol_arguments(parser, IPMNProtocol)
+
+
+def ipmn_protocol_from_arguments(arguments: argparse.Namespace) -> IPMNProtocol:
+    """The protocol of the --protocol preset with the options given; InputError for class weights
+    that are neither three numbers nor balanced."""
+    given = vars(arguments).get("class_weights")
+    if given is not None:
+        words = given if isinstance(given, (list, tuple)) else [given]
+        arguments = argparse.Namespace(**{**vars(arguments), "class_weights": class_weights_setting(words)})
+    return protocol_from_arguments(IPMNProtocol, arguments)
 
 
 def learning_rate_factor(schedule: str, step: int, steps: int) -> float:
@@ -82,25 +143,41 @@ def learning_rate_factor(schedule: str, step: int, steps: int) -> float:
         1.0 + math.cos(math.pi * min(1.0, max(0, done - warmup) / max(1, steps - warmup))))
 
 
-def add_class_weights_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--class-weights", type=float, nargs=3, default=list(PAPER_CLASS_WEIGHTS),
-                        metavar=("NORMAL", "LOW", "HIGH"),
-                        help="cross-entropy weight of each class (default: the authors' %(default)s)")
+def fit_class_weights(setting: str, cases: Sequence[PreparedCase]) -> list[float]:
+    """The cross-entropy weights (normal, low-risk, high-risk) a network trained on `cases` uses:
+    the setting's three numbers, or for 'balanced' scikit-learn's rule over the cases (scans,
+    not windows), n_cases / (3 x n_cases of the class). InputError when a class is absent."""
+    if setting != BALANCED:
+        return [float(word) for word in class_weights_setting([setting]).split()]
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.array([case.label for case in cases], dtype=np.int64)
+    absent = [name for label, name in enumerate(CLASS_NAMES) if not np.any(labels == label)]
+    if absent:
+        raise InputError(f"Balanced class weights need every class in the training cases; there is no case of "
+                         f"{' or '.join(absent)}. Give three numbers with --class-weights instead.")
+    return [float(w) for w in compute_class_weight("balanced", classes=np.arange(len(CLASS_NAMES)), y=labels)]
 
 
-def full_protocol_record(protocol: IPMNProtocol, class_weights: Sequence[float]) -> dict:
-    """The protocol as the model card records it."""
-    return {**protocol_record(protocol), "class_weights": [float(w) for w in class_weights]}
+def full_protocol_record(protocol: IPMNProtocol, class_weights: Optional[Sequence[float]] = None) -> dict:
+    """The protocol as the model card records it; with `class_weights`, the numbers the run
+    used (under "class_weights_used": the setting may be 'balanced')."""
+    record = protocol_record(protocol)
+    if class_weights is not None:
+        record["class_weights_used"] = [float(w) for w in class_weights]
+    return record
 
 
-def check_protocol(protocol: IPMNProtocol, class_weights: Sequence[float], dist: Distributed) -> None:
+def check_protocol(protocol: IPMNProtocol, dist: Distributed) -> None:
     if protocol.batch_size < 1 or protocol.steps < 1 or protocol.eval_every < 1:
         raise InputError("The batch size, the number of steps and --eval-every must be at least 1.")
     if protocol.batch_size % dist.world_size:
         raise InputError(f"The batch size ({protocol.batch_size}) must be divisible by the number of "
                          f"processes ({dist.world_size}): each takes an equal part of every batch.")
-    if min(class_weights) < 0 or max(class_weights) <= 0:
-        raise InputError(f"The class weights must be non-negative and not all zero (got {list(class_weights)}).")
+    if protocol.class_weights != BALANCED:
+        weights = fit_class_weights(protocol.class_weights, [])
+        if min(weights) < 0 or max(weights) <= 0:
+            raise InputError(f"The class weights must be non-negative and not all zero (got {weights}).")
 
 
 # --- classifying ------------------------------------------------------------------------------------
@@ -154,16 +231,20 @@ class TrainingState:
 
 @dataclass
 class TrainingRun:
-    """One network trained on `train`, selected on `val`.
+    """One network trained on `train` for `protocol.steps` steps (or until `last_step`), selected
+    on `val`; without `val` (None) nothing is validated and the last weights are the result.
 
-    fingerprint: what must not change between a run and its resumption (minus `steps`);
-    checkpoints: folder of the resumable checkpoint; on_best(state_dict, state): called in the
-    main process whenever the validation balanced accuracy improves.
+    class_weights: (3,) cross-entropy weights (normal, low-risk, high-risk); fingerprint: what
+    must not change between a run and its resumption (minus `steps`); checkpoints: folder of
+    the resumable checkpoint; last_step: stop after this step, the learning-rate schedule still
+    spanning `protocol.steps` (a refit for the number of steps an inner validation chose);
+    on_best(state_dict, state): called in the main process whenever the validation balanced
+    accuracy improves.
     """
 
     network: object
     train: WindowSamples
-    val: WindowSamples
+    val: Optional[WindowSamples]
     protocol: IPMNProtocol
     class_weights: Sequence[float]
     seed: int
@@ -173,6 +254,8 @@ class TrainingRun:
     curves: Optional[Curves] = None
     name: str = "training"
     on_best: Optional[Callable[[dict, TrainingState], None]] = None
+    last_step: Optional[int] = None
+    keep_best: bool = True
     state: TrainingState = field(default_factory=TrainingState)
 
     def __post_init__(self) -> None:
@@ -270,40 +353,60 @@ class TrainingRun:
         return float(loss.detach())
 
     def _validate(self, step: int, loss_total: float, loss_count: int, started: float) -> None:
+        """Record the step's row (with the validation metrics when there are validation cases),
+        keep the best weights, write the curves and a checkpoint."""
         state, dist = self.state, self.dist
-        metrics = validation_metrics(self.network, self.val, dist)
         summed_loss, summed_count = dist.sum([loss_total, loss_count])
-        row = {"step": step, "train_loss": summed_loss / max(summed_count, 1),
-               **{f"val_{key}": value for key, value in metrics.items()},
-               "seconds": round(time.perf_counter() - started, 1)}
+        row = {"step": step, "train_loss": summed_loss / max(summed_count, 1)}
+        improved = False
+        if self.val is not None:
+            metrics = validation_metrics(self.network, self.val, dist)
+            row.update({f"val_{key}": value for key, value in metrics.items()})
+            improved = metrics["balanced_accuracy"] > state.best_score
+        row["seconds"] = round(time.perf_counter() - started, 1)
         state.history.append(row)
         state.step = step
-        improved = metrics["balanced_accuracy"] > state.best_score
         if improved:
-            state.best_score, state.best_step, state.best_row = metrics["balanced_accuracy"], step, row
-            self.best_state = {key: value.detach().cpu().clone() for key, value in self.network.state_dict().items()}
+            state.best_score, state.best_step, state.best_row = row["val_balanced_accuracy"], step, row
+            if self.keep_best:
+                self.best_state = {key: value.detach().cpu().clone()
+                                   for key, value in self.network.state_dict().items()}
             if dist.is_main and self.on_best is not None:
                 self.on_best(self.best_state, state)
-        logger.info("%s step %d: train loss %.4f, val accuracy %.3f, balanced %.3f%s", self.name, step,
-                    row["train_loss"], metrics["accuracy"], metrics["balanced_accuracy"], " -> best" if improved else "")
+        if self.val is not None:
+            logger.info("%s step %d: train loss %.4f, val accuracy %.3f, balanced %.3f%s", self.name, step,
+                        row["train_loss"], row["val_accuracy"], row["val_balanced_accuracy"],
+                        " -> best" if improved else "")
+        else:
+            logger.info("%s step %d: train loss %.4f", self.name, step, row["train_loss"])
         if self.curves is not None:
             self.curves.write(state.history, step_key="step")
         self.save()
 
+    @property
+    def final_step(self) -> int:
+        """The step the run stops after."""
+        return self.protocol.steps if self.last_step is None else min(self.last_step, self.protocol.steps)
+
     def run(self) -> dict:
-        """Train to `protocol.steps`; returns the best weights (CPU tensors)."""
-        protocol, state = self.protocol, self.state
+        """Train to `final_step`; returns the best weights, or without validation cases the
+        last ones (CPU tensors)."""
+        protocol, state, final = self.protocol, self.state, self.final_step
         started = time.perf_counter()
         loss_total, loss_count = 0.0, 0
-        bar = progress_bar(range(state.step + 1, protocol.steps + 1), total=max(protocol.steps - state.step, 0),
+        bar = progress_bar(range(state.step + 1, final + 1), total=max(final - state.step, 0),
                            description=self.name, enabled=self.dist.is_main)
         for step in bar:
             loss = self._step(step)
             loss_total, loss_count = loss_total + loss, loss_count + 1
             bar.set_postfix(loss=f"{loss:.4f}")
-            if step % protocol.eval_every == 0 or step == protocol.steps:
+            if step % protocol.eval_every == 0 or step == final:
                 self._validate(step, loss_total, loss_count, started)
                 loss_total, loss_count, started = 0.0, 0, time.perf_counter()
+        if self.val is None or not self.keep_best:
+            if state.step < 1:
+                raise InputError(f"{self.name}: no step was run; the number of steps must be at least 1.")
+            return {key: value.detach().cpu().clone() for key, value in self.network.state_dict().items()}
         if self.best_state is None:
             raise InputError(f"{self.name}: no validation was run; --steps must be at least 1.")
         return self.best_state

@@ -6,15 +6,23 @@ Data (one of):
                              to the CSV. A seeded, patient-grouped, class-stratified 1/--inner-folds
                              of the patients is the validation set that picks the checkpoint.
   (default) phantoms         synthetic T1/T2 phantoms, --patients seeds for training and
-                             --val-patients others for validation (how the demo weights were made)
+                             --val-patients others for validation (how the demo weights were made,
+                             with what is now --normalisation crop_stack_min_max)
 
 Inputs go through exactly the module's own code (IPMNRiskLib.preprocessing and .grids), and the
-network is IPMNRiskLib.network's, so training and inference cannot drift apart.
+network is IPMNRiskLib.network's, so training and inference cannot drift apart. What is fitted
+on data is fitted on the training cases only, never on the validation cases: the
+standardisation landmarks (--preprocessing paper or standardisation) and balanced class
+weights (--class-weights balanced); the card records both, and the normalisation used.
 
-Protocol defaults (Proietto Salanitri et al. 2022, and the authors' code): cross-entropy with
-class weights [1, 0.65, 0.45], Adam lr 0.003, batch 8, 3000 optimiser steps, every sliding
-window of 9 slices, random horizontal flips and 90-degree rotations applied identically to all
-9 slices and both modalities, the checkpoint with the best validation balanced accuracy is kept.
+Protocol defaults (--protocol paper: Proietto Salanitri et al. 2022, and the authors' code):
+cross-entropy with class weights [1, 0.65, 0.45], Adam lr 0.003, batch 8, 3000 optimiser steps,
+every sliding window of 9 slices, each whole volume min-max normalised to [0, 1], random
+horizontal flips and 90-degree rotations applied identically to all 9 slices and both
+modalities, the checkpoint with the best validation balanced accuracy is kept. --protocol ours
+changes two: the crop stack is min-max normalised instead of the whole volume, and the class
+weights are balanced on the training cases (python train_ipmn.py --help lists every setting with
+both values).
 
   one GPU or the CPU:  python Resources/Training/train_ipmn.py --cohort cohort.csv --pretrained-hub --output runs/ipmn
   several GPUs:        torchrun --standalone --nproc_per_node 4 Resources/Training/train_ipmn.py --cohort ... --output ...
@@ -35,7 +43,6 @@ from typing import Optional, Sequence
 from trainkit.checkpoint import write_json_atomically
 from trainkit.initial_weights import add_initial_weights_argument, initial_weights_record, load_initial_weights  # noqa: E501
 from trainkit.model_card import command_line, hardware_record, software_versions
-from trainkit.protocol import add_protocol_arguments, protocol_from_arguments
 from trainkit.run_files import RunFiles
 from trainkit.script import run_script
 from trainkit.runlog import Curves
@@ -45,16 +52,16 @@ from PancreasAILib.errors import InputError
 from PancreasAILib.weights import save_model
 from IPMNRiskLib.network import CLASS_NAMES
 
-from ipmn_data import (card_preprocessing, central_samples, data_sha256, phantom_cases,
-                       read_cohort_csv, training_samples)
+from ipmn_data import (card_preprocessing, central_samples, data_sha256, inputs_sha256, phantom_cases,
+                       read_cohort_csv, training_samples, without_fitted_statistics)
 from ipmn_folds import holdout_split
 from ipmn_metrics import classification_metrics
 from ipmn_networks import build_network, parameter_count
 from ipmn_setup import (add_model_arguments, add_phantom_shape_arguments, add_preprocessing_arguments,
                         add_run_arguments, architecture_of, cache_of, prepare_everywhere, pretrained_of,
                         pretrained_record, steps_of)
-from ipmn_training import (IPMNProtocol, TrainingRun, add_class_weights_argument, check_protocol,
-                           full_protocol_record, predict_probabilities)
+from ipmn_training import (TrainingRun, add_ipmn_protocol_arguments, check_protocol, fit_class_weights,
+                           full_protocol_record, ipmn_protocol_from_arguments, predict_probabilities)
 
 logger = logging.getLogger("train_ipmn")
 
@@ -64,8 +71,9 @@ TASK = "IPMN risk class from paired T1/T2 MRI (3 x 3 grids of 9 slices, early fu
 
 # --- data ------------------------------------------------------------------------------------------
 
-def load_data(args, dist, cache):
-    """(training cases, validation cases, description, source record, pre-processing steps)."""
+def load_data(args, dist, cache, normalisation: str):
+    """(training cases, validation cases, description, source record, pre-processing steps);
+    the standardisation landmarks fitted on the training cases alone."""
     phantoms = not args.cohort
     steps = steps_of(args, phantoms)
     if phantoms:
@@ -74,9 +82,9 @@ def load_data(args, dist, cache):
         val_seeds = range(args.val_first_seed, args.val_first_seed + args.val_patients)
         if not train_seeds or not val_seeds:
             raise InputError("--patients and --val-patients must be at least 1.")
-        prepared, steps = prepare_everywhere(phantom_cases([*train_seeds, *val_seeds], shape, spacing),
-                                             steps, cache, dist)
         n_train = 3 * len(train_seeds)
+        prepared, steps = prepare_everywhere(phantom_cases([*train_seeds, *val_seeds], shape, spacing),
+                                             steps, cache, dist, fit_on=range(n_train), normalisation=normalisation)
         train, val = prepared[:n_train], prepared[n_train:]
         description = (f"synthetic T1/T2 phantoms (PancreasAIPhantoms.mr), patients seeds {train_seeds[0]}-"
                        f"{train_seeds[-1]} x 3 classes")
@@ -84,9 +92,9 @@ def load_data(args, dist, cache):
                   "validation_seeds": [val_seeds[0], val_seeds[-1]], "shape": list(shape), "spacing": list(spacing)}
         return train, val, description, source, steps
     cases = read_cohort_csv(args.cohort)
-    prepared, steps = prepare_everywhere(cases, steps, cache, dist)
-    train_index, val_index = holdout_split([c.label for c in prepared], [c.patient_id for c in prepared],
+    train_index, val_index = holdout_split([c.label for c in cases], [c.patient_id for c in cases],
                                            args.inner_folds, args.seed)
+    prepared, steps = prepare_everywhere(cases, steps, cache, dist, fit_on=train_index, normalisation=normalisation)
     train, val = [prepared[i] for i in train_index], [prepared[i] for i in val_index]
     patients = len({c.patient_id for c in prepared})
     description = f"cohort {Path(args.cohort).name}: {len(prepared)} scans of {patients} patients"
@@ -119,13 +127,24 @@ def cross_validation_record(folder: Optional[str], fingerprint: dict) -> Optiona
     method = document.get("methods", {}).get("early-fusion")
     if method is None:
         raise InputError(f"--cv-results: {path} has no early-fusion results (run it with --methods early-fusion).")
-    for key in ("data_sha256", "architecture", "architecture_params", "preprocessing", "protocol"):
-        if document.get(key) != fingerprint.get(key):
+    # Fitted per training part, chosen per fold, or per run: not what makes two runs comparable.
+    per_run = ("class_weights_used", "origins", "learning_rate_grid", "checkpoint_selection",
+               *(("learning_rate",) if document.get("inner_selection") == "grid" else ()))
+    comparable = {
+        "data_sha256": lambda record: record.get("data_sha256"),
+        "architecture": lambda record: record.get("architecture"),
+        "architecture_params": lambda record: record.get("architecture_params"),
+        "preprocessing": lambda record: without_fitted_statistics(record.get("preprocessing") or {}),
+        "protocol": lambda record: {k: v for k, v in (record.get("protocol") or {}).items() if k not in per_run},
+    }
+    for key, part in comparable.items():
+        if part(document) != part(fingerprint):
             logger.warning("The cross-validation in %s used another %s than this training; the card records "
                            "its estimate all the same.", folder, key)
     return {"method": "early-fusion", "outer_folds": document["folds"], "inner_folds": document["inner_folds"],
-            "summary": method["summary"], "per_fold": method["folds"], "data_sha256": document["data_sha256"],
-            "protocol": document["protocol"], "how": document["how"]}
+            "inner_selection": document.get("inner_selection", "checkpoint"), "summary": method["summary"],
+            "per_fold": method["folds"], "data_sha256": document["data_sha256"], "protocol": document["protocol"],
+            "how": document["how"]}
 
 
 # --- the card ------------------------------------------------------------------------------------
@@ -140,7 +159,7 @@ def model_card(context: dict, state, metrics: dict) -> dict:
         "parameters": context["parameters"],
         "task": TASK,
         "classes": list(CLASS_NAMES),
-        "preprocessing": card_preprocessing(context["steps"]),
+        "preprocessing": card_preprocessing(context["steps"], context["normalisation"]),
         "intended_use": args.intended_use,
         "training": {
             "data": context["description"],
@@ -185,8 +204,8 @@ def final_metrics(network, context: dict, state) -> dict:
 
 def run_training(args, argv, dist) -> None:
     files = RunFiles.for_output(args.output)
-    protocol = protocol_from_arguments(IPMNProtocol, args)
-    check_protocol(protocol, args.class_weights, dist)
+    protocol = ipmn_protocol_from_arguments(args)
+    check_protocol(protocol, dist)
     phantoms = not args.cohort
     architecture, params = architecture_of(args, phantoms)
     if args.initial_weights and (args.pretrained_file or args.pretrained_hub):
@@ -201,9 +220,10 @@ def run_training(args, argv, dist) -> None:
     seed_everything(args.seed)
     use_deterministic_kernels()
     cache = cache_of(args, files.weights, phantoms)
-    train_cases, val_cases, description, source, steps = load_data(args, dist, cache)
+    train_cases, val_cases, description, source, steps = load_data(args, dist, cache, protocol.normalisation)
     data_hash = data_sha256([*train_cases, *val_cases])
     train, val = training_samples(train_cases, protocol.window_jitter), central_samples(val_cases)
+    class_weights = fit_class_weights(protocol.class_weights, train_cases)
     if dist.is_main:
         files.folder.mkdir(parents=True, exist_ok=True)
         write_data_manifest(files.data_manifest, train_cases, val_cases, data_hash, description)
@@ -211,15 +231,17 @@ def run_training(args, argv, dist) -> None:
                 len(train), len(train_cases), len(val_cases), cache.folder or "none (phantoms are made again)")
 
     network = build_network("early-fusion", architecture, params, pretrained)
-    record = full_protocol_record(protocol, args.class_weights)
-    fingerprint = {"data_sha256": data_hash, "architecture": architecture, "architecture_params": params,
-                   "preprocessing": card_preprocessing(steps), "protocol": record,
+    record = full_protocol_record(protocol, class_weights)
+    fingerprint = {"data_sha256": data_hash, "inputs_sha256": inputs_sha256([*train_cases, *val_cases]),
+                   "architecture": architecture, "architecture_params": params,
+                   "preprocessing": card_preprocessing(steps, protocol.normalisation), "protocol": record,
                    "pretrained": pretrained_record(pretrained), "seed": args.seed}
     if initial_weights:  # only then, so that runs without it keep their first fingerprint
         load_initial_weights(network, args.initial_weights, architecture)
         fingerprint["initial_weights"] = initial_weights
     context = {"args": args, "argv": argv, "files": files, "dist": dist, "architecture": architecture,
                "params": params, "parameters": parameter_count(network), "steps": steps,
+               "normalisation": protocol.normalisation,
                "description": description, "source": source, "data_sha256": data_hash,
                "train_cases": train_cases, "val_cases": val_cases, "train": train, "val": val,
                "protocol_record": record, "pretrained": fingerprint["pretrained"],
@@ -230,7 +252,7 @@ def run_training(args, argv, dist) -> None:
     def save_best(best_state: dict, state) -> None:
         save_model(best_state, files.weights, model_card(context, state, {"validation_at_selected_checkpoint": state.best_row}))
 
-    run = TrainingRun(network, train, val, protocol, args.class_weights, args.seed, dist, files.checkpoints,
+    run = TrainingRun(network, train, val, protocol, class_weights, args.seed, dist, files.checkpoints,
                       fingerprint, curves, name="IPMN ViT", on_best=save_best)
     logger.info("%s %s: %s parameters, %s; %s", architecture, json.dumps(params), f"{context['parameters']:,}",
                 f"pretrained {run_pretrained_text(pretrained)}", dist.describe())
@@ -279,8 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_phantom_shape_arguments(data)
     add_preprocessing_arguments(data)
     add_model_arguments(parser)
-    add_protocol_arguments(parser, IPMNProtocol)
-    add_class_weights_argument(parser)
+    add_ipmn_protocol_arguments(parser)
     run = parser.add_argument_group("run")
     run.add_argument("--output", required=True, help="path of the .safetensors to write (its card goes beside it)")
     run.add_argument("--title", default="IPMN ViT", help="title in the model card")

@@ -37,15 +37,18 @@ _SAME = object()
 
 def option(default: Any, help: str, flags: Optional[Sequence[str]] = None,
            choices: Optional[Sequence[Any]] = None, *, source: str = NOT_IN_THE_PAPER, ours: Any = _SAME,
-           why: str = "") -> Any:
+           why: str = "", nargs: Optional[str] = None, metavar: Optional[str] = None) -> Any:
     """A protocol field: the paper's value (`default`), the help text of its option, optionally
     its flags (default: `--field-name`) and the values allowed; where the paper's value comes
-    from (`source`), and our value with the reason when it differs (`ours`, `why`)."""
+    from (`source`), and our value with the reason when it differs (`ours`, `why`). `nargs` and
+    `metavar` go to argparse (with nargs the parsed value is a list: the protocol's own parser
+    turns it into the field's value)."""
     ours = default if ours is _SAME else ours
     if ours != default and not why:
         raise ValueError("a setting whose value differs between the presets needs the reason (why=...)")
     return dataclasses.field(default=default, metadata={
-        "help": help, "flags": tuple(flags or ()), "choices": choices, "source": source, "ours": ours, "why": why})
+        "help": help, "flags": tuple(flags or ()), "choices": choices, "source": source, "ours": ours, "why": why,
+        "nargs": nargs, "metavar": metavar})
 
 
 def preset_field() -> Any:
@@ -101,8 +104,9 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, protocol_class: type
                                action=argparse.BooleanOptionalAction, help=help_text)
             continue
         parse = _PARSERS[getattr(hints[field.name], "__name__", str(hints[field.name]))]
+        shape = {key: field.metadata[key] for key in ("nargs", "metavar") if field.metadata.get(key)}
         group.add_argument(*_flags(field), dest=field.name, type=parse, default=None,
-                           choices=field.metadata.get("choices"), help=help_text)
+                           choices=field.metadata.get("choices"), help=help_text, **shape)
 
 
 def protocol_from_arguments(protocol_class: type[P], arguments: argparse.Namespace) -> P:
