@@ -600,9 +600,9 @@ def serve(folder: Path, host: str = "127.0.0.1", port: int = 0, token: Optional[
             os._exit(2)
         url = browser_url(host, server.port, token)
         print(f"PancreasAI review of {folder}", flush=True)
-        print(f"Open {url}", flush=True)
-        if token:
+        if token:  # before the address: whoever waits for "Open" has the token already
             print(f"Access token: {token}", flush=True)
+        print(f"Open {url}", flush=True)
         print("Stop with Ctrl-C.", flush=True)
         if open_browser:
             import webbrowser
