@@ -290,3 +290,26 @@ def test_a_folder_under_home_is_found_from_another_directory(tmp_path, monkeypat
     assert "trame-slicer" in capsys.readouterr().err  # the folder was found: the next check spoke
     assert pancreasai_cli.main(["review", "~/elsewhere", "--no-browser"]) == 2
     assert f"{tmp_path / 'elsewhere'} is not a folder of results" in capsys.readouterr().err
+
+
+# -- the form as the page shows it ------------------------------------------------------------
+
+def test_save_records_the_form_the_click_carries_even_when_a_field_update_is_late(tmp_path, small_ct_phantom,
+                                                                                    small_mr_phantom):
+    """A comment typed and saved at once: the click carries the form, so a comment whose own
+    state update has not reached the server yet is still what gets saved."""
+    from test_review import write_segmentation_case
+
+    from PancreasAILib.review import read_verdicts
+    from PancreasAILib.review_web import ReviewApp
+
+    folder, inputs = tmp_path / "results", tmp_path / "inputs"
+    folder.mkdir()
+    inputs.mkdir()
+    write_segmentation_case(folder, inputs, "ct_a", small_ct_phantom)
+    app = ReviewApp(folder, reviewer="Dr A", server="late-comment-test")
+    app.server.state.comment = ""  # the server has not seen the typed comment yet
+    app.save("Dr A", "accept", None, "Tail included.")
+    assert app.server.state.message_kind == "success", app.server.state.message
+    (stored,) = read_verdicts(folder)
+    assert (stored.case, stored.verdict, stored.comment) == ("ct_a", "accept", "Tail included.")

@@ -436,11 +436,17 @@ class ReviewApp:
         if s.task == "ipmn" and verdict == "agree":
             s.reviewer_class = s.model_class
 
-    def save(self) -> None:
-        """Record the form's verdict for the case on screen (the core checks it)."""
+    def save(self, *form) -> None:
+        """Record the form's verdict for the case on screen (the core checks it).
+
+        form: (reviewer, verdict, reviewer_class, comment) as the page shows them when Save is
+        clicked. They come with the click because a field's own state update can arrive after
+        it (a comment typed and saved at once was lost under load)."""
         from .review import ReviewError, Verdict, record_verdict
 
         s = self.server.state
+        if form:
+            s.reviewer, s.verdict, s.reviewer_class, s.comment = form
         case = self._current_case()
         try:
             if case is None:
@@ -548,7 +554,8 @@ class ReviewApp:
                     v.VRadio(v_for="c in class_options", key="c", label=("c",), value=("c",))
                 v.VTextarea(v_model=("comment",), label="Comment", id="comment", rows=3, classes="mt-2",
                             hide_details=True)
-                v.VBtn("Save", id="save-verdict", color="primary", classes="mt-2", click=self.save,
+                v.VBtn("Save", id="save-verdict", color="primary", classes="mt-2",
+                       click=(self.save, "[reviewer, verdict, reviewer_class, comment]"),
                        disabled=("!verdict || !reviewer",))
             html.Div("{{ message }}", id="message", classes=("'mt-2 text-' + message_kind",))
 
