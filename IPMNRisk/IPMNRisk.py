@@ -39,6 +39,7 @@ from PancreasAIApp.self_tests import requireDependencies, runSelfTests
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")  # PancreasAILib.engines.PRECISIONS (not imported: it needs numpy)
+EXPLANATIONS = ("rollout", "gradient-rollout")  # IPMNRiskLib.explanations.EXPLANATIONS (it needs numpy)
 REGION_ROI = "ROI box"
 REGION_SEGMENTATION = "Segmentation"
 REGION_POINT = "Point"
@@ -100,6 +101,9 @@ class IPMNRiskParameterNode:
     precision - "auto": bf16 where the CPU computes it natively and the model card records a
       passed agreement check, else float32; "fp32" always the exact float32 path.
     testTimeAugmentation - average over flipped and rotated copies; gives the spread.
+    explanation - how the heat map is made: "rollout" (attention rollout, the paper's) or
+      "gradient-rollout" (gradient-weighted attention rollout of the assessed class, Chefer et
+      al. 2021; computed by PyTorch whatever the engine).
     overlayOpacity - opacity of the heat map over the MRI in the slice views.
     """
 
@@ -114,6 +118,7 @@ class IPMNRiskParameterNode:
     device: Annotated[str, Choice(DEVICES)] = "auto"
     precision: Annotated[str, Choice(PRECISIONS)] = "auto"
     testTimeAugmentation: bool = True
+    explanation: Annotated[str, Choice(EXPLANATIONS)] = "rollout"
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
 
 
@@ -271,7 +276,7 @@ class IPMNRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         return self.logic.startAssessment(
             parameters.t1Volume, parameters.t2Volume, self._regionNode(), model=parameters.model,
-            device=parameters.device, precision=parameters.precision,
+            device=parameters.device, precision=parameters.precision, explanation=parameters.explanation,
             testTimeAugmentation=parameters.testTimeAugmentation, pointBoxSizeMm=parameters.pointBoxSizeMm,
             onProgress=self._runPanel.showProgress, onFinished=self._onAssessmentFinished)
 
@@ -347,7 +352,7 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
     def assess(self, t1Node, t2Node, roiNode, model: Optional[str] = None, device: str = "auto",
                testTimeAugmentation: bool = True, pointBoxSizeMm: float = 60.0,
                progressCallback: Optional[Callable[[float, str], None]] = None, runner=None,
-               engine: str = "auto", precision: str = "auto"):
+               engine: str = "auto", precision: str = "auto", explanation: str = "rollout"):
         """Assess the IPMN risk from a T1 and a T2 volume node of one study; blocks until done.
 
         roiNode - the region around the pancreas: a markups ROI, a segmentation (the extent of
@@ -357,6 +362,7 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
         progressCallback(fraction, status) - called as the work advances.
         runner - where the work runs; None: in this process (PancreasAILib.runners).
         engine, precision - "auto" (the fastest allowed), or "openvino"/"pytorch" and "fp32"/"bf16".
+        explanation - the heat map's method: "rollout" (the paper's) or "gradient-rollout".
 
         Returns the `AssessmentOutcome` (risk_class, class_name, class_names, probabilities,
         spread, heat_map_node, table_node, grid_png, model_name, model_sha256, engine, precision,
@@ -365,13 +371,14 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
         from IPMNRiskLib.logic import assess
 
         return assess(t1Node, t2Node, roiNode, model, device, testTimeAugmentation, pointBoxSizeMm,
-                      progress=progressCallback, runner=runner, engine=engine, precision=precision)
+                      progress=progressCallback, runner=runner, engine=engine, precision=precision,
+                      explanation=explanation)
 
     def startAssessment(self, t1Node, t2Node, roiNode, model: Optional[str] = None, device: str = "auto",
                         testTimeAugmentation: bool = True, pointBoxSizeMm: float = 60.0,
                         onProgress: Optional[Callable[[float, str], None]] = None,
                         onFinished: Optional[Callable] = None, runner=None, engine: str = "auto",
-                        precision: str = "auto"):
+                        precision: str = "auto", explanation: str = "rollout"):
         """Like `assess`, but returns the running task at once (`task.cancel()` stops it); by
         default in a PythonSlicer process, so Slicer stays responsive.
 
@@ -384,7 +391,8 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
 
         return start_assessment(runner or slicerBackgroundRunner(), t1Node, t2Node, roiNode, model, device,
                                 testTimeAugmentation, pointBoxSizeMm, on_progress=onProgress,
-                                on_finished=onFinished, engine=engine, precision=precision)
+                                on_finished=onFinished, engine=engine, precision=precision,
+                                explanation=explanation)
 
     def showResult(self, result, backgroundNode=None, opacity: float = 0.5) -> None:
         """Overlay the heat map on `backgroundNode` (None keeps the current background) in every

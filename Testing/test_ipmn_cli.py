@@ -134,3 +134,40 @@ def test_existing_results_are_kept_without_overwrite(tmp_path, case_files, rando
     rows = cli.run_cases([cli.Case("p1", t1, t2, cli.parse_triple(center), cli.parse_triple(size))], out,
                          random_vit_card.weights_path, device="cpu", tta=False)
     assert rows[0]["status"] == "failed" and mine.read_text(encoding="utf-8") == "mine"
+
+
+def test_the_result_records_the_gradient_explanation_and_what_computed_it(tmp_path, case_files, random_vit_card):
+    t1, t2, center, size = case_files
+    out = tmp_path / "out"
+    result = run_cli("assess", "--t1", t1, "--t2", t2, f"--roi-center={center}", f"--roi-size={size}", "-o", out,
+                     "--model", random_vit_card.weights_path, "--case", "p1", "--no-tta", "--no-scene",
+                     "--engine", "openvino", "--explanation", "gradient-rollout")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "p1_ipmn_result.json").read_text(encoding="utf-8"))
+    assert summary["explanation"] == "gradient-rollout"
+    assert summary["engine"].startswith("openvino ") and summary["explanation_engine"].startswith("pytorch ")
+    assert "PyTorch computes them" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["assess", "--t1", "a", "--t2", "b"], ["batch", "cases.csv"]])
+def test_the_explanation_is_the_paper_s_rollout_unless_asked(command):
+    parser = cli.build_parser()
+    assert parser.parse_args([*command, "-o", "out"]).explanation == "rollout"
+    assert parser.parse_args([*command, "-o", "out", "--explanation", "gradient-rollout"]).explanation == \
+        "gradient-rollout"
+
+
+def test_an_unknown_explanation_is_refused_by_the_command_line(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["batch", "cases.csv", "-o", "out", "--explanation", "grad-cam"])
+    assert "gradient-rollout" in capsys.readouterr().err
+
+
+def test_the_batch_table_says_which_method_made_each_heat_map(tmp_path, case_files, random_vit_card):
+    t1, t2, center, size = case_files
+    rows = cli.run_cases([cli.Case("p1", t1, t2, cli.parse_triple(center), cli.parse_triple(size))], tmp_path / "out",
+                         str(random_vit_card.weights_path), "cpu", tta=False, write_scene=False,
+                         engine="pytorch", explanation="gradient-rollout", progress_format="json")
+    path = cli.write_results_csv(rows, tmp_path / "results.csv")
+    (row,) = csv.DictReader(open(path, encoding="utf-8"))
+    assert row["status"] == "ok" and row["explanation"] == "gradient-rollout"

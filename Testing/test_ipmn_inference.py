@@ -623,3 +623,60 @@ def test_the_real_rollout_heat_map_is_the_same_in_patient_space_whatever_t2_s_st
     expected = expected_heat_on_canonical_grid(patch_map)
     for order, heat in heat_maps.items():
         np.testing.assert_allclose(heat, expected, atol=1e-4, err_msg=order)
+
+
+# --- the explanation method -------------------------------------------------------------------------
+
+def test_the_paper_s_rollout_is_the_default_and_is_recorded_as_made_by_the_engine(assessment):
+    assert assessment.explanation == "rollout" and assessment.explanation_engine == assessment.engine
+
+
+def test_the_gradient_rollout_heat_map_is_the_chefer_map_of_the_assessed_class(mr_case, random_vit_card):
+    from IPMNRiskLib.explanations import logits_and_gradient_rollout_maps
+    from IPMNRiskLib.network import load_vit
+
+    t1, t2, region, _ = mr_case
+    result = assess(t1, t2, region, random_vit_card, tta=False, explanation="gradient-rollout", engine="pytorch")
+    x = np.moveaxis(result.grid_image, -1, 0)[None]
+    _, maps = logits_and_gradient_rollout_maps(load_vit(random_vit_card), x, result.risk_class)
+    np.testing.assert_allclose(result.grid_heat, np.kron(maps[0], np.ones((16, 16))) / maps[0].max(), rtol=1e-4)
+    assert result.explanation == "gradient-rollout" and result.heat_map.array.max() == pytest.approx(1.0)
+
+
+def test_the_gradient_map_explains_the_class_of_the_probabilities_over_the_views(mr_case, random_vit_card,
+                                                                                 monkeypatch):
+    asked = []
+    monkeypatch.setattr(inference_module, "gradient_rollout_map",
+                        lambda vit, x, target_class, tta: asked.append((target_class, tta)) or np.ones((12, 12)))
+    t1, t2, region, _ = mr_case
+    result = assess(t1, t2, region, random_vit_card, explanation="gradient-rollout", engine="pytorch")
+    assert asked == [(result.risk_class, True)]
+
+
+def test_with_openvino_the_gradient_map_is_made_by_pytorch_and_the_result_says_so(mr_case, random_vit_card):
+    t1, t2, region, _ = mr_case
+    result = assess(t1, t2, region, random_vit_card, tta=False, explanation="gradient-rollout", engine="openvino",
+                    device="cpu")
+    reference = assess(t1, t2, region, random_vit_card, tta=False, explanation="gradient-rollout", engine="pytorch",
+                       device="cpu")
+    assert result.engine.startswith("openvino ") and result.explanation_engine.startswith("pytorch ")
+    assert result.explanation_engine.endswith(" fp32 cpu")
+    np.testing.assert_allclose(result.grid_heat, reference.grid_heat, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result.probabilities, reference.probabilities, atol=1e-4)
+
+
+def test_head_fusion_options_are_refused_for_the_gradient_method(mr_case, random_vit_card):
+    t1, t2, region, _ = mr_case
+    with pytest.raises(ValueError, match="belong to attention rollout"):
+        assess(t1, t2, region, random_vit_card, explanation="gradient-rollout", head_fusion="max")
+
+
+def test_an_unknown_explanation_is_refused_naming_the_known_ones(mr_case, random_vit_card):
+    t1, t2, region, _ = mr_case
+    with pytest.raises(ValueError, match="rollout, gradient-rollout"):
+        assess(t1, t2, region, random_vit_card, explanation="grad-cam")
+
+
+def test_the_grid_picture_names_the_method_of_its_heat_map():
+    assert inference_module.heat_scale_title("gradient-rollout").startswith("gradient-weighted attention rollout")
+    assert inference_module.heat_scale_title("rollout").startswith("attention rollout")

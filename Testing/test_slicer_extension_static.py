@@ -360,6 +360,26 @@ def test_assessment_arguments_with_negative_coordinates_are_accepted_by_the_comm
         "json", "-12.500,-40.000,-7.250", CASE, True, True)
 
 
+@pytest.mark.parametrize("explanation", ["rollout", "gradient-rollout"])
+def test_the_heat_map_method_chosen_in_the_gui_reaches_the_command_line(explanation):
+    from IPMNRiskLib import cli
+    from IPMNRiskLib.logic import assessment_arguments
+
+    arguments = assessment_arguments("/work/t1.nrrd", "/work/t2.nrrd", (0, 0, 0), (60, 60, 40), "/work/output",
+                                     None, "cpu", True, explanation=explanation)
+    assert cli.build_parser().parse_args(arguments).explanation == explanation
+
+
+def test_the_module_offers_every_explanation_the_command_line_knows():
+    from IPMNRiskLib.explanations import EXPLANATIONS
+
+    import ast
+
+    offered = re.search(r"^EXPLANATIONS = (\(.*?\))", module_source("IPMNRisk"), re.MULTILINE).group(1)
+    assert ast.literal_eval(offered) == EXPLANATIONS
+    assert "explanation=parameters.explanation" in module_source("IPMNRisk")
+
+
 LAUNCHER = ("import subprocess, sys; "
             "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
             "print(child.pid, flush=True); child.wait()")

@@ -5,7 +5,8 @@
     python -m IPMNRiskLib batch cases.csv --output DIR        (also: ipmn-risk ...)
     python -m IPMNRiskLib check-precision --model MODEL --cases cases.csv
 
-Per case it writes <case>_ipmn_result.json, <case>_ipmn_heatmap.nrrd (attention on T2's grid),
+Per case it writes <case>_ipmn_result.json, <case>_ipmn_heatmap.nrrd (attention on T2's grid;
+--explanation rollout, the paper's, or gradient-rollout; the result records which),
 <case>_ipmn_grid.png (the 3 x 3 T2 grid with the map) and <case>_ipmn_scene.mrb (T1, T2, the
 heat map, the region and a result table, for review in Slicer). T1 and T2 are NIfTI/NRRD files
 or DICOM series folders, each on its own grid. The batch CSV has columns
@@ -32,11 +33,12 @@ from PancreasAILib.errors import InputError, OutputError, PancreasAIError
 from PancreasAILib.output_files import all_or_nothing, prepare_output_folder, refuse_existing, user_path
 from PancreasAILib.progress import ProgressCallback
 
+from .explanations import EXPLANATIONS
 from .grids import RegionBox
 
 RESULT_COLUMNS = ["case", "status", "risk_class", "class_name", "p_normal", "p_low_risk", "p_high_risk",
                   "spread_normal", "spread_low_risk", "spread_high_risk", "model", "engine", "precision",
-                  "heat_map", "grid_png", "scene", "message"]
+                  "explanation", "heat_map", "grid_png", "scene", "message"]
 #: The precision check's criterion (the issue's): bf16 is allowed when it changes no class and
 #: no class probability by more than this, on every case.
 MAX_PROBABILITY_DIFFERENCE = 0.02
@@ -73,8 +75,9 @@ def output_paths(output_dir: Path, case: str) -> dict[str, Path]:
 def assess_case(case: Case, output_dir: Path, card, device: str = "cpu", tta: bool = True,
                 write_scene: bool = True, overwrite: bool = False,
                 progress: Optional[ProgressCallback] = None, engine: str = "auto",
-                precision: str = "auto") -> dict:
-    """Assess one case and write its files (all or none); returns the summary."""
+                precision: str = "auto", explanation: str = "rollout") -> dict:
+    """Assess one case and write its files (all or none); returns the summary. explanation: the
+    heat map's method (`explanations.EXPLANATIONS`)."""
     from PancreasAILib.volume_io import read_volume, write_volume
 
     from .inference import assess, render_grid_png
@@ -88,7 +91,7 @@ def assess_case(case: Case, output_dir: Path, card, device: str = "cpu", tta: bo
     region = case.region()
     started = time.perf_counter()
     assessment = assess(t1, t2, region, card, tta=tta, device=device, engine=engine, precision=precision,
-                        progress=progress)
+                        explanation=explanation, progress=progress)
     summary = assessment_summary(assessment, region, case.name, card, time.perf_counter() - started)
     with all_or_nothing(list(paths.values()), overwrite) as temporary:
         temp = dict(zip(paths, temporary))
@@ -155,7 +158,8 @@ def parse_triple(text: Optional[str]) -> Optional[tuple[float, float, float]]:
 
 def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "auto", tta: bool = True,
               write_scene: bool = True, overwrite: bool = False, progress_format: str = "bar",
-              sink: Optional[ProgressSink] = None, engine: str = "auto", precision: str = "auto") -> list[dict]:
+              sink: Optional[ProgressSink] = None, engine: str = "auto", precision: str = "auto",
+              explanation: str = "rollout") -> list[dict]:
     """Assess every case; one failing case does not stop the others, but a result that cannot be
     written (full disk, another run's file) stops the batch with `OutputError`. Returns one row
     per case. Progress and messages go to `sink` when given (a run in this process). The engine
@@ -172,6 +176,11 @@ def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "au
     printer.message(f"Model: {card.name}. For research use only.")
     choice = choose_engine(card, engine, precision, device)
     printer.message(engine_message(choice))
+    if explanation == "gradient-rollout" and choice.engine != "pytorch":
+        from .inference import explanation_choice
+
+        printer.message(f"The heat maps (gradient-weighted attention rollout) need gradients, which {choice.engine} "
+                        f"does not give: PyTorch computes them ({explanation_choice(choice).label}).")
     if write_scene:
         from PancreasAILib.scene import scenes_unavailable
 
@@ -184,14 +193,15 @@ def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "au
         printer.start_case(index, case.name)
         try:
             result = assess_case(case, output_dir, card, choice.device, tta, write_scene, overwrite, printer,
-                                 choice.engine, choice.precision)
+                                 choice.engine, choice.precision, explanation)
             probabilities, spread = result["probabilities"], result["spread"]
             rows.append({"case": case.name, "status": "ok", "risk_class": result["risk_class"],
                          "class_name": result["class_name"],
                          **{f"p_{k}": f"{p:.4f}" for k, p in zip(("normal", "low_risk", "high_risk"), probabilities)},
                          **{f"spread_{k}": f"{s:.4f}" for k, s in zip(("normal", "low_risk", "high_risk"), spread)},
                          "model": result["model"], "engine": result["engine"],
-                         "precision": result["precision"], "heat_map": result["heat_map"],
+                         "precision": result["precision"], "explanation": result["explanation"],
+                         "heat_map": result["heat_map"],
                          "grid_png": result["grid_png"], "scene": result.get("scene", ""), "message": ""})
             for warning in result["warnings"]:
                 printer.message(f"{case.name}: warning: {warning}")
@@ -237,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_run_options(command)
         command.add_argument("--no-tta", action="store_true", help="no test-time augmentation (8x faster)")
         command.add_argument("--no-scene", action="store_true", help="do not write the .mrb review scene")
+        command.add_argument("--explanation", choices=EXPLANATIONS, default="rollout",
+                             help="how the heat map is made: rollout (attention rollout, the paper's) or "
+                                  "gradient-rollout (gradient-weighted attention rollout of the assessed class, "
+                                  "Chefer et al. 2021; runs on PyTorch)")
     check = commands.add_parser("check-precision", help="run the cases of a CSV in float32 and in bf16 and "
                                 "record in the model card whether they agree (bf16 is used only after a pass)")
     check.add_argument("--model", help="registry name or .safetensors path (default: first in registry)")
@@ -270,7 +284,7 @@ def _run(args, sink: Optional[ProgressSink] = None) -> int:
         cases = read_cases_csv(args.csv)
         refuse_existing([user_path(args.output) / "results.csv"], args.overwrite)
     rows = run_cases(cases, args.output, args.model, args.device, not args.no_tta, not args.no_scene,
-                     args.overwrite, args.progress_format, sink, args.engine, args.precision)
+                     args.overwrite, args.progress_format, sink, args.engine, args.precision, args.explanation)
     if args.command == "batch":
         path = write_results_csv(rows, user_path(args.output) / "results.csv", args.overwrite)
         print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} cases assessed; table: {path}")

@@ -6,8 +6,9 @@ physical pixel positions) -> normalised per modality (over the crop stack or the
 volume, as the card says) -> central 9 slices -> 2 x 192 x 192 -> ViT (over the test-time
 augmentations, as one batch through an inference engine: OpenVINO on the CPU, PyTorch on a
 GPU, see `PancreasAILib.engines`) -> class probabilities and spread;
-attention rollout 12 x 12 -> back through the tiles and the crop box into T2's own grid as a
-heat map.
+a 12 x 12 map (attention rollout, the paper's, or gradient-weighted attention rollout, which
+needs gradients and so runs on PyTorch: `explanations`) -> back through the tiles and the crop
+box into T2's own grid as a heat map.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from PancreasAILib.volume import Volume, check_geometry, check_scalar_volume
 from PancreasAILib.weights import ModelCard
 
 from .colormap import apply_colormap, colormap_table
+from .explanations import EXPLANATION_TITLES, check_explanation
 from .grids import (GRID_SIZE, TILE_SIZE, TILES_PER_SIDE, CropPlan, RegionBox, central_window,
                     crop_stacks, heat_stack, make_input, patch_map_to_slices, plan_crop)
 from .network import CLASS_NAMES
 from .preprocessing import check_preprocessing, preprocess_volume
 from .registry import ipmn_recipe
 from .rollout import HEAD_FUSIONS
-from .tta import predict
+from .tta import gradient_rollout_map, predict
 
 __all__ = ["Assessment", "ModelInput", "RegionBox", "assess", "model_input", "vit_engine", "render_grid_png",
            "RESEARCH_USE_NOTICE"]
@@ -58,7 +60,10 @@ class Assessment:
     at `precision` ('fp32' or 'bf16');
     tile_ijk_to_ras: 4 x 4, where the tiles' pixels lie: pixel (row r, column c) of a tile cut
     from crop-stack slice s is at (i, j, k) = (c, r, s) (None: not known, the grid picture then
-    has no orientation letters or scale bar).
+    has no orientation letters or scale bar);
+    explanation: the method that made the map ('rollout' or 'gradient-rollout', see
+    `explanations.EXPLANATIONS`), explanation_engine: what computed it (the gradient method
+    runs on PyTorch in float32 even when `engine` is OpenVINO).
     """
 
     risk_class: int
@@ -77,6 +82,8 @@ class Assessment:
     engine: str = ""
     precision: str = ""
     tile_ijk_to_ras: Optional[np.ndarray] = None
+    explanation: str = "rollout"
+    explanation_engine: str = ""
 
 
 def _check_pair(t1: Volume, t2: Volume) -> None:
@@ -179,9 +186,15 @@ def vit_engine(card: ModelCard, choice: EngineChoice, rollout: bool = True, head
     return build_engine(card, ipmn_recipe(card, head_fusion if rollout else None), choice)
 
 
+def explanation_choice(choice: EngineChoice) -> EngineChoice:
+    """Where the gradient-weighted rollout runs for an assessment on `choice`: PyTorch in float32
+    on the same device (OpenVINO has no gradients; bf16 gradients would blur the relu's sign)."""
+    return EngineChoice("pytorch", "fp32", choice.device)
+
+
 def assess(t1: Volume, t2: Volume, region: RegionBox, card: ModelCard, *, tta: bool = True,
            rollout: bool = True, head_fusion: str = "mean", discard_ratio: float = 0.0,
-           device: str = "auto", engine: str = "auto", precision: str = "auto",
+           explanation: str = "rollout", device: str = "auto", engine: str = "auto", precision: str = "auto",
            progress: Optional[ProgressCallback] = None, cancel=None) -> Assessment:
     """Classify the IPMN risk in `region` of a T1/T2 pair; see the module docstring.
 
@@ -189,8 +202,15 @@ def assess(t1: Volume, t2: Volume, region: RegionBox, card: ModelCard, *, tta: b
     region: box around the pancreas in RAS; card: an IPMN ViT model card;
     device / engine / precision: see `PancreasAILib.engines.choose_engine` ('auto' picks the
     fastest allowed; precision 'fp32' forces the exact float32 path);
+    explanation: 'rollout' (attention rollout, the paper's; head_fusion and discard_ratio apply)
+    or 'gradient-rollout' (Chefer et al.: the probabilities come from the chosen engine, the map
+    of the assessed class from the card's ViT on PyTorch, float32; `explanation_choice`);
     cancel: an object with raise_if_cancelled() (PancreasAILib.progress.CancelToken).
     """
+    check_explanation(explanation)
+    if explanation == "gradient-rollout" and (head_fusion != "mean" or discard_ratio != 0.0):
+        raise ValueError("head_fusion and discard_ratio belong to attention rollout; gradient-weighted rollout "
+                         "averages the heads itself and discards nothing: leave them at 'mean' and 0.")
     if head_fusion not in HEAD_FUSIONS:
         raise ValueError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}")
     if not 0.0 <= discard_ratio < 1.0:
@@ -205,17 +225,24 @@ def assess(t1: Volume, t2: Volume, region: RegionBox, card: ModelCard, *, tta: b
     prepared = model_input(t1, t2, region, card, checkpoint)
     checkpoint(0.55, "Loading the model")
     choice = choose_engine(card, engine, precision, device)
-    network = vit_engine(card, choice, rollout, head_fusion)
+    attention_rollout = rollout and explanation == "rollout"
+    network = vit_engine(card, choice, attention_rollout, head_fusion)
     checkpoint(0.65, "Classifying" + (" (8 test-time views)" if tta else ""))
-    prediction = predict(network, prepared.x, tta=tta, rollout=rollout, head_fusion=head_fusion,
+    prediction = predict(network, prepared.x, tta=tta, rollout=attention_rollout, head_fusion=head_fusion,
                          discard_ratio=discard_ratio)
+    risk_class = int(np.argmax(prediction.probabilities))
+    patch_map, map_engine = prediction.patch_map, network.choice.label if attention_rollout else ""
+    if rollout and explanation == "gradient-rollout":
+        checkpoint(0.75, "Explaining the class (gradient-weighted attention rollout, PyTorch)")
+        map_choice = explanation_choice(network.choice)
+        patch_map = gradient_rollout_map(_torch_vit(card, map_choice.device), prepared.x, risk_class, tta=tta)
+        map_engine = map_choice.label
 
     checkpoint(0.9, "Mapping attention back onto T2")
     heat_map = grid_heat = None
     if rollout:
-        heat_map = _heat_map(prediction.patch_map, prepared.window, prepared.t2_stack, prepared.plan, prepared.t2)
-        grid_heat = _grid_heat(prediction.patch_map)
-    risk_class = int(np.argmax(prediction.probabilities))
+        heat_map = _heat_map(patch_map, prepared.window, prepared.t2_stack, prepared.plan, prepared.t2)
+        grid_heat = _grid_heat(patch_map)
     report(1.0, "Done")
     return Assessment(
         risk_class=risk_class, class_name=prepared.class_names[risk_class],
@@ -224,7 +251,15 @@ def assess(t1: Volume, t2: Volume, region: RegionBox, card: ModelCard, *, tta: b
         grid_heat=grid_heat, model_name=card.name, research_use_notice=RESEARCH_USE_NOTICE,
         class_names=prepared.class_names, tile_centers_ras=_tile_centers_ras(prepared.t2_stack, prepared.window),
         views=prediction.views, warnings=_coverage_warnings(prepared.plan), engine=network.choice.label,
-        precision=network.choice.precision, tile_ijk_to_ras=prepared.t2_stack.ijk_to_ras)
+        precision=network.choice.precision, tile_ijk_to_ras=prepared.t2_stack.ijk_to_ras,
+        explanation=explanation if rollout else "", explanation_engine=map_engine)
+
+
+def _torch_vit(card: ModelCard, device: str):
+    """The card's ViT on PyTorch (float32, eval mode) on `device`, for gradients."""
+    from .network import load_vit
+
+    return load_vit(card).to(device)
 
 
 def _coverage_warnings(plan: CropPlan) -> tuple[str, ...]:
@@ -241,7 +276,10 @@ def _coverage_warnings(plan: CropPlan) -> tuple[str, ...]:
 
 # --- the 3 x 3 grid as a picture -----------------------------------------------------------------
 
-HEAT_SCALE_TITLE = "attention rollout, relative to its peak (not a probability)"
+def heat_scale_title(explanation: str) -> str:
+    """The colour bar's title: the method that made the map, and that the map is relative."""
+    method = EXPLANATION_TITLES.get(explanation, EXPLANATION_TITLES["rollout"])
+    return f"{method}, relative to its peak (not a probability)"
 
 
 def grid_pixel_geometry(tile_ijk_to_ras: np.ndarray, scale: int) -> PixelGeometry:
@@ -303,7 +341,7 @@ def render_grid_png(assessment: Assessment, path: str | Path, scale: int = 2,
     y = box[3] + margin
     if assessment.grid_heat is not None:
         draw_colour_bar(canvas, (margin, y + 18, margin + side, y + 30),
-                        np.round(colormap_table() * 255).astype(np.uint8), HEAT_SCALE_TITLE,
+                        np.round(colormap_table() * 255).astype(np.uint8), heat_scale_title(assessment.explanation),
                         "0 low", "1 high (the peak)", font)
         y += heat_height
     probability = assessment.probabilities[assessment.risk_class]

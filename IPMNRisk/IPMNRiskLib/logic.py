@@ -43,6 +43,7 @@ class AssessmentOutcome:
     model_sha256: str
     engine: str  # what ran the network, e.g. 'openvino 2026.4.1 fp32 cpu'
     precision: str  # 'fp32' or 'bf16'
+    explanation: str  # the heat map's method: 'rollout' (the paper's) or 'gradient-rollout'
     warnings: list[str]
     seconds: float
     summary: dict  # everything the command line's <case>_ipmn_result.json holds
@@ -50,18 +51,19 @@ class AssessmentOutcome:
 
 def assessment_arguments(t1_path: str, t2_path: str, center_ras, size_mm, output_dir: str,
                          model: Optional[str], device: str, tta: bool, engine: str = "auto",
-                         precision: str = "auto") -> list[str]:
+                         precision: str = "auto", explanation: str = "rollout") -> list[str]:
     """Command-line arguments of `python -m IPMNRiskLib` for one T1/T2 pair and a box. No scene
     file: the caller puts the result into its own scene (and PythonSlicer cannot write one).
-    engine / precision: see `PancreasAILib.engines.choose_engine`."""
+    engine / precision: see `PancreasAILib.engines.choose_engine`; explanation: the heat map's
+    method (`explanations.EXPLANATIONS`)."""
     def triple(values) -> str:
         return ",".join(f"{float(value):.3f}" for value in values)
 
     # "--option=value": a centre such as "-12.5,40,7" would otherwise be read as an option.
     arguments = ["assess", "--t1", str(t1_path), "--t2", str(t2_path), f"--roi-center={triple(center_ras)}",
                  f"--roi-size={triple(size_mm)}", "--case", CASE, "--output", str(output_dir),
-                 "--device", device, "--engine", engine, "--precision", precision, "--progress-format", "json",
-                 "--no-scene"]
+                 "--device", device, "--engine", engine, "--precision", precision, "--explanation", explanation,
+                 "--progress-format", "json", "--no-scene"]
     if model:
         arguments += ["--model", str(model)]
     if not tta:
@@ -72,7 +74,7 @@ def assessment_arguments(t1_path: str, t2_path: str, center_ras, size_mm, output
 def start_assessment(runner, t1_node, t2_node, region_node, model: Optional[str] = None, device: str = "auto",
                      tta: bool = True, point_box_size_mm: float = 60.0,
                      on_progress: Optional[ProgressCallback] = None, on_finished: Optional[Callable] = None,
-                     engine: str = "auto", precision: str = "auto"):
+                     engine: str = "auto", precision: str = "auto", explanation: str = "rollout"):
     """Start assessing with `runner` and return the task (`task.cancel()` stops it).
 
     region_node - a markups ROI, a segmentation (the extent of its segments) or a markups point
@@ -82,6 +84,8 @@ def start_assessment(runner, t1_node, t2_node, region_node, model: Optional[str]
     success (a heat map and a table beside T2).
     engine / precision: which inference engine runs the network, and at which precision
     ('auto': the fastest allowed, see `PancreasAILib.engines.choose_engine`).
+    explanation: 'rollout' (attention rollout, the paper's) or 'gradient-rollout' (gradient-weighted,
+    computed on PyTorch whatever the engine).
     """
     from .result_nodes import region_box_from_node
 
@@ -91,7 +95,7 @@ def start_assessment(runner, t1_node, t2_node, region_node, model: Optional[str]
         t2_path = export_volume_node(t2_node, work_folder / "t2.nrrd", "T2 volume")
         output_dir = work_folder / "output"
         arguments = assessment_arguments(t1_path, t2_path, region.center_ras, region.size_mm, output_dir,
-                                         model, device, tta, engine, precision)
+                                         model, device, tta, engine, precision, explanation)
         return start_then_import(runner, PACKAGE, arguments, [MODULE_DIR], work_folder,
                                  lambda: import_assessment(t2_node, output_dir, CASE),
                                  on_progress=on_progress, on_finished=on_finished)
@@ -100,14 +104,15 @@ def start_assessment(runner, t1_node, t2_node, region_node, model: Optional[str]
 def assess(t1_node, t2_node, region_node, model: Optional[str] = None, device: str = "auto", tta: bool = True,
            point_box_size_mm: float = 60.0, progress: Optional[ProgressCallback] = None,
            cancel: Optional[CancelToken] = None, runner=None, engine: str = "auto",
-           precision: str = "auto") -> AssessmentOutcome:
+           precision: str = "auto", explanation: str = "rollout") -> AssessmentOutcome:
     """`start_assessment` run to its end (in this process unless `runner` says otherwise).
     Raises the input's problem (`InputError`...), `route.TaskFailed`, or `OperationCancelled`."""
     from PancreasAILib.runners import InProcessRunner
 
     return run_to_end(lambda finished: start_assessment(
         runner or InProcessRunner(), t1_node, t2_node, region_node, model, device, tta, point_box_size_mm,
-        on_progress=cancellable(progress, cancel), on_finished=finished, engine=engine, precision=precision))
+        on_progress=cancellable(progress, cancel), on_finished=finished, engine=engine, precision=precision,
+        explanation=explanation))
 
 
 def import_assessment(t2_node, output_dir: Path, case: str) -> AssessmentOutcome:
@@ -134,4 +139,6 @@ def import_assessment(t2_node, output_dir: Path, case: str) -> AssessmentOutcome
         class_names=list(summary["class_names"]), probabilities=np.asarray(summary["probabilities"]),
         spread=np.asarray(summary["spread"]), heat_map_node=nodes.heat_map_node, table_node=nodes.table_node,
         grid_png=grid_png, model_name=summary["model"], model_sha256=summary["model_sha256"],
-        engine=summary.get("engine", ""), precision=summary.get("precision", ""), warnings=list(summary["warnings"]), seconds=float(summary["seconds"]), summary=summary)
+        engine=summary.get("engine", ""), precision=summary.get("precision", ""),
+        explanation=summary.get("explanation") or "rollout", warnings=list(summary["warnings"]),
+        seconds=float(summary["seconds"]), summary=summary)

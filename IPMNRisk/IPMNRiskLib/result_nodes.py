@@ -27,6 +27,7 @@ MODEL_SHA256_ATTRIBUTE = "IPMNRisk.ModelSHA256"
 ENGINE_ATTRIBUTE = "IPMNRisk.Engine"  # e.g. 'openvino 2026.4.1 fp32 cpu'
 PRECISION_ATTRIBUTE = "IPMNRisk.Precision"  # 'fp32' or 'bf16'
 WARNINGS_ATTRIBUTE = "IPMNRisk.Warnings"  # one warning per line
+EXPLANATION_ATTRIBUTE = "IPMNRisk.Explanation"  # the heat map's method: 'rollout' or 'gradient-rollout'
 
 
 @dataclass
@@ -91,7 +92,8 @@ def _segmentation_box(segmentation_node) -> RegionBox:
 
 def add_assessment_to_scene(t2_node, heat_map: Volume, summary: dict) -> ResultNodes:
     """Heat-map volume (inferno, 0..1) and a result table, both beside T2 in the hierarchy, each
-    marked research-use-only and with the model, engine, precision and warnings of `summary`."""
+    marked research-use-only and with the model, engine, precision, explanation method and warnings
+    of `summary`."""
     scene = t2_node.GetScene()
     with removing_new_nodes_on_error(scene):
         # The heat map lies on T2's own grid; under T2's parent transform like T2.
@@ -108,6 +110,7 @@ def add_assessment_to_scene(t2_node, heat_map: Volume, summary: dict) -> ResultN
             node.SetAttribute(MODEL_SHA256_ATTRIBUTE, summary.get("model_sha256", ""))
             node.SetAttribute(ENGINE_ATTRIBUTE, summary.get("engine", ""))
             node.SetAttribute(PRECISION_ATTRIBUTE, summary.get("precision", ""))
+            node.SetAttribute(EXPLANATION_ATTRIBUTE, summary.get("explanation") or "rollout")
             node.SetAttribute(WARNINGS_ATTRIBUTE, "\n".join(summary.get("warnings", [])))
             place_beside(scene, node, t2_node)
     return ResultNodes(heat_map_node=heat_node, table_node=table_node)
@@ -125,6 +128,16 @@ def _local_ijk_to_ras(t2_node, heat_map: Volume) -> np.ndarray:
     return np.linalg.inv(numpy_matrix(to_world)) @ heat_map.ijk_to_ras
 
 
+def _explanation_text(summary: dict) -> str:
+    """Which method made the heat map, and on what when not on the engine (older results: rollout)."""
+    from .explanations import EXPLANATION_TITLES
+
+    text = EXPLANATION_TITLES.get(summary.get("explanation") or "rollout", summary.get("explanation", ""))
+    if summary.get("explanation_engine") and summary.get("explanation_engine") != summary.get("engine"):
+        text += f" (computed by {summary['explanation_engine']})"
+    return text
+
+
 def _result_table(scene, summary: dict, t2_name: str):
     table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{t2_name} IPMN risk"))
     table = table_node.GetTable()
@@ -139,6 +152,7 @@ def _result_table(scene, summary: dict, t2_name: str):
              zip(summary["class_names"], summary["probabilities"], summary["spread"])]
     rows += [("Test-time views", str(summary["test_time_views"])), ("Model", summary["model"]),
              ("Engine", summary.get("engine", "")),
+             ("Heat map", _explanation_text(summary)),
              ("Region centre RAS (mm)", " ".join(f"{v:.1f}" for v in summary["region"]["center_ras"])),
              ("Region size (mm)", " ".join(f"{v:.1f}" for v in summary["region"]["size_mm"])),
              ("Note", _research_note(summary["research_use_notice"]))]

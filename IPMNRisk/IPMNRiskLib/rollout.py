@@ -86,8 +86,10 @@ def _attention_modules(model) -> list:
 
 
 @contextmanager
-def capture_attentions(model) -> Iterator[list]:
-    """Collect each block's attention probabilities (B, H, N, N) during forward passes.
+def capture_attentions(model, keep_graph: bool = False) -> Iterator[list]:
+    """Collect each block's attention probabilities (B, H, N, N) during forward passes
+    (detached, unless keep_graph: then in the autograd graph, for gradients with respect to
+    them, `explanations.gradient_rollout`).
 
     Fused attention is switched off per block for the duration (the explicit path computes
     the same output) and restored afterwards, as are the hooks. The probabilities are read
@@ -97,7 +99,8 @@ def capture_attentions(model) -> Iterator[list]:
     captured: list = []
     saved = [getattr(module, "fused_attn", False) for module in modules]
     hooks = [module.attn_drop.register_forward_hook(
-        lambda _module, _inputs, output: captured.append(output.detach())) for module in modules]
+        lambda _module, _inputs, output: captured.append(output if keep_graph else output.detach()))
+        for module in modules]
     try:
         for module in modules:
             module.fused_attn = False

@@ -29,6 +29,8 @@ def assessment_summary(assessment: Assessment, region: RegionBox, case: str, car
         "model_sha256": card.sha256 if card is not None else "",
         "engine": assessment.engine,
         "precision": assessment.precision,
+        "explanation": assessment.explanation,
+        "explanation_engine": assessment.explanation_engine,
         "warnings": list(assessment.warnings),
         "seconds": round(seconds, 3) if seconds is not None else None,
         "research_use_notice": assessment.research_use_notice,

@@ -75,3 +75,18 @@ def predict(network, x: np.ndarray, *, tta: bool = True, rollout: bool = True,
         logits = network(batch)[0]
     probabilities = softmax(logits)
     return Prediction(probabilities.mean(0), probabilities.std(0), patch_map, len(views))
+
+
+def gradient_rollout_map(vit, x: np.ndarray, target_class: int, *, tta: bool = True) -> np.ndarray:
+    """Gradient-weighted attention rollout (`explanations`) of one (2, 192, 192) input over the
+    TTA views, as `predict` rolls attention out: every view explains the same class (the
+    assessment's, from the mean over views), and each view's map is taken back to the original
+    orientation before the maps are averaged. vit: a timm ViT on PyTorch (gradients).
+    Returns (12, 12) float64."""
+    from .explanations import logits_and_gradient_rollout_maps
+
+    x = np.asarray(x, np.float32)
+    views = DIHEDRAL_VIEWS if tta else DIHEDRAL_VIEWS[:1]
+    batch = np.stack([transform_tiles(x, flip, turns) for flip, turns in views])
+    _, maps = logits_and_gradient_rollout_maps(vit, batch, target_class)
+    return np.mean([undo_transform_tiles(m, flip, turns) for m, (flip, turns) in zip(maps, views)], axis=0)
