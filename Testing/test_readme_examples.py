@@ -64,6 +64,9 @@ ipmn-risk assess --t1 t1.nii.gz --t2 t2.nii.gz --roi-center=-10,45,12 --roi-size
 ipmn-risk assess --t1 patient8/t1.nrrd --t2 patient8/t2.nrrd --roi-mask patient8/pancreas.seg.nrrd --case patient8 -o results/
 ipmn-risk batch cases.csv -o results/     # columns: case,t1,t2,roi_center,roi_size (or roi_mask)
 """,
+    "evaluate explanations": """
+python Resources/Training/evaluate_explanations.py --output explanations --phantoms 15 --first-seed 6000
+""",
     "evaluate review": """
 python Resources/Training/evaluate_review.py results/ --output agreement/
 """,
@@ -390,7 +393,7 @@ def test_console_check_finds_a_result_field_that_does_not_exist():
     """The grid picture is `grid_png` (PNG bytes); there is no path to it any more."""
     assert console_example_problems("import IPMNRisk\nlogic = IPMNRisk.IPMNRiskLogic()\n"
                                     "result = logic.assess(t1, t2, roi)\nprint(result.grid_png_path)\n") == \
-        ["the result of assess has no 'grid_png_path' (it has class_name, class_names, engine, grid_png, "
+        ["the result of assess has no 'grid_png_path' (it has class_name, class_names, engine, explanation, grid_png, "
          "heat_map_node, model_name, model_sha256, precision, probabilities, risk_class, seconds, spread, summary, "
          "table_node, warnings)"]
 
@@ -523,6 +526,16 @@ def test_evaluate_review_example(workspace):
     report = workspace.path("agreement/review_agreement.md").read_text(encoding="utf-8")
     assert "Dr A" in report and "Dr B" in report and "kappa" in report.lower() and report.strip() in completed.stdout
     assert workspace.path("agreement/review_agreement.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_evaluate_explanations_example(workspace):
+    """The README's command, on one phantom patient (its three classes) instead of fifteen."""
+    completed = workspace.run(with_arguments(example("evaluate explanations"), "--phantoms 1 --no-tta"), timeout=600)
+    table = workspace.path("explanations/explanations.md").read_text(encoding="utf-8")
+    assert "gradient-rollout" in table and "rollout" in table and "deletion" in table.lower()
+    assert workspace.path("explanations/explanations.csv").stat().st_size > 0
+    assert "gradient-rollout" in completed.stdout
 
 
 # --- what the README names in the clone ------------------------------------------------------------
