@@ -64,6 +64,12 @@ ipmn-risk assess --t1 t1.nii.gz --t2 t2.nii.gz --roi-center=-10,45,12 --roi-size
 ipmn-risk assess --t1 patient8/t1.nrrd --t2 patient8/t2.nrrd --roi-mask patient8/pancreas.seg.nrrd --case patient8 -o results/
 ipmn-risk batch cases.csv -o results/     # columns: case,t1,t2,roi_center,roi_size (or roi_mask)
 """,
+    "Cyst-X": """
+python Resources/Training/crossvalidate_ipmn.py --cyst-x data/Cyst-X --pretrained-hub --output runs/cyst-x-cv
+python Resources/Training/crossvalidate_ipmn.py --cyst-x data/Cyst-X --folds-by centre --pretrained-hub --output runs/cyst-x-loco
+python Resources/Training/crossvalidate_ipmn.py --cyst-x data/Cyst-X --folds-by patients --folds 5 --pretrained-hub --output runs/cyst-x-ours
+python Resources/Training/train_ipmn.py --cyst-x data/Cyst-X --cv-results runs/cyst-x-cv --pretrained-hub --output runs/ipmn-cyst-x
+""",
     "evaluate explanations": """
 python Resources/Training/evaluate_explanations.py --output explanations --phantoms 15 --first-seed 6000
 """,
@@ -526,6 +532,28 @@ def test_evaluate_review_example(workspace):
     report = workspace.path("agreement/review_agreement.md").read_text(encoding="utf-8")
     assert "Dr A" in report and "Dr B" in report and "kappa" in report.lower() and report.strip() in completed.stdout
     assert workspace.path("agreement/review_agreement.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_cyst_x_commands(workspace):
+    """The four Cyst-X commands on a Cyst-X-shaped folder of 18 phantom studies, shortened: a tiny
+    ViT from random weights (no hub), 2 steps, one learning rate, 2 inner and 3 patient folds."""
+    from test_cyst_x import TINY_RUN, write_cyst_x_folder
+
+    write_cyst_x_folder(workspace.path("data/Cyst-X"))
+    tiny = " ".join(shlex.quote(a) for a in TINY_RUN)
+    short = f"{tiny} --inner-folds 2 --lr-grid 0.001 --bootstrap 20"
+    commands = [command.replace(" --pretrained-hub", "") for command in example_commands("Cyst-X")]
+    for command in commands[:3]:
+        workspace.run(with_arguments(command, short, "--folds 3" if "--folds 5" in command else ""), timeout=600)
+    workspace.run(with_arguments(commands[3], tiny, "--inner-folds 2"), timeout=600)
+    for run in ("runs/cyst-x-cv", "runs/cyst-x-loco", "runs/cyst-x-ours"):
+        assert workspace.path(f"{run}/early-fusion/benchmark.json").is_file()
+        assert workspace.path(f"{run}/early-fusion/calibration.png").is_file()
+    assert json.loads(workspace.path("runs/cyst-x-loco/cv.json").read_text(encoding="utf-8"))["outer_folds"]["by"] \
+        == "centre"
+    card = json.loads(workspace.path("runs/ipmn-cyst-x.json").read_text(encoding="utf-8"))
+    assert card["training"]["data_source"]["kind"] == "cyst_x"
 
 
 @pytest.mark.slow

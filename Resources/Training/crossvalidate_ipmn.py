@@ -5,10 +5,14 @@ Data (one of):
   --cohort CSV      one row per scan: patient, t1, t2, label and the region (roi_center +
                     roi_size as "R,A,S" mm, or roi_mask); paths relative to the CSV
   --phantoms N      N synthetic phantom patients, each seen with all three risk classes
+  --cyst-x DIR      the public Cyst-X benchmark folder as published (see cyst_x.py): T1/T2
+                    crops, IPMN_labels_total.xlsx, and its published folds when present
 
 Folds (scikit-learn StratifiedGroupKFold: all scans of a patient in one fold, classes
 stratified): each of --folds outer folds is once the test set; the other patients, its
-training part, are split into --inner-folds inner folds.
+training part, are split into --inner-folds inner folds. With --cyst-x, --folds-by chooses the
+outer folds: published (the benchmark's split file; auto uses it when present), patients (ours,
+as above) or centre (leave-one-centre-out); inner folds are always ours, inside the training part.
 
 Inner selection (--inner-selection):
   grid (default)    for each learning rate of --lr-grid and each inner fold, a network trains on
@@ -30,6 +34,11 @@ Nothing fitted on data sees a test case: the standardisation landmarks (--prepro
 are fitted per outer fold on its training part, and every case of that fold is prepared with
 them; balanced class weights (--class-weights balanced) are fitted on the cases each network
 trains on.
+
+Besides the per-fold tables, every case's out-of-fold prediction is pooled per method: accuracy,
+balanced accuracy, macro F1 and AUC (one-vs-rest, macro over the classes), overall and per centre
+(Cyst-X), with seeded bootstrap 95 % intervals (<method>/benchmark.json and .csv, --bootstrap
+resamples), and a reliability diagram of the predicted class's probability (<method>/calibration.png).
 
 Methods (--methods, several at once; or all, ablations, baselines):
   early-fusion      the method: one ViT on T1 + T2 as 2 channels (what IPMNRisk runs)
@@ -73,11 +82,13 @@ from trainkit.seeding import derived_seed, seed_everything, use_deterministic_ke
 from PancreasAILib.errors import InputError
 from IPMNRiskLib.network import CLASS_NAMES
 
+import cyst_x
 from ipmn_data import (PreparedCase, card_preprocessing, central_samples, data_sha256, inputs_sha256, phantom_cases,
                        read_cohort_csv, training_samples)
-from ipmn_folds import OuterFold, nested_folds
-from ipmn_metrics import (SELECTION_RULE, chosen_setting, classification_metrics, selection_table, write_fold_table,
-                          write_results_table)
+from ipmn_folds import OuterFold, nested_folds, nested_folds_from_tests, patients_in_several_folds
+from ipmn_metrics import (DEFAULT_BOOTSTRAP, SELECTION_RULE, chosen_setting, classification_metrics, grouped_metrics,
+                          reliability_curve, selection_table, write_benchmark_table, write_calibration_png,
+                          write_fold_table, write_results_table)
 from ipmn_networks import (METHOD_GROUPS, METHODS, build_network, gradcam_maps, parameter_count,
                            write_gradcam_png)
 from ipmn_setup import (add_model_arguments, add_phantom_shape_arguments, add_preprocessing_arguments,
@@ -140,16 +151,56 @@ def learning_rate_grid(args) -> tuple[float, ...]:
     return grid
 
 
+FOLDS_BY = ("auto", "published", "patients", "centre")
+
+
 def load_cases(args):
-    """(cases, description)."""
+    """(cases, description, source record or None)."""
+    if args.cyst_x:
+        cohort = cyst_x.read_cyst_x(args.cyst_x)
+        logger.info("%s (rows %s without a label)", cohort.description(),
+                    ", ".join(map(str, cohort.skipped_unlabelled)) or "none")
+        return cohort.cases, cohort.description(), cohort.record()
     if args.cohort:
         cases = read_cohort_csv(args.cohort)
-        return cases, f"cohort {Path(args.cohort).name}: {len(cases)} scans of {len({c.patient_id for c in cases})} patients"
+        return (cases, f"cohort {Path(args.cohort).name}: {len(cases)} scans of {len({c.patient_id for c in cases})} "
+                "patients", None)
     if args.phantoms is None or args.phantoms < 1:
         raise InputError("Give the data: --cohort CSV, or --phantoms N (at least 1).")
     seeds = range(args.first_seed, args.first_seed + args.phantoms)
     return (phantom_cases(seeds, args.phantom_shape, args.phantom_spacing),
-            f"{args.phantoms} synthetic phantom patients (seeds {seeds[0]}-{seeds[-1]}) x 3 classes")
+            f"{args.phantoms} synthetic phantom patients (seeds {seeds[0]}-{seeds[-1]}) x 3 classes", None)
+
+
+def outer_folds(args, cases) -> tuple[list[OuterFold], dict]:
+    """The nested folds and how the outer ones were made ({"by", ...} for cv.json)."""
+    labels, patients = [c.label for c in cases], [c.patient_id for c in cases]
+    by = args.folds_by
+    if not args.cyst_x:
+        if by not in ("auto", "patients"):
+            raise InputError(f"--folds-by {by} is for --cyst-x (the benchmark's split file and centres).")
+        by = "patients"
+    split_file = cyst_x.published_split_file(args.cyst_x) if args.cyst_x else None
+    if by == "auto":
+        by = "published" if split_file is not None else "patients"
+    if by == "patients":
+        return (nested_folds(labels, patients, args.folds, args.inner_folds, args.seed),
+                {"by": "patients", "rule": "scikit-learn StratifiedGroupKFold by patient, stratified by class"})
+    if by == "centre":
+        centres, tests = cyst_x.centre_outer_tests(cases)
+        return (nested_folds_from_tests(tests, labels, patients, args.inner_folds, args.seed, names=centres),
+                {"by": "centre", "rule": "leave-one-centre-out", "fold_centres": centres})
+    if split_file is None:
+        raise InputError(f"{args.cyst_x} has no published split ({' or '.join(cyst_x.PUBLISHED_SPLITS)}); "
+                         "use our own folds with --folds-by patients.")
+    tests = cyst_x.published_outer_tests(cases, cyst_x.read_published_folds(split_file), split_file)
+    shared = patients_in_several_folds(tests, patients)
+    if shared:
+        logger.warning("The published split tests %d patient(s) in more than one fold (%s): their scans are not "
+                       "kept together.", len(shared), ", ".join(shared[:5]))
+    return (nested_folds_from_tests(tests, labels, patients, args.inner_folds, args.seed),
+            {"by": "published", "file": split_file.relative_to(Path(args.cyst_x)).as_posix(),
+             "patients_in_several_folds": len(shared)})
 
 
 def write_split(path: Path, cases, folds: list[OuterFold]) -> None:
@@ -163,7 +214,8 @@ def write_split(path: Path, cases, folds: list[OuterFold]) -> None:
             for i in validation:
                 inner_of.setdefault(int(i), {})[str(fold.number)] = inner_number
     records = [{"case_id": c.case_id, "patient_id": c.patient_id, "label": c.label, "test_in_outer_fold": outer_of[i],
-                "validates_in_inner_fold": inner_of.get(i, {})} for i, c in enumerate(cases)]
+                "validates_in_inner_fold": inner_of.get(i, {}),
+                **({"centre": c.centre} if hasattr(c, "centre") else {})} for i, c in enumerate(cases)]
     write_json_atomically(path, {"cases": records})
 
 
@@ -212,17 +264,18 @@ class CrossValidation:
         self.selection = args.inner_selection
         self.lr_grid = learning_rate_grid(args)
         self.methods = selected_methods(args.methods)
-        phantoms = not args.cohort
+        if args.bootstrap < 1:
+            raise InputError(f"--bootstrap needs at least 1 resample (got {args.bootstrap}); 1000 is usual.")
+        phantoms = not (args.cohort or args.cyst_x)
         self.architecture, self.params = architecture_of(args, phantoms)
         seed_everything(args.seed)
         use_deterministic_kernels()
-        self.cases, self.description = load_cases(args)
+        self.cases, self.description, self.source = load_cases(args)
         self.cache = cache_of(args, self.output, phantoms)
         self.steps = steps_of(args, phantoms)
         self.data_sha256: Optional[str] = None  # from the first fold's cases (the same for every fold)
         self._fold_data: Optional[tuple[object, FoldData]] = None
-        self.folds = nested_folds([c.label for c in self.cases], [c.patient_id for c in self.cases],
-                                  args.folds, args.inner_folds, args.seed)
+        self.folds, self.folds_record = outer_folds(args, self.cases)
         if dist.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
             write_split(self.output / "split.json", self.cases, self.folds)
@@ -281,7 +334,8 @@ class CrossValidation:
         return to_json_value({
             "data_sha256": self.data_sha256, "architecture": self.architecture, "architecture_params": self.params,
             "preprocessing": card_preprocessing(self.steps, self.protocol.normalisation),
-            "protocol": self.protocol_record(), "folds": self.args.folds, "inner_folds": self.args.inner_folds,
+            "protocol": self.protocol_record(), "folds": len(self.folds), "outer_folds": self.folds_record,
+            "inner_folds": self.args.inner_folds,
             "seed": self.args.seed, "test_tta": self.args.test_tta, **self.selection_settings()})
 
     def training_settings(self, method: str, data: FoldData) -> dict:
@@ -291,7 +345,7 @@ class CrossValidation:
             "data_sha256": self.data_sha256, "inputs_sha256": data.inputs_sha256, "architecture": self.architecture,
             "architecture_params": self.params,
             "preprocessing": card_preprocessing(data.steps, self.protocol.normalisation),
-            "protocol": full_protocol_record(self.protocol), "folds": self.args.folds,
+            "protocol": full_protocol_record(self.protocol), "folds": len(self.folds),
             "inner_folds": self.args.inner_folds, "seed": self.args.seed, "method": method,
             "pretrained": pretrained_record(pretrained)})
 
@@ -476,13 +530,44 @@ class CrossValidation:
             if self.dist.is_main:
                 summary = write_fold_table(self.output / method, METHODS[method].title, rows)
                 results[method] = {"title": METHODS[method].title, "summary": summary, "folds": rows,
-                                   "pretrained": self.method_pretrained(method)}
+                                   "pretrained": self.method_pretrained(method),
+                                   "pooled": self.write_pooled(method)}
                 self.write_results(results)
                 logger.info("%s: accuracy %.3f, precision %.3f, recall %.3f (means over %d folds)", method,
                             summary["accuracy"]["mean"], summary["macro_precision"]["mean"],
                             summary["macro_recall"]["mean"], len(rows))
         if self.dist.is_main:
             logger.info("Tables: %s and %s", self.output / "results.md", self.output / "results.csv")
+
+    def write_pooled(self, method: str) -> dict:
+        """The out-of-fold predictions of every case pooled: accuracy, balanced accuracy, macro
+        F1 and AUC overall and per centre (Cyst-X) with seeded bootstrap 95 % intervals
+        (`benchmark.json`, `benchmark.csv`) and a reliability diagram (`calibration.png`)."""
+        by_case = {}
+        for fold in self.folds:
+            document = json.loads((self.output / method / f"fold-{fold.number:02d}" / "result.json")
+                                  .read_text(encoding="utf-8"))
+            by_case.update({item["case_id"]: item for item in document["predictions"]})
+        items = [by_case[case.case_id] for case in self.cases]
+        truth = np.array([item["truth"] for item in items])
+        probabilities = np.array([item["probabilities"] for item in items], float)
+        centres = [case.centre for case in self.cases] if self.args.cyst_x else None
+        benchmark = grouped_metrics(truth, probabilities, centres, self.args.seed, self.args.bootstrap)
+        curve = reliability_curve(truth, probabilities)
+        folder = self.output / method
+        write_benchmark_table(folder / "benchmark.csv", benchmark)
+        write_calibration_png(folder / "calibration.png", curve, f"{METHODS[method].title}\n{len(truth)} "
+                              "out-of-fold predictions", binary=probabilities.shape[1] == 2)
+        record = {**benchmark, "bootstrap": {"resamples": self.args.bootstrap, "seed": self.args.seed,
+                                             "interval": "95 % percentile, cases resampled with replacement"},
+                  "auc": ("binary" if probabilities.shape[1] == 2 else "one-vs-rest, macro over classes"),
+                  "calibration": {"file": "calibration.png", "bins": curve}}
+        write_json_atomically(folder / "benchmark.json", to_json_value(record))
+        overall = benchmark["overall"]
+        logger.info("%s, all %d out-of-fold predictions: accuracy %.3f, balanced accuracy %.3f, macro F1 %.3f, AUC %s",
+                    method, overall["cases"], overall["accuracy"], overall["balanced_accuracy"], overall["macro_f1"],
+                    "undefined" if overall["auc"] is None else f"{overall['auc']:.3f}")
+        return record
 
     def write_results(self, results: dict) -> None:
         write_results_table(self.output, [{"method": m, "title": r["title"], "folds": len(r["folds"]),
@@ -499,7 +584,8 @@ class CrossValidation:
                                          *item["probabilities"]])
         trainings = trainings_per_method(self.selection, len(self.folds), self.args.inner_folds, len(self.lr_grid))
         write_json_atomically(self.output / "cv.json", {
-            **self.settings(), "data": self.description, "how": HOW[self.selection],
+            **self.settings(), "data": self.description,
+            **({"data_source": self.source} if self.source else {}), "how": HOW[self.selection],
             "trainings_per_method": trainings, "methods": results,
             "hardware": hardware_record(self.dist), "software": software_versions(),
             "command": command_line(SCRIPT, self.argv)})
@@ -519,13 +605,20 @@ def build_parser() -> argparse.ArgumentParser:
     source = data.add_mutually_exclusive_group(required=True)
     source.add_argument("--cohort", metavar="CSV", help="cohort CSV (see above)")
     source.add_argument("--phantoms", type=int, metavar="N", help="number of synthetic phantom patients")
+    source.add_argument("--cyst-x", metavar="DIR", help="the Cyst-X benchmark folder as published (see cyst_x.py)")
     data.add_argument("--first-seed", type=int, default=0, help="seed of the first phantom patient")
     add_phantom_shape_arguments(data)
     add_preprocessing_arguments(data)
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--methods", nargs="+", default=["early-fusion"], metavar="METHOD",
                             help=f"{', '.join(METHODS)}; or all, ablations, baselines (default: early-fusion)")
-    evaluation.add_argument("--folds", type=int, default=10, help="outer folds (default: %(default)s, the paper's)")
+    evaluation.add_argument("--folds", type=int, default=10,
+                            help="outer folds when they are ours (default: %(default)s, the paper's)")
+    evaluation.add_argument("--folds-by", choices=FOLDS_BY, default="auto",
+                            help="with --cyst-x: the outer folds of the benchmark's published split file "
+                                 "(published), ours by patient (patients), or one per centre (centre: "
+                                 "leave-one-centre-out); auto (default): published when the folder has the file, "
+                                 "else patients")
     evaluation.add_argument("--inner-folds", type=int, default=9,
                             help="inner folds of each outer training part (default: %(default)s)")
     evaluation.add_argument("--inner-selection", choices=INNER_SELECTIONS, default="grid",
@@ -539,6 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  f"{' '.join(f'{lr:g}' for lr in DEFAULT_LR_GRID)}: the paper's 0.003 and two smaller "
                                  "ones, each a third of the one before); the steps tried are every --eval-every up "
                                  "to --steps")
+    evaluation.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
+                            help="resamples of the pooled out-of-fold predictions for the 95 %% intervals of "
+                                 "benchmark.json (default: %(default)s)")
     evaluation.add_argument("--test-tta", action="store_true",
                             help="classify test cases over the 8 flip / quarter-turn views, as IPMNRisk does by "
                                  "default (the paper: one view)")

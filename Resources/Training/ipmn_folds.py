@@ -18,7 +18,7 @@ fold and the class.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -79,9 +79,22 @@ def nested_folds(labels: Sequence[int], patients: Sequence[str], folds: int, inn
     labels = np.asarray(labels, dtype=np.int64)  # pragma: no mutate (labels are ints already)
     patients = list(patients)
     _check_class_sizes(labels, patients, folds, "outer")
+    return nested_folds_from_tests(group_folds(labels, patients, folds, seed), labels, patients, inner_folds, seed)
+
+
+def nested_folds_from_tests(outer_tests: Sequence[np.ndarray], labels: Sequence[int], patients: Sequence[str],
+                            inner_folds: int, seed: int = 0,
+                            names: Optional[Sequence[str]] = None) -> list[OuterFold]:
+    """The nested split with given outer test folds (a published split, or one centre each):
+    the rest of each is split into `inner_folds` patient-grouped, class-stratified inner folds.
+    names: what each outer fold is, for messages (e.g. its centre)."""
+    labels = np.asarray(labels, dtype=np.int64)  # pragma: no mutate (labels are ints already)
+    patients = list(patients)
     outer = []
-    for number, test in enumerate(group_folds(labels, patients, folds, seed), start=1):
-        _check_has_every_class(labels[test], f"Outer fold {number} (test set)", folds)
+    for number, test in enumerate(outer_tests, start=1):
+        test = np.sort(np.asarray(test, dtype=np.int64))
+        title = f"Outer fold {number}" + (f" ({names[number - 1]})" if names else "")
+        _check_has_every_class(labels[test], f"{title} (test set)", len(outer_tests))
         rest = np.setdiff1d(np.arange(len(labels)), test)
         rest_patients = [patients[i] for i in rest]
         _check_class_sizes(labels[rest], rest_patients, inner_folds, f"outer fold {number}'s inner")
@@ -90,12 +103,21 @@ def nested_folds(labels: Sequence[int], patients: Sequence[str], folds: int, inn
                 group_folds(labels[rest], rest_patients, inner_folds, seed + number), start=1):
             validation = rest[validation]
             train = np.setdiff1d(rest, validation)
-            where = f"Outer fold {number}, inner fold {inner_number}"
+            where = f"{title}, inner fold {inner_number}"
             _check_has_every_class(labels[validation], f"{where} (validation set)", inner_folds)
             _check_has_every_class(labels[train], f"{where} (training set)", inner_folds)
             inner.append((train, validation))
         outer.append(OuterFold(number, test, tuple(inner)))
     return outer
+
+
+def patients_in_several_folds(outer_tests: Sequence[np.ndarray], patients: Sequence[str]) -> list[str]:
+    """Patients whose cases are tested in more than one outer fold (a given split may do that)."""
+    fold_of: dict[str, set] = {}
+    for number, test in enumerate(outer_tests):
+        for i in test:
+            fold_of.setdefault(patients[int(i)], set()).add(number)
+    return sorted(p for p, folds in fold_of.items() if len(folds) > 1)
 
 
 def holdout_split(labels: Sequence[int], patients: Sequence[str], inner_folds: int,

@@ -6,6 +6,10 @@ number of steps, and the setting it chooses).
 Accuracy; precision and recall macro-averaged over the three classes (a class never predicted
 has precision 0); balanced accuracy (= macro recall when every class is present), which
 selects checkpoints and settings.
+
+Pooled out-of-fold predictions (the Cyst-X benchmark's figures): accuracy, balanced accuracy,
+macro F1 and AUC, overall and per group (centre), with seeded bootstrap 95 % intervals, and the
+points and PNG of a reliability diagram.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import csv
 import warnings
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -133,3 +137,120 @@ def write_results_table(folder: Path, results: Sequence[dict]) -> None:
     lines += ["", f"Mean +- standard deviation over {results[0]['folds'] if results else 0} outer folds "
                   "(nested cross-validation); precision and recall macro-averaged over the three classes."]
     (folder / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# --- pooled out-of-fold predictions: benchmark metrics with bootstrap intervals, calibration --------
+
+#: Metrics of pooled predictions, as the Cyst-X benchmark reports them.
+POOLED_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
+DEFAULT_BOOTSTRAP = 1000
+
+
+def pooled_metrics(truth: np.ndarray, probabilities: np.ndarray) -> dict:
+    """Accuracy, balanced accuracy, macro F1 and AUC of (N,) true classes and (N, C) class
+    probabilities (C = 3: AUC one-vs-rest, macro over classes; C = 2: binary AUC of class 1).
+    AUC is None when a class is absent from `truth`."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+
+    truth, probabilities = np.asarray(truth), np.asarray(probabilities, float)
+    labels = list(range(probabilities.shape[1]))
+    predicted = probabilities.argmax(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = {"accuracy": float(accuracy_score(truth, predicted)),
+                  "balanced_accuracy": float(balanced_accuracy_score(truth, predicted)),
+                  "macro_f1": float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)),
+                  "auc": None}
+        if set(labels) <= set(truth.tolist()):
+            if len(labels) == 2:
+                result["auc"] = float(roc_auc_score(truth, probabilities[:, 1]))
+            else:
+                result["auc"] = float(roc_auc_score(truth, probabilities, multi_class="ovr", average="macro",
+                                                    labels=labels))
+    return result
+
+
+def bootstrap_intervals(truth: np.ndarray, probabilities: np.ndarray, seed: int,
+                        resamples: int = DEFAULT_BOOTSTRAP) -> dict:
+    """{metric: [low, high]} 95 % percentile intervals over `resamples` resamplings of the cases
+    with replacement (numpy default_rng(seed)); a resample without every class is skipped for
+    AUC. [None, None] when no resample defines the metric."""
+    truth, probabilities = np.asarray(truth), np.asarray(probabilities, float)
+    rng = np.random.default_rng(seed)
+    values: dict[str, list] = {metric: [] for metric in POOLED_METRICS}
+    for _ in range(resamples):
+        chosen = rng.integers(0, len(truth), len(truth))
+        for metric, value in pooled_metrics(truth[chosen], probabilities[chosen]).items():
+            if value is not None:
+                values[metric].append(value)
+    return {metric: ([float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else [None, None])
+            for metric, v in values.items()}
+
+
+def grouped_metrics(truth: np.ndarray, probabilities: np.ndarray, groups: Optional[Sequence[str]], seed: int,
+                    resamples: int = DEFAULT_BOOTSTRAP) -> dict:
+    """{"overall": {...}, "per_group": {group: {...}}}, each {"cases", metric: value,
+    "intervals": {metric: [low, high]}}; groups (e.g. centres) in order of appearance; without
+    groups, "per_group" is empty."""
+    truth, probabilities = np.asarray(truth), np.asarray(probabilities, float)
+
+    def summary(mask: np.ndarray) -> dict:
+        return {"cases": int(mask.sum()), **pooled_metrics(truth[mask], probabilities[mask]),
+                "intervals": bootstrap_intervals(truth[mask], probabilities[mask], seed, resamples)}
+
+    per_group = {}
+    if groups is not None:
+        groups = np.asarray(groups)
+        per_group = {str(g): summary(groups == g) for g in dict.fromkeys(groups.tolist())}
+    return {"overall": summary(np.ones(len(truth), bool)), "per_group": per_group}
+
+
+def write_benchmark_table(path: Path, benchmark: dict, group_title: str = "centre") -> None:
+    """CSV: one line for all cases, then one per group: cases, each metric with its interval."""
+    with open(path, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow([group_title, "cases", *(f"{m}{s}" for m in POOLED_METRICS for s in ("", "_low", "_high"))])
+        for name, entry in [("all", benchmark["overall"]), *benchmark["per_group"].items()]:
+            cells = []
+            for metric in POOLED_METRICS:
+                cells += ["" if v is None else f"{v:.4f}" for v in (entry[metric], *entry["intervals"][metric])]
+            writer.writerow([name, entry["cases"], *cells])
+
+
+def reliability_curve(truth: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> list[dict]:
+    """The reliability diagram's points: per equal-width bin of the probability the model gives
+    (C = 2: of class 1; C > 2: of its predicted class), {"low", "high", "cases",
+    "mean_probability", "observed"} (observed: fraction of class 1, or of correct predictions)."""
+    truth, probabilities = np.asarray(truth), np.asarray(probabilities, float)
+    if probabilities.shape[1] == 2:
+        confidence, hit = probabilities[:, 1], truth == 1
+    else:
+        confidence, hit = probabilities.max(1), probabilities.argmax(1) == truth
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    return [{"low": float(edges[b]), "high": float(edges[b + 1]), "cases": int((which == b).sum()),
+             "mean_probability": float(confidence[which == b].mean()), "observed": float(hit[which == b].mean())}
+            for b in range(bins) if np.any(which == b)]
+
+
+def write_calibration_png(path: Path, curve: Sequence[dict], title: str, binary: bool) -> None:
+    """A reliability diagram (observed vs predicted, the diagonal = perfect calibration) as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    axes.plot([p["mean_probability"] for p in curve], [p["observed"] for p in curve], marker="o",
+              label="model")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("predicted probability of high risk" if binary else "predicted probability of the predicted class")
+    axes.set_ylabel("observed fraction of high risk" if binary else "observed fraction correct")
+    axes.set_title(title, fontsize=9)
+    axes.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)

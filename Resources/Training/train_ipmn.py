@@ -5,6 +5,8 @@ Data (one of):
                              (roi_center + roi_size as "R,A,S" mm, or roi_mask); paths relative
                              to the CSV. A seeded, patient-grouped, class-stratified 1/--inner-folds
                              of the patients is the validation set that picks the checkpoint.
+  --cyst-x DIR               the public Cyst-X benchmark folder as published (cyst_x.py: T1/T2
+                             crops, IPMN_labels_total.xlsx); validation set chosen as for --cohort.
   (default) phantoms         synthetic T1/T2 phantoms, --patients seeds for training and
                              --val-patients others for validation (how the demo weights were made,
                              with what is now --normalisation crop_stack_min_max)
@@ -52,6 +54,7 @@ from PancreasAILib.errors import InputError
 from PancreasAILib.weights import save_model
 from IPMNRiskLib.network import CLASS_NAMES
 
+import cyst_x
 from ipmn_data import (card_preprocessing, central_samples, data_sha256, inputs_sha256, phantom_cases,
                        read_cohort_csv, training_samples, without_fitted_statistics)
 from ipmn_folds import holdout_split
@@ -74,7 +77,7 @@ TASK = "IPMN risk class from paired T1/T2 MRI (3 x 3 grids of 9 slices, early fu
 def load_data(args, dist, cache, normalisation: str):
     """(training cases, validation cases, description, source record, pre-processing steps);
     the standardisation landmarks fitted on the training cases alone."""
-    phantoms = not args.cohort
+    phantoms = not (args.cohort or args.cyst_x)
     steps = steps_of(args, phantoms)
     if phantoms:
         shape, spacing = args.phantom_shape, args.phantom_spacing
@@ -91,15 +94,24 @@ def load_data(args, dist, cache, normalisation: str):
         source = {"kind": "phantoms", "seeds": [train_seeds[0], train_seeds[-1]],
                   "validation_seeds": [val_seeds[0], val_seeds[-1]], "shape": list(shape), "spacing": list(spacing)}
         return train, val, description, source, steps
-    cases = read_cohort_csv(args.cohort)
+    if args.cyst_x:
+        cohort = cyst_x.read_cyst_x(args.cyst_x)
+        logger.info("%s (rows %s without a label)", cohort.description(),
+                    ", ".join(map(str, cohort.skipped_unlabelled)) or "none")
+        cases = cohort.cases
+    else:
+        cases = read_cohort_csv(args.cohort)
     train_index, val_index = holdout_split([c.label for c in cases], [c.patient_id for c in cases],
                                            args.inner_folds, args.seed)
     prepared, steps = prepare_everywhere(cases, steps, cache, dist, fit_on=train_index, normalisation=normalisation)
     train, val = [prepared[i] for i in train_index], [prepared[i] for i in val_index]
     patients = len({c.patient_id for c in prepared})
-    description = f"cohort {Path(args.cohort).name}: {len(prepared)} scans of {patients} patients"
-    source = {"kind": "cohort_csv", "file": Path(args.cohort).name, "validation": f"1/{args.inner_folds} of "
-              "the patients (scikit-learn StratifiedGroupKFold, first fold, seeded)"}
+    validation = f"1/{args.inner_folds} of the patients (scikit-learn StratifiedGroupKFold, first fold, seeded)"
+    if args.cyst_x:
+        description, source = cohort.description(), {**cohort.record(), "validation": validation}
+    else:
+        description = f"cohort {Path(args.cohort).name}: {len(prepared)} scans of {patients} patients"
+        source = {"kind": "cohort_csv", "file": Path(args.cohort).name, "validation": validation}
     return train, val, description, source, steps
 
 
@@ -206,7 +218,7 @@ def run_training(args, argv, dist) -> None:
     files = RunFiles.for_output(args.output)
     protocol = ipmn_protocol_from_arguments(args)
     check_protocol(protocol, dist)
-    phantoms = not args.cohort
+    phantoms = not (args.cohort or args.cyst_x)
     architecture, params = architecture_of(args, phantoms)
     if args.initial_weights and (args.pretrained_file or args.pretrained_hub):
         raise InputError("Give --initial-weights (one of our models) or --pretrained-file/--pretrained-hub "
@@ -290,10 +302,12 @@ def train(args, argv: Optional[Sequence[str]] = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
-    data.add_argument("--cohort", metavar="CSV", help="cohort CSV (see above); without it: phantoms")
+    source = data.add_mutually_exclusive_group()
+    source.add_argument("--cohort", metavar="CSV", help="cohort CSV (see above); without it or --cyst-x: phantoms")
+    source.add_argument("--cyst-x", metavar="DIR", help="the Cyst-X benchmark folder as published (see cyst_x.py)")
     data.add_argument("--inner-folds", type=int, default=9,
-                      help="with --cohort: 1/N of the patients validate (default %(default)s, as one inner fold "
-                           "of the cross-validation)")
+                      help="with --cohort or --cyst-x: 1/N of the patients validate (default %(default)s, as one "
+                           "inner fold of the cross-validation)")
     data.add_argument("--patients", type=int, default=60, help="phantom patients for training (each gives 3 classes)")
     data.add_argument("--first-seed", type=int, default=0, help="seed of the first training phantom patient")
     data.add_argument("--val-patients", type=int, default=20, help="phantom patients for validation")
