@@ -148,6 +148,21 @@ def save_random_vit(folder: Path, name: str, preprocessing: dict | None = None):
         "intended_use": "tests only"})
 
 
+def sharpened_small_vit():
+    """Depth-2 ViT on 2 x 192 x 192 with sharpened (scaled) query/key weights, so attention is
+    far from uniform and head fusions differ (seeded: the same weights at every call)."""
+    import torch
+
+    from IPMNRiskLib.network import create_vit
+
+    torch.manual_seed(0)
+    model = create_vit("vit_tiny_patch16_224", {"depth": 2, "embed_dim": 48, "num_heads": 3}).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight.mul_(12.0)
+    return model
+
+
 @pytest.fixture(scope="session")
 def random_vit_card(tmp_path_factory):
     """A randomly initialised depth-2 IPMN ViT saved with a complete card."""

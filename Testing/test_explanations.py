@@ -3,6 +3,7 @@ torch autograd on a tiny ViT, and the faithfulness measures of evaluate_explanat
 
 import numpy as np
 import pytest
+from conftest import sharpened_small_vit
 
 from IPMNRiskLib.explanations import gradient_rollout, logits_and_gradient_rollout_maps
 from IPMNRiskLib.grids import DIHEDRAL_VIEWS, transform_tiles, undo_transform_tiles
@@ -14,16 +15,7 @@ import evaluate_explanations as ev
 @pytest.fixture(scope="module")
 def tiny_vit():
     """Depth-2 ViT on 2 x 192 x 192 with sharpened query/key weights (attention far from uniform)."""
-    import torch
-
-    from IPMNRiskLib.network import create_vit
-
-    torch.manual_seed(0)
-    model = create_vit("vit_tiny_patch16_224", {"depth": 2, "embed_dim": 48, "num_heads": 3}).eval()
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.qkv.weight.mul_(12.0)
-    return model
+    return sharpened_small_vit()
 
 
 @pytest.fixture(scope="module")
@@ -274,3 +266,10 @@ def test_the_script_writes_a_row_per_case_and_method_and_a_table(tmp_path, rando
     table = (tmp_path / ev.TABLE_FILE).read_text(encoding="utf-8")
     assert "| gradient-rollout |" in table and "run time" in table
     assert table in capsys.readouterr().out
+
+
+def test_a_model_that_cannot_be_loaded_exits_2_with_a_sentence_and_writes_nothing(tmp_path, capsys):
+    assert ev.main(["--output", str(tmp_path / "out"), "--model", str(tmp_path / "missing.safetensors"),
+                    "--phantoms", "1"]) == 2
+    assert "error: No model file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

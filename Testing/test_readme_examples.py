@@ -558,7 +558,7 @@ def test_cyst_x_commands(workspace):
 
 @pytest.mark.slow
 def test_evaluate_explanations_example(workspace):
-    """The README's command, on one phantom patient (its three classes) instead of fifteen."""
+    """The README's command, on one phantom instead of fifteen."""
     completed = workspace.run(with_arguments(example("evaluate explanations"), "--phantoms 1 --no-tta"), timeout=600)
     table = workspace.path("explanations/explanations.md").read_text(encoding="utf-8")
     assert "gradient-rollout" in table and "rollout" in table and "deletion" in table.lower()

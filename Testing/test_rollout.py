@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import sharpened_small_vit
 
 from IPMNRiskLib.rollout import attention_rollout, capture_attentions, class_token_maps, logits_and_rollout_maps
 
@@ -178,16 +179,7 @@ def test_the_map_skips_every_prefix_token_after_the_class_token():
 def small_vit():
     """Depth-2 ViT on 2 x 192 x 192 with sharpened (scaled) query/key weights, so attention is
     far from uniform and head fusions differ."""
-    import torch
-
-    from IPMNRiskLib.network import create_vit
-
-    torch.manual_seed(0)
-    model = create_vit("vit_tiny_patch16_224", {"depth": 2, "embed_dim": 48, "num_heads": 3}).eval()
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.qkv.weight.mul_(12.0)
-    return model
+    return sharpened_small_vit()
 
 
 @pytest.fixture(scope="module")

@@ -390,6 +390,15 @@ class CrossValidation:
         pretrained = pretrained_of(self.args, method, self.architecture)
         return build_network(method, self.architecture, self.params, pretrained)
 
+    def run_to_the_end(self, run: TrainingRun, curves: Curves) -> dict:
+        """Train `run` (from its checkpoint with --resume); returns the weights it ends with."""
+        if self.args.resume:
+            run.resume()
+        try:
+            return run.run()
+        finally:
+            curves.close()
+
     def checkpoint_selected_model(self, method: str, fold: OuterFold, data: FoldData, folder: Path) -> TestedModel:
         """Train on the first inner training part, keep the checkpoint with the best balanced
         accuracy on inner fold 1 (the checkpoint is all that is selected)."""
@@ -405,12 +414,7 @@ class CrossValidation:
         logger.info("%s fold %d: %d training windows (%d cases), %d validation cases, %d test cases; %s parameters",
                     method, fold.number, len(train), len(train_cases), len(val), len(fold.test),
                     f"{parameter_count(network):,}")
-        if self.args.resume:
-            run.resume()
-        try:
-            best = run.run()
-        finally:
-            curves.close()
+        best = self.run_to_the_end(run, curves)
         return TestedModel(network, best, self.protocol.learning_rate, run.state.best_step, class_weights,
                            run.state.history, {"best_row": run.state.best_row})
 
@@ -439,12 +443,7 @@ class CrossValidation:
                           name=f"{method} fold {fold.number} refit", last_step=steps)
         logger.info("%s fold %d refit: %d training windows (%d cases), %d test cases; %s parameters", method,
                     fold.number, len(train), len(cases), len(fold.test), f"{parameter_count(network):,}")
-        if self.args.resume:
-            run.resume()
-        try:
-            weights = run.run()
-        finally:
-            curves_file.close()
+        weights = self.run_to_the_end(run, curves_file)
         selection = {"rule": SELECTION_RULE, "learning_rates": list(self.lr_grid), "table": table, "chosen": chosen}
         return TestedModel(network, weights, learning_rate, steps, class_weights, run.state.history,
                            {"selection": selection})

@@ -49,11 +49,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from PancreasAILib.errors import InputError, PancreasAIError
-from PancreasAILib.resample import overlap_fraction
 from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import read_volume
 from IPMNRiskLib.grids import RegionBox
 
+from ipmn_data import check_overlap
 from trainkit.hashing import FileHashes
 
 CLASSIFICATION_FOLDER = "IPMN_Classification"
@@ -114,9 +114,7 @@ class CystXCase:
     def load(self) -> tuple[Volume, Volume, RegionBox]:
         """(T1, T2, the region covering the whole T2 crop), checked; errors name the case."""
         t1, t2 = (self._read(path, what) for path, what in ((self.t1, "T1 crop"), (self.t2, "T2 crop")))
-        if overlap_fraction(t1, t2) <= 0.0:
-            raise InputError(f"Case {self.case_id}: the T1 and T2 volumes do not overlap in space; check that "
-                             "both come from the same study of this patient.")
+        check_overlap(self.case_id, t1, t2)
         return t1, t2, whole_volume_region(t2)
 
     def identity(self, hashes: FileHashes) -> str:

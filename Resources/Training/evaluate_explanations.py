@@ -44,15 +44,12 @@ from typing import Callable, Optional
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-for folder in (ROOT / "PancreasAI", ROOT / "IPMNRisk", ROOT / "Resources"):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+# trainkit first: importing it says how to install the project's packages when they are missing.
+import trainkit  # noqa: F401
 
-from PancreasAILib.volume import Volume  # noqa: E402
-
-from IPMNRiskLib.grids import RegionBox, crop_box_stack, tile_grid  # noqa: E402
-from IPMNRiskLib.network import PATCH_GRID, PATCH_SIZE  # noqa: E402
+from PancreasAILib.volume import Volume
+from IPMNRiskLib.grids import RegionBox, crop_box_stack, tile_grid
+from IPMNRiskLib.network import PATCH_GRID, PATCH_SIZE
 
 METHODS = ("rollout", "gradient-rollout", "random")
 BASELINES = ("mean", "zero")
@@ -258,13 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None, cases: Optional[list] = None) -> int:
-    """`cases`: (name, seed, phantom) instead of --phantoms (tests pass small phantoms)."""
+    """`cases`: (name, seed, phantom) instead of --phantoms (tests pass small phantoms). A model
+    that cannot be loaded prints `error: ...` and exits 2, as the other scripts do."""
+    from PancreasAILib.cli_support import run_command
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.phantoms < 1 and cases is None:
+        parser.error("--phantoms must be at least 1.")
+    return run_command(lambda: evaluate(args, cases))
+
+
+def evaluate(args: argparse.Namespace, cases: Optional[list]) -> int:
+    """Measure every method on every case; write the CSV and the table; returns 0."""
     from IPMNRiskLib.network import load_vit
     from IPMNRiskLib.registry import model_registry
 
-    args = build_parser().parse_args(argv)
-    if args.phantoms < 1 and cases is None:
-        raise SystemExit("--phantoms must be at least 1.")
     started = time.perf_counter()
     card = model_registry().resolve(args.model)
     vit = load_vit(card).to(args.device)

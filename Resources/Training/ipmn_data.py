@@ -101,6 +101,13 @@ def parse_ras_triple(text: str, what: str) -> tuple[float, float, float]:
 
 # --- one case ------------------------------------------------------------------------------------
 
+def check_overlap(case_id: str, t1: Volume, t2: Volume) -> None:
+    """InputError naming the case when its T1 and T2 share no point in space."""
+    if overlap_fraction(t1, t2) <= 0.0:
+        raise InputError(f"Case {case_id}: the T1 and T2 volumes do not overlap in space; check that "
+                         "both come from the same study of this patient.")
+
+
 @dataclass(frozen=True)
 class CohortCase:
     """One scan of the cohort CSV: T1 and T2 files, a region, a risk class.
@@ -122,9 +129,7 @@ class CohortCase:
         """(T1, T2, region), checked; errors name the case."""
         t1 = _read(self, self.t1, "T1 file")
         t2 = _read(self, self.t2, "T2 file")
-        if overlap_fraction(t1, t2) <= 0.0:
-            raise InputError(f"Case {self.case_id}: the T1 and T2 volumes do not overlap in space; check that "
-                             "both come from the same study of this patient.")
+        check_overlap(self.case_id, t1, t2)
         if self.roi_mask is not None:
             mask = _read(self, self.roi_mask, "region mask")
             try:
