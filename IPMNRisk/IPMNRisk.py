@@ -43,7 +43,9 @@ EXPLANATIONS = ("rollout", "gradient-rollout")  # IPMNRiskLib.explanations.EXPLA
 REGION_ROI = "ROI box"
 REGION_SEGMENTATION = "Segmentation"
 REGION_POINT = "Point"
-REGION_MODES = (REGION_ROI, REGION_SEGMENTATION, REGION_POINT)
+REGION_AUTOMATIC = "Automatic"
+REGION_MODES = (REGION_ROI, REGION_SEGMENTATION, REGION_POINT, REGION_AUTOMATIC)
+AUTOMATIC_REGION = "automatic"  # IPMNRiskLib.automatic_region.AUTOMATIC (not imported: it needs numpy)
 
 
 #
@@ -62,8 +64,9 @@ class IPMNRisk(ScriptedLoadableModule):
 <p><b>For research use only.</b> Not a medical device; the result must not guide patient care.</p>
 <p>Estimates whether the pancreas shows no IPMN, a low-risk IPMN (low-grade dysplasia) or a
 high-risk IPMN (high-grade dysplasia), from a T1-weighted and a T2-weighted MRI of the same
-study. Give the region around the pancreas as a box (markups ROI), as a segmentation, or as a
-point with a box size. Nine axial slices through the region, from both sequences, are shown to
+study. Give the region around the pancreas as a box (markups ROI), as a segmentation, as a
+point with a box size, or let it be found automatically (a pancreas segmentation of T2 by an MR
+MoNet; the bundled one is a demo trained on phantoms). Nine axial slices through the region, from both sequences, are shown to
 a Vision Transformer; the result is the class with its probabilities (and their spread over
 flipped and rotated copies of the input when test-time augmentation is on) and a heat map of
 where the network looked, overlaid on the T2 volume.</p>
@@ -92,7 +95,8 @@ class IPMNRiskParameterNode:
     """The module's settings, saved with the scene.
 
     t1Volume, t2Volume - the two sequences of one study; the heat map is made on T2's grid.
-    regionMode - which of the next three nodes gives the region around the pancreas.
+    regionMode - which of the next three nodes gives the region around the pancreas, or
+      "Automatic": an MR MoNet segments the pancreas on T2 and the box around it is the region.
     roiNode - a box (markups ROI) around the pancreas.
     regionSegmentation - a segmentation whose segments' extent is the region.
     regionPoint - the first point of this list is the centre of a cube of pointBoxSizeMm.
@@ -238,6 +242,7 @@ class IPMNRiskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.roiRegionWidget.visible = mode == REGION_ROI
         self.ui.segmentationRegionWidget.visible = mode == REGION_SEGMENTATION
         self.ui.pointRegionWidget.visible = mode == REGION_POINT
+        self.ui.automaticRegionLabel.visible = mode == REGION_AUTOMATIC
 
     def onPlaceRoiButton(self) -> None:
         """Draw a new box in a slice view: click its centre, then a corner."""
@@ -342,7 +347,10 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def regionNode(parameterNode):
-        """The node that gives the region in the parameter node's region mode (None if unset)."""
+        """The node that gives the region in the parameter node's region mode (None if unset;
+        "automatic" in automatic mode)."""
+        if parameterNode.regionMode == REGION_AUTOMATIC:
+            return AUTOMATIC_REGION
         return {
             REGION_ROI: parameterNode.roiNode,
             REGION_SEGMENTATION: parameterNode.regionSegmentation,
@@ -356,8 +364,9 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
         """Assess the IPMN risk from a T1 and a T2 volume node of one study; blocks until done.
 
         roiNode - the region around the pancreas: a markups ROI, a segmentation (the extent of
-          its segments) or a markups point list (its first point centres a cube of
-          `pointBoxSizeMm` mm).
+          its segments), a markups point list (its first point centres a cube of
+          `pointBoxSizeMm` mm), or "automatic": an MR MoNet segments the pancreas on T2 (the
+          outcome's region_node and pancreas_node show the box and the segmentation).
         model - registry name or .safetensors path; None for the default model.
         progressCallback(fraction, status) - called as the work advances.
         runner - where the work runs; None: in this process (PancreasAILib.runners).
@@ -366,7 +375,8 @@ class IPMNRiskLogic(ScriptedLoadableModuleLogic):
 
         Returns the `AssessmentOutcome` (risk_class, class_name, class_names, probabilities,
         spread, heat_map_node, table_node, grid_png, model_name, model_sha256, engine, precision,
-        warnings, seconds); the heat map and the table are added to the scene beside T2.
+        warnings, seconds, region_node, pancreas_node); the heat map and the table (and an
+        automatic region's box and segmentation) are added to the scene beside T2.
         """
         from IPMNRiskLib.logic import assess
 
@@ -451,7 +461,8 @@ class IPMNRiskTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         runSelfTests(self, [self.test_assess_rates_the_high_risk_sample_above_normal,
-                            self.test_background_assessment_shows_the_heat_map_over_t2])
+                            self.test_background_assessment_shows_the_heat_map_over_t2,
+                            self.test_automatic_region_boxes_the_sample_pancreas])
 
     def test_assess_rates_the_high_risk_sample_above_normal(self):
         import numpy as np
@@ -487,6 +498,23 @@ class IPMNRiskTest(ScriptedLoadableModuleTest):
         self.assertEqual(compositeNode.GetBackgroundVolumeID(), t2Node.GetID())
         self.assertEqual(compositeNode.GetForegroundVolumeID(), result.heat_map_node.GetID())
         self.assertAlmostEqual(compositeNode.GetForegroundOpacity(), 0.3)
+
+    def test_automatic_region_boxes_the_sample_pancreas(self):
+        import numpy as np
+
+        requireDependencies(self)
+        t1Node, t2Node, roiNode = self._sampleScene()
+
+        result = IPMNRiskLogic().assess(t1Node, t2Node, AUTOMATIC_REGION, testTimeAugmentation=False)
+
+        self.assertIsNotNone(result.pancreas_node)
+        found = np.zeros(6)
+        result.region_node.GetRASBounds(found)
+        drawn = np.zeros(6)
+        roiNode.GetRASBounds(drawn)
+        # the found box's centre lies inside the drawn one (which has a 4-12 mm margin)
+        center = (found[0::2] + found[1::2]) / 2
+        self.assertTrue(np.all(center >= drawn[0::2]) and np.all(center <= drawn[1::2]), (found, drawn))
 
     @staticmethod
     def _sampleScene():

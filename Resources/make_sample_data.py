@@ -8,9 +8,9 @@ SHA256 into PancreasAI/PancreasAILib/sample_data.py.
 
 - PancreasSegMoNet/Resources/SampleData: a (16, 128, 128) CT phantom (int16 HU) and its
   pancreas as a `.seg.nrrd` (one segment, "Pancreas").
-- IPMNRisk/Resources/SampleData: a high-risk T1/T2 MR phantom, cut in-plane to the pancreas
-  box plus a margin (the classifier only samples inside the box) and rounded to int16 to keep
-  the files small, and the box as a Slicer ROI (`.mrk.json`, written by Slicer's own markups
+- IPMNRisk/Resources/SampleData: a high-risk T1/T2 MR phantom, its whole field of view (the
+  automatic region segments the pancreas in it; the classifier only samples inside the box)
+  rounded to int16 to keep the files small, and the box as a Slicer ROI (`.mrk.json`, written by Slicer's own markups
   writer from slicer-core, so Slicer reads it as it wrote it).
 """
 
@@ -33,7 +33,6 @@ from PancreasAILib.volume_io import write_volume  # noqa: E402
 
 CT_SEED, CT_SHAPE = 1000, (16, 128, 128)
 MR_SEED, MR_RISK_CLASS = 2000, 2
-MR_MARGIN_MM = 10.0  # around the pancreas box, in-plane, so the box sits inside the volume
 
 
 def write_ct_sample(folder: Path) -> list[Path]:
@@ -54,28 +53,14 @@ def write_mr_sample(folder: Path) -> list[Path]:
 
     phantom = make_mr_phantom(seed=MR_SEED, risk_class=MR_RISK_CLASS)
     center, size = (np.asarray(v, float) for v in phantom.pancreas_box_ras)
-    j_slice, i_slice = _in_plane_crop(phantom.ijk_to_ras, center, size / 2 + MR_MARGIN_MM, phantom.t2.shape)
-    ijk_to_ras = phantom.ijk_to_ras.copy()
-    ijk_to_ras[:3, 3] = (phantom.ijk_to_ras @ [i_slice.start, j_slice.start, 0, 1])[:3]
 
-    def cropped(array: np.ndarray) -> Volume:
-        return Volume(np.round(array[:, j_slice, i_slice]).astype(np.int16), ijk_to_ras)
+    def rounded(array: np.ndarray) -> Volume:
+        return Volume(np.round(array).astype(np.int16), phantom.ijk_to_ras)
 
-    t1 = write_volume(cropped(phantom.t1), folder / sample_data.MR_T1_FILE)
-    t2 = write_volume(cropped(phantom.t2), folder / sample_data.MR_T2_FILE)
+    t1 = write_volume(rounded(phantom.t1), folder / sample_data.MR_T1_FILE)
+    t2 = write_volume(rounded(phantom.t2), folder / sample_data.MR_T2_FILE)
     region = _write_roi(folder / sample_data.MR_REGION_FILE, center, size)
     return [t1, t2, region]
-
-
-def _in_plane_crop(ijk_to_ras: np.ndarray, center: np.ndarray, half_size: np.ndarray,
-                   shape: tuple[int, int, int]) -> tuple[slice, slice]:
-    """(j, i) slices of the voxels that cover centre +- half_size in R and A (all slices kept)."""
-    corners = [[center[0] + sr * half_size[0], center[1] + sa * half_size[1], center[2], 1.0]
-               for sr in (-1, 1) for sa in (-1, 1)]
-    ijk = (np.linalg.inv(ijk_to_ras) @ np.array(corners).T).T[:, :2]
-    low = np.maximum(np.floor(ijk.min(axis=0)).astype(int), 0)
-    high = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + 1, [shape[2], shape[1]])
-    return slice(int(low[1]), int(high[1])), slice(int(low[0]), int(high[0]))
 
 
 def _write_roi(path: Path, center: np.ndarray, size: np.ndarray) -> Path:

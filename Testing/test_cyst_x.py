@@ -79,9 +79,27 @@ def published_fold(seed: int) -> int:
     return (seed // 6) % 3 + 1
 
 
+def write_published_two_class_split(folder: Path) -> None:
+    """The 2-class split as we assume it: one row per T1/T2 pair, columns t1, t2, label, fold;
+    other folds than the 3-class split's, each with two high-risk studies."""
+    path = folder / "data splits" / "classification" / "2-class" / "two_inputs.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["t1", "t2", "label", "fold"])
+        for seed in range(PATIENTS):
+            writer.writerow([f"{study_name(seed)}_t1.nii.gz", f"{study_name(seed)}_t2.nii.gz", int(seed % 3 == 2),
+                             published_two_class_fold(seed)])
+
+
+def published_two_class_fold(seed: int) -> int:
+    return (seed + seed // 3) % 3 + 1
+
+
 @pytest.fixture(scope="module")
 def cyst_x_folder(tmp_path_factory) -> Path:
-    """18 labelled studies of 3 centres, one unlabelled row, one row without T1, the published split."""
+    """18 labelled studies of 3 centres, one unlabelled row, one row without T1, the published
+    3-class and 2-class splits."""
     return write_cyst_x_folder(tmp_path_factory.mktemp("cyst-x"))
 
 
@@ -96,6 +114,7 @@ def write_cyst_x_folder(folder: Path) -> Path:
     rows.append(label_row(None, "nyu_0101_t2.nii.gz", 1))
     write_spreadsheet(folder / "IPMN_Classification" / "IPMN_labels_total.xlsx", rows)
     write_published_split(folder)
+    write_published_two_class_split(folder)
     return folder
 
 

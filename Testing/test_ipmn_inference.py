@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import save_random_vit
-from PancreasAILib.errors import InputError, OperationCancelled
+from PancreasAILib.errors import InputError, ModelFileError, OperationCancelled
 from PancreasAILib.progress import CancelToken
 from PancreasAILib.resample import resample_like
 from PancreasAILib.volume import Volume, make_ijk_to_ras
@@ -188,13 +188,15 @@ def test_the_class_and_probabilities_are_the_softmax_of_the_model_s_answer(mr_ca
     assert result.risk_class == 2 and result.class_name == "high-risk IPMN" and result.views == 8
 
 
-def test_class_names_come_from_the_model_card(mr_case, random_vit_card, monkeypatch):
+def test_class_names_come_from_the_model_card_and_must_be_those_of_a_task(mr_case, random_vit_card, monkeypatch):
     monkeypatch.setattr(rollout_module, "engine_logits_and_rollout_maps", fixed_rollout([2.0, 0.0, 0.0], np.ones((12, 12))))
-    names = ["no IPMN", "IPMN, low grade", "IPMN, high grade"]
-    card = ModelCard(random_vit_card.card_path, {**random_vit_card.data, "classes": names})
     t1, t2, region, _ = mr_case
-    result = assess(t1, t2, region, card, tta=False)
-    assert result.class_names == tuple(names) and result.class_name == "no IPMN"
+    result = assess(t1, t2, region, random_vit_card, tta=False)
+    assert result.class_names == ("normal", "low-risk IPMN", "high-risk IPMN") and result.class_name == "normal"
+    names = ["no IPMN", "IPMN, low grade", "IPMN, high grade"]  # the task follows the names: these are none
+    card = ModelCard(random_vit_card.card_path, {**random_vit_card.data, "classes": names})
+    with pytest.raises(ModelFileError, match="not those of an IPMN risk task"):
+        assess(t1, t2, region, card, tta=False)
 
 
 def test_the_grid_heat_is_the_patch_map_in_16_pixel_blocks_scaled_to_one(mr_case, random_vit_card, monkeypatch):

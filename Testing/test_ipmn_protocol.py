@@ -81,8 +81,8 @@ def spy_on_fits_and_runs(patch: pytest.MonkeyPatch, module) -> list:
         events.append(("landmarks", case_ids(cases)))
         return fit_landmarks(cases, *arguments, **keywords)
 
-    def spied_fit_class_weights(setting, cases):
-        weights = fit_weights(setting, cases)
+    def spied_fit_class_weights(setting, cases, *task):
+        weights = fit_weights(setting, cases, *task)
         events.append(("class_weights", case_ids(cases), weights))
         return weights
 

@@ -576,7 +576,7 @@ def test_a_card_with_an_unknown_intensity_scaling_is_refused_before_any_work(dem
     with pytest.raises(ModelFileError, match=r"intensity_scaling 'min_max'.*'window' and 'volume_min_max'"):
         segment_ct(as_volume(small_ct_phantom), card, progress=lambda f, s: reports.append(s))
     assert reports == []
-    assert INTENSITY_SCALINGS == ("window", "volume_min_max")
+    assert INTENSITY_SCALINGS == ("window", "volume_min_max", "volume_percentiles")
 
 
 @pytest.mark.parametrize("window_hu, message", [([240, -160], "is empty"), ([-160], "not two numbers"),

@@ -174,7 +174,9 @@ def test_sample_volumes_are_gzip_compressed(module, entry):
 
 
 def test_samples_are_small():
-    assert sum(bundled(module, entry.file_name).stat().st_size for module, entry in SAMPLE_FILES) < 1_000_000
+    # 2 MB: the MR pair is the phantom's whole field of view (0.8 MB each as gzip-compressed int16),
+    # which the automatic region needs to find the pancreas in; the CT is 0.3 MB.
+    assert sum(bundled(module, entry.file_name).stat().st_size for module, entry in SAMPLE_FILES) < 2_000_000
 
 
 def test_sample_file_names_are_unique():

@@ -2,6 +2,7 @@
 
     python -m IPMNRiskLib assess --t1 T1 --t2 T2 --roi-center=R,A,S --roi-size=X,Y,Z --output DIR
     python -m IPMNRiskLib assess --t1 T1 --t2 T2 --roi-mask PANCREAS.nii.gz --output DIR
+    python -m IPMNRiskLib assess --t1 T1 --t2 T2 --roi-auto --output DIR   (region found on T2)
     python -m IPMNRiskLib batch cases.csv --output DIR        (also: ipmn-risk ...)
     python -m IPMNRiskLib check-precision --model MODEL --cases cases.csv
 
@@ -10,8 +11,10 @@ Per case it writes <case>_ipmn_result.json, <case>_ipmn_heatmap.nrrd (attention 
 <case>_ipmn_grid.png (the 3 x 3 T2 grid with the map) and <case>_ipmn_scene.mrb (T1, T2, the
 heat map, the region and a result table, for review in Slicer). T1 and T2 are NIfTI/NRRD files
 or DICOM series folders, each on its own grid. The batch CSV has columns
-case, t1, t2 and either roi_center + roi_size ("R,A,S" in mm) or roi_mask; it writes
-results.csv. Every result is for research use only; each records the engine and precision that
+case, t1, t2 and either roi_center + roi_size ("R,A,S" in mm) or roi_mask, or roi_mask
+"automatic"; it writes results.csv. The automatic region (--roi-auto; in a batch, roi_mask
+"automatic") is the box, 8 mm wider on every side, around the pancreas that an MR MoNet
+(automatic_region.py) segments on T2; that mask is written as <case>_ipmn_pancreas.nrrd. Every result is for research use only; each records the engine and precision that
 computed it. check-precision runs the cases of such a CSV in float32 and in bf16 and records in
 the model card whether they agree, which bf16 needs before it is used (PancreasAILib.engines).
 """
@@ -33,11 +36,20 @@ from PancreasAILib.errors import InputError, OutputError, PancreasAIError
 from PancreasAILib.output_files import all_or_nothing, prepare_output_folder, refuse_existing, user_path
 from PancreasAILib.progress import ProgressCallback
 
+from .automatic_region import segmentation_package
 from .explanations import EXPLANATIONS
 from .grids import RegionBox
 
-RESULT_COLUMNS = ["case", "status", "risk_class", "class_name", "p_normal", "p_low_risk", "p_high_risk",
-                  "spread_normal", "spread_low_risk", "spread_high_risk", "model", "engine", "precision",
+#: The column word of each class of every task (`network.TASKS`). A results.csv has a probability
+#: and a spread column per class of all tasks; a row fills those of its model's task and leaves the
+#: others empty, so one table reads for both tasks and p_high_risk is always P(high-risk IPMN):
+#: 3-class rows fill p_normal, p_low_risk, p_high_risk; 2-class rows p_no_or_low_risk, p_high_risk.
+#: `task` says which; risk_class is the class's number within its task.
+CLASS_COLUMN_WORDS = {"normal": "normal", "low-risk IPMN": "low_risk", "high-risk IPMN": "high_risk",
+                      "no or low-risk IPMN": "no_or_low_risk"}
+_WORDS = tuple(CLASS_COLUMN_WORDS.values())
+RESULT_COLUMNS = ["case", "status", "task", "risk_class", "class_name", *(f"p_{w}" for w in _WORDS),
+                  *(f"spread_{w}" for w in _WORDS), "model", "engine", "precision",
                   "explanation", "heat_map", "grid_png", "scene", "message"]
 #: The precision check's criterion (the issue's): bf16 is allowed when it changes no class and
 #: no class probability by more than this, on every case.
@@ -54,8 +66,10 @@ class Case:
     roi_center: Optional[tuple[float, float, float]] = None
     roi_size: Optional[tuple[float, float, float]] = None
     roi_mask: Optional[Path] = None
+    roi_auto: bool = False
 
     def region(self) -> RegionBox:
+        """The region the case gives (not the automatic one, which needs T2: `assess_case`)."""
         if self.roi_mask is not None:
             from PancreasAILib.volume_io import read_volume
 
@@ -66,18 +80,21 @@ class Case:
 
 
 def output_paths(output_dir: Path, case: str) -> dict[str, Path]:
-    """The files of one case: the only place that names them (the Slicer route reads them back)."""
+    """The files of one case: the only place that names them (the Slicer route reads them back).
+    "pancreas" (the automatic region's mask) is written only for an automatic region."""
     return {kind: output_dir / f"{case}_ipmn_{suffix}" for kind, suffix in
             (("result", "result.json"), ("heat_map", "heatmap.nrrd"), ("grid_png", "grid.png"),
-             ("scene", "scene.mrb"))}
+             ("scene", "scene.mrb"), ("pancreas", "pancreas.nrrd"))}
 
 
 def assess_case(case: Case, output_dir: Path, card, device: str = "cpu", tta: bool = True,
                 write_scene: bool = True, overwrite: bool = False,
                 progress: Optional[ProgressCallback] = None, engine: str = "auto",
-                precision: str = "auto", explanation: str = "rollout") -> dict:
+                precision: str = "auto", explanation: str = "rollout",
+                segmentation_model: Optional[str] = None) -> dict:
     """Assess one case and write its files (all or none); returns the summary. explanation: the
-    heat map's method (`explanations.EXPLANATIONS`)."""
+    heat map's method (`explanations.EXPLANATIONS`); segmentation_model: the MR MoNet of an
+    automatic region (default: the first installed, `automatic_region.segmentation_card`)."""
     from PancreasAILib.volume_io import read_volume, write_volume
 
     from .inference import assess, render_grid_png
@@ -86,32 +103,54 @@ def assess_case(case: Case, output_dir: Path, card, device: str = "cpu", tta: bo
     paths = output_paths(output_dir, case.name)
     if not write_scene:
         paths.pop("scene")
+    if not case.roi_auto:
+        paths.pop("pancreas")
     refuse_existing(list(paths.values()), overwrite)
     t1, t2 = read_volume(case.t1), read_volume(case.t2)
-    region = case.region()
     started = time.perf_counter()
+    found = None
+    if case.roi_auto:
+        from .automatic_region import find_region
+
+        found = find_region(t2, segmentation_model, device=device)
+        region = found.region
+    else:
+        region = case.region()
     assessment = assess(t1, t2, region, card, tta=tta, device=device, engine=engine, precision=precision,
                         explanation=explanation, progress=progress)
     summary = assessment_summary(assessment, region, case.name, card, time.perf_counter() - started)
+    if found is not None:
+        summary["region"].update(found.record())
+        summary["warnings"] = [*found.warnings, *summary["warnings"]]
     with all_or_nothing(list(paths.values()), overwrite) as temporary:
         temp = dict(zip(paths, temporary))
+        if found is not None:
+            write_volume(found.mask, temp["pancreas"])
         write_volume(assessment.heat_map, temp["heat_map"])
         render_grid_png(assessment, temp["grid_png"])
         if write_scene:
-            write_review_scene(t1, t2, assessment.heat_map, summary, temp["scene"])
+            write_review_scene(t1, t2, assessment.heat_map, summary, temp["scene"],
+                               found.mask if found is not None else None)
         # the inputs, so that a review (PancreasAILib.review) can show them beside the result
         summary = {**summary, "t1": str(user_path(case.t1)), "t2": str(user_path(case.t2))}
         write_summary({**summary, **{k: str(v) for k, v in paths.items() if k != "result"}}, temp["result"])
     return {**summary, **{k: str(v) for k, v in paths.items()}}
 
 
-def write_review_scene(t1, t2, heat_map, summary: dict, path: Path) -> Path:
-    """A Slicer scene for review: T1, T2, the heat map over T2, the region as an ROI, the table."""
+def write_review_scene(t1, t2, heat_map, summary: dict, path: Path, pancreas=None) -> Path:
+    """A Slicer scene for review: T1, T2, the heat map over T2, the region as an ROI, the table;
+    with an automatic region, the pancreas mask it was found from as a segmentation."""
     from PancreasAILib.scene import save_scene_bundle
 
     from .result_nodes import build_review_scene
 
-    return save_scene_bundle(build_review_scene(t1, t2, heat_map, summary), path)
+    scene = build_review_scene(t1, t2, heat_map, summary)
+    if pancreas is not None:
+        segmentation_package()
+        from PancreasSegMoNetLib.pancreas_segment import apply_pancreas_mask
+
+        apply_pancreas_mask(scene.GetFirstNodeByName("T2"), pancreas.array > 0)
+    return save_scene_bundle(scene, path)
 
 
 def read_cases_csv(path: Path) -> list[Case]:
@@ -138,10 +177,11 @@ def read_cases_csv(path: Path) -> list[Case]:
             return user_path(base / os.path.expanduser(value)) if value else None  # "." named, not ""
 
         name = (row.get("case") or "").strip() or case_name(path_of("t2") or Path(f"case{number}"))
+        automatic = (row.get("roi_mask") or "").strip().lower() == "automatic"
         try:
             cases.append(Case(name, path_of("t1"), path_of("t2"),
                               parse_triple(row.get("roi_center")), parse_triple(row.get("roi_size")),
-                              path_of("roi_mask")))
+                              None if automatic else path_of("roi_mask"), automatic))
         except ValueError as error:
             raise InputError(f"{path}, line {number} ({name}): {error}") from error
     return cases
@@ -159,7 +199,7 @@ def parse_triple(text: Optional[str]) -> Optional[tuple[float, float, float]]:
 def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "auto", tta: bool = True,
               write_scene: bool = True, overwrite: bool = False, progress_format: str = "bar",
               sink: Optional[ProgressSink] = None, engine: str = "auto", precision: str = "auto",
-              explanation: str = "rollout") -> list[dict]:
+              explanation: str = "rollout", segmentation_model: Optional[str] = None) -> list[dict]:
     """Assess every case; one failing case does not stop the others, but a result that cannot be
     written (full disk, another run's file) stops the batch with `OutputError`. Returns one row
     per case. Progress and messages go to `sink` when given (a run in this process). The engine
@@ -193,12 +233,11 @@ def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "au
         printer.start_case(index, case.name)
         try:
             result = assess_case(case, output_dir, card, choice.device, tta, write_scene, overwrite, printer,
-                                 choice.engine, choice.precision, explanation)
+                                 choice.engine, choice.precision, explanation, segmentation_model)
             probabilities, spread = result["probabilities"], result["spread"]
             rows.append({"case": case.name, "status": "ok", "risk_class": result["risk_class"],
                          "class_name": result["class_name"],
-                         **{f"p_{k}": f"{p:.4f}" for k, p in zip(("normal", "low_risk", "high_risk"), probabilities)},
-                         **{f"spread_{k}": f"{s:.4f}" for k, s in zip(("normal", "low_risk", "high_risk"), spread)},
+                         **probability_cells(result["class_names"], probabilities, spread),
                          "model": result["model"], "engine": result["engine"],
                          "precision": result["precision"], "explanation": result["explanation"],
                          "heat_map": result["heat_map"],
@@ -218,8 +257,21 @@ def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "au
     return rows
 
 
+def probability_cells(class_names, probabilities, spread) -> dict:
+    """The results.csv cells of one result: task, and p_<class> / spread_<class> of each of its
+    classes (see CLASS_COLUMN_WORDS; the other classes' cells stay empty)."""
+    from .network import task_of_classes
+
+    cells = {"task": task_of_classes(class_names, "The result")}
+    for name, p, s in zip(class_names, probabilities, spread):
+        cells.update({f"p_{CLASS_COLUMN_WORDS[name]}": f"{p:.4f}", f"spread_{CLASS_COLUMN_WORDS[name]}": f"{s:.4f}"})
+    return cells
+
+
 def write_results_csv(rows: list[dict], path: Path, overwrite: bool = False) -> Path:
-    """The batch's table, written whole or not at all (an earlier table is kept unless overwrite)."""
+    """The batch's table, written whole or not at all (an earlier table is kept unless overwrite).
+    Its columns (RESULT_COLUMNS) read for models of either task: one probability and one spread
+    column per class of both tasks, a row filling those of its own (see CLASS_COLUMN_WORDS)."""
     path = user_path(path)
     with all_or_nothing([path], overwrite) as (temporary,):
         with open(temporary, "w", newline="", encoding="utf-8") as stream:
@@ -239,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--roi-center", help="R,A,S of the box centre in mm (write --roi-center=-12,40,7)")
     one.add_argument("--roi-size", help="X,Y,Z box size in mm")
     one.add_argument("--roi-mask", type=Path, help="a mask (e.g. pancreas segmentation) whose extent is the region")
+    one.add_argument("--roi-auto", action="store_true",
+                     help="find the region automatically: an MR MoNet segments the pancreas on T2 and the box "
+                          "around it is the region (demo weights: phantoms only)")
     one.add_argument("--case", help="case name for the output files (default: the T2 file's or folder's name)")
     batch = commands.add_parser("batch", help="assess every case of a CSV")
     batch.add_argument("csv", type=Path)
@@ -247,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_run_options(command)
         command.add_argument("--no-tta", action="store_true", help="no test-time augmentation (8x faster)")
         command.add_argument("--no-scene", action="store_true", help="do not write the .mrb review scene")
+        command.add_argument("--segmentation-model", metavar="MODEL",
+                             help="the MR pancreas segmentation model of an automatic region (PancreasSegMoNet "
+                                  "registry name or .safetensors path; default: the first MR model installed)")
         command.add_argument("--explanation", choices=EXPLANATIONS, default="rollout",
                              help="how the heat map is made: rollout (attention rollout, the paper's) or "
                                   "gradient-rollout (gradient-weighted attention rollout of the assessed class, "
@@ -273,18 +331,20 @@ def _run(args, sink: Optional[ProgressSink] = None) -> int:
         record = check_precision(read_cases_csv(args.cases), args.model, args.precision, args.progress_format, sink)
         return 0 if record["passed"] else 1
     if args.command == "assess":
-        if args.roi_mask is None and (args.roi_center is None or args.roi_size is None):
-            raise InputError("Give the region: --roi-center and --roi-size, or --roi-mask.")
+        given = [args.roi_mask is not None, args.roi_center is not None or args.roi_size is not None, args.roi_auto]
+        if sum(given) != 1 or (given[1] and (args.roi_center is None or args.roi_size is None)):
+            raise InputError("Give the region one way: --roi-center and --roi-size, or --roi-mask, or --roi-auto.")
         try:
             cases = [Case(args.case or case_name(user_path(args.t2)), args.t1, args.t2, parse_triple(args.roi_center),
-                          parse_triple(args.roi_size), args.roi_mask)]
+                          parse_triple(args.roi_size), args.roi_mask, args.roi_auto)]
         except ValueError as error:
             raise InputError(str(error)) from error
     else:
         cases = read_cases_csv(args.csv)
         refuse_existing([user_path(args.output) / "results.csv"], args.overwrite)
     rows = run_cases(cases, args.output, args.model, args.device, not args.no_tta, not args.no_scene,
-                     args.overwrite, args.progress_format, sink, args.engine, args.precision, args.explanation)
+                     args.overwrite, args.progress_format, sink, args.engine, args.precision, args.explanation,
+                     args.segmentation_model)
     if args.command == "batch":
         path = write_results_csv(rows, user_path(args.output) / "results.csv", args.overwrite)
         print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} cases assessed; table: {path}")

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from PancreasAILib.engines import EngineChoice, build_engine, choose_engine
-from PancreasAILib.errors import InputError, ModelFileError
+from PancreasAILib.errors import InputError
 from PancreasAILib.picture import (PixelGeometry, draw_colour_bar, draw_edge_labels, draw_scale_bar, draw_text,
                                    label_font, slice_position_text)
 from PancreasAILib.progress import ProgressCallback, no_progress
@@ -32,7 +32,7 @@ from .colormap import apply_colormap, colormap_table
 from .explanations import EXPLANATION_TITLES, check_explanation
 from .grids import (GRID_SIZE, TILE_SIZE, TILES_PER_SIDE, CropPlan, RegionBox, central_window,
                     crop_stacks, heat_stack, make_input, patch_map_to_slices, plan_crop)
-from .network import CLASS_NAMES
+from .network import TASKS, card_task
 from .preprocessing import check_preprocessing, preprocess_volume
 from .registry import ipmn_recipe
 from .rollout import HEAD_FUSIONS
@@ -50,7 +50,9 @@ RESEARCH_USE_NOTICE = (
 class Assessment:
     """Result of `assess`.
 
-    probabilities, spread: (3,) mean and std over the test-time views (spread 0 without TTA);
+    probabilities, spread: (C,) mean and std over the test-time views (spread 0 without TTA), C
+    the number of classes of the card's task, in the order of class_names (3-class: normal,
+    low-risk IPMN, high-risk IPMN; 2-class: no or low-risk IPMN, high-risk IPMN; `network.TASKS`);
     heat_map: float32 Volume on T2's grid, max 1, zero outside the crop box (None without
     rollout); grid_image: (192, 192, 2) the model's input (channel 0 T1, 1 T2);
     grid_heat: (192, 192) rollout per pixel of the grid, max 1 (None without rollout);
@@ -103,11 +105,8 @@ def _check_pair(t1: Volume, t2: Volume) -> None:
 
 
 def _class_names(card: ModelCard) -> tuple[str, ...]:
-    names = tuple(card.classes) or CLASS_NAMES
-    if len(names) != len(CLASS_NAMES):
-        raise ModelFileError(f"{card.card_path.name} lists {len(names)} classes; an IPMN risk model "
-                             f"has {len(CLASS_NAMES)} ({', '.join(CLASS_NAMES)}).")
-    return names
+    """The class names of the card's task (`network.TASKS`); ModelFileError for any other list."""
+    return TASKS[card_task(card)]
 
 
 def _heat_map(patch_map: np.ndarray, window: np.ndarray, t2_stack: Volume, plan: CropPlan,
@@ -162,8 +161,8 @@ def model_input(t1: Volume, t2: Volume, region: RegionBox, card: ModelCard,
     """Check the pair and the card, pre-process, crop and tile: everything before the network
     (shared by `assess` and the precision check, which runs one input through two engines)."""
     checkpoint(0.0, "Checking the T1 and T2 volumes and the region")
+    class_names = _class_names(card)  # a card of no known task is refused before any work
     _check_pair(t1, t2)
-    class_names = _class_names(card)
     options = card.preprocessing
     check_preprocessing(options)
     plan = plan_crop(t1, t2, region)  # geometry first: pre-processing keeps grids, and is slow

@@ -6,6 +6,7 @@ and its files come back into the scene. Every route therefore gives the same
 
     assess(t1_node, t2_node, region_node)                   blocking, in this process by default
     start_assessment(runner, t1_node, t2_node, region_node) returns the running task at once
+    assess(t1_node, t2_node, "automatic")                   the region found on T2 (automatic_region.py)
 """
 
 from __future__ import annotations
@@ -47,25 +48,32 @@ class AssessmentOutcome:
     warnings: list[str]
     seconds: float
     summary: dict  # everything the command line's <case>_ipmn_result.json holds
+    region_node: object = None  # an automatic region: its box as an ROI beside T2
+    pancreas_node: object = None  # an automatic region: the pancreas it was found from, a segmentation
 
 
 def assessment_arguments(t1_path: str, t2_path: str, center_ras, size_mm, output_dir: str,
                          model: Optional[str], device: str, tta: bool, engine: str = "auto",
-                         precision: str = "auto", explanation: str = "rollout") -> list[str]:
-    """Command-line arguments of `python -m IPMNRiskLib` for one T1/T2 pair and a box. No scene
-    file: the caller puts the result into its own scene (and PythonSlicer cannot write one).
-    engine / precision: see `PancreasAILib.engines.choose_engine`; explanation: the heat map's
-    method (`explanations.EXPLANATIONS`)."""
+                         precision: str = "auto", explanation: str = "rollout",
+                         segmentation_model: Optional[str] = None) -> list[str]:
+    """Command-line arguments of `python -m IPMNRiskLib` for one T1/T2 pair and a box (centre
+    and size; both None: the automatic region). No scene file: the caller puts the result into
+    its own scene (and PythonSlicer cannot write one). engine / precision: see
+    `PancreasAILib.engines.choose_engine`; explanation: the heat map's method
+    (`explanations.EXPLANATIONS`); segmentation_model: an automatic region's MR MoNet."""
     def triple(values) -> str:
         return ",".join(f"{float(value):.3f}" for value in values)
 
     # "--option=value": a centre such as "-12.5,40,7" would otherwise be read as an option.
-    arguments = ["assess", "--t1", str(t1_path), "--t2", str(t2_path), f"--roi-center={triple(center_ras)}",
-                 f"--roi-size={triple(size_mm)}", "--case", CASE, "--output", str(output_dir),
-                 "--device", device, "--engine", engine, "--precision", precision, "--explanation", explanation,
-                 "--progress-format", "json", "--no-scene"]
+    region = (["--roi-auto"] if center_ras is None else
+              [f"--roi-center={triple(center_ras)}", f"--roi-size={triple(size_mm)}"])
+    arguments = ["assess", "--t1", str(t1_path), "--t2", str(t2_path), *region, "--case", CASE,
+                 "--output", str(output_dir), "--device", device, "--engine", engine, "--precision", precision,
+                 "--explanation", explanation, "--progress-format", "json", "--no-scene"]
     if model:
         arguments += ["--model", str(model)]
+    if segmentation_model:
+        arguments += ["--segmentation-model", str(segmentation_model)]
     if not tta:
         arguments.append("--no-tta")
     return arguments
@@ -74,11 +82,15 @@ def assessment_arguments(t1_path: str, t2_path: str, center_ras, size_mm, output
 def start_assessment(runner, t1_node, t2_node, region_node, model: Optional[str] = None, device: str = "auto",
                      tta: bool = True, point_box_size_mm: float = 60.0,
                      on_progress: Optional[ProgressCallback] = None, on_finished: Optional[Callable] = None,
-                     engine: str = "auto", precision: str = "auto", explanation: str = "rollout"):
+                     engine: str = "auto", precision: str = "auto", explanation: str = "rollout",
+                     segmentation_model: Optional[str] = None):
     """Start assessing with `runner` and return the task (`task.cancel()` stops it).
 
     region_node - a markups ROI, a segmentation (the extent of its segments) or a markups point
-      list (its first point centres a cube of `point_box_size_mm`).
+      list (its first point centres a cube of `point_box_size_mm`); or "automatic"
+      (`automatic_region.AUTOMATIC`): an MR MoNet (`segmentation_model`, default the first
+      installed) segments the pancreas on T2, and the outcome's region_node and pancreas_node
+      show the box and the mask.
     on_finished(outcome, error_message) is called once at the end: (AssessmentOutcome, "") on
     success; (None, reason) on failure; (None, "") when cancelled. The scene changes only on
     success (a heat map and a table beside T2).
@@ -87,15 +99,20 @@ def start_assessment(runner, t1_node, t2_node, region_node, model: Optional[str]
     explanation: 'rollout' (attention rollout, the paper's) or 'gradient-rollout' (gradient-weighted,
     computed on PyTorch whatever the engine).
     """
+    from .automatic_region import AUTOMATIC
     from .result_nodes import region_box_from_node
 
-    region = region_box_from_node(region_node, point_box_size_mm)
+    if isinstance(region_node, str) and region_node == AUTOMATIC:
+        center, size = None, None
+    else:
+        region = region_box_from_node(region_node, point_box_size_mm)
+        center, size = region.center_ras, region.size_mm
     with new_work_folder("IPMNRisk") as work_folder:
         t1_path = export_volume_node(t1_node, work_folder / "t1.nrrd", "T1 volume")
         t2_path = export_volume_node(t2_node, work_folder / "t2.nrrd", "T2 volume")
         output_dir = work_folder / "output"
-        arguments = assessment_arguments(t1_path, t2_path, region.center_ras, region.size_mm, output_dir,
-                                         model, device, tta, engine, precision, explanation)
+        arguments = assessment_arguments(t1_path, t2_path, center, size, output_dir, model, device, tta, engine,
+                                         precision, explanation, segmentation_model)
         return start_then_import(runner, PACKAGE, arguments, [MODULE_DIR], work_folder,
                                  lambda: import_assessment(t2_node, output_dir, CASE),
                                  on_progress=on_progress, on_finished=on_finished)
@@ -104,7 +121,8 @@ def start_assessment(runner, t1_node, t2_node, region_node, model: Optional[str]
 def assess(t1_node, t2_node, region_node, model: Optional[str] = None, device: str = "auto", tta: bool = True,
            point_box_size_mm: float = 60.0, progress: Optional[ProgressCallback] = None,
            cancel: Optional[CancelToken] = None, runner=None, engine: str = "auto",
-           precision: str = "auto", explanation: str = "rollout") -> AssessmentOutcome:
+           precision: str = "auto", explanation: str = "rollout",
+           segmentation_model: Optional[str] = None) -> AssessmentOutcome:
     """`start_assessment` run to its end (in this process unless `runner` says otherwise).
     Raises the input's problem (`InputError`...), `route.TaskFailed`, or `OperationCancelled`."""
     from PancreasAILib.runners import InProcessRunner
@@ -112,7 +130,7 @@ def assess(t1_node, t2_node, region_node, model: Optional[str] = None, device: s
     return run_to_end(lambda finished: start_assessment(
         runner or InProcessRunner(), t1_node, t2_node, region_node, model, device, tta, point_box_size_mm,
         on_progress=cancellable(progress, cancel), on_finished=finished, engine=engine, precision=precision,
-        explanation=explanation))
+        explanation=explanation, segmentation_model=segmentation_model))
 
 
 def import_assessment(t2_node, output_dir: Path, case: str) -> AssessmentOutcome:
@@ -133,7 +151,22 @@ def import_assessment(t2_node, output_dir: Path, case: str) -> AssessmentOutcome
     if heat_map.shape != tuple(dims) or not np.allclose(heat_map.ijk_to_ras, world_ijk_to_ras(t2_node), atol=1e-3):
         raise InputError(f"The heat map in {output_dir} is not on the grid of '{t2_node.GetName()}'.")
     grid_png = paths["grid_png"].read_bytes() if paths["grid_png"].exists() else None
+    pancreas = read_volume(paths["pancreas"]) if paths["pancreas"].exists() else None
+    if pancreas is not None and (pancreas.shape != heat_map.shape or
+                                 not np.allclose(pancreas.ijk_to_ras, heat_map.ijk_to_ras, atol=1e-3)):
+        raise InputError(f"The automatic region's pancreas in {output_dir} is not on the grid of "
+                         f"'{t2_node.GetName()}'.")
     nodes = add_assessment_to_scene(t2_node, heat_map, summary)
+    region_node = pancreas_node = None
+    if pancreas is not None:
+        from .region_nodes import add_automatic_region_nodes
+
+        try:
+            region_node, pancreas_node = add_automatic_region_nodes(t2_node, summary, pancreas)
+        except BaseException:
+            for node in (nodes.heat_map_node, nodes.table_node):
+                t2_node.GetScene().RemoveNode(node)
+            raise
     return AssessmentOutcome(
         risk_class=int(summary["risk_class"]), class_name=summary["class_name"],
         class_names=list(summary["class_names"]), probabilities=np.asarray(summary["probabilities"]),
@@ -141,4 +174,4 @@ def import_assessment(t2_node, output_dir: Path, case: str) -> AssessmentOutcome
         grid_png=grid_png, model_name=summary["model"], model_sha256=summary["model_sha256"],
         engine=summary.get("engine", ""), precision=summary.get("precision", ""),
         explanation=summary.get("explanation") or "rollout", warnings=list(summary["warnings"]),
-        seconds=float(summary["seconds"]), summary=summary)
+        seconds=float(summary["seconds"]), summary=summary, region_node=region_node, pancreas_node=pancreas_node)

@@ -9,16 +9,19 @@ from typing import Optional
 
 from .inference import Assessment
 from .grids import RegionBox
+from .network import task_of_classes
 
 
 def assessment_summary(assessment: Assessment, region: RegionBox, case: str, card=None,
                        seconds: Optional[float] = None) -> dict:
-    """JSON-able fields of one assessment (no arrays but the small ones): with the model card,
+    """JSON-able fields of one assessment (no arrays but the small ones): the task and its class
+    names with one probability each (3-class or 2-class, `network.TASKS`); with the model card,
     its SHA256; with the time the assessment took, that."""
     return {
         "case": case,
         "risk_class": assessment.risk_class,
         "class_name": assessment.class_name,
+        "task": task_of_classes(assessment.class_names, "The assessment"),
         "class_names": list(assessment.class_names),
         "probabilities": [float(p) for p in assessment.probabilities],
         "spread": [float(s) for s in assessment.spread],

@@ -29,7 +29,11 @@ from .errors import PancreasAIError
 
 TASKS = ("segmentation", "ipmn")
 VERDICTS = {"ipmn": ("agree", "disagree", "uncertain"), "segmentation": ("accept", "edited", "reject")}
-IPMN_CLASSES = ("normal", "low-risk IPMN", "high-risk IPMN")
+#: The class names of each IPMN task, as `IPMNRiskLib.network.TASKS` has them (this library does
+#: not import the module's): a result records its own, and its reviewer chooses among those.
+IPMN_TASK_CLASSES = {"3-class": ("normal", "low-risk IPMN", "high-risk IPMN"),
+                     "2-class": ("no or low-risk IPMN", "high-risk IPMN")}
+IPMN_CLASSES = IPMN_TASK_CLASSES["3-class"]
 REVIEW_COLUMNS = ["reviewer", "case", "task", "time", "model", "model_sha256", "model_class", "verdict",
                   "reviewer_class", "edited_file", "comment"]
 REVIEW_FILE = "review.csv"
@@ -79,6 +83,14 @@ class ReviewCase:
         return str(self.record.get("class_name", "")) if self.task == "ipmn" else ""
 
     @property
+    def class_names(self) -> tuple:
+        """The classes of the result's task (results without the list: the 3-class task's);
+        empty for segmentations."""
+        if self.task != "ipmn":
+            return ()
+        return tuple(self.record.get("class_names") or IPMN_CLASSES)
+
+    @property
     def probabilities(self) -> list:
         return list(self.record.get("probabilities", []))
 
@@ -104,9 +116,9 @@ class ReviewCase:
         if self.problem is not None:
             return self.problem
         if self.task == "ipmn":
-            names = self.record.get("class_names", IPMN_CLASSES)
             parts = [f"{n} {p:.2f}" + (f"+-{s:.2f}" if s is not None else "")
-                     for n, p, s in zip(names, self.probabilities, self.spread or [None] * 3)]
+                     for n, p, s in zip(self.class_names, self.probabilities,
+                                        self.spread or [None] * len(self.class_names))]
             return f"{self.class_name} ({', '.join(parts)})"
         volume = self.volume_ml
         return f"pancreas {volume:.1f} ml" if volume is not None else "pancreas (no volume recorded)"
@@ -189,8 +201,12 @@ def _read_case(folder: Path, task: str, path: Path, suffix: str) -> ReviewCase:
     essential = [FILE_LABELS[key] for key in ESSENTIAL_FILES[task] if key not in files]
     problem = f"cannot be shown: {' and '.join(essential)} {'is' if len(essential) == 1 else 'are'} missing" \
         if essential else None
-    if task == "ipmn" and problem is None and record.get("class_name") not in IPMN_CLASSES:
-        problem = f"{path.name} names no known class ({record.get('class_name')!r})"
+    if task == "ipmn" and problem is None:
+        names = tuple(record.get("class_names") or IPMN_CLASSES)
+        if names not in IPMN_TASK_CLASSES.values():
+            problem = f"{path.name} lists classes of no known IPMN task ({', '.join(map(str, names))})"
+        elif record.get("class_name") not in names:
+            problem = f"{path.name} names no known class ({record.get('class_name')!r})"
     return ReviewCase(name, task, path, record, files, tuple(missing), problem)
 
 
@@ -291,8 +307,8 @@ def check_verdict(worklist: Worklist, verdict: Verdict) -> Verdict:
     if case.task == "ipmn":
         if verdict.verdict == "agree":
             reviewer_class = reviewer_class or case.class_name
-        if reviewer_class and reviewer_class not in IPMN_CLASSES:
-            raise ReviewError(f"The reviewer's class is one of {', '.join(IPMN_CLASSES)} (got {reviewer_class!r}).")
+        if reviewer_class and reviewer_class not in case.class_names:
+            raise ReviewError(f"The reviewer's class is one of {', '.join(case.class_names)} (got {reviewer_class!r}).")
         if verdict.verdict == "agree" and reviewer_class != case.class_name:
             raise ReviewError(f"'agree' means the reviewer's class is the model's ({case.class_name}); "
                               f"choose 'disagree' for {reviewer_class}.")

@@ -95,8 +95,9 @@ def _load_ipmn(case: ReviewCase, scene) -> LoadedCase:
     if heat_map.shape != t2.shape or not np.allclose(heat_map.ijk_to_ras, t2.ijk_to_ras, atol=1e-3):
         raise InputError(f"The heat map of '{case.name}' is not on its T2's grid: were the files of two "
                          "runs mixed?")
-    summary = {"class_names": ["normal", "low-risk IPMN", "high-risk IPMN"], "probabilities": [0, 0, 0],
-               "spread": [0, 0, 0], "test_time_views": "", "research_use_notice": "",
+    classes = len(case.class_names)  # 3-class or 2-class: the result's own task
+    summary = {"class_names": list(case.class_names), "probabilities": [0] * classes,
+               "spread": [0] * classes, "test_time_views": "", "research_use_notice": "",
                "region": {"center_ras": [0, 0, 0], "size_mm": [0, 0, 0]}, **case.record}
     result = add_assessment_to_scene(t2_node, heat_map, summary)
     # Below a tenth of its peak the heat map is transparent: the T2 shows as it is, and the colour

@@ -308,11 +308,12 @@ class ReviewApp:
             view.schedule_render()
 
     def _fill_form(self, case, verdict) -> None:
-        from .review import VERDICTS
+        from .review import IPMN_CLASSES, VERDICTS
 
         s = self.server.state
         s.current_name, s.task, s.reviewable = case.name, case.task, case.reviewable
         s.model_class = case.class_name
+        s.class_options = list(case.class_names or IPMN_CLASSES)  # the classes of the result's own task
         s.details = case_details(case)
         s.verdict_options = list(VERDICTS[case.task]) if case.reviewable else []
         s.verdict = verdict.verdict if verdict else None

@@ -54,9 +54,9 @@ SAMPLES = (
     )),
     Sample("PancreasAIMRPhantom", "IPMNRisk", (
         SampleFile(MR_T1_FILE, "T1 phantom",
-                   "bd781f681a234d880af287b284ade32d428f10b56da48161e69266a6a4c8e87c", "VolumeFile"),
+                   "015a98c708c84be9bfde91804754d9f97973ff27ef18d28b076bdfffc62cbe43", "VolumeFile"),
         SampleFile(MR_T2_FILE, "T2 phantom",
-                   "8ff5ba1594500b2f2bc32cf2b64ec08907de7d9e87fb73762d500f8583cf3b76", "VolumeFile"),
+                   "e2945480feeb2531c4a7a0e9cb376893d31dc8045c7d21dd0725057bef0e20a5", "VolumeFile"),
         SampleFile(MR_REGION_FILE, MR_REGION_NODE,
                    "ebfee8ceef2dc62c4739a484e8ea3d12238bdc85f1267c6e5031bfc44200035c", "MarkupsFile"),
     )),

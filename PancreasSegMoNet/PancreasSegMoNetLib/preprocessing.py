@@ -1,8 +1,9 @@
-"""CT slices exactly as MoNet saw them in training: canonical axial, 256 x 256, intensities in [0, 1].
+"""Slices exactly as MoNet saw them in training: canonical axial, 256 x 256, intensities in [0, 1].
 
 Used by inference and by the training scripts (Resources/Training), so the two cannot drift.
-The parameters come from the model card's "preprocessing" section; its optional
-"intensity_scaling" says how Hounsfield units become [0, 1]:
+The parameters come from the model card's "preprocessing" section. Its optional "modality" is
+"CT" (the default: every card written before the key existed is a CT model) or "MR"; its
+optional "intensity_scaling" says how the image's values become [0, 1]:
 
 - "window" (the default when the key is absent): clip to `window_hu` and scale that window
   to [0, 1], the same for every CT.
@@ -30,7 +31,30 @@ DEFAULT_PREPROCESSING = {
     "inplane_resampling": "bilinear, square field of view over the longer slice side, centred",
 }
 #: The values of the card's "intensity_scaling" (see the module's docstring); the first is the default.
-INTENSITY_SCALINGS = ("window", "volume_min_max")
+INTENSITY_SCALINGS = ("window", "volume_min_max", "volume_percentiles")
+#: The values of the card's "modality"; the first is the default.
+MODALITIES = ("CT", "MR")
+#: The percentiles an MR model's intensities are scaled by unless its training said otherwise.
+MR_PERCENTILES = (1.0, 99.0)
+#: Voxels over which the percentiles of a larger volume are taken (an even subsample): the
+#: percentiles of 512 x 512 x 600 voxels would take seconds and change in the fourth digit.
+PERCENTILE_VOXELS = 8_000_000
+
+
+def mr_preprocessing(input_size: int, percentiles=MR_PERCENTILES) -> dict:
+    """The pre-processing section of an MR model's card."""
+    return {"modality": "MR", "orientation": DEFAULT_PREPROCESSING["orientation"], "input_size": int(input_size),
+            "intensity_scaling": "volume_percentiles", "percentiles": [float(p) for p in percentiles],
+            "inplane_resampling": DEFAULT_PREPROCESSING["inplane_resampling"]}
+
+
+def modality(preprocessing: dict) -> str:
+    """The card's "modality", "CT" when it has none; an unknown one is refused."""
+    value = preprocessing.get("modality", MODALITIES[0])
+    if value not in MODALITIES:
+        raise ModelFileError(f"The model card's pre-processing names the modality {value!r}; PancreasSegMoNet "
+                             f"knows {' and '.join(MODALITIES)}. Correct the card.")
+    return value
 
 
 def intensity_scaling(preprocessing: dict) -> str:
@@ -46,12 +70,22 @@ def intensity_scaling(preprocessing: dict) -> str:
 
 def check_preprocessing(preprocessing: dict) -> None:
     """Refuse, before any work, a card's pre-processing that this version cannot reproduce."""
-    missing = [key for key in ("input_size", "window_hu", "fill_hu") if key not in preprocessing]
+    kind = modality(preprocessing)
+    scaling = intensity_scaling(preprocessing)
+    needed = ("input_size", "percentiles") if scaling == "volume_percentiles" else ("input_size", "window_hu",
+                                                                                     "fill_hu")
+    missing = [key for key in needed if key not in preprocessing]
     if missing:
         raise ModelFileError(
-            f"The model card's pre-processing lacks {', '.join(missing)}: without them the CT cannot be "
+            f"The model card's pre-processing lacks {', '.join(missing)}: without them the image cannot be "
             "prepared as the model saw it in training. Correct the card.")
-    intensity_scaling(preprocessing)
+    if kind == "MR" and scaling != "volume_percentiles":
+        raise ModelFileError(
+            f"The model card is for MR but scales intensities by {scaling!r}, a Hounsfield-unit rule; an MR model "
+            "needs intensity_scaling 'volume_percentiles'. Correct the card.")
+    if scaling == "volume_percentiles":
+        _check_percentiles(preprocessing["percentiles"])
+        return
     try:
         low, high = (float(value) for value in preprocessing["window_hu"])
     except (TypeError, ValueError) as error:
@@ -63,16 +97,39 @@ def check_preprocessing(preprocessing: dict) -> None:
             "units shown black, must lie below its second, those shown white. Correct the card.")
 
 
-def intensity_range(ct_or_canonical: Volume, preprocessing: dict) -> tuple[float, float]:
-    """(low, high) Hounsfield units that the model's input maps to 0 and 1.
+def _check_percentiles(percentiles) -> None:
+    try:
+        low, high = (float(value) for value in percentiles)
+    except (TypeError, ValueError) as error:
+        raise ModelFileError(f"The model card's percentiles {percentiles!r} are not two numbers (the "
+                             "percentiles of the volume shown black and white). Correct the card.") from error
+    if not 0.0 <= low < high <= 100.0:
+        raise ModelFileError(f"The model card's percentiles [{low:g}, {high:g}] must rise within 0..100. "
+                             "Correct the card.")
 
-    "window": `window_hu` itself. "volume_min_max": the window narrowed to the range of the
+
+def volume_percentiles(array: np.ndarray, percentiles) -> tuple[float, float]:
+    """The (low, high) percentiles of an array's values; an even subsample of at most
+    PERCENTILE_VOXELS voxels when it is larger."""
+    values = np.ravel(array)
+    if values.size > PERCENTILE_VOXELS:
+        values = values[::-(-values.size // PERCENTILE_VOXELS)]
+    low, high = np.percentile(values, [float(p) for p in percentiles])
+    return float(low), float(high)
+
+
+def intensity_range(ct_or_canonical: Volume, preprocessing: dict) -> tuple[float, float]:
+    """(low, high) image values that the model's input maps to 0 and 1.
+
+    "volume_percentiles": the volume's own percentiles. "window": `window_hu` itself. "volume_min_max": the window narrowed to the range of the
     volume's own voxels (max(window low, volume min), min(window high, volume max)): the
     clipped volume's minimum and maximum. Take it over the whole CT (any orientation: the range
     does not depend on it), never over one slab, and never over resampled slices (whose fill
     outside the field of view is not part of the CT). A volume constant after clipping gives
     high <= low; `model_slices` then gives zeros where the authors' code stops on an assertion.
     """
+    if intensity_scaling(preprocessing) == "volume_percentiles":
+        return volume_percentiles(ct_or_canonical.array, preprocessing["percentiles"])
     low, high = (float(value) for value in preprocessing["window_hu"])
     if intensity_scaling(preprocessing) == "volume_min_max":
         low = max(low, float(ct_or_canonical.array.min()))
@@ -111,20 +168,21 @@ def window(hu: np.ndarray, window_hu) -> np.ndarray:
 
 def model_slices(canonical: Volume, preprocessing: dict,
                  intensity: Optional[tuple[float, float]] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Canonical CT slab (K, J, I), Hounsfield units -> ((K, size, size) float32 in [0, 1],
-    IJK-to-RAS of that grid).
+    """Canonical slab (K, J, I) of a CT (Hounsfield units) or an MR -> ((K, size, size) float32
+    in [0, 1], IJK-to-RAS of that grid).
 
-    intensity: the (low, high) Hounsfield units mapped to 0 and 1, `intensity_range` of the
-    whole CT the slab belongs to; None computes it from `canonical`, right only when it is the
-    whole CT. Values beyond the range, the fill outside the slice included, are clipped to it.
-    An empty range (a constant volume) gives zeros.
+    intensity: the (low, high) values mapped to 0 and 1, `intensity_range` of the whole volume
+    the slab belongs to; None computes it from `canonical`, right only when it is the whole
+    volume. Values beyond the range, the fill outside the slice included (`fill_hu`, or the low
+    end for a card without one), are clipped to it. An empty range (a constant volume) gives
+    zeros.
     """
     low, high = intensity_range(canonical, preprocessing) if intensity is None else intensity
     size = int(preprocessing["input_size"])
     grid = inplane_grid(canonical, size)
     hu = resample(canonical, (canonical.shape[0], size, size), grid,
                   order=1,  # pragma: no mutate (resample's default; explicit: bilinear, as in training)
-                  fill_value=float(preprocessing["fill_hu"]))
+                  fill_value=float(preprocessing.get("fill_hu", low)))
     if not low < high:
         hu[...] = 0.0
         return hu, grid

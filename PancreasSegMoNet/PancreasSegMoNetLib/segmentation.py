@@ -1,4 +1,4 @@
-"""From a CT volume to a pancreas mask on the same voxel grid.
+"""From a CT volume (or, with an MR model, a T2-weighted MRI) to a pancreas mask on the same voxel grid.
 
 CT (any orientation, spacing, oblique direction) -> canonical axial (a view, no copy) ->
 slabs of slices -> 256 x 256 slices scaled to [0, 1] -> MoNet -> probabilities back onto the
@@ -26,7 +26,7 @@ from PancreasAILib.volume import Volume, check_geometry, check_scalar_volume
 from PancreasAILib.weights import ModelCard
 
 from .registry import model_registry, monet_recipe
-from .preprocessing import check_preprocessing, intensity_range, model_slices
+from .preprocessing import check_preprocessing, intensity_range, modality, model_slices
 
 logger = logging.getLogger(__name__)
 
@@ -59,22 +59,28 @@ class SegmentationResult:
         return self.voxel_count * float(np.prod(self.mask.spacing)) / 1000.0
 
 
-def check_ct(ct: Volume) -> list[str]:
-    """Refuse what cannot be a CT; return warnings for what looks unlike one."""
-    check_scalar_volume(ct.array, "CT volume", min_size=(1, 1, 1))
-    check_geometry(ct.ijk_to_ras, "CT volume")
+def check_ct(ct: Volume, modality: str = "CT") -> list[str]:
+    """Refuse what cannot be an image of `modality` ("CT" or "MR"); return warnings for what
+    looks unlike one."""
+    what = f"{modality} volume"
+    check_scalar_volume(ct.array, what, min_size=(1, 1, 1))
+    check_geometry(ct.ijk_to_ras, what)
     axial_shape = axial_reorientation(ct).apply(ct.array).shape
     if any(n < m for n, m in zip(axial_shape, MIN_SIZE_KJI)):
         raise InputError(
-            f"The CT volume is too small: its axial slices are {axial_shape[2]} x {axial_shape[1]} "
+            f"The {what} is too small: its axial slices are {axial_shape[2]} x {axial_shape[1]} "
             f"voxels; at least {MIN_SIZE_KJI[2]} x {MIN_SIZE_KJI[1]} are needed.")
     warnings = []
     low, high = float(ct.array.min()), float(ct.array.max())
-    if low > -500 or high < 0:
+    if modality == "CT" and (low > -500 or high < 0):
         warnings.append(
             f"The image values run from {low:g} to {high:g}, which does not look like a CT in "
             "Hounsfield units (air is about -1000): is it an MRI or a rescaled image? "
-            "MoNet was trained on CT only; the result is unlikely to be meaningful.")
+            "This MoNet was trained on CT only; the result is unlikely to be meaningful.")
+    if modality == "MR" and low < -500:
+        warnings.append(
+            f"The image values run from {low:g} to {high:g}; values below -500 look like a CT in Hounsfield "
+            "units, and this MoNet was trained on MRI only: the result is unlikely to be meaningful.")
     angle = obliquity_degrees(ct)
     if angle > 20:  # pragma: no mutate (> and >= differ only at exactly 20 degrees)
         warnings.append(
@@ -105,7 +111,8 @@ def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optio
                precision: str = "auto", batch_size: Optional[int] = None,
                progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None,
                choice: Optional[EngineChoice] = None, recipe: Optional[NetworkRecipe] = None) -> SegmentationResult:
-    """Segment the pancreas in `ct` ((K, J, I) Hounsfield units with its IJK-to-RAS).
+    """Segment the pancreas in `ct` ((K, J, I) Hounsfield units with its IJK-to-RAS; or an MR
+    image when the card's pre-processing says "modality": "MR").
 
     threshold, keep_largest_component: None takes the card's post-processing (threshold 0.5
     and keeping the largest component when the card says nothing); engine / precision: see
@@ -118,11 +125,11 @@ def segment_ct(ct: Volume, card: Optional[ModelCard] = None, *, threshold: Optio
     """
     started = time.perf_counter()
     cancel = cancel or CancelToken()
-    warnings = check_ct(ct)
-    for warning in warnings:
-        logger.warning(warning)
     card = card or model_registry().resolve(None)
     check_card(card)
+    warnings = check_ct(ct, modality(card.preprocessing))
+    for warning in warnings:
+        logger.warning(warning)
     preprocessing = card.preprocessing
     if keep_largest_component is None:
         keep_largest_component = card_keeps_largest_component(card)

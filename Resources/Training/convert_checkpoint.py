@@ -13,6 +13,10 @@ MoNet, for PancreasSegMoNet:
 The IPMN ViT-B/16, for IPMNRisk:
   python Resources/Training/convert_checkpoint.py ipmn.pth --architecture vit_base_patch16_224 --output ipmn.safetensors
 
+An IPMN checkpoint's task (--task 3-class or 2-class, IPMNRiskLib.network.TASKS) is that of its
+classifier: 3 outputs are the 3-class task, 2 the 2-class one (high-risk vs no or low-risk IPMN);
+--task says it when the checkpoint has no `head.weight`. The card's classes name the task.
+
 The checkpoint holds a state_dict: plain (torch.save(model.state_dict(), ...)) or under
 "state_dict", "model_state_dict" or "model" (a "module." prefix from DistributedDataParallel
 is removed). If the model was trained with other pre-processing than the default (another
@@ -37,7 +41,7 @@ from trainkit.protocol import PRESETS, protocol_preset
 from PancreasAILib.cli_support import run_command
 from PancreasAILib.errors import InputError, ModelFileError
 from PancreasAILib.weights import save_model, sha256_of_file, state_dict_misfits
-from IPMNRiskLib.network import CLASS_NAMES, VIT_ARCHITECTURES
+from IPMNRiskLib.network import TASKS, VIT_ARCHITECTURES
 
 from segmentation_networks import ARCHITECTURES
 
@@ -78,33 +82,45 @@ def segmentation_target(architecture: str, preset: str) -> Target:
         "postprocessing": {"threshold": 0.5, "keep_largest_component": protocol.keep_largest_component}})
 
 
-def ipmn_target(args) -> Target:
-    """The IPMN ViT (early fusion), as train_ipmn.py builds and describes it."""
+def ipmn_task(args, state_dict: dict) -> str:
+    """--task, else the task whose number of classes the checkpoint's classifier (`head.weight`)
+    has, else 3-class; InputError when --task and the classifier disagree."""
+    head = state_dict.get("head.weight")
+    outputs = int(head.shape[0]) if head is not None and head.ndim == 2 else None
+    of_head = next((task for task, names in TASKS.items() if len(names) == outputs), None)
+    if args.task and of_head and args.task != of_head:
+        raise InputError(f"--task {args.task} has {len(TASKS[args.task])} classes, but the checkpoint's classifier "
+                         f"has {outputs} outputs (the {of_head} task): give --task {of_head}, or leave --task out.")
+    return args.task or of_head or "3-class"
+
+
+def ipmn_target(args, task: str) -> Target:
+    """The IPMN ViT (early fusion) of `task`, as train_ipmn.py builds and describes it."""
     from ipmn_data import card_preprocessing, preprocessing_steps
     from ipmn_networks import build_network, parameter_count
-    from ipmn_setup import architecture_of
+    from ipmn_setup import architecture_of, task_description
     from ipmn_training import IPMNProtocol
 
     architecture, params = architecture_of(args, phantoms=False)
-    network = build_network("early-fusion", architecture, params)
+    network = build_network("early-fusion", architecture, params, num_classes=len(TASKS[task]))
     return Target(network, "IPMN ViT", {
         "architecture": architecture, "architecture_params": params,
         "parameters": parameter_count(network),
-        "task": "IPMN risk class from paired T1/T2 MRI (3 x 3 grids of 9 slices, early fusion)",
-        "classes": list(CLASS_NAMES),
+        "task": task_description(task),
+        "classes": list(TASKS[task]),
         # The paper's MRI pre-processing needs landmarks fitted on the training cohort, which a
         # checkpoint does not hold: the card states the input format without it.
         "preprocessing": card_preprocessing(preprocessing_steps("none"),
                                             protocol_preset(IPMNProtocol, args.protocol).normalisation)})
 
 
-def target_for(args) -> Target:
+def target_for(args, state_dict: dict) -> Target:
     if args.architecture in ARCHITECTURES:
-        if args.architecture_params:
-            raise InputError("--architecture-params is for the IPMN ViTs; the segmentation networks are "
-                             "fixed by --architecture.")
+        if args.architecture_params or args.task:
+            raise InputError(f"{'--architecture-params' if args.architecture_params else '--task'} is for the IPMN "
+                             "ViTs; the segmentation networks are fixed by --architecture.")
         return segmentation_target(args.architecture, args.protocol)
-    return ipmn_target(args)
+    return ipmn_target(args, ipmn_task(args, state_dict))
 
 
 def read_checkpoint(path: Path) -> object:
@@ -179,8 +195,8 @@ def convert(args, argv: Optional[Sequence[str]] = None) -> int:
     checkpoint_path = Path(args.checkpoint)
     weights = Path(args.output).with_suffix(".safetensors")
     refuse_existing_output(weights, args.overwrite)
-    target = target_for(args)
     state_dict = state_dict_of(read_checkpoint(checkpoint_path), checkpoint_path.name)
+    target = target_for(args, state_dict)
     tensors = load_checked(target, state_dict, checkpoint_path.name, args.architecture)
     card = save_model(tensors, weights, {
         "name": weights.stem, "title": args.title or target.title, **target.card_fields,
@@ -202,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--architecture-params", metavar="JSON",
                         help="timm arguments of an IPMN ViT as JSON, as given to train_ipmn.py (default: none; "
                              "the demo ViT's for vit_tiny_patch16_224)")
+    parser.add_argument("--task", choices=tuple(TASKS),
+                        help="IPMN ViTs: the classes the checkpoint was trained for (default: those of its "
+                             "classifier, 3 outputs 3-class, 2 outputs 2-class); written into the card")
     parser.add_argument("--output", required=True, help="path of the .safetensors to write (its card goes beside it)")
     parser.add_argument("--title", help="title in the model card (default: the architecture's name)")
     parser.add_argument("--intended-use", default="", help="intended use, written into the model card")

@@ -8,11 +8,18 @@ Data (one of):
   --cyst-x DIR      the public Cyst-X benchmark folder as published (see cyst_x.py): T1/T2
                     crops, IPMN_labels_total.xlsx, and its published folds when present
 
-Folds (scikit-learn StratifiedGroupKFold: all scans of a patient in one fold, classes
+Task (--task): 3-class (normal, low-risk, high-risk IPMN; the seed paper's, default) or 2-class
+(high-risk IPMN vs no or low-risk IPMN, the Cyst-X benchmark's second task, reported as AUC; the
+data's risk label 2 is class 1, 0 and 1 are class 0). Folds, their "every class" checks, class
+weights, Grad-CAM captions, predictions.csv and the pooled metrics follow its classes; cv.json and
+benchmark.json record it. A 2-class run without --class-weights uses balanced weights.
+
+Folds (scikit-learn StratifiedGroupKFold: all scans of a patient in one fold, classes of the task
 stratified): each of --folds outer folds is once the test set; the other patients, its
 training part, are split into --inner-folds inner folds. With --cyst-x, --folds-by chooses the
-outer folds: published (the benchmark's split file; auto uses it when present), patients (ours,
-as above) or centre (leave-one-centre-out); inner folds are always ours, inside the training part.
+outer folds: published (the benchmark's split file of the task: 3-class/t2.csv, 2-class/
+two_inputs.csv; auto uses it when present), patients (ours, as above) or centre
+(leave-one-centre-out); inner folds are always ours, inside the training part.
 
 Inner selection (--inner-selection):
   grid (default)    for each learning rate of --lr-grid and each inner fold, a network trains on
@@ -36,7 +43,8 @@ them; balanced class weights (--class-weights balanced) are fitted on the cases 
 trains on.
 
 Besides the per-fold tables, every case's out-of-fold prediction is pooled per method: accuracy,
-balanced accuracy, macro F1 and AUC (one-vs-rest, macro over the classes), overall and per centre
+balanced accuracy, macro F1 and AUC (3-class: one-vs-rest, macro over the classes; 2-class: the
+binary AUC of high risk; each fold's result.json has its AUC too), overall and per centre
 (Cyst-X), with seeded bootstrap 95 % intervals (<method>/benchmark.json and .csv, --bootstrap
 resamples), and a reliability diagram of the predicted class's probability (<method>/calibration.png).
 
@@ -80,22 +88,23 @@ from trainkit.runlog import Curves
 from trainkit.seeding import derived_seed, seed_everything, use_deterministic_kernels
 
 from PancreasAILib.errors import InputError
-from IPMNRiskLib.network import CLASS_NAMES
+from IPMNRiskLib.network import TASKS
 
 import cyst_x
 from ipmn_data import (PreparedCase, card_preprocessing, central_samples, data_sha256, inputs_sha256, phantom_cases,
                        read_cohort_csv, training_samples)
 from ipmn_folds import OuterFold, nested_folds, nested_folds_from_tests, patients_in_several_folds
-from ipmn_metrics import (DEFAULT_BOOTSTRAP, SELECTION_RULE, chosen_setting, classification_metrics, grouped_metrics,
+from ipmn_metrics import (DEFAULT_BOOTSTRAP, SELECTION_RULE, chosen_setting, grouped_metrics,
                           reliability_curve, selection_table, write_benchmark_table, write_calibration_png,
                           write_fold_table, write_results_table)
 from ipmn_networks import (METHOD_GROUPS, METHODS, build_network, gradcam_maps, parameter_count,
                            write_gradcam_png)
 from ipmn_setup import (add_model_arguments, add_phantom_shape_arguments, add_preprocessing_arguments,
                         add_run_arguments, architecture_of, cache_of, prepare_everywhere, pretrained_of,
-                        pretrained_record, steps_of)
+                        pretrained_record, steps_of, task_labels, with_task_labels)
 from ipmn_training import (TrainingRun, add_ipmn_protocol_arguments, check_protocol, fit_class_weights,
-                           full_protocol_record, ipmn_protocol_from_arguments, predict_probabilities)
+                           full_protocol_record, held_out_metrics, ipmn_protocol_from_arguments,
+                           predict_probabilities, task_of)
 
 logger = logging.getLogger("crossvalidate_ipmn")
 
@@ -173,63 +182,70 @@ def load_cases(args):
 
 
 def outer_folds(args, cases) -> tuple[list[OuterFold], dict]:
-    """The nested folds and how the outer ones were made ({"by", ...} for cv.json)."""
-    labels, patients = [c.label for c in cases], [c.patient_id for c in cases]
+    """The nested folds (stratified by the classes of --task) and how the outer ones were made
+    ({"by", ...} for cv.json)."""
+    task = task_of(args)
+    names = TASKS[task]
+    labels, patients = task_labels(cases, task), [c.patient_id for c in cases]
     by = args.folds_by
     if not args.cyst_x:
         if by not in ("auto", "patients"):
             raise InputError(f"--folds-by {by} is for --cyst-x (the benchmark's split file and centres).")
         by = "patients"
-    split_file = cyst_x.published_split_file(args.cyst_x) if args.cyst_x else None
+    split_file = cyst_x.published_split_file(args.cyst_x, task) if args.cyst_x else None
     if by == "auto":
         by = "published" if split_file is not None else "patients"
     if by == "patients":
-        return (nested_folds(labels, patients, args.folds, args.inner_folds, args.seed),
+        return (nested_folds(labels, patients, args.folds, args.inner_folds, args.seed, names),
                 {"by": "patients", "rule": "scikit-learn StratifiedGroupKFold by patient, stratified by class"})
     if by == "centre":
         centres, tests = cyst_x.centre_outer_tests(cases)
-        return (nested_folds_from_tests(tests, labels, patients, args.inner_folds, args.seed, names=centres),
+        return (nested_folds_from_tests(tests, labels, patients, args.inner_folds, args.seed, names=centres,
+                                        class_names=names),
                 {"by": "centre", "rule": "leave-one-centre-out", "fold_centres": centres})
     if split_file is None:
-        raise InputError(f"{args.cyst_x} has no published split ({' or '.join(cyst_x.PUBLISHED_SPLITS)}); "
-                         "use our own folds with --folds-by patients.")
+        raise InputError(f"{args.cyst_x} has no published {task} split "
+                         f"({' or '.join(cyst_x.PUBLISHED_SPLITS[task])}); use our own folds with --folds-by patients.")
     tests = cyst_x.published_outer_tests(cases, cyst_x.read_published_folds(split_file), split_file)
     shared = patients_in_several_folds(tests, patients)
     if shared:
         logger.warning("The published split tests %d patient(s) in more than one fold (%s): their scans are not "
                        "kept together.", len(shared), ", ".join(shared[:5]))
-    return (nested_folds_from_tests(tests, labels, patients, args.inner_folds, args.seed),
+    return (nested_folds_from_tests(tests, labels, patients, args.inner_folds, args.seed, class_names=names),
             {"by": "published", "file": split_file.relative_to(Path(args.cyst_x)).as_posix(),
              "patients_in_several_folds": len(shared)})
 
 
-def write_split(path: Path, cases, folds: list[OuterFold]) -> None:
+def write_split(path: Path, cases, folds: list[OuterFold], task: str) -> None:
     """Which case is where: stays in the output folder (case names may identify patients).
-    Per case: the outer fold that tests it, and for every other outer fold the inner fold it
-    validates in (inner fold 1 is the checkpoint selection's validation set)."""
+    Per case: its risk label and its class in `task`, the outer fold that tests it, and for every
+    other outer fold the inner fold it validates in (inner fold 1 is the checkpoint selection's
+    validation set)."""
     outer_of, inner_of = {}, {}
     for fold in folds:
         outer_of.update({int(i): fold.number for i in fold.test})
         for inner_number, (_, validation) in enumerate(fold.inner, start=1):
             for i in validation:
                 inner_of.setdefault(int(i), {})[str(fold.number)] = inner_number
-    records = [{"case_id": c.case_id, "patient_id": c.patient_id, "label": c.label, "test_in_outer_fold": outer_of[i],
+    records = [{"case_id": c.case_id, "patient_id": c.patient_id, "label": c.label, "task_class": label,
+                "test_in_outer_fold": outer_of[i],
                 "validates_in_inner_fold": inner_of.get(i, {}),
-                **({"centre": c.centre} if hasattr(c, "centre") else {})} for i, c in enumerate(cases)]
+                **({"centre": c.centre} if hasattr(c, "centre") else {})}
+               for i, (c, label) in enumerate(zip(cases, task_labels(cases, task)))]
     write_json_atomically(path, {"cases": records})
 
 
-def gradcam_choice(labels: np.ndarray, count: int) -> list[int]:
-    """Up to `count` positions: the first case of each class, then the next ones in order."""
-    chosen = [int(np.flatnonzero(labels == c)[0]) for c in range(len(CLASS_NAMES)) if np.any(labels == c)]
+def gradcam_choice(labels: np.ndarray, count: int, classes: int = 3) -> list[int]:
+    """Up to `count` positions: the first case of each of `classes` classes, then the next ones in order."""
+    chosen = [int(np.flatnonzero(labels == c)[0]) for c in range(classes) if np.any(labels == c)]
     chosen += [i for i in range(len(labels)) if i not in chosen]
     return chosen[:count]
 
 
 @dataclass
 class FoldData:
-    """Every case of the cohort prepared for one outer fold: the standardisation landmarks in
-    `steps` are fitted on the fold's training part alone."""
+    """Every case of the cohort prepared for one outer fold, labelled with its class in the task:
+    the standardisation landmarks in `steps` are fitted on the fold's training part alone."""
 
     prepared: list[PreparedCase]
     steps: dict
@@ -261,6 +277,8 @@ class CrossValidation:
         self.output = Path(args.output)
         self.protocol = ipmn_protocol_from_arguments(args)
         check_protocol(self.protocol, dist)
+        self.task = self.protocol.task
+        self.class_names = TASKS[self.task]
         self.selection = args.inner_selection
         self.lr_grid = learning_rate_grid(args)
         self.methods = selected_methods(args.methods)
@@ -278,7 +296,7 @@ class CrossValidation:
         self.folds, self.folds_record = outer_folds(args, self.cases)
         if dist.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
-            write_split(self.output / "split.json", self.cases, self.folds)
+            write_split(self.output / "split.json", self.cases, self.folds, self.task)
         trainings = trainings_per_method(self.selection, len(self.folds), args.inner_folds, len(self.lr_grid))
         logger.info("Data: %s; %d outer folds of %s test cases, %d inner folds", self.description, len(self.folds),
                     "/".join(str(len(f.test)) for f in self.folds), args.inner_folds)
@@ -307,6 +325,7 @@ class CrossValidation:
                             len(fold.training_part))
             prepared, steps = prepare_everywhere(self.cases, self.steps, self.cache, self.dist,
                                                  fit_on=fold.training_part, normalisation=self.protocol.normalisation)
+            prepared = with_task_labels(prepared, self.task)
             self._fold_data = (key, FoldData(prepared, steps, inputs_sha256(prepared)))
             self.data_sha256 = self.data_sha256 or data_sha256(prepared)
         return self._fold_data[1]
@@ -334,7 +353,8 @@ class CrossValidation:
         return to_json_value({
             "data_sha256": self.data_sha256, "architecture": self.architecture, "architecture_params": self.params,
             "preprocessing": card_preprocessing(self.steps, self.protocol.normalisation),
-            "protocol": self.protocol_record(), "folds": len(self.folds), "outer_folds": self.folds_record,
+            "protocol": self.protocol_record(), "task": self.task, "classes": list(self.class_names),
+            "folds": len(self.folds), "outer_folds": self.folds_record,
             "inner_folds": self.args.inner_folds,
             "seed": self.args.seed, "test_tta": self.args.test_tta, **self.selection_settings()})
 
@@ -388,7 +408,7 @@ class CrossValidation:
 
         torch.manual_seed(seed)  # the same initial weights whichever runs came before
         pretrained = pretrained_of(self.args, method, self.architecture)
-        return build_network(method, self.architecture, self.params, pretrained)
+        return build_network(method, self.architecture, self.params, pretrained, len(self.class_names))
 
     def run_to_the_end(self, run: TrainingRun, curves: Curves) -> dict:
         """Train `run` (from its checkpoint with --resume); returns the weights it ends with."""
@@ -405,7 +425,7 @@ class CrossValidation:
         seed = derived_seed(self.args.seed, fold.number)
         network = self.new_network(method, seed)
         train_cases, val_cases = data.cases(fold.train), data.cases(fold.validation)
-        class_weights = fit_class_weights(self.protocol.class_weights, train_cases)
+        class_weights = fit_class_weights(self.protocol.class_weights, train_cases, self.task)
         train, val = training_samples(train_cases, self.protocol.window_jitter), central_samples(val_cases)
         curves = Curves(folder / "curves.csv", folder / "tensorboard", enabled=self.dist.is_main)
         fingerprint = {**self.training_settings(method, data), "class_weights_used": class_weights}
@@ -432,7 +452,7 @@ class CrossValidation:
         seed = derived_seed(self.args.seed, fold.number)
         network = self.new_network(method, seed)
         cases = data.cases(fold.training_part)
-        class_weights = fit_class_weights(self.protocol.class_weights, cases)
+        class_weights = fit_class_weights(self.protocol.class_weights, cases, self.task)
         train = training_samples(cases, self.protocol.window_jitter)
         fingerprint = {**self.training_settings(method, data), "class_weights_used": class_weights,
                        "refit": {"learning_rate": learning_rate, "number_of_steps": steps}}
@@ -466,7 +486,7 @@ class CrossValidation:
         seed = derived_seed(self.args.seed, fold.number, inner_number)  # the same start for every learning rate
         network = self.new_network(method, seed)
         train_cases, val_cases = data.cases(train_positions), data.cases(validation_positions)
-        class_weights = fit_class_weights(self.protocol.class_weights, train_cases)
+        class_weights = fit_class_weights(self.protocol.class_weights, train_cases, self.task)
         run = TrainingRun(network, training_samples(train_cases, self.protocol.window_jitter),
                           central_samples(val_cases), dataclasses.replace(self.protocol, learning_rate=learning_rate),
                           class_weights, seed, self.dist, folder / "inner" / name / "checkpoints",
@@ -493,7 +513,7 @@ class CrossValidation:
         test = central_samples(data.cases(fold.test))
         probabilities = predict_probabilities(network, test, self.dist.device, tta=self.args.test_tta)
         predicted, truth = probabilities.argmax(1), test.labels
-        metrics = classification_metrics(truth, predicted)
+        metrics = held_out_metrics(truth, probabilities)
         predictions = [{"case_id": case.case_id, "truth": int(t), "predicted": int(p),
                         "probabilities": [round(float(v), 6) for v in row]}
                        for case, t, p, row in zip(test.cases, truth, predicted, probabilities)]
@@ -509,14 +529,14 @@ class CrossValidation:
                     tested.learning_rate, tested.steps)
 
     def write_gradcam(self, method, fold, network, test, predicted, probabilities) -> None:
-        chosen = gradcam_choice(test.labels, self.args.gradcam_cases)
+        chosen = gradcam_choice(test.labels, self.args.gradcam_cases, len(self.class_names))
         grids = test.inputs(chosen)
         maps = gradcam_maps(network, method, grids, [int(predicted[i]) for i in chosen])
         folder = self.output / method / "gradcam" / f"fold-{fold.number:02d}"
         for position, grid, cam in zip(chosen, grids, maps):
             case = test.cases[position]
-            caption = (f"{case.case_id}: truth {CLASS_NAMES[case.label]}, predicted "
-                       f"{CLASS_NAMES[predicted[position]]} (p = {probabilities[position].max():.2f}); "
+            caption = (f"{case.case_id}: truth {self.class_names[case.label]}, predicted "
+                       f"{self.class_names[predicted[position]]} (p = {probabilities[position].max():.2f}); "
                        f"Grad-CAM of {METHODS[method].title}")
             write_gradcam_png(folder / f"{case.case_id}.png", grid, cam, caption)
 
@@ -559,7 +579,9 @@ class CrossValidation:
                               "out-of-fold predictions", binary=probabilities.shape[1] == 2)
         record = {**benchmark, "bootstrap": {"resamples": self.args.bootstrap, "seed": self.args.seed,
                                              "interval": "95 % percentile, cases resampled with replacement"},
-                  "auc": ("binary" if probabilities.shape[1] == 2 else "one-vs-rest, macro over classes"),
+                  "task": self.task, "classes": list(self.class_names),
+                  "auc": (f"binary, of {self.class_names[1]}" if probabilities.shape[1] == 2
+                          else "one-vs-rest, macro over classes"),
                   "calibration": {"file": "calibration.png", "bins": curve}}
         write_json_atomically(folder / "benchmark.json", to_json_value(record))
         overall = benchmark["overall"]
@@ -573,7 +595,7 @@ class CrossValidation:
                                            "summary": r["summary"]} for m, r in results.items()])
         with open(self.output / "predictions.csv", "w", newline="", encoding="utf-8") as stream:
             writer = csv.writer(stream)
-            writer.writerow(["method", "fold", "case", "truth", "predicted", *(f"p_{n}" for n in CLASS_NAMES)])
+            writer.writerow(["method", "fold", "case", "truth", "predicted", *(f"p_{n}" for n in self.class_names)])
             for method in results:
                 for fold in self.folds:
                     document = json.loads((self.output / method / f"fold-{fold.number:02d}" / "result.json")

@@ -6,10 +6,13 @@ Layout used (the rest of the folder is ignored):
     IPMN_Classification/IPMN_labels_total.xlsx        one row per study: T1 name, T2 name, label
     IPMN_Classification/t1/*.nii.gz, t2/*.nii.gz      cropped 3D pancreas regions
     data splits/classification/3-class/t2.csv         published 3-class folds (optional; else t1.csv)
+    data splits/classification/2-class/two_inputs.csv published 2-class folds (optional; --task 2-class)
 
 The spreadsheet is read as their own loader reads it: the first row is a header, column 0 (A)
 holds the T1 file name, column 1 (B) the T2 file name, column 6 (G) the label 0 / 1 / 2 (no,
-low, high risk). Rows without a label are skipped, and so are rows without a T1 or without a
+low, high risk). The cases keep that label whatever the task; the training scripts turn it into
+the class of their --task (2-class, the benchmark's high risk vs no / low risk: 2 -> 1, else 0;
+`IPMNRiskLib.network.task_label`). Rows without a label are skipped, and so are rows without a T1 or without a
 T2 name (the early-fusion ViT needs both); both are counted in the log and the run's record.
 A named file that is not there, an unknown label or an unreadable spreadsheet stops the run
 naming the row.
@@ -30,9 +33,11 @@ Region: the crops are the pancreas regions already, so the region is the whole T
 sampled at T2's pixel positions in physical space, as IPMNRisk does at inference (the two crops
 are not on one grid).
 
-Published folds: the split files' column layout is not documented, so `read_published_folds`
-finds the file-name column and the fold column by their headers (see there) and refuses with
-the headers it found otherwise.
+Published folds: each task has its own split files (PUBLISHED_SPLITS: 3-class t2.csv, else
+t1.csv; 2-class two_inputs.csv, one row per T1/T2 pair). Their column layout is not documented,
+so `read_published_folds` finds the file-name column (for a two-input file, its T2 column) and the
+fold column by their headers (see there) and refuses with the headers it found otherwise; a case
+is placed by its T2 file name, else its T1's.
 """
 
 from __future__ import annotations
@@ -70,8 +75,11 @@ CENTRES = (
     ("NU", ("NU",)),
     ("IU", ("IU",)),
 )
-#: The published 3-class split files under the Cyst-X folder, tried in order.
-PUBLISHED_SPLITS = ("data splits/classification/3-class/t2.csv", "data splits/classification/3-class/t1.csv")
+#: The published split files of each task under the Cyst-X folder, tried in order.
+PUBLISHED_SPLITS = {
+    "3-class": ("data splits/classification/3-class/t2.csv", "data splits/classification/3-class/t1.csv"),
+    "2-class": ("data splits/classification/2-class/two_inputs.csv",),
+}
 _MODALITY_TOKEN = re.compile(r"(?i)(^|[_\-.])t[12]w?(?=$|[_\-.])")
 
 
@@ -263,9 +271,9 @@ def _header_key(header: str) -> str:
     return re.sub(r"[\s_\-]+", "", header.strip().lower())
 
 
-def published_split_file(folder: str | Path) -> Optional[Path]:
-    """The published 3-class split file under a Cyst-X folder, or None."""
-    for relative in PUBLISHED_SPLITS:
+def published_split_file(folder: str | Path, task: str = "3-class") -> Optional[Path]:
+    """The published split file of `task` (3-class or 2-class) under a Cyst-X folder, or None."""
+    for relative in PUBLISHED_SPLITS[task]:
         path = Path(folder) / relative
         if path.is_file():
             return path

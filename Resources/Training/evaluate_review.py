@@ -8,7 +8,9 @@ Arguments are review.csv files or the results folders that hold one; several are
 list. For the model against each reviewer, against all reviewers pooled, and for every pair of
 reviewers on the cases both reviewed: the 3 x 3 confusion matrix, accuracy (= agreement),
 Cohen's kappa and linearly weighted kappa (the classes are ordered: normal < low-risk IPMN <
-high-risk IPMN), each with a 95 % percentile bootstrap interval over cases. For segmentation:
+high-risk IPMN), each with a 95 % percentile bootstrap interval over cases. Results of a 2-class
+model (no or low-risk IPMN < high-risk IPMN) give 2 x 2 matrices; one review holds the verdicts
+of one task (the classes its rows name say which). For segmentation:
 each reviewer's accept / edited / reject counts and shares.
 
 Writes to --output review_agreement.md (also printed) and review_agreement.png (the confusion
@@ -30,7 +32,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from PancreasAILib.errors import OutputError, PancreasAIError
-from PancreasAILib.review import IPMN_CLASSES, REVIEW_FILE, TASKS, VERDICTS, ReviewError, read_verdicts
+from PancreasAILib.review import (IPMN_CLASSES, IPMN_TASK_CLASSES, REVIEW_FILE, TASKS, VERDICTS, ReviewError,
+                                  read_verdicts)
 
 REPORT_FILE = "review_agreement.md"
 FIGURE_FILE = "review_agreement.png"
@@ -102,10 +105,11 @@ def _checked(verdict, source: Path) -> ReviewRow:
 
 
 def _check_ipmn_classes(row: ReviewRow) -> None:
-    names = ", ".join(IPMN_CLASSES)
-    if row.model_class not in IPMN_CLASSES:
+    known = tuple(dict.fromkeys(name for names in IPMN_TASK_CLASSES.values() for name in names))
+    names = ", ".join(known)
+    if row.model_class not in known:
         raise ReviewError(f"{row.where}: unknown model class {row.model_class!r} (expected one of {names}).")
-    if row.reviewer_class and row.reviewer_class not in IPMN_CLASSES:
+    if row.reviewer_class and row.reviewer_class not in known:
         raise ReviewError(f"{row.where}: unknown reviewer class {row.reviewer_class!r} (expected one of {names}).")
     same = row.reviewer_class == row.model_class
     if row.verdict in ("agree", "disagree") and not row.reviewer_class:
@@ -225,6 +229,7 @@ class Agreement:
     cases: int
     confusion: np.ndarray
     estimates: dict[str, Estimate]
+    classes: tuple = IPMN_CLASSES  # the rows' and columns' class names, in order
 
     @property
     def ratings(self) -> int:
@@ -239,39 +244,53 @@ class Agreement:
         return f"{self.row_rater} vs {self.column_rater}"
 
 
-def agreement(row_rater: str, column_rater: str, per_case: np.ndarray, resamples: int, seed: int
-              ) -> Agreement:
-    """Accuracy and both kappas of (C, K, K) per-case confusion matrices, with bootstrap
-    intervals over the C cases (the same resamples for every figure)."""
+def agreement(row_rater: str, column_rater: str, per_case: np.ndarray, resamples: int, seed: int,
+              classes: Sequence[str] = IPMN_CLASSES) -> Agreement:
+    """Accuracy and both kappas of (C, K, K) per-case confusion matrices of the K `classes`, with
+    bootstrap intervals over the C cases (the same resamples for every figure)."""
     confusion = per_case.sum(axis=0)
     resampled = bootstrap_confusions(per_case, resamples, seed)
     estimates = {}
     for name, statistic in STATISTICS.items():
         value = float(statistic(confusion))
         if not np.isfinite(value):
-            estimates[name] = Estimate(None, reason=_undefined_reason(confusion))
+            estimates[name] = Estimate(None, reason=_undefined_reason(confusion, classes))
             continue
         values = statistic(resampled)
         estimates[name] = Estimate(value, percentile_interval(values),
                                    undefined_resamples=int(np.count_nonzero(~np.isfinite(values))))
-    return Agreement(row_rater, column_rater, len(per_case), confusion, estimates)
+    return Agreement(row_rater, column_rater, len(per_case), confusion, estimates, tuple(classes))
 
 
-def _undefined_reason(confusion: np.ndarray) -> str:
+def _undefined_reason(confusion: np.ndarray, classes: Sequence[str] = IPMN_CLASSES) -> str:
     """Why kappa is undefined: chance disagreement is 0 only when both gave one class throughout."""
-    only = IPMN_CLASSES[int(np.argmax(confusion.sum(axis=0)))]
+    only = classes[int(np.argmax(confusion.sum(axis=0)))]
     return f"every case {only} by both"
 
 
-def case_confusions(pairs: Sequence[tuple[str, str, str]]) -> np.ndarray:
-    """(C, K, K): one confusion matrix per case of (case, row class, column class) ratings, in
-    the order cases first appear."""
+def case_confusions(pairs: Sequence[tuple[str, str, str]], classes: Sequence[str] = IPMN_CLASSES) -> np.ndarray:
+    """(C, K, K): one confusion matrix per case of (case, row class, column class) ratings over
+    the K `classes`, in the order cases first appear."""
+    classes = list(classes)
     cases = list(dict.fromkeys(case for case, _, _ in pairs))
     index = {case: i for i, case in enumerate(cases)}
-    matrices = np.zeros((len(cases), len(IPMN_CLASSES), len(IPMN_CLASSES)), int)
+    matrices = np.zeros((len(cases), len(classes), len(classes)), int)
     for case, row_class, column_class in pairs:
-        matrices[index[case], IPMN_CLASSES.index(row_class), IPMN_CLASSES.index(column_class)] += 1
+        matrices[index[case], classes.index(row_class), classes.index(column_class)] += 1
     return matrices
+
+
+def review_classes(rows: Sequence[ReviewRow]) -> tuple[str, ...]:
+    """The classes of the task the IPMN verdicts are about (3-class whenever its classes cover
+    them all, as before there were two tasks: review.csv does not record the task, so verdicts
+    that name high-risk IPMN alone count as 3-class, with an empty row and column more);
+    ReviewError when they mix the two tasks."""
+    used = {name for row in rows for name in (row.model_class, row.reviewer_class) if name}
+    for names in IPMN_TASK_CLASSES.values():
+        if used <= set(names):
+            return tuple(names)
+    raise ReviewError("The IPMN verdicts mix the classes of the 3-class and the 2-class task ("
+                      + ", ".join(sorted(used)) + "): evaluate the review of each model on its own.")
 
 
 # --- the whole review -------------------------------------------------------------------------
@@ -290,6 +309,7 @@ class ReviewAgreement:
     segmentation: dict[str, dict[str, int]]
     left_out: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
+    classes: tuple = IPMN_CLASSES  # the IPMN task's classes, in their order of risk
 
 
 def review_agreement(files: Sequence[Path], resamples: int, seed: int) -> ReviewAgreement:
@@ -310,13 +330,14 @@ def review_agreement(files: Sequence[Path], resamples: int, seed: int) -> Review
                          "'uncertain' without one), so there is nothing to compare the model with.")
     reviewers = sorted({row.reviewer for row in rated})
     left_out = _unclassified(ipmn)
+    names = review_classes(ipmn)
 
     with_model = [agreement(reviewer, MODEL, case_confusions(
-        [(r.case, r.reviewer_class, r.model_class) for r in rated if r.reviewer == reviewer]), resamples, seed)
-        for reviewer in reviewers]
+        [(r.case, r.reviewer_class, r.model_class) for r in rated if r.reviewer == reviewer], names), resamples,
+        seed, names) for reviewer in reviewers]
     if len(reviewers) > 1:
         with_model.append(agreement("all reviewers", MODEL, case_confusions(
-            [(r.case, r.reviewer_class, r.model_class) for r in rated]), resamples, seed))
+            [(r.case, r.reviewer_class, r.model_class) for r in rated], names), resamples, seed, names))
 
     between_reviewers = []
     classes = {(row.reviewer, row.case): row.reviewer_class for row in rated}
@@ -324,7 +345,8 @@ def review_agreement(files: Sequence[Path], resamples: int, seed: int) -> Review
         shared = [(case, cls, classes[(second, case)]) for (reviewer, case), cls in classes.items()
                   if reviewer == first and (second, case) in classes]
         if shared:
-            between_reviewers.append(agreement(first, second, case_confusions(shared), resamples, seed))
+            between_reviewers.append(agreement(first, second, case_confusions(shared, names), resamples, seed,
+                                               names))
         else:
             left_out.append(f"{first} and {second}: no case rated by both, so no agreement between them.")
 
@@ -335,7 +357,8 @@ def review_agreement(files: Sequence[Path], resamples: int, seed: int) -> Review
     models = sorted({f"{row.model or '(unnamed)'} ({row.model_sha256[:12] or 'no SHA256'})" for row in ipmn})
     return ReviewAgreement(
         sources, len({row.case for row in rated}), len({row.case for row in rows if row.task == "segmentation"}),
-        reviewers, models, with_model, between_reviewers, dict(sorted(segmentation.items())), left_out, replaced)
+        reviewers, models, with_model, between_reviewers, dict(sorted(segmentation.items())), left_out, replaced,
+        names)
 
 
 def _unclassified(ipmn: Sequence[ReviewRow]) -> list[str]:
@@ -370,8 +393,8 @@ def agreement_table(agreements: Sequence[Agreement], first_title: str) -> list[s
 
 def confusion_table(item: Agreement) -> list[str]:
     lines = [f"{item.title} (rows: {item.row_rater}; columns: {item.column_rater})", "",
-             "| | " + " | ".join(IPMN_CLASSES) + " |", "|---|" + "---|" * len(IPMN_CLASSES)]
-    for name, counts in zip(IPMN_CLASSES, item.confusion):
+             "| | " + " | ".join(item.classes) + " |", "|---|" + "---|" * len(item.classes)]
+    for name, counts in zip(item.classes, item.confusion):
         lines.append(f"| **{name}** | " + " | ".join(str(int(count)) for count in counts) + " |")
     return lines + [""]
 
@@ -415,7 +438,7 @@ def markdown_report(review: ReviewAgreement, resamples: int, seed: int) -> str:
     notes = [*review.left_out, *review.replaced, *_resample_notes(review, resamples)]
     lines += [f"- {note}" for note in notes] if notes else ["Nothing."]
     lines += ["", f"Accuracy = share of cases with the same class. Kappa: Cohen's, unweighted and linearly "
-                  f"weighted over the ordered classes ({' < '.join(IPMN_CLASSES)}); n/a where both raters "
+                  f"weighted over the ordered classes ({' < '.join(review.classes)}); n/a where both raters "
                   f"gave one and the same class throughout (agreement by chance is then complete). "
                   f"95 % CI: percentile bootstrap over cases, {resamples} resamples, seed {seed}; the pooled "
                   "line resamples cases with all their reviewers."]
@@ -442,8 +465,8 @@ def confusion_figure(agreements: Sequence[Agreement], path: Path) -> Path:
     rows = -(-len(agreements) // columns)
     figure = Figure(figsize=(4.2 * columns, 4.0 * rows), layout="constrained")
     FigureCanvasAgg(figure)
-    ticks = [name.replace(" IPMN", "") for name in IPMN_CLASSES]
     for index, item in enumerate(agreements):
+        ticks = [name.replace(" IPMN", "") for name in item.classes]
         axes = figure.add_subplot(rows, columns, index + 1)
         axes.imshow(item.confusion, cmap="Blues", vmin=0, vmax=max(1, int(item.confusion.max())))
         for (i, j), count in np.ndenumerate(item.confusion):

@@ -10,9 +10,9 @@ on the other inner folds (--inner-selection checkpoint). With the paper's 10 out
 folds an inner run trains on 8/10 of the patients and validates on 1/10; the refit trains on
 9/10; every test is on the remaining 1/10.
 
-All scans of a patient stay in one fold at each level, and every fold must hold every class
-(the metrics are macro averages over the three classes): otherwise the run stops naming the
-fold and the class.
+All scans of a patient stay in one fold at each level, and every fold must hold every class of
+the task (the metrics are macro averages over its classes; `class_names`, default the 3-class
+task's; the labels are the task's classes): otherwise the run stops naming the fold and the class.
 """
 
 from __future__ import annotations
@@ -74,17 +74,18 @@ def group_folds(labels: np.ndarray, patients: Sequence[str], n_folds: int, seed:
 
 
 def nested_folds(labels: Sequence[int], patients: Sequence[str], folds: int, inner_folds: int,
-                 seed: int = 0) -> list[OuterFold]:
+                 seed: int = 0, class_names: Sequence[str] = CLASS_NAMES) -> list[OuterFold]:
     """The nested split of a cohort (labels and patient of each case); checked (see module)."""
     labels = np.asarray(labels, dtype=np.int64)  # pragma: no mutate (labels are ints already)
     patients = list(patients)
-    _check_class_sizes(labels, patients, folds, "outer")
-    return nested_folds_from_tests(group_folds(labels, patients, folds, seed), labels, patients, inner_folds, seed)
+    _check_class_sizes(labels, patients, folds, "outer", class_names)
+    return nested_folds_from_tests(group_folds(labels, patients, folds, seed), labels, patients, inner_folds, seed,
+                                   class_names=class_names)
 
 
 def nested_folds_from_tests(outer_tests: Sequence[np.ndarray], labels: Sequence[int], patients: Sequence[str],
-                            inner_folds: int, seed: int = 0,
-                            names: Optional[Sequence[str]] = None) -> list[OuterFold]:
+                            inner_folds: int, seed: int = 0, names: Optional[Sequence[str]] = None,
+                            class_names: Sequence[str] = CLASS_NAMES) -> list[OuterFold]:
     """The nested split with given outer test folds (a published split, or one centre each):
     the rest of each is split into `inner_folds` patient-grouped, class-stratified inner folds.
     names: what each outer fold is, for messages (e.g. its centre)."""
@@ -94,18 +95,18 @@ def nested_folds_from_tests(outer_tests: Sequence[np.ndarray], labels: Sequence[
     for number, test in enumerate(outer_tests, start=1):
         test = np.sort(np.asarray(test, dtype=np.int64))
         title = f"Outer fold {number}" + (f" ({names[number - 1]})" if names else "")
-        _check_has_every_class(labels[test], f"{title} (test set)", len(outer_tests))
+        _check_has_every_class(labels[test], f"{title} (test set)", len(outer_tests), class_names)
         rest = np.setdiff1d(np.arange(len(labels)), test)
         rest_patients = [patients[i] for i in rest]
-        _check_class_sizes(labels[rest], rest_patients, inner_folds, f"outer fold {number}'s inner")
+        _check_class_sizes(labels[rest], rest_patients, inner_folds, f"outer fold {number}'s inner", class_names)
         inner = []
         for inner_number, validation in enumerate(
                 group_folds(labels[rest], rest_patients, inner_folds, seed + number), start=1):
             validation = rest[validation]
             train = np.setdiff1d(rest, validation)
             where = f"{title}, inner fold {inner_number}"
-            _check_has_every_class(labels[validation], f"{where} (validation set)", inner_folds)
-            _check_has_every_class(labels[train], f"{where} (training set)", inner_folds)
+            _check_has_every_class(labels[validation], f"{where} (validation set)", inner_folds, class_names)
+            _check_has_every_class(labels[train], f"{where} (training set)", inner_folds, class_names)
             inner.append((train, validation))
         outer.append(OuterFold(number, test, tuple(inner)))
     return outer
@@ -121,20 +122,21 @@ def patients_in_several_folds(outer_tests: Sequence[np.ndarray], patients: Seque
 
 
 def holdout_split(labels: Sequence[int], patients: Sequence[str], inner_folds: int,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                  seed: int = 0, class_names: Sequence[str] = CLASS_NAMES) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) indices for a final model: the first of `inner_folds` folds
     validates, as inside the cross-validation."""
     labels = np.asarray(labels, dtype=np.int64)  # pragma: no mutate (labels are ints already)
-    _check_class_sizes(labels, list(patients), inner_folds, "validation")
+    _check_class_sizes(labels, list(patients), inner_folds, "validation", class_names)
     validation = group_folds(labels, list(patients), inner_folds, seed)[0]
     train = np.setdiff1d(np.arange(len(labels)), validation)
-    _check_has_every_class(labels[validation], "The validation set", inner_folds)
-    _check_has_every_class(labels[train], "The training set", inner_folds)
+    _check_has_every_class(labels[validation], "The validation set", inner_folds, class_names)
+    _check_has_every_class(labels[train], "The training set", inner_folds, class_names)
     return train, validation
 
 
-def _check_class_sizes(labels: np.ndarray, patients: list[str], n_folds: int, level: str) -> None:
-    for label, name in enumerate(CLASS_NAMES):
+def _check_class_sizes(labels: np.ndarray, patients: list[str], n_folds: int, level: str,
+                       class_names: Sequence[str]) -> None:
+    for label, name in enumerate(class_names):
         count = len({p for p, y in zip(patients, labels) if y == label})
         if count < n_folds:
             raise InputError(
@@ -143,8 +145,8 @@ def _check_class_sizes(labels: np.ndarray, patients: list[str], n_folds: int, le
                 "or add patients of this class.")
 
 
-def _check_has_every_class(labels: np.ndarray, where: str, n_folds: int) -> None:
-    absent = [name for label, name in enumerate(CLASS_NAMES) if not np.any(labels == label)]
+def _check_has_every_class(labels: np.ndarray, where: str, n_folds: int, class_names: Sequence[str]) -> None:
+    absent = [name for label, name in enumerate(class_names) if not np.any(labels == label)]
     if absent:
         raise InputError(
             f"{where} has no case of {' or '.join(absent)}: patients with several scans or few patients "

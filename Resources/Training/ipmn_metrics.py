@@ -3,7 +3,7 @@ mean +- standard deviation over folds, as CSV and Markdown; and the inner select
 the nested cross-validation (mean inner-validation balanced accuracy per learning rate and
 number of steps, and the setting it chooses).
 
-Accuracy; precision and recall macro-averaged over the three classes (a class never predicted
+Accuracy; precision and recall macro-averaged over the task's classes (a class never predicted
 has precision 0); balanced accuracy (= macro recall when every class is present), which
 selects checkpoints and settings.
 
@@ -31,19 +31,21 @@ SELECTION_RULE = ("the highest mean inner-validation balanced accuracy over the 
                   "then the larger learning rate")
 
 
-def classification_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict:
-    """The four metrics of (N,) true and predicted classes."""
+def classification_metrics(truth: np.ndarray, predicted: np.ndarray, classes: int = len(LABELS)) -> dict:
+    """The four metrics of (N,) true and predicted classes of a task with `classes` classes
+    (the macro averages are over those: 3, or 2 for the 2-class task)."""
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_score, recall_score
 
     truth, predicted = np.asarray(truth), np.asarray(predicted)
+    labels = list(range(classes))
     with warnings.catch_warnings():
         # A predicted class absent from the truth is ignored by balanced accuracy, as intended.
         warnings.simplefilter("ignore", UserWarning)
         return {
             "accuracy": float(accuracy_score(truth, predicted)),
-            "macro_precision": float(precision_score(truth, predicted, labels=LABELS, average="macro",
+            "macro_precision": float(precision_score(truth, predicted, labels=labels, average="macro",
                                                      zero_division=0)),
-            "macro_recall": float(recall_score(truth, predicted, labels=LABELS, average="macro", zero_division=0)),
+            "macro_recall": float(recall_score(truth, predicted, labels=labels, average="macro", zero_division=0)),
             "balanced_accuracy": float(balanced_accuracy_score(truth, predicted)),
         }
 
@@ -135,7 +137,7 @@ def write_results_table(folder: Path, results: Sequence[dict]) -> None:
     for result in results:
         lines.append(f"| {result['title']} | " + " | ".join(_plus_minus(result["summary"][m]) for m in METRICS) + " |")
     lines += ["", f"Mean +- standard deviation over {results[0]['folds'] if results else 0} outer folds "
-                  "(nested cross-validation); precision and recall macro-averaged over the three classes."]
+                  "(nested cross-validation); precision and recall macro-averaged over the classes."]
     (folder / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -1,5 +1,5 @@
 """The networks the IPMN paper compares, all on the same 2 x 192 x 192 grids (channel 0 T1,
-channel 1 T2) with 3 outputs:
+channel 1 T2) with one output per class of the task (3, or 2: `IPMNRiskLib.network.TASKS`):
 
 - early fusion (the method): IPMNRiskLib's own ViT, T1 and T2 as two input channels;
 - the ablations of Table II: a one-channel ViT on T1 only or on T2 only, and late fusion (two
@@ -21,8 +21,8 @@ import numpy as np
 
 from PancreasAILib.errors import ModelFileError
 from IPMNRiskLib.grids import GRID_SIZE
-from IPMNRiskLib.network import (CLASS_NAMES, IN_CHANNELS, NUM_CLASSES, PAPER_ARCHITECTURE, create_vit,
-                               load_pretrained_natural_image)
+from IPMNRiskLib.network import (IN_CHANNELS, NUM_CLASSES, PAPER_ARCHITECTURE, create_vit,
+                                 load_pretrained_natural_image)
 
 #: The paper's ImageNet-21k ViT-B/16 on the Hugging Face hub (timm name.tag).
 PAPER_PRETRAINED = "vit_base_patch16_224.augreg_in21k"
@@ -132,7 +132,7 @@ def _late_fusion_class():
 
     class LateFusionViT(torch.nn.Module):
         """Two one-channel ViTs (T1, T2) without heads; their class tokens (after the final
-        LayerNorm) are concatenated and one linear layer gives the 3 logits. (B, 2, H, W) -> (B, 3)."""
+        LayerNorm) are concatenated and one linear layer gives the C logits. (B, 2, H, W) -> (B, C)."""
 
         def __init__(self, t1_encoder: torch.nn.Module, t2_encoder: torch.nn.Module,
                      num_classes: int = NUM_CLASSES) -> None:
@@ -152,15 +152,15 @@ def _one_channel_vit(architecture: str, params: dict, pretrained: Optional[Pretr
     return _create(architecture, pretrained, in_chans=1, img_size=GRID_SIZE, num_classes=num_classes, **params)
 
 
-def _alexnet(pretrained: Optional[Pretrained]):
-    """torchvision's AlexNet with a 2-channel first convolution and 3 outputs. Pretrained
+def _alexnet(pretrained: Optional[Pretrained], num_classes: int = NUM_CLASSES):
+    """torchvision's AlexNet with a 2-channel first convolution and `num_classes` outputs. Pretrained
     weights (torchvision's ImageNet ones, or a local .safetensors of them) keep their
     classifier except the last layer; the first convolution is adapted as timm does."""
     import torch
     import torchvision
     from timm.models import adapt_input_conv
 
-    model = torchvision.models.alexnet(weights=None, num_classes=NUM_CLASSES)
+    model = torchvision.models.alexnet(weights=None, num_classes=num_classes)
     model.features[0] = torch.nn.Conv2d(IN_CHANNELS, 64, kernel_size=11, stride=4, padding=2)
     for module in model.modules():
         if isinstance(module, torch.nn.ReLU):
@@ -185,25 +185,25 @@ def _alexnet(pretrained: Optional[Pretrained]):
 
 
 def build_network(method: str, vit_architecture: str = PAPER_ARCHITECTURE[0], vit_params: Optional[dict] = None,
-                  pretrained: Optional[Pretrained] = None):
-    """A torch module for `method`: (B, 2, 192, 192) float32 grids -> (B, 3) logits."""
+                  pretrained: Optional[Pretrained] = None, num_classes: int = NUM_CLASSES):
+    """A torch module for `method`: (B, 2, 192, 192) float32 grids -> (B, num_classes) logits."""
     spec = METHODS[method]
     params = dict(vit_params or {})
     if spec.name == "early-fusion":
         if pretrained is None:
-            return create_vit(vit_architecture, params)
+            return create_vit(vit_architecture, params, num_classes)
         if pretrained.file is not None:
-            return load_pretrained_natural_image(vit_architecture, pretrained.file, params)
-        return load_pretrained_natural_image(pretrained.hub_name or vit_architecture, None, params)
+            return load_pretrained_natural_image(vit_architecture, pretrained.file, params, num_classes)
+        return load_pretrained_natural_image(pretrained.hub_name or vit_architecture, None, params, num_classes)
     if spec.family == "vit":
-        network = _one_channel_vit(vit_architecture, params, pretrained, NUM_CLASSES)
+        network = _one_channel_vit(vit_architecture, params, pretrained, num_classes)
         return _channel_select_class()(network, spec.channel)
     if spec.family == "late-fusion":
         encoders = [_one_channel_vit(vit_architecture, params, pretrained, 0) for _ in range(2)]
-        return _late_fusion_class()(*encoders)
+        return _late_fusion_class()(*encoders, num_classes)
     if spec.name == "alexnet":
-        return _alexnet(pretrained)
-    return _create(spec.timm_name, pretrained, in_chans=IN_CHANNELS, num_classes=NUM_CLASSES)
+        return _alexnet(pretrained, num_classes)
+    return _create(spec.timm_name, pretrained, in_chans=IN_CHANNELS, num_classes=num_classes)
 
 
 def parameter_count(network) -> int:
@@ -248,7 +248,3 @@ def write_gradcam_png(path: Path, grid: np.ndarray, cam: np.ndarray, caption: st
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, format="PNG")
     return path
-
-
-def class_name(label: int) -> str:
-    return CLASS_NAMES[int(label)]

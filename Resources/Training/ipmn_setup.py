@@ -1,10 +1,11 @@
 """What train_ipmn.py and crossvalidate_ipmn.py share on their command lines: the data, the
-pre-processing, the ViT and its starting weights, the run; and preparing the data once (the
-main process fills the stack cache, the others read it)."""
+pre-processing, the ViT and its starting weights, the run; preparing the data once (the main
+process fills the stack cache, the others read it); and the labels of the task (--task)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import logging
@@ -13,7 +14,7 @@ from typing import Optional, Sequence
 
 from PancreasAILib.errors import InputError
 from PancreasAILib.weights import sha256_of_file
-from IPMNRiskLib.network import DEMO_ARCHITECTURE, PAPER_ARCHITECTURE, VIT_ARCHITECTURES
+from IPMNRiskLib.network import DEMO_ARCHITECTURE, PAPER_ARCHITECTURE, TASKS, VIT_ARCHITECTURES, task_label
 from PancreasAIPhantoms.mr import make_mr_phantom
 
 from ipmn_data import DEFAULT_NORMALISATION, Case, PreparedCase, StackCache, prepare_cases, preprocessing_steps
@@ -139,3 +140,20 @@ def prepare_everywhere(cases: Sequence[Case], steps: dict, cache: StackCache, di
     if dist.is_main:
         return result
     return prepare_cases(cases, steps, cache, fit_on, normalisation, show_progress=False, save_hashes=False)
+
+
+def task_description(task: str) -> str:
+    """The model card's "task": what the model tells, for its task (--task)."""
+    return (f"IPMN risk class ({task}: {', '.join(TASKS[task])}) from paired T1/T2 MRI (3 x 3 grids of 9 slices, "
+            "early fusion)")
+
+
+def task_labels(cases: Sequence[Case], task: str) -> list[int]:
+    """Each case's class in `task` (cases carry the 3-class risk label; `network.task_label`)."""
+    return [task_label(task, case.label) for case in cases]
+
+
+def with_task_labels(prepared: Sequence[PreparedCase], task: str) -> list[PreparedCase]:
+    """Prepared cases labelled with their class in `task` (the stacks are those of the risk label's
+    case: a phantom is drawn with its risk class, whatever the task)."""
+    return [dataclasses.replace(case, label=task_label(task, case.label)) for case in prepared]

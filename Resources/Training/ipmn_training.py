@@ -17,6 +17,7 @@ article, or the authors' public code) and ours where it differs, with the reason
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import logging
 import time
@@ -28,10 +29,10 @@ import numpy as np
 
 from PancreasAILib.errors import InputError
 from IPMNRiskLib.grids import DIHEDRAL_VIEWS, NORMALISATIONS, transform_tiles
-from IPMNRiskLib.network import CLASS_NAMES
+from IPMNRiskLib.network import DEFAULT_TASK, TASKS
 
 from ipmn_data import PreparedCase, WindowSamples
-from ipmn_metrics import classification_metrics
+from ipmn_metrics import classification_metrics, pooled_metrics
 from trainkit.checkpoint import (load_checkpoint_of_run, optimizer_parts, restore_optimizer, save_checkpoint,
                                  to_json_value)
 from trainkit.distributed import Distributed
@@ -48,11 +49,22 @@ BALANCED = "balanced"
 EVALUATION_BATCH = 32
 #: Settings that may change when a run is resumed (to train longer).
 RESUMABLE_CHANGES = ("steps",)
+#: The origin of the class weights of a 2-class run that was given none under --protocol paper.
+TASK_CLASS_WEIGHTS_ORIGIN = ("balanced for the 2-class task: the paper's 1 0.65 0.45 weigh its three classes and do "
+                             "not apply to two; balanced weights are fitted on each training part")
 
 
-def class_weights_setting(words: Sequence[str]) -> str:
-    """--class-weights as given (three numbers, or the word balanced; as separate words or one
-    string) -> the protocol's setting: 'balanced', or the three numbers as '1 0.65 0.45'.
+def task_of(arguments: argparse.Namespace) -> str:
+    """The --task of parsed arguments (3-class when not given)."""
+    return getattr(arguments, "task", None) or DEFAULT_TASK
+
+
+_NUMBER_WORDS = {2: "two", 3: "three"}
+
+
+def class_weights_setting(words: Sequence[str], task: str = DEFAULT_TASK) -> str:
+    """--class-weights as given (one number per class of `task`, or the word balanced; as separate
+    words or one string) -> the protocol's setting: 'balanced', or the numbers as '1 0.65 0.45'.
     InputError for anything else."""
     parts = [part for word in words for part in str(word).replace(",", " ").split()]
     if len(parts) == 1 and parts[0].lower() == BALANCED:
@@ -61,9 +73,11 @@ def class_weights_setting(words: Sequence[str]) -> str:
         numbers = [float(part) for part in parts]
     except ValueError:
         numbers = []
-    if len(numbers) != len(CLASS_NAMES) or not all(math.isfinite(n) for n in numbers):
-        raise InputError(f"--class-weights takes three numbers (normal, low-risk, high-risk), e.g. 1 0.65 0.45, "
-                         f"or the word balanced; got '{' '.join(parts)}'.")
+    names = TASKS[task]
+    if len(numbers) != len(names) or not all(math.isfinite(n) for n in numbers):
+        example = "1 0.65 0.45" if len(names) == 3 else "1 2"
+        raise InputError(f"--class-weights takes {_NUMBER_WORDS[len(names)]} numbers for the {task} task, one per "
+                         f"class ({', '.join(names)}), e.g. {example}, or the word balanced; got '{' '.join(parts)}'.")
     return " ".join(str(int(n)) if n.is_integer() else repr(n) for n in numbers)
 
 
@@ -84,6 +98,10 @@ class IPMNProtocol:
     }
 
     preset: str = preset_field()
+    task: str = option("3-class", "the classes the network learns: 3-class (normal, low-risk, high-risk IPMN) or "
+                                  "2-class (high-risk IPMN vs no or low-risk IPMN, the Cyst-X benchmark's task, "
+                                  "reported as AUC); the model card's classes say which",
+                       choices=tuple(TASKS), source=f"{ARTICLE} (three classes)")
     learning_rate: float = option(0.003, "Adam learning rate", flags=("--learning-rate", "--lr"), source=ARTICLE)
     batch_size: int = option(8, "grids per optimiser step, over all processes", source=ARTICLE)
     steps: int = option(3000, "optimiser steps (the cross-validation's grid selection: of each inner run; its refit "
@@ -110,27 +128,33 @@ class IPMNProtocol:
         why="independent of the field of view, of bright organs far from the pancreas and of the empty margin of "
             "a resampled T1, and a training window sees the scaling of the central window at inference")
     class_weights: str = option(
-        "1 0.65 0.45", "cross-entropy weight of each class: three numbers (normal, low-risk, high-risk), or "
-                       "balanced (scikit-learn's rule, cases / (3 x cases of the class), over the cases of each "
-                       "training part)", source=f"{AUTHORS_CODE} (class weights [1, 0.65, 0.45])", ours=BALANCED,
+        "1 0.65 0.45", "cross-entropy weight of each class: one number per class of the task (3-class: normal, "
+                       "low-risk, high-risk), or balanced (scikit-learn's rule, cases / (classes x cases of the "
+                       "class), over the cases of each training part; the 2-class task's default under either "
+                       "preset)", source=f"{AUTHORS_CODE} (class weights [1, 0.65, 0.45])", ours=BALANCED,
         why="the authors' numbers fit their cohort's class shares; balanced weights are fitted on each training part",
         nargs="+", metavar="WEIGHT")
 
 
 def add_ipmn_protocol_arguments(parser: argparse.ArgumentParser) -> None:
     """--protocol paper|ours and one option per setting of `IPMNProtocol`; --class-weights takes
-    three numbers (`--class-weights 1 1 1`) or the word balanced."""
+    one number per class of --task (`--class-weights 1 1 1`) or the word balanced."""
     add_protocol_arguments(parser, IPMNProtocol)
 
 
 def ipmn_protocol_from_arguments(arguments: argparse.Namespace) -> IPMNProtocol:
     """The protocol of the --protocol preset with the options given; InputError for class weights
-    that are neither three numbers nor balanced."""
+    that are neither one number per class of the task nor balanced. A 2-class run given no class
+    weights has balanced ones (the paper's three numbers are for its three classes)."""
+    task = task_of(arguments)
     given = vars(arguments).get("class_weights")
     if given is not None:
         words = given if isinstance(given, (list, tuple)) else [given]
-        arguments = argparse.Namespace(**{**vars(arguments), "class_weights": class_weights_setting(words)})
-    return protocol_from_arguments(IPMNProtocol, arguments)
+        arguments = argparse.Namespace(**{**vars(arguments), "class_weights": class_weights_setting(words, task)})
+    protocol = protocol_from_arguments(IPMNProtocol, arguments)
+    if given is None and len(TASKS[protocol.task]) != 3:
+        protocol = dataclasses.replace(protocol, class_weights=BALANCED)
+    return protocol
 
 
 def learning_rate_factor(schedule: str, step: int, steps: int) -> float:
@@ -143,26 +167,30 @@ def learning_rate_factor(schedule: str, step: int, steps: int) -> float:
         1.0 + math.cos(math.pi * min(1.0, max(0, done - warmup) / max(1, steps - warmup))))
 
 
-def fit_class_weights(setting: str, cases: Sequence[PreparedCase]) -> list[float]:
-    """The cross-entropy weights (normal, low-risk, high-risk) a network trained on `cases` uses:
-    the setting's three numbers, or for 'balanced' scikit-learn's rule over the cases (scans,
-    not windows), n_cases / (3 x n_cases of the class). InputError when a class is absent."""
+def fit_class_weights(setting: str, cases: Sequence[PreparedCase], task: str = DEFAULT_TASK) -> list[float]:
+    """The cross-entropy weights (one per class of `task`) a network trained on `cases` (labelled
+    with the task's classes) uses: the setting's numbers, or for 'balanced' scikit-learn's rule
+    over the cases (scans, not windows), n_cases / (classes x n_cases of the class). InputError
+    when a class is absent."""
+    names = TASKS[task]
     if setting != BALANCED:
-        return [float(word) for word in class_weights_setting([setting]).split()]
+        return [float(word) for word in class_weights_setting([setting], task).split()]
     from sklearn.utils.class_weight import compute_class_weight
 
     labels = np.array([case.label for case in cases], dtype=np.int64)
-    absent = [name for label, name in enumerate(CLASS_NAMES) if not np.any(labels == label)]
+    absent = [name for label, name in enumerate(names) if not np.any(labels == label)]
     if absent:
         raise InputError(f"Balanced class weights need every class in the training cases; there is no case of "
-                         f"{' or '.join(absent)}. Give three numbers with --class-weights instead.")
-    return [float(w) for w in compute_class_weight("balanced", classes=np.arange(len(CLASS_NAMES)), y=labels)]
+                         f"{' or '.join(absent)}. Give {len(names)} numbers with --class-weights instead.")
+    return [float(w) for w in compute_class_weight("balanced", classes=np.arange(len(names)), y=labels)]
 
 
 def full_protocol_record(protocol: IPMNProtocol, class_weights: Optional[Sequence[float]] = None) -> dict:
     """The protocol as the model card records it; with `class_weights`, the numbers the run
     used (under "class_weights_used": the setting may be 'balanced')."""
     record = protocol_record(protocol)
+    if len(TASKS[protocol.task]) != 3 and protocol.class_weights == BALANCED and protocol.preset == "paper":
+        record["origins"]["class_weights"] = TASK_CLASS_WEIGHTS_ORIGIN
     if class_weights is not None:
         record["class_weights_used"] = [float(w) for w in class_weights]
     return record
@@ -175,7 +203,7 @@ def check_protocol(protocol: IPMNProtocol, dist: Distributed) -> None:
         raise InputError(f"The batch size ({protocol.batch_size}) must be divisible by the number of "
                          f"processes ({dist.world_size}): each takes an equal part of every batch.")
     if protocol.class_weights != BALANCED:
-        weights = fit_class_weights(protocol.class_weights, [])
+        weights = fit_class_weights(protocol.class_weights, [], protocol.task)
         if min(weights) < 0 or max(weights) <= 0:
             raise InputError(f"The class weights must be non-negative and not all zero (got {weights}).")
 
@@ -184,7 +212,7 @@ def check_protocol(protocol: IPMNProtocol, dist: Distributed) -> None:
 
 def predict_probabilities(network, samples: WindowSamples, device, positions: Optional[np.ndarray] = None,
                           tta: bool = False) -> np.ndarray:
-    """(N, 3) float64 softmax of the samples at `positions` (default all), in batches of 32;
+    """(N, C) float64 softmax of the samples at `positions` (default all), in batches of 32;
     with `tta`, the mean over the 8 flip / quarter-turn views (as IPMNRisk's default)."""
     import torch
 
@@ -204,18 +232,25 @@ def predict_probabilities(network, samples: WindowSamples, device, positions: Op
     return np.concatenate(parts) if parts else np.zeros((0, 3))
 
 
-def validation_metrics(network, samples: WindowSamples, dist: Distributed) -> dict:
-    """Accuracy, macro precision / recall and balanced accuracy over all validation samples;
-    each process classifies its part, the confusion matrices are summed."""
+def validation_metrics(network, samples: WindowSamples, dist: Distributed, classes: int = 3) -> dict:
+    """Accuracy, macro precision / recall and balanced accuracy over all validation samples of
+    `classes` classes; each process classifies its part, the confusion matrices are summed."""
     mine = np.array_split(np.arange(len(samples)), dist.world_size)[dist.rank]
     predicted = predict_probabilities(network, samples, dist.device, mine).argmax(1)
     truth = samples.labels[mine]
-    confusion = np.zeros((3, 3))
+    confusion = np.zeros((classes, classes))
     np.add.at(confusion, (truth, predicted), 1)
-    confusion = np.asarray(dist.sum(confusion.ravel().tolist())).reshape(3, 3).round().astype(int)
-    pairs = [(t, p) for t in range(3) for p in range(3) for _ in range(confusion[t, p])]
+    confusion = np.asarray(dist.sum(confusion.ravel().tolist())).reshape(classes, classes).round().astype(int)
+    pairs = [(t, p) for t in range(classes) for p in range(classes) for _ in range(confusion[t, p])]
     all_truth, all_predicted = (np.array(v, dtype=np.int64) for v in zip(*pairs))
-    return classification_metrics(all_truth, all_predicted)
+    return classification_metrics(all_truth, all_predicted, classes)
+
+
+def held_out_metrics(truth: np.ndarray, probabilities: np.ndarray) -> dict:
+    """The four metrics of `classification_metrics` and the AUC (`pooled_metrics`: 2 classes the
+    binary AUC of class 1, high risk; 3 one-vs-rest macro; None when a class is absent)."""
+    return {**classification_metrics(truth, probabilities.argmax(1), probabilities.shape[1]),
+            "auc": pooled_metrics(truth, probabilities)["auc"]}
 
 
 # --- the loop ---------------------------------------------------------------------------------------
@@ -234,7 +269,7 @@ class TrainingRun:
     """One network trained on `train` for `protocol.steps` steps (or until `last_step`), selected
     on `val`; without `val` (None) nothing is validated and the last weights are the result.
 
-    class_weights: (3,) cross-entropy weights (normal, low-risk, high-risk); fingerprint: what
+    class_weights: (C,) cross-entropy weights, one per class of `protocol.task`; fingerprint: what
     must not change between a run and its resumption (minus `steps`); checkpoints: folder of
     the resumable checkpoint; last_step: stop after this step, the learning-rate schedule still
     spanning `protocol.steps` (a refit for the number of steps an inner validation chose);
@@ -360,7 +395,7 @@ class TrainingRun:
         row = {"step": step, "train_loss": summed_loss / max(summed_count, 1)}
         improved = False
         if self.val is not None:
-            metrics = validation_metrics(self.network, self.val, dist)
+            metrics = validation_metrics(self.network, self.val, dist, len(TASKS[self.protocol.task]))
             row.update({f"val_{key}": value for key, value in metrics.items()})
             improved = metrics["balanced_accuracy"] > state.best_score
         row["seconds"] = round(time.perf_counter() - started, 1)

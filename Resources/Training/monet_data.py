@@ -1,4 +1,5 @@
-"""A MoNet run's data: its cases (Decathlon folder, folder pair or phantoms), their slices cached
+"""A MoNet run's data: its cases (Decathlon folder, folder pair, Cyst-X's MR images and masks, or
+phantoms), their slices cached
 on the model's grid, the split by patient and the slices each side uses.
 
 The cases themselves, their checks and the slice cache are segmentation_data's; this file
@@ -19,8 +20,8 @@ import numpy as np
 
 from PancreasAILib.errors import InputError
 
-from segmentation_data import (DEFAULT_PHANTOM_SHAPE, CachedSlices, PreparedCase, SliceCache, folder_cases,
-                               msd_cases, phantom_cases, prepare_cases)
+from segmentation_data import (DEFAULT_MR_PHANTOM_SHAPE, DEFAULT_PHANTOM_SHAPE, CachedSlices, PreparedCase,
+                               SliceCache, folder_cases, msd_cases, phantom_cases, prepare_cases)
 from trainkit.checkpoint import write_json_atomically
 from trainkit.distributed import Distributed
 from trainkit.hashing import FileHashes
@@ -32,14 +33,43 @@ if TYPE_CHECKING:
 logger = logging.getLogger("train_monet")
 
 
+#: Cyst-X's segmentation data (Pan et al., arXiv 2507.22017), per sequence: images and masks
+#: folders whose files share their names.
+CYST_X_SEGMENTATION = "IPMN_images_masks"
+
+
+def modality_of(args) -> str:
+    """"CT" or "MR", the modality a run trains on (--modality; Cyst-X is MR)."""
+    return "MR" if getattr(args, "modality", "ct") == "mr" else "CT"
+
+
+def phantom_shape(args) -> tuple[int, ...]:
+    """--phantom-shape, or the default phantom's of the run's modality."""
+    if getattr(args, "phantom_shape", None):
+        return tuple(int(n) for n in args.phantom_shape)
+    return DEFAULT_MR_PHANTOM_SHAPE if modality_of(args) == "MR" else DEFAULT_PHANTOM_SHAPE
+
+
+def cyst_x_folders(args) -> tuple[Path, Path]:
+    """(images, masks) of the --cyst-x folder's --sequence."""
+    base = Path(args.cyst_x) / CYST_X_SEGMENTATION / args.sequence
+    images, masks = base / "images", base / "masks"
+    if not (images.is_dir() and masks.is_dir()):
+        raise InputError(f"{base} has no images and masks folders: give --cyst-x the Cyst-X folder that holds "
+                         f"{CYST_X_SEGMENTATION}/{args.sequence}/images and .../masks.")
+    return images, masks
+
+
 def discover_cases(args) -> list:
     if args.msd:
         return msd_cases(Path(args.msd), args.patient_pattern)
+    if getattr(args, "cyst_x", None):
+        return folder_cases(*cyst_x_folders(args), args.patient_pattern)
     if args.images or args.labels:
         if not (args.images and args.labels):
-            raise InputError("--images and --labels go together: the CT folder and the label folder.")
+            raise InputError("--images and --labels go together: the image folder and the label folder.")
         return folder_cases(Path(args.images), Path(args.labels), args.patient_pattern)
-    return phantom_cases(args.phantoms, args.first_seed, args.phantom_shape)
+    return phantom_cases(args.phantoms, args.first_seed, phantom_shape(args), modality_of(args))
 
 
 def describe_data(args, count: int) -> tuple[str, dict]:
@@ -47,15 +77,24 @@ def describe_data(args, count: int) -> tuple[str, dict]:
     if args.msd:
         return (f"Medical Segmentation Decathlon Task07_Pancreas, {count} training cases",
                 {"kind": "msd", "folder": str(args.msd)})
+    if getattr(args, "cyst_x", None):
+        return (f"Cyst-X {args.sequence.upper()} images and pancreas masks, {count} cases",
+                {"kind": "cyst_x", "folder": str(args.cyst_x), "sequence": args.sequence})
     if args.images:
-        return (f"{count} CT and label files", {"kind": "folders", "images": str(args.images),
-                                               "labels": str(args.labels)})
-    text = (f"{args.phantoms} synthetic CT phantoms (seeds {args.first_seed}-"
-            f"{args.first_seed + args.phantoms - 1}), PancreasAIPhantoms.ct")
-    if tuple(args.phantom_shape) != DEFAULT_PHANTOM_SHAPE:
-        text += f", {' x '.join(map(str, args.phantom_shape[::-1]))} voxels"
-    return text, {"kind": "phantoms", "count": args.phantoms, "first_seed": args.first_seed,
-                  "shape": list(args.phantom_shape)}
+        return (f"{count} {modality_of(args)} and label files", {"kind": "folders", "images": str(args.images),
+                                                                "labels": str(args.labels)})
+    shape = phantom_shape(args)
+    if modality_of(args) == "MR":
+        text = (f"T2 images of {args.phantoms} synthetic MR phantoms (seeds {args.first_seed}-"
+                f"{args.first_seed + args.phantoms - 1}, risk class seed % 3), PancreasAIPhantoms.mr")
+        default_shape, kind = DEFAULT_MR_PHANTOM_SHAPE, "mr_phantoms"
+    else:
+        text = (f"{args.phantoms} synthetic CT phantoms (seeds {args.first_seed}-"
+                f"{args.first_seed + args.phantoms - 1}), PancreasAIPhantoms.ct")
+        default_shape, kind = DEFAULT_PHANTOM_SHAPE, "phantoms"
+    if shape != default_shape:
+        text += f", {' x '.join(map(str, shape[::-1]))} voxels"
+    return text, {"kind": kind, "count": args.phantoms, "first_seed": args.first_seed, "shape": list(shape)}
 
 
 SPLITS = ("training", "validation", "test")

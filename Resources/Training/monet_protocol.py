@@ -116,9 +116,16 @@ class MoNetProtocol:
                             choices=("fp32", "bf16"))
 
     def preprocessing(self, base: dict) -> dict:
-        """The module's pre-processing `base` with this protocol's CT intensities (model card)."""
+        """The module's pre-processing `base` with this protocol's CT intensities (model card); an
+        MR `base` (PancreasSegMoNetLib.preprocessing.mr_preprocessing) is kept as it is."""
+        if base.get("modality") == "MR":
+            return dict(base)
         return {**base, "window_hu": [float(self.window_low), float(self.window_high)],
                 "intensity_scaling": self.intensity_scaling}
+
+
+#: Settings that only a CT has (Hounsfield units): refused on the command line of an MR run.
+CT_ONLY = ("intensity_scaling", "window_low", "window_high")
 
 
 # Settings that may change when a run is resumed (to train longer, or stop earlier).

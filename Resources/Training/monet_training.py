@@ -23,13 +23,13 @@ import numpy as np
 
 from PancreasAILib.errors import InputError, PancreasAIError
 from PancreasAILib.weights import save_model
-from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING
+from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING, check_preprocessing, mr_preprocessing
 
 from monet_augmentation import apply_affine, crop_batch, random_affine, random_crop_corners
-from monet_data import (SPLITS, SliceSet, pancreas_fraction, prepare_data, select_slices, split_by_patient,
-                        write_data_manifest)
+from monet_data import (SPLITS, SliceSet, modality_of, pancreas_fraction, prepare_data, select_slices,
+                        split_by_patient, write_data_manifest)
 from monet_losses import training_loss
-from monet_protocol import RESUMABLE_CHANGES, MoNetProtocol, check_settings
+from monet_protocol import CT_ONLY, RESUMABLE_CHANGES, MoNetProtocol, check_settings
 from monet_validation import patient_dice_on_model_grid, recalibrated_batch_norm, validation_loss
 from segmentation_data import PANCREAS_RULE
 from segmentation_networks import ARCHITECTURES, NetworkSpec, build_network, output_bias, parameter_counts
@@ -110,13 +110,33 @@ class Run:
             "max_val_slices": self.args.max_val_slices, "data_sha256": self.data_sha256})
 
 
+def base_preprocessing(args) -> dict:
+    """The card's pre-processing before the protocol's CT intensities: the module's default at
+    --input-size for CT; for MR (--modality mr, or --cyst-x) the percentile scaling, checked as
+    inference will check it. CT-only settings given on an MR command line are refused."""
+    if getattr(args, "cyst_x", None) and getattr(args, "modality", "ct") != "mr":
+        raise InputError("Cyst-X's images are MRI: add --modality mr to train on them.")
+    if modality_of(args) == "CT":
+        return {**DEFAULT_PREPROCESSING, "input_size": args.input_size}
+    given = [f"--{name.replace('_', '-')}" for name in CT_ONLY if getattr(args, name, None) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} set(s) Hounsfield units, which an MRI does not have; with --modality mr "
+                         "the intensities are scaled by each volume's percentiles (--mr-percentiles).")
+    preprocessing = mr_preprocessing(args.input_size, args.mr_percentiles)
+    try:
+        check_preprocessing(preprocessing)
+    except PancreasAIError as error:
+        raise InputError(f"--mr-percentiles {' '.join(map(str, args.mr_percentiles))}: {error}") from error
+    return preprocessing
+
+
 def start_run(args, argv, dist: Distributed) -> Run:
     import torch
 
     protocol = protocol_from_arguments(MoNetProtocol, args)
     spec = ARCHITECTURES[args.architecture]
     initial_weights_record(args.initial_weights)  # a missing or broken model file fails before the data are read
-    preprocessing = protocol.preprocessing({**DEFAULT_PREPROCESSING, "input_size": args.input_size})
+    preprocessing = protocol.preprocessing(base_preprocessing(args))
     files = RunFiles.for_output(args.output)
     check_settings(protocol, spec, preprocessing, dist)
 
@@ -236,6 +256,16 @@ def save_run_checkpoint(run: Run, epoch: int) -> None:
         "best_epoch": run.state.best_epoch, "world_size": run.dist.world_size})
 
 
+def recorded_protocol(run: Run) -> dict:
+    """The protocol for the card; an MR run's CT-only settings are marked unused (its intensities
+    are in the card's pre-processing)."""
+    record = protocol_record(run.protocol)
+    if run.preprocessing.get("modality") == "MR":
+        for name in CT_ONLY:
+            record["origins"][name] = "not used: MR intensities are scaled by percentiles (see preprocessing)"
+    return record
+
+
 def model_card(run: Run, metrics: dict) -> dict:
     history = run.state.history
     return {
@@ -244,7 +274,9 @@ def model_card(run: Run, metrics: dict) -> dict:
         "architecture": run.spec.class_name,
         "architecture_params": run.spec.params,
         "parameters": parameter_counts(run.network),
-        "task": "pancreas segmentation on CT",
+        "task": ("pancreas segmentation on CT" if modality_of(run.args) == "CT" else
+                 "pancreas segmentation on MRI (T2-weighted: the region of IPMNRisk's automatic mode)"
+                 if getattr(run.args, "sequence", "t2") == "t2" else "pancreas segmentation on MRI (T1-weighted)"),
         "classes": ["pancreas"],
         "preprocessing": run.preprocessing,
         "postprocessing": {"threshold": 0.5, "keep_largest_component": run.protocol.keep_largest_component},
@@ -262,7 +294,7 @@ def model_card(run: Run, metrics: dict) -> dict:
                              "learning-rate drops and choose the checkpoint; the cases are in the run's "
                              "data.json"},
             "slices": {"training": len(run.train), "validation": len(run.val)},
-            "protocol": protocol_record(run.protocol),
+            "protocol": recorded_protocol(run),
             "epochs_run": len(history),
             "best_epoch": run.state.best_epoch,
             "steps_per_epoch": run.steps_per_epoch,

@@ -2,8 +2,9 @@
 every case passes, and their slices cached on the model's grid.
 
 Sources: the Medical Segmentation Decathlon Task07_Pancreas folder as distributed
-(dataset.json + imagesTr/labelsTr), a pair of folders of CT and label files with the same
-names, or synthetic CT phantoms. Every non-zero label is pancreas (Task07's 1 pancreas and
+(dataset.json + imagesTr/labelsTr), a pair of folders of image and label files with the same
+names (CT, or MR such as Cyst-X's IPMN_images_masks), synthetic CT phantoms, or the T2 images
+of synthetic MR phantoms. Every non-zero label is pancreas (Task07's 1 pancreas and
 2 tumour merged, as in the paper).
 
 Slices go through PancreasSegMoNetLib.preprocessing, the code inference uses (its intensity
@@ -33,6 +34,7 @@ from PancreasAILib.orientation import axial_reorientation
 from PancreasAILib.volume import Volume, check_scalar_volume
 from PancreasAILib.volume_io import VOLUME_SUFFIXES, read_volume
 from PancreasAIPhantoms.ct import make_ct_phantom
+from PancreasAIPhantoms.mr import make_mr_phantom
 from PancreasAILib.resample import resample
 from PancreasSegMoNetLib.preprocessing import inplane_grid, model_slices
 
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 PANCREAS_RULE = "every non-zero label value is pancreas (MSD Task07: 1 pancreas and 2 tumour merged)"
 DEFAULT_PHANTOM_SHAPE = tuple(inspect.signature(make_ct_phantom).parameters["shape"].default)
+DEFAULT_MR_PHANTOM_SHAPE = tuple(inspect.signature(make_mr_phantom).parameters["shape"].default)
 CACHE_FORMAT = 1
 
 
@@ -111,7 +114,35 @@ class PhantomCase:
         return CaseFingerprint(hashlib.sha256(record).hexdigest(), record, (ct, labels))
 
 
-Case = Union[FileCase, PhantomCase]
+@dataclass(frozen=True)
+class MrPhantomCase:
+    """The T2-weighted image of a synthetic MR phantom (PancreasAIPhantoms.mr) with its pancreas
+    label, one per seed; the IPMN risk class (which lesion the gland holds) is seed % 3, so a
+    set of seeds holds normal glands and small and large cysts alike."""
+
+    seed: int
+    shape: tuple[int, int, int] = DEFAULT_MR_PHANTOM_SHAPE
+
+    @property
+    def case_id(self) -> str:
+        return f"mr-phantom-{self.seed:04d}"
+
+    @property
+    def patient_id(self) -> str:
+        return self.case_id
+
+    def load(self) -> tuple[Volume, Volume]:
+        phantom = make_mr_phantom(self.seed, self.seed % 3, shape=tuple(self.shape))
+        return (Volume(phantom.t2, phantom.ijk_to_ras),
+                Volume(phantom.pancreas.astype(np.uint8), phantom.ijk_to_ras))
+
+    def fingerprint(self, hashes: FileHashes) -> CaseFingerprint:
+        image, labels = self.load()
+        record = image.array.tobytes() + labels.array.tobytes()
+        return CaseFingerprint(hashlib.sha256(record).hexdigest(), record, (image, labels))
+
+
+Case = Union[FileCase, PhantomCase, MrPhantomCase]
 
 
 
@@ -236,8 +267,10 @@ def msd_cases(folder: Path, patient_pattern: Optional[str] = None) -> list[Case]
 
 
 def phantom_cases(count: int, first_seed: int = 0,
-                  shape: Sequence[int] = DEFAULT_PHANTOM_SHAPE) -> list[Case]:
-    return [PhantomCase(seed, tuple(int(n) for n in shape)) for seed in range(first_seed, first_seed + count)]
+                  shape: Sequence[int] = DEFAULT_PHANTOM_SHAPE, modality: str = "CT") -> list[Case]:
+    """`count` CT phantoms, or with modality "MR" the T2 images of MR phantoms."""
+    kind = MrPhantomCase if modality == "MR" else PhantomCase
+    return [kind(seed, tuple(int(n) for n in shape)) for seed in range(first_seed, first_seed + count)]
 
 
 def _first(items: Sequence[str], count: int = 5) -> str:

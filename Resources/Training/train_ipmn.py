@@ -17,6 +17,13 @@ on data is fitted on the training cases only, never on the validation cases: the
 standardisation landmarks (--preprocessing paper or standardisation) and balanced class
 weights (--class-weights balanced); the card records both, and the normalisation used.
 
+Task (--task): 3-class (normal, low-risk, high-risk IPMN; the seed paper's, default) or 2-class
+(high-risk IPMN vs no or low-risk IPMN, the Cyst-X benchmark's second task, reported as AUC):
+the data's 0 / 1 / 2 risk labels become the task's classes (2-class: high risk 1, else 0), the
+validation set is stratified by them, the card's classes name them (IPMNRisk follows the card),
+and the validation metrics add the AUC (2-class: of high risk). A 2-class run without
+--class-weights uses balanced weights, as the paper's three are for three classes.
+
 Protocol defaults (--protocol paper: Proietto Salanitri et al. 2022, and the authors' code):
 cross-entropy with class weights [1, 0.65, 0.45], Adam lr 0.003, batch 8, 3000 optimiser steps,
 every sliding window of 9 slices, each whole volume min-max normalised to [0, 1], random
@@ -52,31 +59,32 @@ from trainkit.seeding import seed_everything, use_deterministic_kernels
 
 from PancreasAILib.errors import InputError
 from PancreasAILib.weights import save_model
-from IPMNRiskLib.network import CLASS_NAMES
+from IPMNRiskLib.network import TASKS
 
 import cyst_x
 from ipmn_data import (card_preprocessing, central_samples, data_sha256, inputs_sha256, phantom_cases,
                        read_cohort_csv, training_samples, without_fitted_statistics)
 from ipmn_folds import holdout_split
-from ipmn_metrics import classification_metrics
 from ipmn_networks import build_network, parameter_count
 from ipmn_setup import (add_model_arguments, add_phantom_shape_arguments, add_preprocessing_arguments,
                         add_run_arguments, architecture_of, cache_of, prepare_everywhere, pretrained_of,
-                        pretrained_record, steps_of)
+                        pretrained_record, steps_of, task_description, task_labels,
+                        with_task_labels)
 from ipmn_training import (TrainingRun, add_ipmn_protocol_arguments, check_protocol, fit_class_weights,
-                           full_protocol_record, ipmn_protocol_from_arguments, predict_probabilities)
+                           full_protocol_record, held_out_metrics, ipmn_protocol_from_arguments,
+                           predict_probabilities)
 
 logger = logging.getLogger("train_ipmn")
 
 SCRIPT = "Resources/Training/train_ipmn.py"
-TASK = "IPMN risk class from paired T1/T2 MRI (3 x 3 grids of 9 slices, early fusion)"
 
 
 # --- data ------------------------------------------------------------------------------------------
 
-def load_data(args, dist, cache, normalisation: str):
+def load_data(args, dist, cache, normalisation: str, task: str):
     """(training cases, validation cases, description, source record, pre-processing steps);
-    the standardisation landmarks fitted on the training cases alone."""
+    the cases labelled with their class in `task`, the validation set stratified by it, the
+    standardisation landmarks fitted on the training cases alone."""
     phantoms = not (args.cohort or args.cyst_x)
     steps = steps_of(args, phantoms)
     if phantoms:
@@ -88,6 +96,7 @@ def load_data(args, dist, cache, normalisation: str):
         n_train = 3 * len(train_seeds)
         prepared, steps = prepare_everywhere(phantom_cases([*train_seeds, *val_seeds], shape, spacing),
                                              steps, cache, dist, fit_on=range(n_train), normalisation=normalisation)
+        prepared = with_task_labels(prepared, task)
         train, val = prepared[:n_train], prepared[n_train:]
         description = (f"synthetic T1/T2 phantoms (PancreasAIPhantoms.mr), patients seeds {train_seeds[0]}-"
                        f"{train_seeds[-1]} x 3 classes")
@@ -101,9 +110,10 @@ def load_data(args, dist, cache, normalisation: str):
         cases = cohort.cases
     else:
         cases = read_cohort_csv(args.cohort)
-    train_index, val_index = holdout_split([c.label for c in cases], [c.patient_id for c in cases],
-                                           args.inner_folds, args.seed)
+    train_index, val_index = holdout_split(task_labels(cases, task), [c.patient_id for c in cases],
+                                           args.inner_folds, args.seed, TASKS[task])
     prepared, steps = prepare_everywhere(cases, steps, cache, dist, fit_on=train_index, normalisation=normalisation)
+    prepared = with_task_labels(prepared, task)
     train, val = [prepared[i] for i in train_index], [prepared[i] for i in val_index]
     patients = len({c.patient_id for c in prepared})
     validation = f"1/{args.inner_folds} of the patients (scikit-learn StratifiedGroupKFold, first fold, seeded)"
@@ -122,8 +132,8 @@ def write_data_manifest(path: Path, train, val, data_hash: str, description: str
     write_json_atomically(path, {"data": description, "data_sha256": data_hash, "cases": cases})
 
 
-def class_counts(cases) -> dict:
-    return {name: sum(1 for c in cases if c.label == label) for label, name in enumerate(CLASS_NAMES)}
+def class_counts(cases, task: str) -> dict:
+    return {name: sum(1 for c in cases if c.label == label) for label, name in enumerate(TASKS[task])}
 
 
 def cross_validation_record(folder: Optional[str], fingerprint: dict) -> Optional[dict]:
@@ -169,8 +179,8 @@ def model_card(context: dict, state, metrics: dict) -> dict:
         "architecture": context["architecture"],
         "architecture_params": context["params"],
         "parameters": context["parameters"],
-        "task": TASK,
-        "classes": list(CLASS_NAMES),
+        "task": task_description(context["task"]),
+        "classes": list(TASKS[context["task"]]),
         "preprocessing": card_preprocessing(context["steps"], context["normalisation"]),
         "intended_use": args.intended_use,
         "training": {
@@ -178,8 +188,8 @@ def model_card(context: dict, state, metrics: dict) -> dict:
             "data_source": context["source"],
             "data_sha256": context["data_sha256"],
             "cases": {"training": len(context["train_cases"]), "validation": len(context["val_cases"])},
-            "classes": {"training": class_counts(context["train_cases"]),
-                        "validation": class_counts(context["val_cases"])},
+            "classes": {"training": class_counts(context["train_cases"], context["task"]),
+                        "validation": class_counts(context["val_cases"], context["task"])},
             "windows": {"training": len(context["train"]), "validation": len(context["val"])},
             "protocol": context["protocol_record"],
             "pretrained": context["pretrained"],
@@ -199,14 +209,14 @@ def model_card(context: dict, state, metrics: dict) -> dict:
 
 def final_metrics(network, context: dict, state) -> dict:
     """The selected weights on the validation cases (central window, without and with the 8
-    test-time views IPMNRisk uses by default), plus the cross-validation estimate if given."""
+    test-time views IPMNRisk uses by default): the four metrics and the AUC (2-class: of high
+    risk), plus the cross-validation estimate if given."""
     val, device = context["val"], context["dist"].device
     truth = val.labels
     metrics = {"validation_at_selected_checkpoint": state.best_row,
-               "validation": {**classification_metrics(truth, predict_probabilities(network, val, device).argmax(1)),
+               "validation": {**held_out_metrics(truth, predict_probabilities(network, val, device)),
                               "cases": len(val)},
-               "validation_tta": classification_metrics(truth, predict_probabilities(network, val, device,
-                                                                                     tta=True).argmax(1))}
+               "validation_tta": held_out_metrics(truth, predict_probabilities(network, val, device, tta=True))}
     if context["cross_validation"] is not None:
         metrics["cross_validation"] = context["cross_validation"]
     return metrics
@@ -232,17 +242,18 @@ def run_training(args, argv, dist) -> None:
     seed_everything(args.seed)
     use_deterministic_kernels()
     cache = cache_of(args, files.weights, phantoms)
-    train_cases, val_cases, description, source, steps = load_data(args, dist, cache, protocol.normalisation)
+    train_cases, val_cases, description, source, steps = load_data(args, dist, cache, protocol.normalisation,
+                                                                   protocol.task)
     data_hash = data_sha256([*train_cases, *val_cases])
     train, val = training_samples(train_cases, protocol.window_jitter), central_samples(val_cases)
-    class_weights = fit_class_weights(protocol.class_weights, train_cases)
+    class_weights = fit_class_weights(protocol.class_weights, train_cases, protocol.task)
     if dist.is_main:
         files.folder.mkdir(parents=True, exist_ok=True)
         write_data_manifest(files.data_manifest, train_cases, val_cases, data_hash, description)
     logger.info("%d training windows from %d cases, %d validation cases; stack cache: %s",
                 len(train), len(train_cases), len(val_cases), cache.folder or "none (phantoms are made again)")
 
-    network = build_network("early-fusion", architecture, params, pretrained)
+    network = build_network("early-fusion", architecture, params, pretrained, len(TASKS[protocol.task]))
     record = full_protocol_record(protocol, class_weights)
     fingerprint = {"data_sha256": data_hash, "inputs_sha256": inputs_sha256([*train_cases, *val_cases]),
                    "architecture": architecture, "architecture_params": params,
@@ -253,7 +264,7 @@ def run_training(args, argv, dist) -> None:
         fingerprint["initial_weights"] = initial_weights
     context = {"args": args, "argv": argv, "files": files, "dist": dist, "architecture": architecture,
                "params": params, "parameters": parameter_count(network), "steps": steps,
-               "normalisation": protocol.normalisation,
+               "normalisation": protocol.normalisation, "task": protocol.task,
                "description": description, "source": source, "data_sha256": data_hash,
                "train_cases": train_cases, "val_cases": val_cases, "train": train, "val": val,
                "protocol_record": record, "pretrained": fingerprint["pretrained"],

@@ -5,7 +5,15 @@ Data (one of):
                              distributed (dataset.json, imagesTr, labelsTr)
   --images DIR --labels DIR  CT and label files paired by file name
   --phantoms N               synthetic CT phantoms (how the bundled demo weights were made)
+  --cyst-x DIR               (with --modality mr) the Cyst-X benchmark's MR images and pancreas
+                             masks, IPMN_images_masks/<--sequence>/{images,masks}
 Every non-zero label is pancreas (Task07: pancreas 1 and tumour 2 merged, as in the paper).
+
+MR (`--modality mr`, not in the paper, which trains on CT): the same network and protocol on
+MR slices, for IPMNRisk's automatic region (a pancreas segmentation of the T2 image). MR values
+have no unit, so each volume's own percentiles (--mr-percentiles, default 1 99) are scaled to
+0..1 instead of an HU window; the card records it ("modality": "MR", "intensity_scaling":
+"volume_percentiles"). --phantoms then gives the T2 images of MR phantoms.
 
 Slices go through exactly the pre-processing the module uses at inference
 (PancreasSegMoNetLib.preprocessing) and the networks are the module's own classes, so training
@@ -46,7 +54,7 @@ from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING
 
 from monet_protocol import MoNetProtocol
 from monet_training import SCRIPT, finish, start_run, train_epochs
-from segmentation_data import DEFAULT_PHANTOM_SHAPE
+from PancreasSegMoNetLib.preprocessing import MR_PERCENTILES
 from segmentation_networks import ARCHITECTURES
 
 logger = logging.getLogger("train_monet")
@@ -70,14 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
     source = data.add_mutually_exclusive_group(required=True)
     source.add_argument("--msd", metavar="DIR", help="Medical Segmentation Decathlon Task07_Pancreas folder")
     source.add_argument("--images", metavar="DIR", help="folder of CT files (with --labels)")
-    source.add_argument("--phantoms", type=int, metavar="N", help="number of synthetic CT phantoms")
-    data.add_argument("--labels", metavar="DIR", help="folder of label files named as the CTs")
+    source.add_argument("--phantoms", type=int, metavar="N", help="number of synthetic phantoms (CT, or MR T2 "
+                                                                  "with --modality mr)")
+    source.add_argument("--cyst-x", metavar="DIR", help="the Cyst-X folder (MR: IPMN_images_masks/<sequence>)")
+    data.add_argument("--labels", metavar="DIR", help="folder of label files named as the images")
+    data.add_argument("--modality", choices=("ct", "mr"), default="ct",
+                      help="ct (the paper) or mr: MR intensities scaled by each volume's percentiles (default: ct)")
+    data.add_argument("--mr-percentiles", type=float, nargs=2, default=list(MR_PERCENTILES), metavar=("LOW", "HIGH"),
+                      help="with --modality mr: the volume's percentiles scaled to 0 and 1 (default: 1 99)")
+    data.add_argument("--sequence", choices=("t2", "t1"), default="t2",
+                      help="with --cyst-x: the sequence to train on (default: t2, what IPMNRisk's automatic "
+                           "region segments)")
     data.add_argument("--patient-pattern", metavar="REGEX",
                       help="regular expression whose first group in a case name is the patient "
                            "(several scans per patient); default: each case is a patient")
     data.add_argument("--first-seed", type=int, default=0, help="seed of the first phantom")
-    data.add_argument("--phantom-shape", type=int, nargs=3, default=list(DEFAULT_PHANTOM_SHAPE),
-                      metavar=("K", "J", "I"), help="phantom size in voxels (slices, rows, columns)")
+    data.add_argument("--phantom-shape", type=int, nargs=3, metavar=("K", "J", "I"),
+                      help="phantom size in voxels (slices, rows, columns; default: the phantoms' own, "
+                           "48 256 256 for CT, 24 160 160 for MR)")
     data.add_argument("--cache-dir", metavar="DIR",
                       help="where pre-processed slices are kept (default: slice-cache beside the output)")
     model = parser.add_argument_group("model")
