@@ -17,7 +17,6 @@ from PancreasAILib.errors import InputError, ModelFileError
 from PancreasAILib.volume import Volume
 from PancreasAILib.volume_io import read_volume, write_volume
 from PancreasSegMoNetLib import preprocessing as pre
-from IPMNRiskLib import automatic_region
 from IPMNRiskLib.automatic_region import AUTOMATIC, MARGIN_MM, find_region, segmentation_card
 from IPMNRiskLib.grids import RegionBox
 
@@ -298,10 +297,13 @@ def test_the_automatic_box_holds_the_true_pancreas_of_held_out_phantoms(tmp_path
     assert iou.mean() >= 0.45, result.stdout
     table = (tmp_path / "figure" / "automatic_region.md").read_text(encoding="utf-8")
     assert MR_DEMO in table and "| pancreas_inside |" in table
+    from PIL import Image
+
+    with Image.open(tmp_path / "figure" / "automatic_region.png") as figure:
+        assert figure.size[0] >= 3 * 300  # one panel per case, side by side
 
 
 def test_box_overlap_and_share_inside_are_measured_in_mm():
-    sys.path.insert(0, str(EVALUATE.parent))
     import evaluate_automatic_region as evaluate
 
     a = RegionBox((0, 0, 0), (10, 10, 10))

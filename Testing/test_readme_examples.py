@@ -24,6 +24,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from readme_examples import (ROOT, Workspace, block_text, code_spans, commands_of, console_example_problems, copy_of_demo_monet,
                              copy_of_demo_vit,
@@ -64,11 +65,30 @@ ipmn-risk assess --t1 t1.nii.gz --t2 t2.nii.gz --roi-center=-10,45,12 --roi-size
 ipmn-risk assess --t1 patient8/t1.nrrd --t2 patient8/t2.nrrd --roi-mask patient8/pancreas.seg.nrrd --case patient8 -o results/
 ipmn-risk batch cases.csv -o results/     # columns: case,t1,t2,roi_center,roi_size (or roi_mask)
 """,
+    "demo MR MoNet": """
+python Resources/Training/train_monet.py --modality mr --phantoms 60 --input-size 128 \\
+    --protocol ours --test-fraction 0.2 --loss dice+bce --epochs 40 --steps-per-epoch 40 \\
+    --early-stopping-patience 8 \\
+    --initial-weights PancreasSegMoNet/Resources/Models/monet-demo-phantom-v3.safetensors \\
+    --output runs/demo/mr/monet-mr-demo-phantom-v1.safetensors \\
+    --title "MoNet MR demo (T2 of synthetic MR phantoms; for demonstration and testing, not for diagnosis)" --intended-use "For demonstration and testing only, NOT for diagnosis: trained on the T2 images of synthetic MR phantoms (PancreasAIPhantoms.mr); it has never seen a real patient's MRI. It gives IPMNRisk's automatic region on the demo MR. Train real weights with Resources/Training/train_monet.py --modality mr --cyst-x DIR."
+""",
+    "MoNet on MRI": """
+python Resources/Training/train_monet.py --modality mr --cyst-x data/Cyst-X --protocol ours --output runs/monet-mr/monet-mr.safetensors
+python Resources/Training/evaluate_automatic_region.py --output automatic-region --segmentation-model runs/monet-mr/monet-mr.safetensors
+""",
+    "ipmn-risk automatic": """
+ipmn-risk assess --t1 patient9/t1.nrrd --t2 patient9/t2.nrrd --roi-auto --case patient9 -o results/
+""",
     "Cyst-X": """
 python Resources/Training/crossvalidate_ipmn.py --cyst-x data/Cyst-X --pretrained-hub --output runs/cyst-x-cv
 python Resources/Training/crossvalidate_ipmn.py --cyst-x data/Cyst-X --folds-by centre --pretrained-hub --output runs/cyst-x-loco
 python Resources/Training/crossvalidate_ipmn.py --cyst-x data/Cyst-X --folds-by patients --folds 5 --pretrained-hub --output runs/cyst-x-ours
 python Resources/Training/train_ipmn.py --cyst-x data/Cyst-X --cv-results runs/cyst-x-cv --pretrained-hub --output runs/ipmn-cyst-x
+""",
+    "Cyst-X 2-class": """
+python Resources/Training/crossvalidate_ipmn.py --cyst-x data/Cyst-X --task 2-class --pretrained-hub --output runs/cyst-x-2-class-cv
+python Resources/Training/train_ipmn.py --cyst-x data/Cyst-X --task 2-class --cv-results runs/cyst-x-2-class-cv --pretrained-hub --output runs/ipmn-cyst-x-2-class
 """,
     "evaluate explanations": """
 python Resources/Training/evaluate_explanations.py --output explanations --phantoms 15 --first-seed 6000
@@ -196,6 +216,30 @@ python Resources/Training/train_ipmn.py --patients 600 --val-patients 50 --steps
     "cross-validate phantoms": """
 python Resources/Training/crossvalidate_ipmn.py --phantoms 12 --folds 3 --inner-folds 2 \\
     --methods ablations resnet18 --steps 50 --eval-every 25 --lr-grid 0.003 --output runs/ipmn-cv-phantoms
+""",
+    "federated simulation": """
+python Resources/Training/federated.py simulate --model monet --sites 3 --rounds 10 \\
+    --local-steps 50 --output runs/fed-monet --phantoms 9 --input-size 128
+""",
+    "federated deployment": """
+# server
+flower-superlink --ssl-ca-certfile certs/ca.pem --ssl-certfile certs/server.pem \\
+    --ssl-keyfile certs/server.key --enable-supernode-auth --disable-runtime-dependency-installation
+# coordinator: admit each hospital's public key
+flwr supernode register keys/hospital-a.pub hospitals
+# each hospital: its own data and working folder
+flower-supernode --superlink server.example.org:8000 --root-certificates certs/ca.pem \\
+    --auth-supernode-private-key keys/hospital-a.key \\
+    --node-config "data='--msd /data/Task07_Pancreas' work-dir='/data/federated-site'"
+# coordinator: write the Flower app with the run's settings, and start it
+python Resources/Training/federated.py app runs/fed-app --model monet --rounds 50 \\
+    --local-steps 100 --min-sites 3 --output /srv/pancreasai/fed-monet --input-size 256
+flwr run runs/fed-app hospitals --stream
+""",
+    "federated connection": """
+[superlink.hospitals]
+address = "server.example.org:8000"
+root-certificates = "/etc/pancreasai/certs/ca.pem"
 """,
 }
 
@@ -400,8 +444,8 @@ def test_console_check_finds_a_result_field_that_does_not_exist():
     assert console_example_problems("import IPMNRisk\nlogic = IPMNRisk.IPMNRiskLogic()\n"
                                     "result = logic.assess(t1, t2, roi)\nprint(result.grid_png_path)\n") == \
         ["the result of assess has no 'grid_png_path' (it has class_name, class_names, engine, explanation, grid_png, "
-         "heat_map_node, model_name, model_sha256, precision, probabilities, risk_class, seconds, spread, summary, "
-         "table_node, warnings)"]
+         "heat_map_node, model_name, model_sha256, pancreas_node, precision, probabilities, region_node, risk_class, "
+         "seconds, spread, summary, table_node, warnings)"]
 
 
 def test_console_check_knows_that_segment_returns_an_outcome_not_a_node():
@@ -509,6 +553,71 @@ def test_ipmn_risk_examples(workspace):
         assert all(row[column] for row in rows), column
 
 
+def test_ipmn_risk_automatic_region_example(workspace):
+    """A whole-field MR phantom (the MR demo MoNet was trained on those) of a seed it never saw."""
+    from PancreasAIPhantoms.mr import make_mr_phantom
+    from PancreasAILib.volume import Volume
+
+    (command,) = example_commands("ipmn-risk automatic")
+    phantom = make_mr_phantom(7003, 1)
+    write_image(Volume(phantom.t1, phantom.ijk_to_ras), workspace.path("patient9/t1.nrrd"))
+    write_image(Volume(phantom.t2, phantom.ijk_to_ras), workspace.path("patient9/t2.nrrd"))
+
+    workspace.run(command + " --no-tta", timeout=300)
+
+    for suffix in ("result.json", "heatmap.nrrd", "grid.png", "scene.mrb", "pancreas.nrrd"):
+        assert workspace.path(f"results/patient9_ipmn_{suffix}").is_file(), suffix
+    region = json.loads(workspace.path("results/patient9_ipmn_result.json").read_text(encoding="utf-8"))["region"]
+    assert region["source"] == "automatic" and region["segmentation_model"] == "monet-mr-demo-phantom-v1"
+    center, half = np.asarray(phantom.pancreas_box_ras[0]), np.asarray(phantom.pancreas_box_ras[1]) / 2
+    assert np.all(np.abs(np.subtract(region["center_ras"], center)) <= half)  # inside the expert's box
+
+
+@pytest.mark.slow
+def test_monet_on_mri_examples(workspace):
+    """Cyst-X's MR images and masks (three small MR phantoms), a short run, then the overlap
+    figure of its (untrained) model on one phantom."""
+    from PancreasAIPhantoms.mr import make_mr_phantom
+    from PancreasAILib.volume import Volume
+    from PancreasAILib.volume_io import write_volume
+
+    train, evaluate = example_commands("MoNet on MRI")
+    for seed in range(3):
+        phantom = make_mr_phantom(seed, seed % 3, shape=(8, 64, 64))
+        base = workspace.path("data/Cyst-X/IPMN_images_masks/t2")
+        write_volume(Volume(phantom.t2, phantom.ijk_to_ras), base / "images" / f"nyu_{seed:03d}.nii.gz")
+        write_volume(Volume(phantom.pancreas.astype(np.uint8), phantom.ijk_to_ras),
+                     base / "masks" / f"nyu_{seed:03d}.nii.gz")
+    workspace.run(with_arguments(train, "--input-size 32 --batch-size 2 --epochs 1 --steps-per-epoch 1 "
+                                        "--test-fraction 0 --validation-fraction 0.34"), timeout=300)
+    card = card_of(workspace, "runs/monet-mr/monet-mr")
+    assert card["preprocessing"]["modality"] == "MR"
+    assert card["training"]["data_source"]["kind"] == "cyst_x"
+    workspace.run(with_arguments(evaluate, "--phantoms 1"), timeout=300)
+    for name in ("automatic_region.csv", "automatic_region.md", "automatic_region.png"):
+        assert workspace.path(f"automatic-region/{name}").is_file(), name
+
+
+@pytest.mark.slow
+def test_demo_mr_monet_run(workspace):
+    """The MR demo's command, shortened, from a copy of the CT demo where the README names it;
+    its card is the shipped one's in all but the numbers."""
+    from PancreasSegMoNetLib.registry import model_registry
+
+    copy_of_demo_monet(workspace.path("PancreasSegMoNet/Resources/Models/monet-demo-phantom-v3.safetensors"),
+                       "monet-demo-phantom-v3")
+    workspace.run(with_arguments(example("demo MR MoNet"), "--phantoms 3 --phantom-shape 8 64 64 --input-size 32 "
+                                 "--batch-size 2 --epochs 1 --steps-per-epoch 1 --max-val-slices 4"), timeout=300)
+    card = card_of(workspace, "runs/demo/mr/monet-mr-demo-phantom-v1")
+    shipped = model_registry().resolve("monet-mr-demo-phantom-v1").data
+    for key in ("title", "intended_use", "task", "classes", "postprocessing"):
+        assert card[key] == shipped[key], key
+    assert {k: v for k, v in card["preprocessing"].items() if k != "input_size"} == \
+        {k: v for k, v in shipped["preprocessing"].items() if k != "input_size"}
+    assert starts_from(workspace, "runs/demo/mr/monet-mr-demo-phantom-v1",
+                       "PancreasSegMoNet/Resources/Models/monet-demo-phantom-v3")
+
+
 def test_evaluate_review_example(workspace):
     """Two reviewers' verdicts on four IPMN cases and one segmentation, as the review writes them."""
     from PancreasAILib.review import REVIEW_COLUMNS
@@ -536,8 +645,9 @@ def test_evaluate_review_example(workspace):
 
 @pytest.mark.slow
 def test_cyst_x_commands(workspace):
-    """The four Cyst-X commands on a Cyst-X-shaped folder of 18 phantom studies, shortened: a tiny
-    ViT from random weights (no hub), 2 steps, one learning rate, 2 inner and 3 patient folds."""
+    """The four Cyst-X commands and the two of the 2-class task on a Cyst-X-shaped folder of 18
+    phantom studies (with both published splits), shortened: a tiny ViT from random weights (no
+    hub), 2 steps, one learning rate, 2 inner and 3 patient folds."""
     from test_cyst_x import TINY_RUN, write_cyst_x_folder
 
     write_cyst_x_folder(workspace.path("data/Cyst-X"))
@@ -554,6 +664,19 @@ def test_cyst_x_commands(workspace):
         == "centre"
     card = json.loads(workspace.path("runs/ipmn-cyst-x.json").read_text(encoding="utf-8"))
     assert card["training"]["data_source"]["kind"] == "cyst_x"
+
+    cross_validation, training = [command.replace(" --pretrained-hub", "") for command in
+                                  example_commands("Cyst-X 2-class")]
+    workspace.run(with_arguments(cross_validation, short), timeout=600)
+    workspace.run(with_arguments(training, tiny, "--inner-folds 2"), timeout=600)
+    record = json.loads(workspace.path("runs/cyst-x-2-class-cv/cv.json").read_text(encoding="utf-8"))
+    assert record["outer_folds"]["file"] == "data splits/classification/2-class/two_inputs.csv"
+    benchmark = json.loads(workspace.path("runs/cyst-x-2-class-cv/early-fusion/benchmark.json")
+                           .read_text(encoding="utf-8"))
+    assert benchmark["task"] == "2-class" and benchmark["auc"].startswith("binary")
+    card = json.loads(workspace.path("runs/ipmn-cyst-x-2-class.json").read_text(encoding="utf-8"))
+    assert card["classes"] == ["no or low-risk IPMN", "high-risk IPMN"]
+    assert card["metrics"]["cross_validation"]["protocol"]["task"] == "2-class"
 
 
 @pytest.mark.slow
@@ -790,3 +913,49 @@ def test_mutation_command_knows_the_groups_the_readme_names(workspace, current_e
     assert len(named) == 10, named
     for group in named:
         assert group in completed.stdout, f"the README names a mutation group {group} that does not exist"
+
+
+# --- federated training ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_federated_simulation_example(workspace):
+    """The README's simulation, shortened: 2 sites of 2 tiny phantoms, one round of one step."""
+    workspace.run(with_arguments(example("federated simulation"), "--sites 2 --rounds 1 --local-steps 1",
+                                 "--phantoms 4 --phantom-shape 12 64 64 --input-size 64 --batch-size 2",
+                                 "--test-fraction 0 --max-val-slices 4 --device cpu"), timeout=600)
+    card = card_of(workspace, "runs/fed-monet")
+    assert card["training"]["federated"]["rounds"] == 1 and len(card["training"]["federated"]["sites"]) == 2
+    assert "round 1: site 2 validation" in workspace.path("runs/fed-monet.run/federated.log").read_text(encoding="utf-8")
+
+
+def test_federated_deployment_commands_use_options_the_tools_have(workspace):
+    """Each Flower command's options are in its --help; the app command runs, and Flower accepts
+    the app it writes (Testing/test_federated.py runs the same commands on 127.0.0.1)."""
+    from flwr.common.config import validate_config
+
+    for command in example_commands("federated deployment"):
+        words = shlex.split(command)
+        if words[0] == "python":
+            workspace.run(command.replace("/srv/pancreasai/", "runs/"), timeout=120)
+            continue
+        tool = words[:3] if words[:2] == ["flwr", "supernode"] else words[:2] if words[0] == "flwr" else words[:1]
+        helped = workspace.run(shlex.join([*tool, "--help"]), timeout=120).stdout
+        for option in (word for word in words if word.startswith("--")):
+            assert option in helped, f"{' '.join(tool)} has no option {option}"
+    import tomllib
+
+    config = tomllib.loads(workspace.path("runs/fed-app/pyproject.toml").read_text(encoding="utf-8"))
+    valid, errors, _ = validate_config(config, project_dir=workspace.path("runs/fed-app"))
+    assert valid, errors
+    assert config["tool"]["flwr"]["app"]["config"]["min-sites"] == 3
+
+
+def test_federated_connection_example_is_a_connection_flower_reads(tmp_path, monkeypatch):
+    from flwr.cli.flower_config import read_superlink_connection
+
+    block = example("federated connection")
+    (tmp_path / "config.toml").write_text(f"[superlink]\ndefault = \"hospitals\"\n\n{block}\n", encoding="utf-8")
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    connection = read_superlink_connection("hospitals")
+    assert (connection.address, connection.root_certificates) == ("server.example.org:8000",
+                                                                  "/etc/pancreasai/certs/ca.pem")

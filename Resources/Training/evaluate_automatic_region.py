@@ -18,8 +18,10 @@ Per case:
   found_ml, true_ml  the segmentation's and the true pancreas's volumes
 A case where nothing is found counts with Dice, pancreas_inside and box_iou 0.
 
-Writes DIR/automatic_region.csv (one row per case) and DIR/automatic_region.md (mean +- sd,
-the worst case, run time), and prints the table.
+Writes DIR/automatic_region.csv (one row per case), DIR/automatic_region.md (mean +- sd, the
+worst case, run time) and DIR/automatic_region.png (the overlap figure: per case, the T2 slice
+through the middle of the true pancreas with its outline, the found box and the expert's box),
+and prints the table.
 """
 
 from __future__ import annotations
@@ -40,10 +42,12 @@ from PancreasAILib.errors import InputError
 from PancreasAILib.volume import Volume
 from IPMNRiskLib.grids import RegionBox
 
+from segmentation_metrics import dice_coefficient
+
 COLUMNS = ["case", "seed", "risk_class", "dice", "pancreas_inside", "box_iou", "centre_mm", "found_ml", "true_ml",
            "seconds", "message"]
 METRICS = ("dice", "pancreas_inside", "box_iou", "centre_mm")
-CSV_FILE, TABLE_FILE = "automatic_region.csv", "automatic_region.md"
+CSV_FILE, TABLE_FILE, FIGURE_FILE = "automatic_region.csv", "automatic_region.md", "automatic_region.png"
 
 
 def box_iou(a: RegionBox, b: RegionBox) -> float:
@@ -66,14 +70,8 @@ def share_inside(mask: Volume, box: RegionBox) -> float:
     return float(np.mean(np.all((ras >= low) & (ras <= high), axis=1)))
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    total = int(a.sum() + b.sum())
-    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
-
-
-def measure_case(name: str, seed: int, phantom, model: Optional[str], device: str = "cpu") -> dict:
-    """One row of the table for one MR phantom."""
+def measure_case(name: str, seed: int, phantom, model: Optional[str], device: str = "cpu") -> tuple[dict, dict]:
+    """One row of the table for one MR phantom, and what its panel of the figure shows."""
     from IPMNRiskLib.automatic_region import find_region
 
     t2 = Volume(phantom.t2, phantom.ijk_to_ras)
@@ -83,15 +81,59 @@ def measure_case(name: str, seed: int, phantom, model: Optional[str], device: st
     row = {"case": name, "seed": seed, "risk_class": phantom.risk_class,
            "true_ml": round(float(truth.array.sum()) * voxel_ml, 2), "message": ""}
     started = time.perf_counter()
+    panel = {"name": name, "t2": t2, "truth": truth, "expert": expert, "found": None}
     try:
         found = find_region(t2, model, device=device, engine="pytorch")
     except InputError as error:
         return {**row, "dice": 0.0, "pancreas_inside": 0.0, "box_iou": 0.0, "centre_mm": "", "found_ml": 0.0,
-                "seconds": round(time.perf_counter() - started, 2), "message": str(error)}
-    return {**row, "dice": dice(found.mask.array, truth.array), "pancreas_inside": share_inside(truth, found.region),
-            "box_iou": box_iou(found.region, expert),
+                "seconds": round(time.perf_counter() - started, 2), "message": str(error)}, panel
+    panel["found"] = found.region
+    return {**row, "dice": dice_coefficient(found.mask.array, truth.array),
+            "pancreas_inside": share_inside(truth, found.region), "box_iou": box_iou(found.region, expert),
             "centre_mm": float(np.linalg.norm(np.subtract(found.region.center_ras, expert.center_ras))),
-            "found_ml": round(found.volume_ml, 2), "seconds": round(time.perf_counter() - started, 2)}
+            "found_ml": round(found.volume_ml, 2), "seconds": round(time.perf_counter() - started, 2)}, panel
+
+
+def _box_on_slice(box: RegionBox, volume: Volume) -> tuple[float, float, float, float]:
+    """(i low, j low, i high, j high) in voxel units of a box around `volume`'s axes (the
+    phantoms' boxes are aligned with their grid)."""
+    ijk = volume.ras_to_ijk_points(box.corners_ras())
+    return float(ijk[:, 0].min()), float(ijk[:, 1].min()), float(ijk[:, 0].max()), float(ijk[:, 1].max())
+
+
+def write_overlap_figure(path: Path, panels: list[dict], model: str) -> Path:
+    """Per case: the T2 slice through the middle of the true pancreas, the pancreas's outline
+    (green), the expert's box (white, dashed) and the found box (red)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), dpi=100, squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, panel in zip(axes.ravel(), panels):
+        t2, truth = panel["t2"], panel["truth"]
+        k = int(round(np.mean(np.flatnonzero(truth.array.any(axis=(1, 2))))))
+        axis.imshow(t2.array[k], cmap="gray", origin="lower")
+        axis.contour(truth.array[k], levels=[0.5], colors="lime", linewidths=1.0)
+        for box, style in ((panel["expert"], {"edgecolor": "white", "linestyle": "--"}),
+                           (panel["found"], {"edgecolor": "red", "linestyle": "-"})):
+            if box is None:
+                continue
+            i0, j0, i1, j1 = _box_on_slice(box, t2)
+            axis.add_patch(Rectangle((i0, j0), i1 - i0, j1 - j0, fill=False, linewidth=1.2, **style))
+        axis.set_title(panel["name"] + ("" if panel["found"] is not None else " (nothing found)"), fontsize=8)
+    figure.suptitle(f"{model}: pancreas (green), expert box (white, dashed), automatic box (red); "
+                    "voxel axes", fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
 
 
 def summary_table(rows: list[dict], model: str, seconds: float) -> str:
@@ -138,11 +180,13 @@ def evaluate(args: argparse.Namespace) -> int:
 
     card = segmentation_card(args.segmentation_model)  # a missing or CT model stops here, before any work
     started = time.perf_counter()
-    rows = []
+    rows, panels = [], []
     for index in range(args.phantoms):
         seed = args.first_seed + index
         phantom = make_mr_phantom(seed, index % 3)
-        rows.append(measure_case(f"mr-phantom-{seed}", seed, phantom, args.segmentation_model, args.device))
+        row, panel = measure_case(f"mr-phantom-{seed}", seed, phantom, args.segmentation_model, args.device)
+        rows.append(row)
+        panels.append(panel)
         print(f"{rows[-1]['case']}: Dice {rows[-1]['dice']:.3f}, pancreas inside {rows[-1]['pancreas_inside']:.3f}, "
               f"box IoU {rows[-1]['box_iou']:.3f}", flush=True)
     output = Path(args.output)
@@ -151,6 +195,7 @@ def evaluate(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(stream, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+    write_overlap_figure(output / FIGURE_FILE, panels, card.name)
     table = summary_table(rows, card.name, time.perf_counter() - started)
     (output / TABLE_FILE).write_text(table, encoding="utf-8")
     print(table)
