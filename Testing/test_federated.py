@@ -311,8 +311,11 @@ def test_settings_travel_through_a_flower_run_config():
 def test_one_site_one_fedavg_round_on_the_simulation_engine_is_the_local_training_run(tmp_path):
     tiny = ["--phantoms", "3", "--phantom-shape", "12", "64", "64", "--input-size", "64", "--batch-size", "2",
             "--device", "cpu"]
+    paths = {name: os.environ.get(name) for name in ("PYTHONPATH", "PYTHONHOME")}
     assert federated.main(["simulate", "--model", "monet", "--sites", "1", "--rounds", "1", "--local-steps", "2",
                            "--output", str(tmp_path / "federated" / "monet"), *tiny]) == 0
+    # the engine changes the Python paths of the environment: the caller gets its own back
+    assert {name: os.environ.get(name) for name in paths} == paths
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the engine's worker (one CPU each): the same order of float sums
     try:

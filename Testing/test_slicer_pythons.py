@@ -42,13 +42,19 @@ def test_every_shipped_file_is_python_3_9_grammar():
     assert refused == []
 
 
+def foreign_env() -> dict:
+    """This process's environment without what would make another Python read our packages or
+    our standard library (PYTHONPATH, PYTHONHOME; a test before may have set them)."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
 def python_3_9() -> str | None:
     """A working Python 3.9 (a pyenv shim on PATH may name one that is not activated)."""
     candidates = [*sorted(Path.home().glob(".pyenv/versions/3.9*/bin/python3.9")), shutil.which("python3.9")]
     for candidate in filter(None, candidates):
         try:
             result = subprocess.run([str(candidate), "-c", "import sys; print(sys.version_info[:2])"],
-                                    capture_output=True, text=True, timeout=30)
+                                    env=foreign_env(), capture_output=True, text=True, timeout=30)
         except OSError:
             continue
         if result.stdout.strip() == "(3, 9)":
@@ -65,8 +71,8 @@ def test_python_3_9_itself_compiles_every_shipped_file(tmp_path):
              "for path in sys.argv[1:]:\n"
              "    compile(open(path, encoding='utf-8').read(), path, 'exec')\n"
              "print(sys.version_info[:2])")
-    result = subprocess.run([PYTHON_3_9, "-c", probe, *map(str, shipped_python_files())], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([PYTHON_3_9, "-c", probe, *map(str, shipped_python_files())], env=foreign_env(),
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "(3, 9)", result.stderr
 
 

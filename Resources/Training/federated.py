@@ -169,13 +169,20 @@ def simulate(settings: FederatedSettings, sites: int, command: str = "") -> Path
     from flwr.simulation import run_simulation
 
     gpus = 1.0 / sites if torch.cuda.is_available() else 0.0
-    # The engine's workers are new processes: they find these scripts through PYTHONPATH.
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent),
-                                                             os.environ.get("PYTHONPATH")]))
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": gpus},
                "init_args": {"num_cpus": max(1, min(sites, os.cpu_count() or 1)), "include_dashboard": False}}
-    run_simulation(build_server_app(settings, command), build_client_app(), num_supernodes=sites,
-                   backend_config=backend)
+    # The engine's workers are new processes: they find these scripts through PYTHONPATH. The
+    # engine (Ray) changes the environment too (the Python path among others); the caller's is
+    # put back afterwards, so a console session or a test process starts other programs as before.
+    saved = dict(os.environ)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent),
+                                                             os.environ.get("PYTHONPATH")]))
+    try:
+        run_simulation(build_server_app(settings, command), build_client_app(), num_supernodes=sites,
+                       backend_config=backend)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return RunFiles.for_output(settings.output).weights
 
 
