@@ -89,60 +89,41 @@ class FileCase:
 
 @dataclass(frozen=True)
 class PhantomCase:
-    """A synthetic CT with its pancreas label (PancreasAIPhantoms.ct), one per seed."""
+    """A synthetic image with its pancreas label, one per seed: a CT (PancreasAIPhantoms.ct), or
+    with modality "MR" the T2-weighted image of an MR phantom (PancreasAIPhantoms.mr) whose IPMN
+    risk class (which lesion the gland holds) is seed % 3, so a set of seeds holds normal glands
+    and small and large cysts alike."""
 
     seed: int
     shape: tuple[int, int, int] = DEFAULT_PHANTOM_SHAPE
+    modality: str = "CT"
 
     @property
     def case_id(self) -> str:
-        return f"phantom-{self.seed:04d}"
+        return f"{'mr-' if self.modality == 'MR' else ''}phantom-{self.seed:04d}"
 
     @property
     def patient_id(self) -> str:
         return self.case_id
 
     def load(self) -> tuple[Volume, Volume]:
-        phantom = make_ct_phantom(self.seed, shape=tuple(self.shape))
-        return (Volume(phantom.hu, phantom.ijk_to_ras),
-                Volume(phantom.pancreas.astype(np.uint8), phantom.ijk_to_ras))
-
-    def fingerprint(self, hashes: FileHashes) -> CaseFingerprint:
-        ct, labels = self.load()
-        # The voxels themselves, as the first version of train_monet.py hashed them.
-        record = ct.array.tobytes() + labels.array.tobytes()
-        return CaseFingerprint(hashlib.sha256(record).hexdigest(), record, (ct, labels))
-
-
-@dataclass(frozen=True)
-class MrPhantomCase:
-    """The T2-weighted image of a synthetic MR phantom (PancreasAIPhantoms.mr) with its pancreas
-    label, one per seed; the IPMN risk class (which lesion the gland holds) is seed % 3, so a
-    set of seeds holds normal glands and small and large cysts alike."""
-
-    seed: int
-    shape: tuple[int, int, int] = DEFAULT_MR_PHANTOM_SHAPE
-
-    @property
-    def case_id(self) -> str:
-        return f"mr-phantom-{self.seed:04d}"
-
-    @property
-    def patient_id(self) -> str:
-        return self.case_id
-
-    def load(self) -> tuple[Volume, Volume]:
-        phantom = make_mr_phantom(self.seed, self.seed % 3, shape=tuple(self.shape))
-        return (Volume(phantom.t2, phantom.ijk_to_ras),
+        if self.modality == "MR":
+            phantom = make_mr_phantom(self.seed, self.seed % 3, shape=tuple(self.shape))
+            image = phantom.t2
+        else:
+            phantom = make_ct_phantom(self.seed, shape=tuple(self.shape))
+            image = phantom.hu
+        return (Volume(image, phantom.ijk_to_ras),
                 Volume(phantom.pancreas.astype(np.uint8), phantom.ijk_to_ras))
 
     def fingerprint(self, hashes: FileHashes) -> CaseFingerprint:
         image, labels = self.load()
+        # The voxels themselves, as the first version of train_monet.py hashed them.
         record = image.array.tobytes() + labels.array.tobytes()
         return CaseFingerprint(hashlib.sha256(record).hexdigest(), record, (image, labels))
 
 
-Case = Union[FileCase, PhantomCase, MrPhantomCase]
+Case = Union[FileCase, PhantomCase]
 
 
 
@@ -269,8 +250,7 @@ def msd_cases(folder: Path, patient_pattern: Optional[str] = None) -> list[Case]
 def phantom_cases(count: int, first_seed: int = 0,
                   shape: Sequence[int] = DEFAULT_PHANTOM_SHAPE, modality: str = "CT") -> list[Case]:
     """`count` CT phantoms, or with modality "MR" the T2 images of MR phantoms."""
-    kind = MrPhantomCase if modality == "MR" else PhantomCase
-    return [kind(seed, tuple(int(n) for n in shape)) for seed in range(first_seed, first_seed + count)]
+    return [PhantomCase(seed, tuple(int(n) for n in shape), modality) for seed in range(first_seed, first_seed + count)]
 
 
 def _first(items: Sequence[str], count: int = 5) -> str:
