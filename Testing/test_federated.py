@@ -54,6 +54,8 @@ MONET_TINY = ["--phantoms", "5", "--phantom-shape", "12", "64", "64", "--input-s
 IPMN_TINY = ["--patients", "2", "--val-patients", "2", "--phantom-shape", "12", "64", "64", "--phantom-spacing",
              "3.5", "3.5", "5.0", "--architecture", "vit_tiny_patch16_224", "--architecture-params",
              json.dumps({"depth": 1, "embed_dim": 48, "num_heads": 3}), "--batch-size", "2", "--device", "cpu"]
+#: The MoNet runs start at the sites' pooled pancreas fraction (counts asked before round 1).
+MONET_PRIOR = [*MONET_TINY, "--prior-init"]
 CASE_NAME = "phantom-0001"
 DP_CLIPPING = 0.05
 
@@ -102,15 +104,15 @@ def of_type(messages: list, kind: str) -> list:
 
 @pytest.fixture(scope="module")
 def monet_run(tmp_path_factory):
-    """Two simulated MoNet sites, two rounds of one local step (FedAvg)."""
-    return run_federated(tmp_path_factory.mktemp("monet"), "monet", MONET_TINY, rounds=2, local_steps=1)
+    """Two simulated MoNet sites, --prior-init, two rounds of one local step (FedAvg)."""
+    return run_federated(tmp_path_factory.mktemp("monet"), "monet", MONET_PRIOR, rounds=2, local_steps=1)
 
 
 @pytest.fixture(scope="module")
 def interrupted_monet_run(tmp_path_factory):
     """The first round of `monet_run`, as a server stopped after it leaves it; returns its folder."""
     folder = tmp_path_factory.mktemp("interrupted")
-    run_federated(folder, "monet", MONET_TINY, rounds=1, local_steps=1)
+    run_federated(folder, "monet", MONET_PRIOR, rounds=1, local_steps=1)
     return folder
 
 
@@ -241,6 +243,11 @@ def test_a_site_sends_only_weights_and_counts(monet_run):
         assert set(reply.content["metrics"]) <= {"num-examples", "val-loss", "val-dice", "training-cases",
                                                  "validation-cases", "test-cases", "training-examples",
                                                  "validation-examples"}
+    queries = of_type(grid.replies, MessageType.QUERY)
+    assert len(queries) == 2
+    for reply in queries:
+        assert set(reply.content.keys()) == {"metrics"}
+        assert set(reply.content["metrics"]) == {"num-examples", "training-pancreas-pixels", "training-pixels"}
     for reply in grid.replies:
         assert all(_numbers_only(record) for record in reply.content.metric_records.values())
         assert b"phantom" not in serialized(reply)
@@ -264,15 +271,18 @@ def test_server_refuses_a_reply_that_names_a_case():
 
 def test_server_restarted_after_a_round_ends_with_the_uninterrupted_runs_weights(monet_run, interrupted_monet_run):
     uninterrupted, _ = monet_run
-    output, _ = run_federated(interrupted_monet_run, "monet", MONET_TINY, rounds=2, local_steps=1, resume=True)
+    output, grid = run_federated(interrupted_monet_run, "monet", MONET_PRIOR, rounds=2, local_steps=1, resume=True)
     assert [row["round"] for row in card_of(output)["history"]] == [1, 2]
     assert (card_of(output)["training"]["federated"]["round_weights_sha256"]
             == card_of(uninterrupted)["training"]["federated"]["round_weights_sha256"])
+    # the starting prior is the first run's, kept in the checkpoint, not asked again
+    assert of_type(grid.sent, MessageType.QUERY) == []
+    assert card_of(output)["training"]["federated"]["start"] == card_of(uninterrupted)["training"]["federated"]["start"]
 
 
 def test_resume_refuses_a_run_with_other_settings(interrupted_monet_run):
     with pytest.raises(InputError, match="local-steps: 1 -> 2"):
-        run_federated(interrupted_monet_run, "monet", MONET_TINY, rounds=2, local_steps=2, resume=True)
+        run_federated(interrupted_monet_run, "monet", MONET_PRIOR, rounds=2, local_steps=2, resume=True)
 
 
 # --- simulated sites ------------------------------------------------------------------------------
@@ -303,6 +313,32 @@ def test_settings_travel_through_a_flower_run_config():
     settings = FederatedSettings(model="monet", output="out/monet.safetensors", training_args=("--phantoms", "3"),
                                  rounds=4, strategy="fedprox", proximal_mu=0.01, non_iid=True)
     assert FederatedSettings.from_config(settings.to_config()) == settings
+
+
+def test_with_prior_init_the_global_model_starts_at_the_sites_pooled_pancreas_fraction(monet_run):
+    output, grid = monet_run
+    counts = [reply.content["metrics"] for reply in of_type(grid.replies, MessageType.QUERY)]
+    pooled = sum(c["training-pancreas-pixels"] for c in counts) / sum(c["training-pixels"] for c in counts)
+    assert 0 < pooled < 0.5  # else the clipping, not the counts, would set it
+    start = card_of(output)["training"]["federated"]["start"]["output_prior"]
+    assert start["pancreas_fraction"] == pytest.approx(pooled, rel=1e-12)
+    first_global = of_type(grid.sent, MessageType.TRAIN)[0].content["arrays"]
+    bias = first_global["head.bn.bias"].numpy()
+    np.testing.assert_allclose(bias, np.log(pooled / (1 - pooled)), rtol=1e-6)
+
+
+def test_one_site_with_prior_init_trains_its_first_round_as_train_monet_does(tmp_path):
+    """The pooled fraction of one site is its own: round 1 is train_monet.py --prior-init's first
+    epoch, bit for bit (in this process, so the same threads)."""
+    tiny = ["--phantoms", "3", "--phantom-shape", "12", "64", "64", "--input-size", "64", "--batch-size", "2",
+            "--device", "cpu", "--prior-init"]
+    output, _ = run_federated(tmp_path / "federated", "monet", tiny, sites=1, rounds=1, local_steps=2)
+    assert train_monet.main([*tiny, "--epochs", "1", "--steps-per-epoch", "2",
+                             "--output", str(tmp_path / "local" / "monet")]) == 0
+    local = load_file(str(tmp_path / "local" / "monet.run" / "checkpoints" / "epoch-0001.safetensors"))
+    global_model = load_file(str(output.with_suffix(".run") / "checkpoints" / "epoch-0001.safetensors"))
+    assert set(global_model) <= set(local)
+    assert [key for key in global_model if not torch.equal(global_model[key], local[key])] == []
 
 
 # --- the engine ------------------------------------------------------------------------------------
@@ -443,3 +479,23 @@ root-certificates = "{keys / 'ca.pem'}"
     phantom = make_ct_phantom(50, shape=(12, 64, 64))
     result = segment_ct(Volume(phantom.hu, phantom.ijk_to_ras), card, device="cpu", engine="pytorch")
     assert result.mask.shape == phantom.hu.shape
+
+
+# --- the comparison figure ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_comparison_trains_all_three_arms_with_the_same_options_and_scores_them(tmp_path):
+    import federated_comparison
+
+    assert federated_comparison.main(["--output", str(tmp_path), "--phantoms", "4", "--test-phantoms", "2",
+                                      "--sites", "2", "--rounds", "1", "--local-steps", "1", "--phantom-shape",
+                                      "12", "64", "64", "--batch-size", "2", "--prior-init"]) == 0
+    table = (tmp_path / "comparison.md").read_text(encoding="utf-8").splitlines()
+    assert table[0].startswith("| training (2 optimiser steps in all) | Dice on 2 held-out phantoms")
+    assert [row.split(" | ")[0] for row in table[2:]] == [
+        "| centralised", "| federated, 2 sites IID", "| federated, 2 sites non-IID"]
+    # the training options reached every arm
+    cards = [card_of(path) for path in sorted(tmp_path.glob("*/monet.safetensors"))]
+    assert len(cards) == 3
+    assert all(card["training"]["batch_size"] == 2 for card in cards)
+    assert all(card["training"]["protocol"]["prior_init"] for card in cards)

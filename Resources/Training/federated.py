@@ -107,6 +107,20 @@ def evaluate_on_site(message, context):
         {"num-examples": site.validation_examples, **metrics, **site.counts()})}), reply_to=message)
 
 
+def counts_of_site(message, context):
+    """Flower ClientApp `query`, before round 1: the counts the server names (MoNet's
+    --prior-init: the site's training pixels and pancreas pixels) and the site's number of
+    training examples; nothing else."""
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    config = message.content["config"]
+    _, site = open_site(config, context.node_config)
+    statistics = site.start_statistics()
+    wanted = {name: statistics[name] for name in config["counts"] if name in statistics}
+    return Message(RecordDict({"metrics": MetricRecord({"num-examples": site.training_examples, **wanted})}),
+                   reply_to=message)
+
+
 def clip_when_asked(message, context, call_next):
     """Flower's fixedclipping_mod (differential privacy) when the server's DP wrapper asks for
     it (its clipping norm in the config), the reply unchanged otherwise."""
@@ -125,6 +139,7 @@ def build_client_app():
     app = ClientApp(mods=[clip_when_asked])
     app.train()(train_on_site)
     app.evaluate()(evaluate_on_site)
+    app.query()(counts_of_site)
     return app
 
 

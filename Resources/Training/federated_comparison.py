@@ -6,7 +6,9 @@ none of them saw (on the model's grid, threshold 0.5, no clean-up).
     python Resources/Training/federated_comparison.py --output runs/fed-vs-central \\
         --phantoms 9 --sites 3 --rounds 10 --local-steps 10 --input-size 64
 
-Prints a Markdown table and writes it to <output>/comparison.md. The central run takes
+Options not listed here are train_monet.py's and go to all three runs alike (for example
+`--prior-init --loss dice+bce --lr 0.002`). Prints a Markdown table and writes it to
+<output>/comparison.md. The central run takes
 sites x rounds x local steps steps (`--rounds` epochs of sites x local steps) and keeps, as
 train_monet.py does, its epoch of lowest validation loss; a federated run ends with the global
 weights of its last round.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -51,28 +54,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--local-steps", type=int, default=10)
     parser.add_argument("--input-size", type=int, default=64)
     parser.add_argument("--phantom-shape", type=int, nargs=3, default=[24, 96, 96])
-    args = parser.parse_args(argv)
+    args, training_options = parser.parse_known_args(argv)
     output = Path(args.output)
     common = ["--phantoms", str(args.phantoms), "--phantom-shape", *map(str, args.phantom_shape), "--input-size",
-              str(args.input_size), "--test-fraction", "0", "--protocol", "ours", "--crop", "0", "--device", "cpu"]
+              str(args.input_size), "--test-fraction", "0", "--protocol", "ours", "--crop", "0", "--device", "cpu",
+              *training_options]
     runs = {"centralised": output / "central" / "monet"}
+    minutes = {}
+    started = time.perf_counter()
     code = train_monet.main([*common, "--epochs", str(args.rounds), "--steps-per-epoch",
                              str(args.sites * args.local_steps), "--output", str(runs["centralised"])])
     if code:
         return code
+    minutes["centralised"] = (time.perf_counter() - started) / 60
     for name, extra in ((f"federated, {args.sites} sites IID", []),
                         (f"federated, {args.sites} sites non-IID", ["--non-iid"])):
         runs[name] = output / name.split(", ")[1].replace(" ", "-") / "monet"
+        started = time.perf_counter()
         code = federated.main(["simulate", "--model", "monet", "--sites", str(args.sites), "--rounds", str(args.rounds),
                                "--local-steps", str(args.local_steps), "--output", str(runs[name]), *extra, *common])
         if code:
             return code
+        minutes[name] = (time.perf_counter() - started) / 60
     seeds = range(10_000, 10_000 + args.test_phantoms)
     lines = [f"| training ({args.sites * args.rounds * args.local_steps} optimiser steps in all) | "
-             f"Dice on {args.test_phantoms} held-out phantoms, mean +- SD |", "|---|---|"]
+             f"Dice on {args.test_phantoms} held-out phantoms, mean +- SD | minutes |", "|---|---|---:|"]
     for name, path in runs.items():
         scores = held_out_dice(path.with_suffix(".safetensors"), seeds, args.phantom_shape, output / "test-cache")
-        lines.append(f"| {name} | {np.mean(scores):.3f} +- {np.std(scores, ddof=1):.3f} |")
+        lines.append(f"| {name} | {np.mean(scores):.3f} +- {np.std(scores, ddof=1):.3f} | {minutes[name]:.1f} |")
     table = "\n".join(lines)
     (output / "comparison.md").write_text(table + "\n", encoding="utf-8")
     print(table)

@@ -82,6 +82,11 @@ def initial_network(args):
     return network
 
 
+def start_counts(args) -> tuple[str, ...]:
+    """No counts are needed before round 1: every site starts from the server's weights."""
+    return ()
+
+
 def preprocessing_of(args) -> dict:
     protocol = _protocol(args)
     return card_preprocessing(steps_of(args, not (args.cohort or args.cyst_x)), protocol.normalisation)

@@ -22,10 +22,10 @@ import numpy as np
 
 from PancreasAILib.errors import InputError
 import train_monet
-from monet_data import prepare_data, select_slices, split_by_patient, write_data_manifest
+from monet_data import modality_of, pancreas_pixels, prepare_data, select_slices, split_by_patient, write_data_manifest
 from monet_protocol import MoNetProtocol, check_settings
-from monet_data import modality_of
-from monet_training import Run, RunState, base_preprocessing, case_counts, recorded_protocol, train_epoch
+from monet_training import (Run, RunState, base_preprocessing, case_counts, recorded_protocol, set_output_prior,
+                            train_epoch)
 from monet_losses import training_loss
 from monet_validation import validation_loss
 from segmentation_data import PANCREAS_RULE
@@ -49,8 +49,6 @@ DATA_SOURCES = ("--msd", "--images", "--phantoms", "--cyst-x")
 REFUSED = {
     "crop": "--crop: the BatchNorm statistics of a network trained on crops are measured again on whole slices, "
             "which the server does not have",
-    "prior_init": "--prior-init: the output prior is each site's pancreas fraction; the server starts every site "
-                  "from the same weights",
     "resume": "--resume: give it to federated.py, which resumes the rounds",
 }
 
@@ -69,6 +67,13 @@ def training_arguments(argv: Sequence[str], output: str | Path) -> argparse.Name
     return args
 
 
+#: The counts every site gives before round 1 for --prior-init: its training slices' pancreas
+#: pixels and all their pixels (two numbers per site; their sums give the pooled fraction).
+PRIOR_COUNTS = ("training-pancreas-pixels", "training-pixels")
+#: train_monet.py's bounds on the starting fraction.
+PRIOR_LIMITS = (1e-4, 0.5)
+
+
 # --- the server's side ---------------------------------------------------------------------------
 
 def initial_network(args):
@@ -80,6 +85,25 @@ def initial_network(args):
     if args.initial_weights:
         load_initial_weights(network, args.initial_weights, spec.class_name)
     return network
+
+
+def start_counts(args) -> tuple[str, ...]:
+    """The counts the server asks every site for before round 1: PRIOR_COUNTS with --prior-init
+    (unless --initial-weights, which a local run lets win too), else none."""
+    protocol = protocol_from_arguments(MoNetProtocol, args)
+    return PRIOR_COUNTS if protocol.prior_init and not args.initial_weights else ()
+
+
+def start_from_counts(network, totals: dict) -> dict:
+    """--prior-init from the sites' summed counts: the output starts at the pooled training
+    slices' pancreas fraction, as train_monet.py starts it at its own training slices'.
+    Returns the card's record of it."""
+    fraction = float(np.clip(totals["training-pancreas-pixels"] / totals["training-pixels"], *PRIOR_LIMITS))
+    set_output_prior(network, fraction)
+    logger.info("Output bias set to the sites' pooled pancreas fraction %.4f", fraction)
+    return {"output_prior": {"pancreas_fraction": fraction,
+                             "from": "the sum of the sites' training-slice pancreas pixels over the sum of their "
+                                     "pixels (two counts per site, before round 1)"}}
 
 
 def preprocessing_of(args) -> dict:
@@ -146,6 +170,10 @@ class MoNetSite:
         return {"training-cases": cases["training"], "validation-cases": cases["validation"],
                 "test-cases": cases["test"], "training-examples": self.training_examples,
                 "validation-examples": self.validation_examples}
+
+    def start_statistics(self) -> dict:
+        """The PRIOR_COUNTS of the site's training slices."""
+        return dict(zip(PRIOR_COUNTS, pancreas_pixels(self.run.train)))
 
 
 def open_site(args, argv: Sequence[str], plan: SitePlan) -> MoNetSite:

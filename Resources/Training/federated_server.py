@@ -43,6 +43,9 @@ EVALUATE_REPLY_METRICS = {"num-examples", "val-loss", "val-dice", "val-accuracy"
                           "training-cases", "validation-cases", "test-cases", "training-examples",
                           "validation-examples"}
 WEIGHTING = "num-examples"
+#: Before round 1, a model may ask each site for counts it needs to start (MoNet's --prior-init).
+QUERY_REPLY_METRICS = {"num-examples", *federated_monet.PRIOR_COUNTS}
+ALLOWED_METRICS = {"train": TRAIN_REPLY_METRICS, "evaluate": EVALUATE_REPLY_METRICS, "query": QUERY_REPLY_METRICS}
 
 
 class FederatedError(PancreasAIError):
@@ -170,7 +173,7 @@ def check_replies(replies: Iterable, server_round: int, kind: str, expected_arra
     """The replies, each checked: no error, and nothing but the weights (named and shaped as
     the model's) and the allowed numbers. FederatedError otherwise, naming the site."""
     replies = list(replies)
-    allowed = TRAIN_REPLY_METRICS if kind == "train" else EVALUATE_REPLY_METRICS
+    allowed = ALLOWED_METRICS[kind]
     for reply in replies:
         site = site_labels.setdefault(reply.metadata.src_node_id, f"site {len(site_labels) + 1}")
         if reply.has_error():
@@ -238,6 +241,31 @@ def _send(grid, messages, timeout: float) -> list:
     return list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
 
 
+def query_start_counts(grid, settings: FederatedSettings, names: tuple, site_labels: dict) -> dict:
+    """The sums over the sites of the counts `names`, asked of every site connected once
+    `min_sites` are (a site that joins later is not counted)."""
+    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+    from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+    _, nodes = sample_nodes(grid, settings.min_sites, settings.min_sites)
+    config = ConfigRecord({**settings.site_config(), "server-round": 0, "counts": list(names)})
+    messages = [Message(RecordDict({"config": config}), message_type=MessageType.QUERY, dst_node_id=node)
+                for node in nodes]
+    replies = check_replies(_send(grid, messages, settings.round_timeout_s), 0, "query", None, site_labels)
+    totals = {name: 0 for name in names}
+    for reply in replies:
+        counts = reply.content["metrics"]
+        missing = [name for name in names if name not in counts]
+        if missing:
+            raise FederatedError(f"Before round 1: {site_labels[reply.metadata.src_node_id]} did not send "
+                                 f"{', '.join(missing)}.")
+        for name in names:
+            totals[name] += int(counts[name])
+    logger.info("Before round 1: %s summed over %d site(s)", ", ".join(f"{k} {v}" for k, v in totals.items()),
+                len(replies))
+    return totals
+
+
 @dataclass
 class RoundResult:
     """One finished round: the new global weights and the history row (per-site rows inside)."""
@@ -291,18 +319,23 @@ def serve(grid, settings: FederatedSettings, command: str = "") -> ModelCard:
     args = model.training_arguments(settings.training_args, settings.output)
     network = model.initial_network(args)
     reference = {key: value.detach().cpu().clone() for key, value in network.state_dict().items()}
-    state, history, sites, first = reference, [], {}, 1
+    state, history, sites, first, start = reference, [], {}, 1, {}
     fingerprint = settings.fingerprint()
+    site_labels: dict = {}
     if settings.resume:
         checkpoint = load_checkpoint_of_run(files.checkpoints, fingerprint)
         if checkpoint is None:
             raise InputError(f"--resume: there is no finished round in {files.checkpoints}; start without --resume.")
         state = {key[len("model."):]: value for key, value in checkpoint.tensors.items()}
         history, sites, first = checkpoint.state["history"], checkpoint.state["sites"], checkpoint.epoch + 1
+        start = checkpoint.state.get("start", {})
         logger.info("Resuming after round %d (global weights %s...).", checkpoint.epoch,
                     history[-1]["weights_sha256"][:12])
+    elif model.start_counts(args):
+        start = model.start_from_counts(network, query_start_counts(grid, settings, model.start_counts(args),
+                                                                    site_labels))
+        state = {key: value.detach().cpu().clone() for key, value in network.state_dict().items()}
     strategy = make_strategy(settings)
-    site_labels: dict = {}
     for server_round in range(first, settings.rounds + 1):
         random.seed(derived_seed(args.seed, server_round))  # which sites Flower samples
         result = run_round(grid, strategy, settings, model, server_round, state, reference, site_labels)
@@ -310,7 +343,7 @@ def serve(grid, settings: FederatedSettings, command: str = "") -> ModelCard:
         history.append(result.row)
         sites.update(result.site_counts)
         save_checkpoint(files.checkpoints, server_round, {f"model.{k}": v for k, v in state.items()},
-                        {"run": fingerprint, "history": history, "sites": sites})
+                        {"run": fingerprint, "history": history, "sites": sites, "start": start})
     network.load_state_dict(state)
     last = history[-1]
     metrics = {"validation": {key: value for key, value in last.items() if key not in ("per_site", "sites_trained")},
@@ -318,10 +351,10 @@ def serve(grid, settings: FederatedSettings, command: str = "") -> ModelCard:
     extra = {"data": f"federated over {len(sites)} site(s); the data stayed at the sites",
              "software": software_versions((*DEFAULT_PACKAGES, "flwr")), "command": command}
     return save_model(state, files.weights, model.model_card(
-        args, network, federated_record(settings, model, sites, history), metrics, history, extra))
+        args, network, federated_record(settings, model, sites, history, start), metrics, history, extra))
 
 
-def federated_record(settings: FederatedSettings, model, sites: dict, history: list) -> dict:
+def federated_record(settings: FederatedSettings, model, sites: dict, history: list, start: dict) -> dict:
     by_number = sorted(sites.items(), key=lambda item: int(item[0].split()[-1]))
     site_list = [{"site": name, **counts} for name, counts in by_number]
     return {
@@ -332,6 +365,7 @@ def federated_record(settings: FederatedSettings, model, sites: dict, history: l
         "examples": model.EXAMPLES,
         "sites": site_list,
         "simulated_split": ({"non_iid": settings.non_iid} if settings.site_root else None),
+        **({"start": start} if start else {}),
         "round_weights_sha256": [row["weights_sha256"] for row in history],
         "weights_sha256_how": "federated_site.weights_sha256: every tensor's name, dtype, shape and bytes, "
                               "in name order",

@@ -216,11 +216,17 @@ def write_data_manifest(path: Path, prepared: list[PreparedCase], data_sha256: s
                                  "slice_cache": str(cache.folder), "cases": cases})
 
 
-def pancreas_fraction(slices: SliceSet) -> float:
-    """Fraction of the pixels of `slices` that are pancreas."""
+def pancreas_pixels(slices: SliceSet) -> tuple[int, int]:
+    """(pancreas pixels, all pixels) of `slices`."""
     pancreas = sum(int(np.count_nonzero(slices.cases[c].masks[s])) for c, s in slices.index)
     size = slices.cases[0].masks.shape[-1]
-    return pancreas / (len(slices) * size * size)
+    return pancreas, len(slices) * size * size
+
+
+def pancreas_fraction(slices: SliceSet) -> float:
+    """Fraction of the pixels of `slices` that are pancreas."""
+    pancreas, pixels = pancreas_pixels(slices)
+    return pancreas / pixels
 
 
 def prepare_data(args, dist: Distributed, files: RunFiles, preprocessing: dict):
