@@ -221,7 +221,7 @@ def train_round(site: IPMNSite, global_state: dict, server_round: int, local_ste
     run.loss_function = with_proximal_term(run.loss_function, site.network, frozen_parameters(site.network),
                                            proximal_mu)
     first = (server_round - 1) * local_steps
-    losses = [run._step(first + step) for step in range(1, local_steps + 1)]
+    losses = [run.train_step(first + step) for step in range(1, local_steps + 1)]
     return {key: value.detach().cpu() for key, value in site.network.state_dict().items()}, float(np.mean(losses))
 
 

@@ -131,8 +131,7 @@ def model_card(args, network, federated: dict, metrics: dict, history: list, tra
         "training": {
             "labels": PANCREAS_RULE,
             "federated": federated,
-            # recorded_protocol reads a run's protocol and pre-processing only
-            "protocol": {**recorded_protocol(argparse.Namespace(protocol=protocol, preprocessing=preprocessing)),
+            "protocol": {**recorded_protocol(protocol, preprocessing),
                          "lr_schedule": f"constant; the optimiser is {FEDERATED_OPTIMIZER}",
                          "checkpoint": FEDERATED_SELECTION},
             "batch_size": protocol.batch_size,

@@ -365,7 +365,8 @@ class TrainingRun:
 
     # --- steps ---
 
-    def _step(self, step: int) -> float:
+    def train_step(self, step: int) -> float:
+        """One optimiser step (step numbers from 1: the learning-rate schedule's position); the batch loss."""
         import torch
 
         for group in self.optimizer.param_groups:
@@ -432,7 +433,7 @@ class TrainingRun:
         bar = progress_bar(range(state.step + 1, final + 1), total=max(final - state.step, 0),
                            description=self.name, enabled=self.dist.is_main)
         for step in bar:
-            loss = self._step(step)
+            loss = self.train_step(step)
             loss_total, loss_count = loss_total + loss, loss_count + 1
             bar.set_postfix(loss=f"{loss:.4f}")
             if step % protocol.eval_every == 0 or step == final:

@@ -256,11 +256,11 @@ def save_run_checkpoint(run: Run, epoch: int) -> None:
         "best_epoch": run.state.best_epoch, "world_size": run.dist.world_size})
 
 
-def recorded_protocol(run: Run) -> dict:
+def recorded_protocol(protocol: MoNetProtocol, preprocessing: dict) -> dict:
     """The protocol for the card; an MR run's CT-only settings are marked unused (its intensities
     are in the card's pre-processing)."""
-    record = protocol_record(run.protocol)
-    if run.preprocessing.get("modality") == "MR":
+    record = protocol_record(protocol)
+    if preprocessing.get("modality") == "MR":
         for name in CT_ONLY:
             record["origins"][name] = "not used: MR intensities are scaled by percentiles (see preprocessing)"
     return record
@@ -294,7 +294,7 @@ def model_card(run: Run, metrics: dict) -> dict:
                              "learning-rate drops and choose the checkpoint; the cases are in the run's "
                              "data.json"},
             "slices": {"training": len(run.train), "validation": len(run.val)},
-            "protocol": recorded_protocol(run),
+            "protocol": recorded_protocol(run.protocol, run.preprocessing),
             "epochs_run": len(history),
             "best_epoch": run.state.best_epoch,
             "steps_per_epoch": run.steps_per_epoch,
