@@ -397,7 +397,7 @@ def write_tls_and_node_keys(folder: Path) -> None:
         (x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)))
     (folder / "server.key").write_bytes(server_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    for site in ("a", "b"):
+    for site in ("a", "b", "c"):
         key = ec.generate_private_key(ec.SECP384R1())
         (folder / f"site-{site}.key").write_bytes(key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
@@ -457,8 +457,10 @@ root-certificates = "{keys / 'ca.pem'}"
               "--ssl-keyfile", str(keys / "server.key"), "--enable-supernode-auth",
               "--disable-runtime-dependency-installation")
         wait_for_port(link_port)
-        for site, first_seed in (("a", 0), ("b", 10)):
-            assert flwr("supernode", "register", str(keys / f"site-{site}.pub"), "loopback", timeout=60).returncode == 0
+        for site, first_seed in (("c", 20), ("a", 0), ("b", 10)):  # site c's key is never registered
+            if site != "c":
+                assert flwr("supernode", "register", str(keys / f"site-{site}.pub"), "loopback",
+                            timeout=60).returncode == 0
             start(f"site-{site}", str(Path(bin_folder) / "flower-supernode"), "--superlink", f"127.0.0.1:{link_port}",
                   "--root-certificates", str(keys / "ca.pem"), "--auth-supernode-private-key",
                   str(keys / f"site-{site}.key"), "--port", str(free_port()), "--node-config",
@@ -467,6 +469,7 @@ root-certificates = "{keys / 'ca.pem'}"
                                "--output", str(output), *MONET_TINY[2:]]) == 0
         run = flwr("run", str(tmp_path / "app"), "loopback", "--stream", timeout=540)
         assert "Global model" in run.stdout + run.stderr, run.stdout[-3000:] + run.stderr[-3000:]
+        unregistered_exit = started[1].poll()  # site c, while a and b still serve
     finally:
         for process in started:
             try:
@@ -475,7 +478,11 @@ root-certificates = "{keys / 'ca.pem'}"
                 pass
             process.wait(timeout=30)
     card = read_model_card(output.with_suffix(".json"))
+    # every connected node validates every round: the unregistered site c never joined, and gave up
     assert [site["training_cases"] for site in card.data["training"]["federated"]["sites"]] == [2, 2]
+    assert unregistered_exit is not None
+    log = (tmp_path / "site-c.log").read_text(encoding="utf-8")
+    assert "Exit Code: 305" in log and "Failed to activate SuperNode" in log  # refused at the SuperLink
     phantom = make_ct_phantom(50, shape=(12, 64, 64))
     result = segment_ct(Volume(phantom.hu, phantom.ijk_to_ras), card, device="cpu", engine="pytorch")
     assert result.mask.shape == phantom.hu.shape
