@@ -5,6 +5,7 @@ everything below the widgets is real. Only the Slicer application shows the real
 
 import csv
 import importlib
+import json
 import sys
 import types
 
@@ -161,3 +162,23 @@ def test_a_folder_that_is_not_results_is_said_in_the_panel(panel_module, tmp_pat
     panel = open_panel(panel_module, tmp_path / "absent", "ipmn")
     assert "not a folder of results" in panel.statusLabel.text and panel.session is None
     assert not panel.saveButton.enabled
+
+
+def test_a_two_class_case_offers_its_own_two_classes_to_disagree_with(panel_module, results, mrml_scene):
+    """A 2-class result (Cyst-X's task) lists its two classes, not the three; a 3-class case next
+    to it keeps the three."""
+    path = results / "mr_b_ipmn_result.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record.update(class_names=["no or low-risk IPMN", "high-risk IPMN"], class_name="high-risk IPMN", risk_class=1,
+                  probabilities=[0.3, 0.7], spread=[0.05, 0.05])
+    path.write_text(json.dumps(record), encoding="utf-8")
+    panel = open_panel(panel_module, results, "ipmn")
+    assert panel.classCombo.items == ["", "normal", "low-risk IPMN", "high-risk IPMN"]  # mr_a, 3-class
+    panel.nextButton.fire("clicked(bool)")
+    assert panel.session.current.name == "mr_b"
+    assert panel.classCombo.items == ["", "no or low-risk IPMN", "high-risk IPMN"]
+    panel.verdictButtons["disagree"].checked = True
+    panel.classCombo.currentText = "no or low-risk IPMN"
+    panel.saveButton.fire("clicked(bool)")
+    [row] = review_rows(results)
+    assert (row["case"], row["verdict"], row["reviewer_class"]) == ("mr_b", "disagree", "no or low-risk IPMN")

@@ -313,3 +313,29 @@ def test_save_records_the_form_the_click_carries_even_when_a_field_update_is_lat
     assert app.server.state.message_kind == "success", app.server.state.message
     (stored,) = read_verdicts(folder)
     assert (stored.case, stored.verdict, stored.comment) == ("ct_a", "accept", "Tail included.")
+
+
+def test_a_two_class_case_offers_its_two_classes_and_saves_one(tmp_path, small_mr_phantom):
+    """Cyst-X's 2-class task: the page's class choices are the result's own two, and disagreeing
+    with one of them is saved."""
+    import json
+
+    from test_review import write_ipmn_case
+
+    from PancreasAILib.review import read_verdicts
+    from PancreasAILib.review_web import ReviewApp
+
+    folder, inputs = tmp_path / "results", tmp_path / "inputs"
+    folder.mkdir()
+    inputs.mkdir()
+    record = write_ipmn_case(folder, inputs, "mr_a", small_mr_phantom)
+    record.update(class_names=["no or low-risk IPMN", "high-risk IPMN"], class_name="high-risk IPMN", risk_class=1,
+                  probabilities=[0.3, 0.7], spread=[0.05, 0.05])
+    (folder / "mr_a_ipmn_result.json").write_text(json.dumps(record), encoding="utf-8")
+    app = ReviewApp(folder, reviewer="Dr A", server="two-class-test")
+    app.select("ipmn:mr_a")
+    assert app.server.state.class_options == ["no or low-risk IPMN", "high-risk IPMN"]
+    app.save("Dr A", "disagree", "no or low-risk IPMN", "")
+    assert app.server.state.message_kind == "success", app.server.state.message
+    (stored,) = read_verdicts(folder)
+    assert (stored.verdict, stored.reviewer_class) == ("disagree", "no or low-risk IPMN")

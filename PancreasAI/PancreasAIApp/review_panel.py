@@ -198,7 +198,9 @@ class ReviewPanel:
         verdict = self.session.verdict_of(case) if self.session.reviewer else None
         for name, button in self.verdictButtons.items():
             button.checked = verdict is not None and verdict.verdict == name
-        if self.classCombo is not None:
+        if self.classCombo is not None:  # the shown case's own task's classes (2-class or 3-class)
+            self.classCombo.clear()
+            self.classCombo.addItems(["", *self.session.class_choices()])
             self.classCombo.currentText = verdict.reviewer_class if verdict else ""
         self.commentEdit.setPlainText(verdict.comment if verdict else "")
         lines = [f"{case.name}: {case.summary}", *case.warnings, *case.missing]

@@ -31,6 +31,12 @@ class ReviewSession:
     def current(self) -> Optional[ReviewCase]:
         return self.cases[self.index] if 0 <= self.index < len(self.cases) else None
 
+    def class_choices(self) -> tuple:
+        """The classes a reviewer may give the shown IPMN case: its own task's (a 2-class
+        result's two, else the three); () for a segmentation case or none shown."""
+        case = self.current
+        return case.class_names if case is not None and case.task == "ipmn" else ()
+
     def verdicts(self) -> dict:
         """This reviewer's verdicts, as review.csv holds them now, keyed by (case, task)."""
         return verdicts_by_case(self.worklist.folder, self.reviewer) if self.reviewer else {}
