@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -117,6 +118,23 @@ def test_batch_csv_writes_a_results_table_and_reports_a_bad_case(tmp_path, case_
     assert "same image" in rows[1]["message"]
     assert Path(rows[0]["scene"]).exists() and Path(rows[0]["heat_map"]).exists()
     assert not list(out.glob("twice_*"))
+
+
+def test_a_card_of_no_known_task_stops_the_batch_once_before_any_case(tmp_path, case_files, random_vit_card):
+    t1, t2, center, size = case_files
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(random_vit_card.weights_path, models / "edited.safetensors")
+    card = json.loads(random_vit_card.card_path.read_text(encoding="utf-8"))
+    (models / "edited.json").write_text(json.dumps({**card, "classes": ["benign", "malignant"]}), encoding="utf-8")
+    table = tmp_path / "cases.csv"
+    table.write_text("case,t1,t2,roi_center,roi_size\n" + "".join(f"c{i},{t1},{t2},\"{center}\",\"{size}\"\n"
+                                                                 for i in range(3)), encoding="utf-8")
+    result = run_cli("batch", table, "-o", tmp_path / "out", "--model", models / "edited.safetensors", "--no-tta")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("benign, malignant, which are not those of an IPMN risk task") == 1
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "results.csv").exists() and not list((tmp_path / "out").glob("c*_*"))
 
 
 def test_missing_region_is_a_clear_error(tmp_path, case_files):

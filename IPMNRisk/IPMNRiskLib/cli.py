@@ -209,9 +209,12 @@ def run_cases(cases: list[Case], output_dir: Path, model=None, device: str = "au
 
     from .registry import model_registry
 
+    from .network import card_task
+
     output_dir = prepare_output_folder(output_dir)
     printer = ProgressPrinter(len(cases), progress_format, sink)
     card = model_registry().resolve(model, progress=printer)
+    card_task(card)  # a card of no known task stops the batch once, before any case
     device = resolve_device(device)
     printer.message(f"Model: {card.name}. For research use only.")
     choice = choose_engine(card, engine, precision, device)
