@@ -111,6 +111,19 @@ def train_monet(tmp_path, *arguments):
 
 
 @pytest.mark.slow
+def test_an_mr_image_folder_is_spoken_of_as_mr_images_not_cts(tmp_path):
+    from segmentation_data import folder_cases
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    with pytest.raises(InputError, match="holds no MR image files"):
+        folder_cases(images, labels, modality="MR")
+    write_volume(Volume(np.zeros((4, 8, 8), np.int16), np.eye(4)), images / "mr_001.nii.gz")
+    with pytest.raises(InputError, match=r"No label map for 1 MR image\(s\).*Each MR image needs"):
+        folder_cases(images, labels, modality="MR")
+
+
 def test_train_monet_on_mr_phantoms_writes_an_mr_card_that_segments_an_mri(tmp_path):
     from PancreasAILib.weights import read_model_card
     from PancreasSegMoNetLib.segmentation import segment_ct

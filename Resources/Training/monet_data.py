@@ -64,11 +64,11 @@ def discover_cases(args) -> list:
     if args.msd:
         return msd_cases(Path(args.msd), args.patient_pattern)
     if getattr(args, "cyst_x", None):
-        return folder_cases(*cyst_x_folders(args), args.patient_pattern)
+        return folder_cases(*cyst_x_folders(args), args.patient_pattern, "MR")
     if args.images or args.labels:
         if not (args.images and args.labels):
             raise InputError("--images and --labels go together: the image folder and the label folder.")
-        return folder_cases(Path(args.images), Path(args.labels), args.patient_pattern)
+        return folder_cases(Path(args.images), Path(args.labels), args.patient_pattern, modality_of(args))
     return phantom_cases(args.phantoms, args.first_seed, phantom_shape(args), modality_of(args))
 
 

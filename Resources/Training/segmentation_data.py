@@ -191,28 +191,32 @@ def _patient_of(case_id: str, pattern: Optional[str]) -> str:
     return match.group(1) if match.groups() else match.group(0)
 
 
-def folder_cases(images: Path, labels: Path, patient_pattern: Optional[str] = None) -> list[Case]:
-    """CT files in `images` paired with the label files of the same name in `labels`.
+def folder_cases(images: Path, labels: Path, patient_pattern: Optional[str] = None,
+                 modality: str = "CT") -> list[Case]:
+    """Image files in `images` (CTs, or MR images with `modality` "MR") paired with the label
+    files of the same name in `labels`.
 
     patient_pattern: a regular expression whose first group (or whole match) in a case name
     is the patient, for data with several scans per patient; default: one patient per case.
     """
     images, labels = Path(images), Path(labels)
-    for folder, what in ((images, "CT"), (labels, "label")):
+    image = "CT" if modality == "CT" else "MR image"
+    for folder, what in ((images, image), (labels, "label")):
         if not folder.is_dir():
             raise InputError(f"The {what} folder {folder} does not exist.")
     image_files = volume_files(images)
     if not image_files:
-        raise InputError(f"{images} holds no CT files ({', '.join(VOLUME_SUFFIXES)}).")
+        raise InputError(f"{images} holds no {image} files ({', '.join(VOLUME_SUFFIXES)}).")
     label_files = {case_name(p): p for p in volume_files(labels)}
     missing = [case_name(p) for p in image_files if case_name(p) not in label_files]
     if missing:
         raise InputError(
-            f"No label map for {len(missing)} CT(s) in {images}: {_first(missing)}. Each CT needs a "
+            f"No label map for {len(missing)} {image}(s) in {images}: {_first(missing)}. Each {image} needs a "
             f"label file of the same name in {labels}.")
     unused = sorted(set(label_files) - {case_name(p) for p in image_files})
     if unused:
-        logger.warning("%d label file(s) in %s have no CT and are not used: %s", len(unused), labels, _first(unused))
+        logger.warning("%d label file(s) in %s have no %s and are not used: %s", len(unused), labels, image,
+                       _first(unused))
     return [FileCase(case_name(p), p, label_files[case_name(p)], _patient_of(case_name(p), patient_pattern))
             for p in image_files]
 
