@@ -487,22 +487,3 @@ root-certificates = "{keys / 'ca.pem'}"
     result = segment_ct(Volume(phantom.hu, phantom.ijk_to_ras), card, device="cpu", engine="pytorch")
     assert result.mask.shape == phantom.hu.shape
 
-
-# --- the comparison figure ------------------------------------------------------------------------------
-
-@pytest.mark.slow
-def test_the_comparison_trains_all_three_arms_with_the_same_options_and_scores_them(tmp_path):
-    import federated_comparison
-
-    assert federated_comparison.main(["--output", str(tmp_path), "--phantoms", "4", "--test-phantoms", "2",
-                                      "--sites", "2", "--rounds", "1", "--local-steps", "1", "--phantom-shape",
-                                      "12", "64", "64", "--batch-size", "2", "--prior-init"]) == 0
-    table = (tmp_path / "comparison.md").read_text(encoding="utf-8").splitlines()
-    assert table[0].startswith("| training (2 optimiser steps in all) | Dice on 2 held-out phantoms")
-    assert [row.split(" | ")[0] for row in table[2:]] == [
-        "| centralised", "| federated, 2 sites IID", "| federated, 2 sites non-IID"]
-    # the training options reached every arm
-    cards = [card_of(path) for path in sorted(tmp_path.glob("*/monet.safetensors"))]
-    assert len(cards) == 3
-    assert all(card["training"]["batch_size"] == 2 for card in cards)
-    assert all(card["training"]["protocol"]["prior_init"] for card in cards)

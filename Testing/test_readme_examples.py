@@ -219,7 +219,13 @@ python Resources/Training/crossvalidate_ipmn.py --phantoms 12 --folds 3 --inner-
 """,
     "federated simulation": """
 python Resources/Training/federated.py simulate --model monet --sites 3 --rounds 10 \\
-    --local-steps 50 --output runs/fed-monet --phantoms 9 --input-size 128
+    --local-steps 50 --output runs/fed-monet --phantoms 9 --input-size 128 \\
+    --prior-init --loss dice+bce --lr 0.002
+""",
+    "federated comparison": """
+python Resources/Training/federated_comparison.py --output runs/fed-vs-central --phantoms 9 \\
+    --sites 3 --rounds 20 --local-steps 50 --phantom-shape 24 96 96 --input-size 64 \\
+    --prior-init --loss dice+bce --lr 0.002
 """,
     "federated deployment": """
 # server
@@ -925,7 +931,26 @@ def test_federated_simulation_example(workspace):
                                  "--test-fraction 0 --max-val-slices 4 --device cpu"), timeout=600)
     card = card_of(workspace, "runs/fed-monet")
     assert card["training"]["federated"]["rounds"] == 1 and len(card["training"]["federated"]["sites"]) == 2
+    assert 0 < card["training"]["federated"]["start"]["output_prior"]["pancreas_fraction"] < 0.5  # --prior-init
     assert "round 1: site 2 validation" in workspace.path("runs/fed-monet.run/federated.log").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_federated_comparison_example(workspace):
+    """The README's comparison, shortened: 2 sites of 4 tiny phantoms, one round of one step; the
+    training options reach all three arms, which are scored on held-out phantoms."""
+    workspace.run(with_arguments(example("federated comparison"), "--phantoms 4 --test-phantoms 2 --sites 2",
+                                 "--rounds 1 --local-steps 1 --phantom-shape 12 64 64 --batch-size 2"), timeout=600)
+    table = workspace.path("runs/fed-vs-central/comparison.md").read_text(encoding="utf-8").splitlines()
+    assert table[0].startswith("| training (2 optimiser steps in all) | Dice on 2 held-out phantoms")
+    assert [row.split(" | ")[0] for row in table[2:]] == [
+        "| centralised", "| federated, 2 sites IID", "| federated, 2 sites non-IID"]
+    cards = [card_of(workspace, f"runs/fed-vs-central/{arm}/monet") for arm in ("central", "2-sites-IID",
+                                                                                  "2-sites-non-IID")]
+    assert all(card["training"]["batch_size"] == 2 for card in cards)
+    assert all(card["training"]["protocol"]["prior_init"] and card["training"]["protocol"]["loss"] == "dice+bce"
+               for card in cards)
+    assert all(float(row.split(" | ")[1].split(" +- ")[0]) >= 0 for row in table[2:])
 
 
 def test_federated_deployment_commands_use_options_the_tools_have(workspace):
