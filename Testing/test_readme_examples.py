@@ -45,7 +45,7 @@ IPMN_INTENDED_USE = (
 EXAMPLES = {
     "two commands": """
 ./pancreasai.sh demo    # set up .venv, then run the demo on the bundled sample
-./pancreasai.sh test    # set up .venv, then run the test suite (about 26 minutes on 2 cores)
+./pancreasai.sh test    # set up .venv, then run the test suite (23 to 26 minutes on 2 cores)
 """,
     "more of the script": """
 ./pancreasai.sh setup                  # only set up .venv (nothing to do when it is up to date)
