@@ -168,6 +168,22 @@ def test_card_history_holds_each_sites_validation_in_every_round(monet_run):
     assert all(0 <= site["val_dice"] <= 1 for row in history for site in row["per_site"])
 
 
+def test_each_rounds_figures_are_the_sites_weighted_by_their_examples(monet_run):
+    """A round's validation Dice weighs each site by its validation slices, its training loss by
+    its training slices (the FedAvg weights)."""
+    output, _ = monet_run
+    card = card_of(output)
+    training_examples = {site["site"]: site["training_examples"] for site in card["training"]["federated"]["sites"]}
+    assert len(set(training_examples.values())) == 2  # unequal sites, else any weighting would pass
+    for row in card["history"]:
+        sites = row["per_site"]
+        dice = sum(s["val_dice"] * s["validation_examples"] for s in sites) / sum(s["validation_examples"] for s in sites)
+        assert row["val_dice"] == pytest.approx(dice, rel=1e-12)
+        loss = (sum(s["train_loss"] * training_examples[s["site"]] for s in sites)
+                / sum(training_examples[s["site"]] for s in sites))
+        assert row["train_loss"] == pytest.approx(loss, rel=1e-12)
+
+
 # --- the strategy ------------------------------------------------------------------------------------
 
 def test_fedavg_weighs_each_site_by_its_training_examples(monet_run):
