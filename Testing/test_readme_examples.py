@@ -910,13 +910,14 @@ def test_mutation_command_knows_the_groups_the_readme_names(workspace, current_e
     """Its --help only: a mutation run takes many minutes per group."""
     command = example_commands("mutation testing")[0]
     completed = workspace.run(with_arguments(script_command(command.split(" geometry")[0]), "--help"), timeout=120)
-    for group in ("geometry", "files", "weights", "monet", "grids", "ipmn", "training", "route", "engines", "review"):
+    for group in ("geometry", "files", "weights", "monet", "grids", "ipmn", "training", "route", "engines", "review",
+                  "federated", "region"):
         assert group in completed.stdout
     for group in command.split("#")[0].split()[2:]:
         assert group in completed.stdout
     section = readme_text().split("**Mutation testing**")[1].split("The groups are")[1].split("Statements")[0]
     named = re.findall(r"`(\w+)`", section)
-    assert len(named) == 10, named
+    assert len(named) == 12, named
     for group in named:
         assert group in completed.stdout, f"the README names a mutation group {group} that does not exist"
 
