@@ -86,6 +86,9 @@ def build_copy(group: str) -> Path:
         shutil.copytree(ROOT / package, copy / "src" / Path(package).name, ignore=ignore)
     # The training modules are imported by their own names (trainkit, ipmn_folds...).
     shutil.copytree(ROOT / "Resources" / "Training", copy / "src", ignore=ignore, dirs_exist_ok=True)
+    # Tests that run a training script by its path find it where the repository has it (unmutated:
+    # such a test checks the script, not the group's files).
+    shutil.copytree(ROOT / "Resources" / "Training", copy / "Resources" / "Training", ignore=ignore)
     # models.py finds the registries beside its package: both modules' Models/ meet in src/Resources.
     for module in ("PancreasSegMoNet", "IPMNRisk"):
         shutil.copytree(ROOT / module / "Resources", copy / "src" / "Resources", dirs_exist_ok=True)
@@ -100,7 +103,7 @@ timeout = 600
 source_paths = ["src/"]
 only_mutate = [{", ".join(f'"{src_path(f)}"' for f in files)}]
 do_not_mutate_patterns = [{patterns}]
-also_copy = ["Testing/"]
+also_copy = ["Testing/", "Resources/Training/"]
 pytest_add_cli_args_test_selection = [{", ".join(f'"Testing/{t}"' for t in tests)}]
 pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider"]
 """)
