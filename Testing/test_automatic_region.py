@@ -363,6 +363,10 @@ def test_roi_auto_writes_the_pancreas_it_found_and_says_so_in_the_result(automat
     pancreas = read_volume(automatic_run / "demo_ipmn_pancreas.nrrd")
     np.testing.assert_array_equal(pancreas.array > 0, sample_found.mask.array > 0)
     np.testing.assert_allclose(pancreas.ijk_to_ras, sample[1].ijk_to_ras, atol=1e-6)
+    # the volume found (ml, 2 decimals: the mask's voxels times the voxel volume) and the margin
+    voxel_ml = abs(np.linalg.det(pancreas.ijk_to_ras[:3, :3])) / 1000
+    assert region["pancreas_ml"] == round(float(np.count_nonzero(pancreas.array)) * voxel_ml, 2) > 0
+    assert region["margin_mm"] == MARGIN_MM
 
 
 def test_a_drawn_region_writes_no_pancreas_file(tmp_path, sample_files, sample):
