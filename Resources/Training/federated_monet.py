@@ -24,8 +24,8 @@ from PancreasAILib.errors import InputError
 import train_monet
 from monet_data import modality_of, pancreas_pixels, prepare_data, select_slices, split_by_patient, write_data_manifest
 from monet_protocol import MoNetProtocol, check_settings
-from monet_training import (Run, RunState, base_preprocessing, case_counts, recorded_protocol, set_output_prior,
-                            train_epoch)
+from monet_training import (Run, RunState, base_preprocessing, case_counts, prior_fraction, recorded_protocol,
+                            set_output_prior, train_epoch)
 from monet_losses import training_loss
 from monet_validation import validation_loss
 from segmentation_data import PANCREAS_RULE
@@ -70,8 +70,6 @@ def training_arguments(argv: Sequence[str], output: str | Path) -> argparse.Name
 #: The counts every site gives before round 1 for --prior-init: its training slices' pancreas
 #: pixels and all their pixels (two numbers per site; their sums give the pooled fraction).
 PRIOR_COUNTS = ("training-pancreas-pixels", "training-pixels")
-#: train_monet.py's bounds on the starting fraction.
-PRIOR_LIMITS = (1e-4, 0.5)
 
 
 # --- the server's side ---------------------------------------------------------------------------
@@ -98,7 +96,7 @@ def start_from_counts(network, totals: dict) -> dict:
     """--prior-init from the sites' summed counts: the output starts at the pooled training
     slices' pancreas fraction, as train_monet.py starts it at its own training slices'.
     Returns the card's record of it."""
-    fraction = float(np.clip(totals["training-pancreas-pixels"] / totals["training-pixels"], *PRIOR_LIMITS))
+    fraction = prior_fraction(totals["training-pancreas-pixels"], totals["training-pixels"])
     set_output_prior(network, fraction)
     logger.info("Output bias set to the sites' pooled pancreas fraction %.4f", fraction)
     return {"output_prior": {"pancreas_fraction": fraction,

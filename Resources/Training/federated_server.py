@@ -311,6 +311,11 @@ def run_round(grid, strategy, settings: FederatedSettings, model, server_round: 
     return RoundResult(state, row, counts)
 
 
+def cpu_state(network) -> dict:
+    """A copy of the network's weights as CPU tensors."""
+    return {key: value.detach().cpu().clone() for key, value in network.state_dict().items()}
+
+
 def serve(grid, settings: FederatedSettings, command: str = "") -> ModelCard:
     """Run the rounds with the sites on `grid` (a Flower Grid), a checkpoint after each; returns
     the global model's card."""
@@ -318,7 +323,7 @@ def serve(grid, settings: FederatedSettings, command: str = "") -> ModelCard:
     files = RunFiles.for_output(settings.output)
     args = model.training_arguments(settings.training_args, settings.output)
     network = model.initial_network(args)
-    reference = {key: value.detach().cpu().clone() for key, value in network.state_dict().items()}
+    reference = cpu_state(network)
     state, history, sites, first, start = reference, [], {}, 1, {}
     fingerprint = settings.fingerprint()
     site_labels: dict = {}
@@ -334,7 +339,7 @@ def serve(grid, settings: FederatedSettings, command: str = "") -> ModelCard:
     elif model.start_counts(args):
         start = model.start_from_counts(network, query_start_counts(grid, settings, model.start_counts(args),
                                                                     site_labels))
-        state = {key: value.detach().cpu().clone() for key, value in network.state_dict().items()}
+        state = cpu_state(network)
     strategy = make_strategy(settings)
     for server_round in range(first, settings.rounds + 1):
         random.seed(derived_seed(args.seed, server_round))  # which sites Flower samples

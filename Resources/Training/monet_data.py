@@ -223,12 +223,6 @@ def pancreas_pixels(slices: SliceSet) -> tuple[int, int]:
     return pancreas, len(slices) * size * size
 
 
-def pancreas_fraction(slices: SliceSet) -> float:
-    """Fraction of the pixels of `slices` that are pancreas."""
-    pancreas, pixels = pancreas_pixels(slices)
-    return pancreas / pixels
-
-
 def prepare_data(args, dist: Distributed, files: RunFiles, preprocessing: dict):
     cases = discover_cases(args)
     description, source = describe_data(args, len(cases))

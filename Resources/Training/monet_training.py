@@ -26,7 +26,7 @@ from PancreasAILib.weights import save_model
 from PancreasSegMoNetLib.preprocessing import DEFAULT_PREPROCESSING, check_preprocessing, mr_preprocessing
 
 from monet_augmentation import apply_affine, crop_batch, random_affine, random_crop_corners
-from monet_data import (SPLITS, SliceSet, modality_of, pancreas_fraction, prepare_data, select_slices,
+from monet_data import (SPLITS, SliceSet, modality_of, pancreas_pixels, prepare_data, select_slices,
                         split_by_patient, write_data_manifest)
 from monet_losses import training_loss
 from monet_protocol import CT_ONLY, RESUMABLE_CHANGES, MoNetProtocol, check_settings
@@ -53,6 +53,15 @@ SCRIPT = "Resources/Training/train_monet.py"
 def case_counts(split: np.ndarray) -> dict:
     """{"training": n, "validation": n, "test": n} cases of each side of the split."""
     return {side: int(np.count_nonzero(split == side)) for side in SPLITS}
+
+
+#: The bounds of the output's starting fraction (--prior-init).
+PRIOR_LIMITS = (1e-4, 0.5)
+
+
+def prior_fraction(pancreas_pixels: int, pixels: int) -> float:
+    """--prior-init's starting fraction: pancreas pixels over all pixels, within PRIOR_LIMITS."""
+    return float(np.clip(pancreas_pixels / pixels, *PRIOR_LIMITS))
 
 
 def set_output_prior(network, fraction: float) -> None:
@@ -160,7 +169,7 @@ def start_run(args, argv, dist: Distributed) -> Run:
     if args.initial_weights:
         load_initial_weights(network, args.initial_weights, spec.class_name)
     elif protocol.prior_init:
-        fraction = float(np.clip(pancreas_fraction(train), 1e-4, 0.5))
+        fraction = prior_fraction(*pancreas_pixels(train))
         set_output_prior(network, fraction)
         logger.info("Output bias set to the training slices' pancreas fraction %.4f", fraction)
     if dist.rank > 0:  # own dropout masks per process; rank 0 goes on like a single process
